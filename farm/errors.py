@@ -1,0 +1,73 @@
+"""The one exception hierarchy of farm, and the exit code each error maps to.
+
+Callers: everything raises these; ``farm.cli`` turns them into exit codes. Docker's
+exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
+
+    FarmError                      exit 4 unless a subclass says otherwise
+    ├── InputError                 exit 2: the user must change a flag, spec or path
+    │   └── SpecError              a field of the BuildSpec is invalid (names the field)
+    ├── InfrastructureError        exit 4: the host is not ready or broke mid-build
+    │   ├── RuntimeMissingError    the gVisor runtime is not configured in dockerd
+    │   ├── DockerUnavailableError dockerd cannot be reached
+    │   └── ImageError             the builder image is missing or cannot be built
+    ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
+    └── NotFoundError              exit 2: no such build id
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the ``farm`` CLI, fixed by the design brief."""
+
+    OK = 0
+    BUILD_FAILED = 1
+    BAD_INPUT = 2
+    QUARANTINED = 3
+    INFRASTRUCTURE = 4
+
+
+class FarmError(Exception):
+    """Root of farm's errors. The message tells the user what to change."""
+
+    exit_code: ExitCode = ExitCode.INFRASTRUCTURE
+
+
+class InputError(FarmError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class SpecError(InputError):
+    """One or more BuildSpec fields are invalid; ``problems`` holds one line per field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid build spec:\n  " + "\n  ".join(problems))
+
+
+class NotFoundError(InputError):
+    pass
+
+
+class InfrastructureError(FarmError):
+    exit_code = ExitCode.INFRASTRUCTURE
+
+
+class RuntimeMissingError(InfrastructureError):
+    pass
+
+
+class DockerUnavailableError(InfrastructureError):
+    pass
+
+
+class ImageError(InfrastructureError):
+    pass
+
+
+class CollectionError(FarmError):
+    """An output broke the collection rules; the build fails rather than ship it."""
+
+    exit_code = ExitCode.BUILD_FAILED

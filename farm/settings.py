@@ -1,0 +1,54 @@
+"""Host-level settings of one farm installation.
+
+Callers: ``farm.cli`` builds one ``Settings`` from the environment and passes it down;
+nothing reads the environment anywhere else, so tests make their own ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Label put on every container, volume and image farm creates; cleanup selects on it.
+MANAGED_LABEL = "io.farm.managed"
+BUILD_LABEL = "io.farm.build"
+#: A per-installation value, so two FARM_HOMEs on one host never reap each other's work.
+HOME_LABEL = "io.farm.home"
+
+DEFAULT_IMAGE = "farm/rust:bookworm"
+#: The uid/gid builds run as: not root, and not an id that exists on the host.
+SANDBOX_UID = 10001
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    runtime: str = "runsc"
+    #: Set only by ``--insecure-runtime``; the build record keeps it.
+    insecure_runtime: str | None = None
+    docker_url: str | None = None
+    default_image: str = DEFAULT_IMAGE
+    log_cap_bytes: int = 4 * 1024 * 1024
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        default_home = Path.home() / ".local" / "share" / "farm"
+        home = Path(env.get("FARM_HOME") or default_home).expanduser().resolve()
+        kwargs: dict[str, object] = {"home": home, "docker_url": env.get("DOCKER_HOST")}
+        kwargs.update(overrides)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def effective_runtime(self) -> str:
+        return self.insecure_runtime or self.runtime
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def base_labels(self) -> dict[str, str]:
+        return {MANAGED_LABEL: "true", HOME_LABEL: str(self.home), **self.labels}
