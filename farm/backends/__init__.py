@@ -1,0 +1,1 @@
+"""Backends run a ``farm.sandbox.SandboxSpec``; see ``farm.sandbox.Backend``."""

@@ -1,0 +1,178 @@
+"""The local backend: one Docker Engine with the gVisor ``runsc`` runtime.
+
+Callers: ``farm.runner`` through the ``farm.sandbox.Backend`` protocol. Builds are
+tracked by container id from the moment Docker creates them, because killing the
+docker client does not stop a container, and every teardown removes the container,
+any containerd task Docker forgot, and stray runsc processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from farm.backends.docker_errors import translated
+from farm.backends.hostprocs import kill_pids, runsc_pids
+from farm.errors import RuntimeMissingError
+from farm.sandbox import LogSink, SandboxResult, SandboxSpec
+from farm.settings import BUILD_LABEL, HOME_LABEL, MANAGED_LABEL, Settings
+
+CONTAINERD_SOCKET = Path("/run/docker/containerd/containerd.sock")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with translated("connect to dockerd"):
+                url = self.settings.docker_url or "unix:///var/run/docker.sock"
+                self._client = docker.DockerClient(base_url=url, timeout=120)
+                self._client.ping()
+        return self._client
+
+    def preflight(self, spec: SandboxSpec) -> str:
+        """Raises RuntimeMissingError or ImageError before anything is created."""
+        runtime = self.settings.effective_runtime
+        with translated("query dockerd"):
+            runtimes = self.client.info().get("Runtimes", {})
+        if runtime not in runtimes:
+            raise RuntimeMissingError(
+                f"dockerd has no {runtime!r} runtime (it has: {', '.join(sorted(runtimes))}); "
+                "run `farm host setup`, or see `farm doctor`"
+            )
+        with translated(f"look up image {spec.image}"):
+            return str(self.client.images.get(spec.image).id)
+
+    def run(
+        self, spec: SandboxSpec, *, log: LogSink, on_created: Callable[[str], None]
+    ) -> SandboxResult:
+        with translated("create the sandbox"):
+            container = self.client.containers.create(**self._create_args(spec))
+        on_created(container.id)
+        try:
+            return self._run_created(container, spec, log)
+        finally:
+            self.teardown(container.id)
+
+    def _run_created(self, container: Any, spec: SandboxSpec, log: LogSink) -> SandboxResult:
+        with translated("start the sandbox"):
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+            pump = threading.Thread(target=_pump, args=(stream, log), daemon=True)
+            pump.start()
+            started = datetime.now(UTC)
+            container.start()
+        exit_code, timed_out = self._wait(container, spec.deadline_seconds)
+        pump.join(timeout=10)
+        with translated("inspect the sandbox"):
+            container.reload()
+        state = container.attrs["State"]
+        return SandboxResult(
+            container_id=container.id,
+            runtime=self.settings.effective_runtime,
+            exit_code=exit_code,
+            timed_out=timed_out,
+            oom_killed=bool(state.get("OOMKilled")) or (exit_code == 137 and not timed_out),
+            started_at=started,
+            finished_at=datetime.now(UTC),
+        )
+
+    def _wait(self, container: Any, deadline: int) -> tuple[int | None, bool]:
+        # The HTTP read timeout is the wall-clock deadline; on expiry the build is killed.
+        try:
+            return int(container.wait(timeout=deadline)["StatusCode"]), False
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            pass
+        with translated("stop the sandbox after its deadline"):
+            container.kill()
+        return None, True
+
+    def _create_args(self, spec: SandboxSpec) -> dict[str, Any]:
+        return {
+            "image": spec.image,
+            "command": spec.argv,
+            "name": spec.name,
+            "labels": spec.labels,
+            "environment": spec.env,
+            "working_dir": spec.workdir,
+            "user": spec.user,
+            "hostname": spec.hostname,
+            "runtime": self.settings.effective_runtime,
+            "network_mode": spec.network,
+            "read_only": spec.read_only_root,
+            "mounts": [
+                docker.types.Mount(m.target, str(m.source), type="bind", read_only=m.read_only)
+                for m in spec.mounts
+            ],
+            "tmpfs": {t: f"size={size},mode=1777,nosuid,nodev" for t, size in spec.tmpfs.items()},
+            "nano_cpus": int(spec.cpus * 1e9),
+            "mem_limit": spec.memory,
+            "memswap_limit": spec.memory,
+            "pids_limit": spec.pids,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "ipc_mode": "private",
+            # Docker's own copy of the log is capped too, so a flood cannot fill the disk.
+            "log_config": docker.types.LogConfig(
+                type="json-file", config={"max-size": str(spec.log_cap), "max-file": "1"}
+            ),
+        }
+
+    def list_sandboxes(self) -> dict[str, str]:
+        labels = [f"{MANAGED_LABEL}=true", f"{HOME_LABEL}={self.settings.home}"]
+        with translated("list farm containers"):
+            found = self.client.containers.list(all=True, filters={"label": labels})
+        return {c.id: c.labels.get(BUILD_LABEL, "") for c in found}
+
+    def teardown(self, sandbox_id: str) -> list[str]:
+        removed = []
+        with translated(f"remove container {sandbox_id[:12]}"):
+            try:
+                self.client.api.remove_container(sandbox_id, force=True, v=True)
+                removed.append(f"container {sandbox_id[:12]}")
+            except docker.errors.NotFound:
+                pass
+        removed += _containerd_leftovers(sandbox_id)
+        removed += [f"runsc pid {pid}" for pid in kill_pids(runsc_pids(sandbox_id))]
+        return removed
+
+
+def _pump(stream: Iterable[bytes], log: LogSink) -> None:
+    try:
+        for chunk in stream:
+            log(chunk)
+    except (requests.exceptions.RequestException, OSError):
+        pass  # the container went away; its exit is reported by wait()
+
+
+def _containerd_leftovers(container_id: str) -> list[str]:
+    """When runsc fails at start, Docker forgets the container but containerd keeps a
+    stopped task and its shim; remove both, by id."""
+    ctr = shutil.which("ctr")
+    if not ctr or not CONTAINERD_SOCKET.exists():
+        return []
+    base = [ctr, "--address", str(CONTAINERD_SOCKET), "--namespace", "moby"]
+    removed = []
+    for kind, args in (
+        ("task", ["tasks", "delete", "--force"]),
+        ("containerd", ["containers", "delete"]),
+    ):
+        done = subprocess.run([*base, *args, container_id], capture_output=True, timeout=30)
+        if done.returncode == 0:
+            removed.append(f"{kind} {container_id[:12]}")
+    return removed

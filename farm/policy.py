@@ -1,0 +1,87 @@
+"""Sandbox policy: turn a BuildSpec into the one SandboxSpec every backend runs.
+
+Callers: ``farm.runner``. This is the only place that decides what a build may see:
+its source read-only, writable target/, /out and a capped /tmp, a fixed baseline
+environment, no network, and nothing else from the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.sandbox import Mount, SandboxSpec
+from farm.settings import BUILD_LABEL, SANDBOX_UID, Settings
+from farm.spec import BuildSpec
+
+SRC, TARGET, OUT, TMP = "/src", "/build/target", "/out", "/tmp"
+HOSTNAME = "farm-build"
+#: 2023-11-14T22:13:20Z: used when neither the spec nor the source gives a time.
+DEFAULT_EPOCH = 1_700_000_000
+
+
+@dataclass(frozen=True)
+class BuildDirs:
+    """Host directories of one build; the only host paths a sandbox ever sees."""
+
+    root: Path
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def output_root(self, name: str) -> Path:
+        """Host dir behind an output glob's first component (``out`` or ``target``)."""
+        return {"out": self.out, "target": self.target}[name]
+
+
+def baseline_env(spec: BuildSpec) -> dict[str, str]:
+    """The environment every build gets. Host variables never pass through."""
+    epoch = spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": f"{TMP}/home",
+        "TMPDIR": TMP,
+        "USER": "builder",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "CARGO_HOME": f"{TMP}/cargo-home",
+        "CARGO_TARGET_DIR": TARGET,
+        "FARM_OUT": OUT,
+    }
+
+
+def sandbox_for(spec: BuildSpec, build_id: str, dirs: BuildDirs, settings: Settings) -> SandboxSpec:
+    argv = spec.argv or []
+    return SandboxSpec(
+        name=f"farm-{build_id}",
+        image=spec.image,
+        argv=argv,
+        # The spec's env cannot override the baseline: BuildSpec rejects reserved names.
+        env={**spec.env, **baseline_env(spec)},
+        workdir=SRC,
+        user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+        hostname=HOSTNAME,
+        mounts=[
+            Mount(source=dirs.src, target=SRC, read_only=True),
+            Mount(source=dirs.target, target=TARGET, read_only=False),
+            Mount(source=dirs.out, target=OUT, read_only=False),
+        ],
+        tmpfs={TMP: spec.resources.scratch},
+        cpus=spec.resources.cpus,
+        memory=spec.resources.memory,
+        pids=spec.resources.pids,
+        deadline_seconds=spec.timeout_seconds,
+        log_cap=spec.limits.log,
+        labels={**settings.base_labels, BUILD_LABEL: build_id, "io.farm.tenant": spec.tenant},
+    )
