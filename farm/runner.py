@@ -1,0 +1,244 @@
+"""Run one build end to end: resolve, preflight, snapshot, sandbox, collect, record.
+
+Callers: ``farm.cli`` (and later the service). The runner only knows the ``Backend``
+protocol, so it is the same for every backend. Every path out of ``build`` (success,
+failure, deadline, OOM, SIGINT/SIGTERM, infrastructure error) tears the sandbox down,
+removes the build's directories and leaves a final record in the index.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from farm import cargo
+from farm.collect import Collected, collect, glob_regex
+from farm.errors import ExitCode, FarmError, SpecError
+from farm.logs import CappedLog
+from farm.policy import DEFAULT_EPOCH, BuildDirs, sandbox_for
+from farm.records import BuildRecord, Refusal, Status
+from farm.sandbox import Backend, SandboxResult, SandboxSpec
+from farm.settings import SANDBOX_UID, Settings
+from farm.snapshot import remove_tree, snapshot
+from farm.spec import BuildSpec
+from farm.store import Store
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by farm's SIGINT/SIGTERM handler."""
+
+
+def resolve(spec: BuildSpec) -> BuildSpec:
+    """Fill cargo defaults for ``argv`` and ``outputs``. Raises SpecError if it cannot."""
+    updates: dict[str, object] = {}
+    is_cargo = cargo.is_cargo_project(spec.source)
+    if spec.argv is None:
+        if not is_cargo:
+            raise SpecError(["argv: required for a project without Cargo.toml; pass `-- CMD…`"])
+        updates["argv"] = cargo.DEFAULT_ARGV
+    if spec.outputs is None:
+        updates["outputs"] = cargo.binary_outputs(spec.source) if is_cargo else ["out/**"]
+        if not updates["outputs"]:
+            raise SpecError(["outputs: the cargo project has no binary; declare outputs"])
+    return spec.model_copy(update=updates)
+
+
+def new_build_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        store: Store,
+        *,
+        echo: Callable[[bytes], None] | None = None,
+        on_phase: Callable[[str, CappedLog | None], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.echo = echo
+        self.on_phase = on_phase or (lambda phase, log: None)
+
+    def reap_leftovers(self) -> list[str]:
+        """Tear down sandboxes of builds whose farm process died; says what it removed."""
+        said = []
+        live_builds = set()
+        for record in self.store.list(status=Status.RUNNING):
+            if pid_alive(record.owner_pid):
+                live_builds.add(record.id)
+                continue
+            removed = self.backend.teardown(record.container_id) if record.container_id else []
+            remove_tree(self.settings.work_dir / record.id)
+            record.status, record.teardown = Status.LOST, removed
+            record.notes.append("farm exited during this build; its sandbox was reaped")
+            self.store.save(record)
+            what = ", ".join(removed) or "nothing left"
+            said.append(f"reaped build {record.id} left by a crashed run ({what})")
+        for sandbox_id, build_id in self.backend.list_sandboxes().items():
+            if build_id not in live_builds:
+                removed = self.backend.teardown(sandbox_id)
+                said.append(
+                    f"reaped leftover sandbox of build {build_id or '?'}: {', '.join(removed)}"
+                )
+        return said
+
+    def build(self, spec: BuildSpec) -> BuildRecord:
+        spec = resolve(spec)
+        build_id = new_build_id()
+        dirs = BuildDirs(self.settings.work_dir / build_id)
+        sandbox = sandbox_for(spec, build_id, dirs, self.settings)
+        self.on_phase("preflight", None)
+        image_id = self.backend.preflight(sandbox)  # raises before anything exists
+        record = self._start_record(build_id, spec, image_id)
+        try:
+            return self._run(record, spec, dirs, sandbox)
+        finally:
+            remove_tree(dirs.root)
+
+    def _start_record(self, build_id: str, spec: BuildSpec, image_id: str) -> BuildRecord:
+        record = BuildRecord(
+            id=build_id,
+            status=Status.RUNNING,
+            tenant=spec.tenant,
+            image=spec.image,
+            image_id=image_id,
+            runtime=self.settings.effective_runtime,
+            insecure_runtime=self.settings.insecure_runtime is not None,
+            spec=spec.model_dump(mode="json"),
+            created_at=datetime.now(UTC),
+            owner_pid=os.getpid(),
+        )
+        if record.insecure_runtime:
+            record.notes.append(
+                f"INSECURE: built with runtime {record.runtime!r} instead of gVisor; "
+                "the build's code ran directly on the host kernel"
+            )
+        self.store.save(record)
+        return record
+
+    def _run(
+        self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs, sandbox: SandboxSpec
+    ) -> BuildRecord:
+        started = time.monotonic()
+        self.on_phase("snapshot", None)
+        self._make_dirs(dirs)
+        epoch = spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
+        record.source_digest = snapshot(spec.source, dirs.src, epoch)
+        log = CappedLog(dirs.root / "build.log", spec.limits.log)
+        result: SandboxResult | None = None
+        try:
+            self.on_phase("build", log)
+            result = self.backend.run(
+                sandbox, log=self._sink(log), on_created=self._created(record)
+            )
+        except (Interrupted, KeyboardInterrupt):
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled by a signal; the sandbox was torn down")
+            raise
+        except FarmError as exc:
+            # A command missing from the image is the user's to fix, not the host's.
+            user_error = exc.exit_code == ExitCode.BAD_INPUT
+            record.status = Status.FAILED if user_error else Status.ERROR
+            record.notes.append(str(exc))
+            raise
+        except Exception:
+            record.status = Status.ERROR
+            raise
+        finally:
+            log.close()
+            self._finish(record, spec, dirs, log, result, started)
+        return record
+
+    def _make_dirs(self, dirs: BuildDirs) -> None:
+        dirs.root.mkdir(parents=True, mode=0o700)
+        for writable in (dirs.target, dirs.out):
+            writable.mkdir(mode=0o755)
+            os.chown(writable, SANDBOX_UID, SANDBOX_UID)
+
+    def _sink(self, log: CappedLog) -> Callable[[bytes], None]:
+        if not self.echo:
+            return log.write
+        echo = self.echo
+
+        def both(chunk: bytes) -> None:
+            log.write(chunk)
+            echo(chunk)
+
+        return both
+
+    def _created(self, record: BuildRecord) -> Callable[[str], None]:
+        def remember(container_id: str) -> None:
+            # Saved before start, so a crash of this process can still be reaped by id.
+            record.container_id = container_id
+            self.store.save(record)
+
+        return remember
+
+    def _finish(
+        self,
+        record: BuildRecord,
+        spec: BuildSpec,
+        dirs: BuildDirs,
+        log: CappedLog,
+        result: SandboxResult | None,
+        started: float,
+    ) -> None:
+        self.on_phase("collect", None)
+        if result is not None:
+            record.exit_code = result.exit_code
+            record.status = _status(result)
+            if record.status is Status.SUCCEEDED:
+                self._collect(record, spec, dirs)
+        if record.container_id:
+            record.teardown = self.backend.teardown(record.container_id)
+        if log.path.exists():
+            record.log_sha256, _ = self.store.put_file(log.path)
+        record.log_bytes, record.log_truncated_bytes = log.written, log.dropped
+        if log.dropped:
+            record.notes.append(f"log truncated at {log.cap} bytes; {log.dropped} bytes dropped")
+        record.finished_at = datetime.now(UTC)
+        record.duration_seconds = round(time.monotonic() - started, 3)
+        self.store.save(record)
+
+    def _collect(self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs) -> None:
+        got: Collected = collect(dirs, spec.outputs or [], spec.limits, self.store)
+        record.artifacts, record.refused = got.artifacts, got.refused
+        # A literal output path must exist; a wildcard may legitimately match nothing.
+        for glob in [g for g in spec.outputs or [] if not any(c in g for c in "*?[")]:
+            if not any(_matches(glob, a.path) for a in got.artifacts + got.refused):
+                record.refused.append(Refusal(path=glob, reason="declared output matched nothing"))
+        if record.refused:
+            record.status = Status.FAILED
+            record.artifacts = []  # all or nothing: a partial result is not a result
+            record.notes += [f"output {r.path} refused: {r.reason}" for r in record.refused]
+
+
+def _matches(glob: str, path: str) -> bool:
+    return bool(glob_regex(glob).match(path))
+
+
+def _status(result: SandboxResult) -> Status:
+    if result.timed_out:
+        return Status.TIMED_OUT
+    if result.oom_killed:
+        return Status.OOM
+    return Status.SUCCEEDED if result.exit_code == 0 else Status.FAILED
