@@ -1,0 +1,341 @@
+"""The ``farm`` command line. Human output by default, ``--json`` for machines.
+
+Exit codes (design brief): 0 success, 1 build failed, 2 bad input, 3 quarantined,
+4 infrastructure error. This module only parses, wires objects together and prints;
+the work happens in ``farm.runner``, ``farm.host`` and ``farm.images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from farm.errors import ExitCode, FarmError, InputError
+from farm.logs import CappedLog
+from farm.records import BuildRecord
+from farm.settings import Settings
+from farm.spec import build_spec, load_spec_file
+from farm.store import Store
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    # Everything after the first `--` is the build's argv, never farm's own options.
+    cut = words.index("--") if "--" in words else len(words)
+    args = _parser().parse_args(words[:cut])
+    args.build_argv = words[cut + 1 :]
+    settings = Settings.from_env(insecure_runtime=getattr(args, "insecure_runtime", None))
+    try:
+        return int(args.func(args, settings))
+    except FarmError as exc:
+        print(f"farm: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="farm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    b = sub.add_parser(
+        "build",
+        help="build a project in a gVisor sandbox",
+        usage="farm build [PATH] [options] [-- CMD ARGS…]",
+    )
+    b.add_argument("path", nargs="?", help="project directory (or `source` in --spec)")
+    b.add_argument("--spec", type=Path, help="a JSON or TOML BuildSpec; flags override it")
+    b.add_argument("--image")
+    b.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        default=[],
+        help="pass one variable; the host environment never passes through",
+    )
+    b.add_argument(
+        "--output",
+        action="append",
+        metavar="GLOB",
+        dest="outputs",
+        help="an output glob under out/ or target/ (repeatable)",
+    )
+    b.add_argument("--timeout", type=int, dest="timeout_seconds")
+    b.add_argument("--tenant")
+    for name in ("cpus", "memory", "pids", "scratch"):
+        b.add_argument(f"--{name}", help=f"resources.{name}")
+    b.add_argument(
+        "--insecure-runtime",
+        choices=["runc"],
+        help="run WITHOUT gVisor; recorded in the build's record",
+    )
+    b.add_argument("--follow", action="store_true", help="stream the build's log")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_build)
+
+    ls = sub.add_parser("list", help="list builds")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="show one build's record")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+    logs = sub.add_parser("logs", help="print a build's stored log")
+    logs.add_argument("id")
+    logs.set_defaults(func=cmd_logs)
+    arts = sub.add_parser("artifacts", help="copy a build's artifacts out of the store")
+    arts.add_argument("id")
+    arts.add_argument("--dest", type=Path, required=True)
+    arts.set_defaults(func=cmd_artifacts)
+    gc = sub.add_parser("gc", help="prune old builds and unreferenced blobs")
+    gc.add_argument("--keep", type=int, default=100, help="newest builds to keep")
+    gc.set_defaults(func=cmd_gc)
+    reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
+    reap.set_defaults(func=cmd_reap)
+    doc = sub.add_parser("doctor", help="check the host and say how to fix it")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
+    hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
+    hs.set_defaults(func=cmd_host_setup)
+    image = sub.add_parser("image", help="builder images").add_subparsers(required=True)
+    ib = image.add_parser("build", help="build a builder image offline with mmdebstrap")
+    ib.add_argument("name", choices=["rust"])
+    ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ib.set_defaults(func=cmd_image_build)
+    return p
+
+
+def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_spec_file(args.spec) if args.spec else {}
+    if args.path:
+        data["source"] = args.path
+    if "source" not in data:
+        raise InputError("source: give a project directory, e.g. `farm build examples/hello-serde`")
+    if args.build_argv:
+        data["argv"] = args.build_argv
+    env = dict(data.get("env") or {})
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--env {item!r}: use NAME=VALUE")
+        env[name] = value
+    data["env"] = env
+    for key in ("image", "outputs", "timeout_seconds", "tenant"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    resources = dict(data.get("resources") or {})
+    resources.update(
+        {
+            k: getattr(args, k)
+            for k in ("cpus", "memory", "pids", "scratch")
+            if getattr(args, k) is not None
+        }
+    )
+    data["resources"] = resources
+    return data
+
+
+def _runner(settings: Settings, **kw: Any):
+    from farm.backends.local import LocalBackend
+    from farm.runner import Runner
+
+    return Runner(settings, LocalBackend(settings), Store(settings.home), **kw)
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    spec = build_spec(_spec_data(args))  # bad input stops here: nothing created yet
+    if settings.insecure_runtime:
+        print(
+            f"farm: WARNING: --insecure-runtime={settings.insecure_runtime}: this build runs "
+            "WITHOUT gVisor, on the host kernel. It is recorded in the build's record.",
+            file=sys.stderr,
+        )
+    progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
+    echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
+    runner = _runner(settings, echo=echo, on_phase=progress.phase)
+    for line in runner.reap_leftovers():
+        print(f"farm: {line}", file=sys.stderr)
+    from farm.runner import Interrupted
+
+    with _signals_raise(Interrupted), progress:
+        try:
+            record = runner.build(spec)
+        except Interrupted:
+            print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
+            return int(ExitCode.BUILD_FAILED)
+    _print_record(record, args.json)
+    return int(record.status.exit_code)
+
+
+class _signals_raise:
+    """SIGINT/SIGTERM raise ``exc`` once in the main thread, so ``finally`` blocks tear
+    the sandbox down; a second signal during teardown is ignored, not fatal."""
+
+    def __init__(self, exc: type[BaseException]) -> None:
+        self.exc = exc
+        self.saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        for sig in self.saved:
+            signal.signal(sig, signal.SIG_IGN)
+        raise self.exc(signal.Signals(signum).name)
+
+    def __enter__(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+class _Progress:
+    """On a TTY: the phase, elapsed time and the log's last line, redrawn in place."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.name, self.log, self.start = "starting", None, time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._draw, daemon=True)
+
+    def phase(self, name: str, log: CappedLog | None) -> None:
+        self.name, self.log = name, log or self.log
+
+    def _draw(self) -> None:
+        width = shutil.get_terminal_size().columns
+        while not self._stop.wait(0.5):
+            tail = (self.log.tail() or [""])[-1] if self.log else ""
+            line = f"[{self.name}] {time.monotonic() - self.start:6.1f}s  {tail}"
+            sys.stderr.write("\r\x1b[2K" + line[: width - 1])
+            sys.stderr.flush()
+        sys.stderr.write("\r\x1b[2K")
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+
+
+def _print_record(record: BuildRecord, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record.summary(), indent=2))
+        return
+    print(
+        f"build {record.id}: {record.status.value} (exit {record.exit_code}, "
+        f"{record.duration_seconds}s, runtime {record.runtime})"
+    )
+    print(f"  image   {record.image} {record.image_id or ''}")
+    print(f"  source  {record.source_digest}")
+    for a in record.artifacts:
+        print(f"  artifact {a.path}  sha256:{a.sha256}  {a.size} bytes")
+    for note in record.notes:
+        print(f"  note    {note}")
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    records = Store(settings.home).list()
+    if args.json:
+        print(json.dumps([r.summary() for r in records], indent=2))
+    for r in [] if args.json else records:
+        print(
+            f"{r.id}  {r.status.value:<10} {r.tenant:<12} {r.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"{r.spec.get('source')}"
+        )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    record = Store(settings.home).get(args.id)
+    if args.json:
+        print(record.model_dump_json(indent=2))
+    else:
+        _print_record(record, as_json=False)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.home)
+    record = store.get(args.id)
+    if record.log_sha256:
+        with store.blob_path(record.log_sha256).open("rb") as fh:
+            shutil.copyfileobj(fh, sys.stdout.buffer)
+    return 0
+
+
+def cmd_artifacts(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.home)
+    record = store.get(args.id)
+    for a in record.artifacts:
+        dest = args.dest / a.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.blob_path(a.sha256), dest)
+        dest.chmod(0o755)
+        print(dest)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.gc import collect_garbage
+
+    print(collect_garbage(Store(settings.home), settings, keep=args.keep))
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
+    for line in _runner(settings).reap_leftovers() or ["nothing to reap"]:
+        print(f"farm: {line}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.host import diagnose
+
+    checks = diagnose(settings)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    for c in [] if args.json else checks:
+        print(
+            f"{'ok ' if c.ok else 'MISSING'}  {c.name}: {c.detail}"
+            + ("" if c.ok else f"\n         fix: {c.fix}")
+        )
+    return 0 if all(c.ok for c in checks) else int(ExitCode.INFRASTRUCTURE)
+
+
+def cmd_host_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.host import setup
+
+    setup(settings, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.backends.local import LocalBackend
+    from farm.images import build_image
+
+    client = LocalBackend(settings).client
+    info = build_image(
+        args.name,
+        settings,
+        Store(settings.home),
+        client,
+        force=args.force,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

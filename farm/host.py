@@ -1,0 +1,213 @@
+"""Host bootstrap and diagnosis: Debian packages, gVisor, dockerd and its runsc runtime.
+
+Callers: ``farm host setup`` (idempotent; run by the README's commands and CI) and
+``farm doctor`` (reports each missing piece with its fix). Bootstrap only installs and
+starts things; it never touches a container it did not create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import InfrastructureError
+from farm.settings import Settings
+
+APT_PACKAGES = ("docker.io", "containerd", "mmdebstrap", "iptables")
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+DOCKER_PIDFILE = Path("/var/run/docker.pid")
+#: bookworm's runsc (20221219) fails every directory read with EINVAL on this host's
+#: kernel (`ls /` inside the sandbox); trixie's static build works. See docs/sandbox.md.
+RUNSC_MIN_VERSION = 20240729
+RUNSC_SUITE = "trixie"
+RUNSC_RUNTIME = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+
+
+def missing_packages() -> list[str]:
+    return [
+        p
+        for p in APT_PACKAGES
+        if _run(["dpkg-query", "-W", "-f=${Status}", p]).stdout != "install ok installed"
+    ]
+
+
+def runsc_version(path: str = "/usr/bin/runsc") -> int | None:
+    if not os.path.exists(path):
+        return None
+    match = re.search(r"(\d{8})", _run([path, "--version"]).stdout)
+    return int(match.group(1)) if match else None
+
+
+def daemon_config() -> dict:
+    try:
+        return json.loads(DAEMON_JSON.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise InfrastructureError(
+            f"{DAEMON_JSON} is not valid JSON ({exc}); fix it by hand"
+        ) from exc
+
+
+def dockerd_up(timeout: float = 5) -> bool:
+    if not DOCKER_SOCKET.exists():
+        return False
+    return (
+        _run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=timeout).returncode
+        == 0
+    )
+
+
+def diagnose(settings: Settings) -> list[Check]:
+    """Every prerequisite of a sandboxed build, each with the command that fixes it."""
+    setup = "farm host setup"
+    missing = missing_packages()
+    version = runsc_version()
+    runtime = daemon_config().get("runtimes", {}).get("runsc")
+    checks = [
+        Check("debian packages", not missing, ", ".join(missing) or "installed", setup),
+        Check(
+            "runsc (gVisor)",
+            (version or 0) >= RUNSC_MIN_VERSION,
+            f"version {version}" if version else "not installed",
+            f"{setup} (installs Debian {RUNSC_SUITE}'s runsc >= {RUNSC_MIN_VERSION})",
+        ),
+        Check(
+            "dockerd runtime config",
+            runtime == RUNSC_RUNTIME,
+            f"{DAEMON_JSON}: runsc = {runtime}",
+            setup,
+        ),
+        Check("dockerd running", dockerd_up(), str(DOCKER_SOCKET), setup),
+        Check(
+            "FARM_HOME writable",
+            _writable(settings.home),
+            str(settings.home),
+            f"mkdir -p {settings.home} or set FARM_HOME",
+        ),
+    ]
+    if checks[3].ok:
+        info = _run(["docker", "info", "--format", "{{json .Runtimes}}"]).stdout
+        checks.append(Check("dockerd knows runsc", '"runsc"' in info, info.strip()[:200], setup))
+        have = _run(["docker", "image", "inspect", settings.default_image]).returncode == 0
+        checks.append(Check("builder image", have, settings.default_image, "farm image build rust"))
+    return checks
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return os.access(path, os.W_OK)
+    except OSError:
+        return False
+
+
+def setup(settings: Settings, log: Callable[[str], None] = print) -> None:
+    """Install and start everything a local build needs. Safe to run again.
+
+    Raises InfrastructureError with the failing command's output.
+    """
+    if os.geteuid() != 0:
+        raise InfrastructureError("farm host setup must run as root (it installs packages)")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if missing := missing_packages():
+        log(f"farm: installing {' '.join(missing)}")
+        _check(["apt-get", "update", "-qq"])
+        _check(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    if (runsc_version() or 0) < RUNSC_MIN_VERSION:
+        _install_runsc(settings, log)
+    changed = _configure_runtime(log)
+    if not dockerd_up():
+        _start_dockerd(settings, log)
+    elif changed:
+        _reload_dockerd(log)
+
+
+def _check(argv: list[str], **kw: object) -> str:
+    done = _run(argv, **kw)
+    if done.returncode != 0:
+        raise InfrastructureError(f"`{' '.join(argv)}` failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def _install_runsc(settings: Settings, log: Callable[[str], None]) -> None:
+    """Fetch runsc from Debian trixie with a private apt state, so the host's own
+    sources stay untouched, and install it with dpkg (it is a static binary)."""
+    root = settings.home / "apt-trixie"
+    for sub in ("lists/partial", "archives/partial"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "sources.list").write_text(f"deb http://deb.debian.org/debian {RUNSC_SUITE} main\n")
+    opts = [
+        f"-oDir::Etc::SourceList={root}/sources.list",
+        "-oDir::Etc::SourceParts=/dev/null",
+        f"-oDir::State::Lists={root}/lists",
+        f"-oDir::Cache::Archives={root}/archives",
+        "-oAPT::Sandbox::User=root",
+    ]
+    log(f"farm: installing runsc from Debian {RUNSC_SUITE}")
+    _check(["apt-get", *opts, "update", "-qq"])
+    _check(["apt-get", *opts, "download", "runsc"], cwd=root)
+    debs = sorted(root.glob("runsc_*.deb"))
+    if not debs:
+        raise InfrastructureError(f"apt-get download runsc left no .deb in {root}")
+    _check(["dpkg", "-i", str(debs[-1])])
+
+
+def _configure_runtime(log: Callable[[str], None]) -> bool:
+    config = daemon_config()
+    if config.get("runtimes", {}).get("runsc") == RUNSC_RUNTIME:
+        return False
+    config.setdefault("runtimes", {})["runsc"] = RUNSC_RUNTIME
+    DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
+    DAEMON_JSON.write_text(json.dumps(config, indent=2) + "\n")
+    log(f"farm: configured the runsc runtime in {DAEMON_JSON}")
+    return True
+
+
+def _start_dockerd(settings: Settings, log: Callable[[str], None]) -> None:
+    if not shutil.which("dockerd"):
+        raise InfrastructureError("dockerd is not installed; run `farm host setup`")
+    logfile = settings.home / "dockerd.log"
+    log(f"farm: starting dockerd (log: {logfile})")
+    with logfile.open("ab") as out:
+        subprocess.Popen(
+            ["dockerd"], stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if dockerd_up():
+            return
+        time.sleep(0.5)
+    raise InfrastructureError(f"dockerd did not come up within 60 s; see {logfile}")
+
+
+def _reload_dockerd(log: Callable[[str], None]) -> None:
+    # Runtimes are reloadable: SIGHUP applies them without stopping running containers.
+    pid = int(DOCKER_PIDFILE.read_text().strip())
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(1)
+    log("farm: reloaded dockerd's configuration")
