@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the test suite).
+# Both set up everything first, idempotently: Debian packages, gVisor, dockerd, the venv
+# and the offline builder image.
+VENV ?= .venv
+FARM := $(VENV)/bin/farm
+PYTHON ?= python3
+export FARM_HOME ?= $(HOME)/.local/share/farm
+
+.PHONY: setup demo test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	$(FARM) host setup
+	$(FARM) image build rust
+
+demo: setup
+	$(VENV)/bin/python examples/demo.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check farm tests bench examples
+	$(VENV)/bin/ruff format --check farm tests bench examples
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(VENV)/bin/python bench/run.py

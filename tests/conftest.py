@@ -1,0 +1,16 @@
+"""Shared fixtures. Markers are assigned by directory: tests/unit -> unit, tests/e2e -> e2e."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
+        if kind in ("unit", "e2e"):
+            item.add_marker(getattr(pytest.mark, kind))

@@ -1,0 +1,101 @@
+"""E2E fixtures: real dockerd, real runsc, a fresh FARM_HOME per test, and a check
+after every test that nothing of that FARM_HOME is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from farm.backends.hostprocs import runsc_pids
+from farm.settings import DEFAULT_IMAGE, HOME_LABEL, MANAGED_LABEL
+from farm.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def client() -> docker.DockerClient:
+    c = docker.from_env()
+    c.images.get(DEFAULT_IMAGE)  # `make setup` builds it; a missing image is a failure
+    return c
+
+
+@pytest.fixture
+def home(tmp_path: Path, client: docker.DockerClient) -> Iterator[Path]:
+    home = tmp_path / "farm-home"
+    yield home
+    leftovers = farm_containers(client, home)
+    for c in leftovers:  # clean up by id, then fail: a leak is a bug
+        c.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.id for c in leftovers]}"
+    if (home / "index.sqlite").exists():
+        for record in Store(home).list():
+            if record.container_id:
+                assert runsc_pids(record.container_id) == [], f"runsc left for {record.id}"
+
+
+def farm_containers(client: docker.DockerClient, home: Path) -> list:
+    labels = [f"{MANAGED_LABEL}=true", f"{HOME_LABEL}={home.resolve()}"]
+    return client.containers.list(all=True, filters={"label": labels})
+
+
+def farm_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    return {**env, "FARM_HOME": str(home), **extra}
+
+
+def farm(
+    home: Path, *args: str, timeout: float = 900, **extra_env: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=farm_env(home, **extra_env),
+    )
+
+
+def farm_json(home: Path, *args: str, **extra_env: str) -> tuple[int, dict]:
+    done = farm(home, args[0], "--json", *args[1:], **extra_env)
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(
+            f"no JSON (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+        ) from None
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_artifact(client: docker.DockerClient, binary: Path) -> str:
+    """Run a built binary in gVisor with no network (never on the host)."""
+    out = client.containers.run(
+        DEFAULT_IMAGE,
+        ["/app"],
+        runtime="runsc",
+        network_mode="none",
+        remove=True,
+        read_only=True,
+        user="10001:10001",
+        labels={MANAGED_LABEL: "true"},
+        volumes={str(binary): {"bind": "/app", "mode": "ro"}},
+    )
+    return out.decode()

@@ -1,0 +1,200 @@
+"""Teardown, caps and bad input, against real dockerd and runsc."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.backends.local import LocalBackend
+from farm.errors import RuntimeMissingError
+from farm.records import Status
+from farm.runner import Runner
+from farm.settings import Settings
+from farm.spec import build_spec
+from farm.store import Store
+
+from .conftest import farm, farm_containers, farm_env, farm_json, wait_for
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    p = tmp_path / "proj"
+    p.mkdir()
+    (p / "input.txt").write_text("data\n")
+    return p
+
+
+def test_failed_build_is_torn_down(home: Path, project: Path) -> None:
+    code, out = farm_json(home, "build", str(project), "--", "sh", "-c", "echo bye; exit 3")
+    assert code == 1
+    assert out["status"] == "failed" and out["exit_code"] == 3
+    assert not (home / "work" / out["id"]).exists()
+
+
+def test_deadline_kills_the_build(home: Path, project: Path) -> None:
+    code, out = farm_json(home, "build", str(project), "--timeout", "3", "--", "sleep", "300")
+    assert code == 1 and out["status"] == "timed_out"
+    assert out["duration_seconds"] < 60
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_cli_tears_down(home: Path, project: Path, client, sig) -> None:  # noqa: ANN001
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
+        env=farm_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running = wait_for(
+        lambda: (
+            [c for c in farm_containers(client, home) if c.status == "running"]
+            or (client.containers.list(all=True) and None)
+        ),
+        what="sandbox to start",
+    )
+    cli.send_signal(sig)
+    _, err = cli.communicate(timeout=60)
+    assert cli.returncode == 1, err
+    assert "interrupted" in err
+    assert farm_containers(client, home) == []
+    record = Store(home).list()[0]
+    assert record.status is Status.CANCELLED and record.container_id == running[0].id
+
+
+def test_killed_cli_leaves_a_sandbox_that_the_next_run_reaps(
+    home: Path, project: Path, client
+) -> None:  # noqa: ANN001
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
+        env=farm_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(
+        lambda: [c for c in farm_containers(client, home) if c.status == "running"],
+        what="sandbox to start",
+    )
+    cli.kill()  # SIGKILL: no chance to clean up, as in a crash
+    cli.wait()
+    assert farm_containers(client, home), "docker keeps the container when its client dies"
+    done = farm(home, "reap")
+    assert done.returncode == 0 and "reaped build" in done.stdout, done.stdout + done.stderr
+    assert farm_containers(client, home) == []
+    assert Store(home).list()[0].status is Status.LOST
+
+
+def test_invalid_spec_creates_nothing(home: Path, project: Path, client) -> None:  # noqa: ANN001
+    before = len(client.containers.list(all=True))
+    done = farm(home, "build", str(project), "--output", "../x", "--memory", "lots", "--", "true")
+    assert done.returncode == 2
+    assert "outputs[0]: '../x' escapes the output directory" in done.stderr
+    assert "resources.memory: 'lots' is not a size" in done.stderr
+    assert len(client.containers.list(all=True)) == before
+    assert farm_containers(client, home) == []
+    assert not (home / "work").exists() or not any((home / "work").iterdir())
+
+
+def test_missing_runtime_is_a_clear_error_before_anything_exists(
+    home: Path,
+    project: Path,
+    client,  # noqa: ANN001
+) -> None:
+    settings = Settings(home=home, runtime="runsc-not-installed")
+    runner = Runner(settings, LocalBackend(settings), Store(home))
+    spec = build_spec({"source": str(project), "argv": ["true"]})
+    with pytest.raises(RuntimeMissingError, match="no 'runsc-not-installed' runtime"):
+        runner.build(spec)
+    assert Store(home).list() == []
+    assert farm_containers(client, home) == []
+
+
+def test_insecure_runtime_is_loud_and_recorded(home: Path, project: Path) -> None:
+    done = farm(home, "build", str(project), "--insecure-runtime=runc", "--json", "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" in done.stderr and "WITHOUT gVisor" in done.stderr
+    record = Store(home).get(json.loads(done.stdout)["id"])
+    assert record.insecure_runtime and record.runtime == "runc"
+    assert any(n.startswith("INSECURE") for n in record.notes)
+
+
+def test_log_flood_is_capped(home: Path, project: Path) -> None:
+    spec = home.parent / "flood.json"
+    spec.write_text(json.dumps({"source": str(project), "limits": {"log": "64k"}}))
+    flood = "head -c 50000000 /dev/zero | tr '\\0' x; echo done"
+    code, out = farm_json(home, "build", "--spec", str(spec), "--", "sh", "-c", flood)
+    assert code == 0
+    record = Store(home).get(out["id"])
+    assert record.log_bytes == 64 * 1024 and record.log_truncated_bytes > 40_000_000
+    log = farm(home, "logs", out["id"]).stdout
+    assert len(log) < 70 * 1024 and "log truncated at 65536 bytes" in log
+
+
+def test_oversized_and_linked_outputs_are_refused(home: Path, project: Path) -> None:
+    script = (
+        "head -c 3000000 /dev/zero > /out/big; ln -s /etc/passwd /out/link; echo ok > /out/small"
+    )
+    code, out = farm_json(
+        home,
+        "build",
+        str(project),
+        "--output",
+        "out/**",
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
+    record = Store(home).get(out["id"])
+    assert code == 1 and record.status is Status.FAILED  # the build fails, nothing published
+    reasons = {r.path: r.reason for r in record.refused}
+    assert "per-file cap" not in reasons.get("out/big", "")  # default cap is 512 MiB
+    assert reasons["out/link"].startswith("symlink")
+    assert record.artifacts == []
+
+    spec = home.parent / "caps.json"
+    spec.write_text(json.dumps({"source": str(project), "limits": {"max_file": "1m"}}))
+    code, out = farm_json(
+        home,
+        "build",
+        "--spec",
+        str(spec),
+        "--output",
+        "out/big",
+        "--",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero > /out/big",
+    )
+    record = Store(home).get(out["id"])
+    assert code == 1 and "exceeds the per-file cap of 1048576" in record.refused[0].reason
+
+
+def test_start_failure_leaves_no_containerd_task_or_runsc(home: Path, project: Path) -> None:
+    # runsc fails at start; Docker forgets the container but containerd keeps it.
+    done = farm(home, "build", str(project), "--", "no-such-command")
+    assert done.returncode == 2
+    assert "the command is not in the image" in done.stderr
+    record = Store(home).list()[0]
+    assert record.status is Status.FAILED
+    ctr = subprocess.run(
+        [
+            "ctr",
+            "--address",
+            "/run/docker/containerd/containerd.sock",
+            "-n",
+            "moby",
+            "containers",
+            "ls",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert record.container_id not in ctr.stdout
