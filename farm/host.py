@@ -29,7 +29,8 @@ DOCKER_PIDFILE = Path("/var/run/docker.pid")
 #: kernel (`ls /` inside the sandbox); trixie's static build works. See docs/sandbox.md.
 RUNSC_MIN_VERSION = 20240729
 RUNSC_SUITE = "trixie"
-RUNSC_RUNTIME = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+#: ptrace measured faster than systrap for cargo builds on this machine kind (docs/performance.md).
+RUNSC_RUNTIME = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--platform=ptrace"]}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def test_deadline_kills_the_build(home: Path, project: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_the_cli_tears_down(home: Path, project: Path, client, sig) -> None:  # noqa: ANN001
+def test_signal_to_the_cli_tears_down(home: Path, project: Path, client, sig) -> None:
     cli = subprocess.Popen(
         [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
         env=farm_env(home),
@@ -69,7 +69,7 @@ def test_signal_to_the_cli_tears_down(home: Path, project: Path, client, sig) ->
 
 def test_killed_cli_leaves_a_sandbox_that_the_next_run_reaps(
     home: Path, project: Path, client
-) -> None:  # noqa: ANN001
+) -> None:
     cli = subprocess.Popen(
         [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
         env=farm_env(home),
@@ -89,7 +89,7 @@ def test_killed_cli_leaves_a_sandbox_that_the_next_run_reaps(
     assert Store(home).list()[0].status is Status.LOST
 
 
-def test_invalid_spec_creates_nothing(home: Path, project: Path, client) -> None:  # noqa: ANN001
+def test_invalid_spec_creates_nothing(home: Path, project: Path, client) -> None:
     before = len(client.containers.list(all=True))
     done = farm(home, "build", str(project), "--output", "../x", "--memory", "lots", "--", "true")
     assert done.returncode == 2
@@ -103,7 +103,7 @@ def test_invalid_spec_creates_nothing(home: Path, project: Path, client) -> None
 def test_missing_runtime_is_a_clear_error_before_anything_exists(
     home: Path,
     project: Path,
-    client,  # noqa: ANN001
+    client,
 ) -> None:
     settings = Settings(home=home, runtime="runsc-not-installed")
     runner = Runner(settings, LocalBackend(settings), Store(home))
@@ -198,3 +198,54 @@ def test_start_failure_leaves_no_containerd_task_or_runsc(home: Path, project: P
         check=True,
     )
     assert record.container_id not in ctr.stdout
+
+
+def test_policy_as_seen_from_inside(home: Path, project: Path) -> None:
+    probe = (
+        "echo uid=$(id -u) gid=$(id -g); grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status;"
+        " echo nets=$(awk -F: 'NR>2{print $1}' /proc/net/dev | tr -d ' ' | tr '\\n' ,);"
+        " echo tmpkb=$(df -k /tmp | awk 'NR==2{print $2}');"
+        " touch /src/x 2>/dev/null; echo src=$?; touch /usr/x 2>/dev/null; echo root=$?;"
+        " touch /out/x /build/target/x; echo writable=$?; ls /var/run/docker.sock 2>/dev/null;"
+        " echo sock=$?; env | sort"
+    )
+    spec = home.parent / "probe.json"
+    spec.write_text(json.dumps({"source": str(project), "resources": {"scratch": "64m"}}))
+    code, out = farm_json(
+        home, "build", "--spec", str(spec), "--", "sh", "-c", probe, FARM_HOST_ONLY="leak-me"
+    )
+    assert code == 0, out
+    log = farm(home, "logs", out["id"]).stdout
+    assert "uid=10001 gid=10001" in log
+    # gVisor does not report NoNewPrivs; tests/unit/test_local_backend.py checks the flag.
+    assert "CapEff:\t0000000000000000" in log and "CapBnd:\t0000000000000000" in log
+    assert "nets=lo," in log  # loopback only: no interface leads anywhere
+    assert "tmpkb=65536" in log
+    assert "src=1" in log and "root=1" in log and "writable=0" in log and "sock=2" in log
+    assert "leak-me" not in log and "FARM_HOST_ONLY" not in log
+    assert "TZ=UTC" in log and "SOURCE_DATE_EPOCH=1700000000" in log
+
+
+def test_follow_streams_the_log(home: Path, project: Path) -> None:
+    done = farm(home, "build", str(project), "--follow", "--", "echo", "streamed-line")
+    assert done.returncode == 0, done.stderr
+    assert "streamed-line" in done.stdout.splitlines()[0]
+
+
+def test_memory_bomb_is_contained(home: Path, project: Path, client) -> None:
+    spec = home.parent / "oom.json"
+    spec.write_text(json.dumps({"source": str(project), "resources": {"memory": "256m"}}))
+    # tail keeps the whole newline-free stream in memory.
+    code, out = farm_json(
+        home,
+        "build",
+        "--spec",
+        str(spec),
+        "--",
+        "sh",
+        "-c",
+        "head -c 1500000000 /dev/zero | tail -n 1 | wc -c",
+    )
+    assert code == 1
+    assert out["status"] == "oom_killed" and out["exit_code"] == 137
+    assert farm_containers(client, home) == []

@@ -1,0 +1,46 @@
+"""The local backend's translation of a SandboxSpec into Docker's create arguments."""
+
+from pathlib import Path
+
+from farm.backends.local import LocalBackend
+from farm.policy import BuildDirs, sandbox_for
+from farm.runner import resolve
+from farm.settings import Settings
+from farm.spec import build_spec
+
+
+def test_docker_arguments_carry_the_whole_policy(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    spec = resolve(
+        build_spec(
+            {
+                "source": str(tmp_path),
+                "argv": ["make"],
+                "resources": {"cpus": 1.5, "memory": "1g", "pids": 300, "scratch": "64m"},
+            }
+        )
+    )
+    sandbox = sandbox_for(spec, "b1", BuildDirs(tmp_path / "b1"), settings)
+    args = LocalBackend(settings, client=object())._create_args(sandbox)  # type: ignore[arg-type]
+    assert args["runtime"] == "runsc"
+    assert args["network_mode"] == "none" and args["read_only"] is True
+    assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"]
+    assert args["user"] == "10001:10001"
+    assert args["nano_cpus"] == 1_500_000_000
+    assert args["mem_limit"] == args["memswap_limit"] == 1 << 30
+    assert args["pids_limit"] == 300
+    assert args["tmpfs"] == {"/tmp": f"size={64 << 20},mode=1777,nosuid,nodev"}
+    binds = {(m["Target"], m["Source"], m["ReadOnly"]) for m in args["mounts"]}
+    assert binds == {
+        ("/src", str(tmp_path / "b1" / "src"), True),
+        ("/build/target", str(tmp_path / "b1" / "target"), False),
+        ("/out", str(tmp_path / "b1" / "out"), False),
+    }
+    assert "privileged" not in args and "volumes" not in args
+    assert args["log_config"]["Config"]["max-size"] == str(spec.limits.log)
+
+
+def test_insecure_runtime_is_only_used_when_asked(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, insecure_runtime="runc")
+    assert settings.effective_runtime == "runc"
+    assert Settings(home=tmp_path).effective_runtime == "runsc"
