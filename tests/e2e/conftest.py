@@ -37,6 +37,8 @@ def home(tmp_path: Path, client: docker.DockerClient) -> Iterator[Path]:
     for c in leftovers:  # clean up by id, then fail: a leak is a bug
         c.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.id for c in leftovers]}"
+    work = home / "work"
+    assert not work.exists() or not any(work.iterdir()), "a build's directories were left"
     if (home / "index.sqlite").exists():
         for record in Store(home).list():
             if record.container_id:
@@ -75,7 +77,7 @@ def farm_json(home: Path, *args: str, **extra_env: str) -> tuple[int, dict]:
         ) from None
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
