@@ -249,3 +249,13 @@ def test_memory_bomb_is_contained(home: Path, project: Path, client) -> None:
     assert code == 1
     assert out["status"] == "oom_killed" and out["exit_code"] == 137
     assert farm_containers(client, home) == []
+
+
+def test_missing_image_is_a_clear_error_before_anything_exists(
+    home: Path, project: Path, client
+) -> None:
+    done = farm(home, "build", str(project), "--image", "farm/not-built:1", "--", "true")
+    assert done.returncode == 4
+    assert "image not found" in done.stderr and "farm image build rust" in done.stderr
+    assert farm_containers(client, home) == []
+    assert Store(home).list() == []
