@@ -20,6 +20,7 @@ from typing import Any
 from farm.errors import ExitCode, FarmError, InputError
 from farm.logs import CappedLog
 from farm.records import BuildRecord
+from farm.runner import Interrupted, Runner
 from farm.settings import Settings
 from farm.spec import build_spec, load_spec_file
 from farm.store import Store
@@ -142,9 +143,9 @@ def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def _runner(settings: Settings, **kw: Any):
+def _runner(settings: Settings, **kw: Any) -> Runner:
+    # The backend is imported late so `farm doctor` works even where docker-py breaks.
     from farm.backends.local import LocalBackend
-    from farm.runner import Runner
 
     return Runner(settings, LocalBackend(settings), Store(settings.home), **kw)
 
@@ -162,8 +163,6 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     runner = _runner(settings, echo=echo, on_phase=progress.phase)
     for line in runner.reap_leftovers():
         print(f"farm: {line}", file=sys.stderr)
-    from farm.runner import Interrupted
-
     with _signals_raise(Interrupted), progress:
         try:
             record = runner.build(spec)
