@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="farm", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="farm", description="Run untrusted builds in a gVisor sandbox with no network."
+    )
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     b = sub.add_parser(
