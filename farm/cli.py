@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     except FarmError as exc:
         print(f"farm: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except Exception:  # a bug or an unexpected host failure: still exit 4, with the trace
+        traceback.print_exc()
+        print("farm: internal error (exit 4); please report the trace above", file=sys.stderr)
+        return int(ExitCode.INFRASTRUCTURE)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from farm.errors import CollectionError
 from farm.policy import BuildDirs
 from farm.records import Artifact, Refusal
 from farm.spec import OutputLimits
@@ -67,24 +68,37 @@ def _collect_root(
         path = f"{name}/{rel}"
         if stat.S_ISDIR(st.st_mode) or not any(p.match(path) for p in patterns):
             continue
-        reason = _refusal(st, links, limits, result)
+        # A name that is not UTF-8 cannot be recorded faithfully; keep an escaped form.
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        reason = "name is not valid UTF-8" if shown != path else _refusal(st, links, limits, result)
+        path = shown
         if reason:
             result.refused.append(Refusal(path=path, reason=reason))
             continue
         _store_one(root / rel, path, st, limits, store, result)
 
 
-def _walk(root: Path, rel: str = "") -> list[tuple[str, os.stat_result]]:
-    """Every entry under root with its lstat; symlinked dirs are listed, not entered."""
-    found = []
-    with os.scandir(root / rel if rel else root) as it:
-        for entry in sorted(it, key=lambda e: e.name):
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            st = entry.stat(follow_symlinks=False)
-            found.append((child, st))
-            if stat.S_ISDIR(st.st_mode):
-                found.extend(_walk(root, child))
-    return found
+#: A hostile build can make millions of entries; past this many, collection stops.
+MAX_ENTRIES = 200_000
+
+
+def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
+    """Every entry under root with its lstat, iteratively (depth is no crash); symlinked
+    dirs are listed, not entered. Raises CollectionError past MAX_ENTRIES."""
+    found: list[tuple[str, os.stat_result]] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            for entry in it:
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                st = entry.stat(follow_symlinks=False)
+                found.append((child, st))
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(child)
+        if len(found) > MAX_ENTRIES:
+            raise CollectionError(f"the build left more than {MAX_ENTRIES} entries in {root}")
+    return sorted(found, key=lambda e: e[0])
 
 
 def _refusal(

@@ -1,34 +1,41 @@
 """``farm gc``: keep the newest builds, drop older records, delete unreferenced blobs
-and work directories no running build owns.
+and work directories no running build owns, leaving anything younger than an hour.
 
 Callers: ``farm.cli``.
 """
 
 from __future__ import annotations
 
+import time
+
 from farm.records import Status
-from farm.runner import pid_alive
 from farm.settings import Settings
 from farm.snapshot import remove_tree
 from farm.store import Store
 
+#: Blobs younger than this are left alone: a running build may have stored them and not
+#: yet saved the record that refers to them.
+GRACE_SECONDS = 3600
+
 
 def collect_garbage(store: Store, settings: Settings, keep: int) -> str:
     records = store.list(limit=1 << 30)  # newest first
-    live = {r.id for r in records if r.status is Status.RUNNING and pid_alive(r.owner_pid)}
+    # Running records are never dropped: their container id is what `farm reap` needs.
+    live = {r.id for r in records if r.status is Status.RUNNING}
     dropped = [r for r in records[keep:] if r.id not in live]
     for record in dropped:
         store.delete(record.id)
     referenced = store.referenced_blobs()
     freed = 0
+    cutoff = time.time() - GRACE_SECONDS
     for sha, path in list(store.all_blobs()):
-        if sha not in referenced:
+        if sha not in referenced and path.stat().st_mtime < cutoff:
             freed += path.stat().st_size
             path.unlink()
     stale = 0
     if settings.work_dir.exists():
         for work in settings.work_dir.iterdir():
-            if work.name not in live:
+            if work.name not in live and work.stat().st_mtime < cutoff:
                 remove_tree(work)
                 stale += 1
     return f"removed {len(dropped)} builds, {freed} bytes of blobs, {stale} stale work dirs"

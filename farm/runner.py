@@ -94,12 +94,20 @@ class Runner:
             what = ", ".join(removed) or "nothing left"
             said.append(f"reaped build {record.id} left by a crashed run ({what})")
         for sandbox_id, build_id in self.backend.list_sandboxes().items():
-            if build_id not in live_builds:
+            # Re-read: a build may have started since the records were listed.
+            if build_id not in live_builds and not self._owned_by_live_process(build_id):
                 removed = self.backend.teardown(sandbox_id)
                 said.append(
                     f"reaped leftover sandbox of build {build_id or '?'}: {', '.join(removed)}"
                 )
         return said
+
+    def _owned_by_live_process(self, build_id: str) -> bool:
+        try:
+            record = self.store.get(build_id)
+        except FarmError:
+            return False  # no record (or an ambiguous id): nobody owns this sandbox
+        return record.status is Status.RUNNING and pid_alive(record.owner_pid)
 
     def build(self, spec: BuildSpec) -> BuildRecord:
         spec = resolve(spec)
@@ -140,12 +148,13 @@ class Runner:
     ) -> BuildRecord:
         started = time.monotonic()
         self.on_phase("snapshot", None)
-        self._make_dirs(dirs)
-        epoch = spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
-        record.source_digest = snapshot(spec.source, dirs.src, epoch)
-        log = CappedLog(dirs.root / "build.log", spec.limits.log)
+        log: CappedLog | None = None
         result: SandboxResult | None = None
         try:
+            self._make_dirs(dirs)
+            epoch = spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
+            record.source_digest = snapshot(spec.source, dirs.src, epoch)
+            log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
             result = self.backend.run(
                 sandbox, log=self._sink(log), on_created=self._created(record)
@@ -155,16 +164,19 @@ class Runner:
             record.notes.append("cancelled by a signal; the sandbox was torn down")
             raise
         except FarmError as exc:
-            # A command missing from the image is the user's to fix, not the host's.
+            # Bad input (a FIFO in the source, a command missing from the image) is the
+            # user's to fix, not the host's.
             user_error = exc.exit_code == ExitCode.BAD_INPUT
             record.status = Status.FAILED if user_error else Status.ERROR
             record.notes.append(str(exc))
             raise
-        except Exception:
+        except Exception as exc:
             record.status = Status.ERROR
+            record.notes.append(f"internal error: {exc!r}")
             raise
         finally:
-            log.close()
+            if log:
+                log.close()
             self._finish(record, spec, dirs, log, result, started)
         return record
 
@@ -198,26 +210,44 @@ class Runner:
         record: BuildRecord,
         spec: BuildSpec,
         dirs: BuildDirs,
-        log: CappedLog,
+        log: CappedLog | None,
         result: SandboxResult | None,
         started: float,
     ) -> None:
+        """Always leaves a final record: whatever fails here is noted, not lost."""
         self.on_phase("collect", None)
+        try:
+            self._settle(record, spec, dirs, result)
+        except FarmError as exc:
+            infra = exc.exit_code == ExitCode.INFRASTRUCTURE
+            record.status, record.artifacts = (Status.ERROR if infra else Status.FAILED), []
+            record.notes.append(str(exc))
+        finally:
+            self._save_log(record, log)
+            record.finished_at = datetime.now(UTC)
+            record.duration_seconds = round(time.monotonic() - started, 3)
+            self.store.save(record)
+
+    def _settle(
+        self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs, result: SandboxResult | None
+    ) -> None:
         if result is not None:
             record.exit_code = result.exit_code
             record.status = _status(result)
-            if record.status is Status.SUCCEEDED:
-                self._collect(record, spec, dirs)
-        if record.container_id:
+            record.teardown = result.teardown
+        elif record.container_id:
+            # run() did not return, so its own teardown may not have finished.
             record.teardown = self.backend.teardown(record.container_id)
-        if log.path.exists():
-            record.log_sha256, _ = self.store.put_file(log.path)
+        if record.status is Status.SUCCEEDED:
+            self._collect(record, spec, dirs)
+
+    def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
+        if log is None:
+            return
+        record.log_sha256, _ = self.store.put_file(log.path)
         record.log_bytes, record.log_truncated_bytes = log.written, log.dropped
         if log.dropped:
             record.notes.append(f"log truncated at {log.cap} bytes; {log.dropped} bytes dropped")
-        record.finished_at = datetime.now(UTC)
-        record.duration_seconds = round(time.monotonic() - started, 3)
-        self.store.save(record)
 
     def _collect(self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs) -> None:
         got: Collected = collect(dirs, spec.outputs or [], spec.limits, self.store)

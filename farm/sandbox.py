@@ -53,8 +53,8 @@ class SandboxResult(BaseModel):
     oom_killed: bool = False
     started_at: datetime
     finished_at: datetime
-    log_bytes: int = 0
-    log_truncated_bytes: int = 0
+    #: What teardown removed (container, containerd task, runsc PIDs).
+    teardown: list[str] = []
 
 
 LogSink = Callable[[bytes], None]

@@ -8,12 +8,13 @@ The copy is sorted, its mtimes clamped to SOURCE_DATE_EPOCH and its owner root.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
 import stat
+import subprocess
 from pathlib import Path
 
-from farm.errors import InputError
+from farm.errors import InfrastructureError, InputError
 
 #: Never part of the input: cargo's default target dir and VCS metadata.
 EXCLUDED_TOP = frozenset({"target", ".git"})
@@ -26,44 +27,69 @@ def snapshot(source: Path, dest: Path, epoch: int) -> str:
     """
     manifest = hashlib.sha256()
     dest.mkdir(parents=True, exist_ok=False)
+    dest.chmod(0o755)  # explicit: the host's umask must not decide what uid 10001 can read
     for rel in _walk(source):
-        line = _copy_entry(source / rel, dest / rel, rel)
-        manifest.update(line.encode() + b"\n")
+        entry = _copy_entry(source / rel, dest / rel, rel)
+        # JSON escapes newlines in names, so two different trees never share a manifest.
+        manifest.update(json.dumps(entry).encode() + b"\n")
     _clamp_mtimes(dest, epoch)
     return f"sha256:{manifest.hexdigest()}"
 
 
-def _walk(root: Path, rel: Path = Path()) -> list[Path]:
+def _walk(root: Path) -> list[Path]:
+    """Every entry under root in sorted order, iteratively (a deep tree is no crash)."""
     out: list[Path] = []
-    for name in sorted(os.listdir(root / rel)):
-        if rel == Path() and name in EXCLUDED_TOP:
-            continue
-        child = rel / name
-        out.append(child)
-        if (root / child).is_dir() and not (root / child).is_symlink():
-            out.extend(_walk(root, child))
-    return out
+    stack = [Path()]
+    while stack:
+        rel = stack.pop()
+        for name in os.listdir(root / rel):
+            if rel == Path() and name in EXCLUDED_TOP:
+                continue
+            child = rel / name
+            if _is_dir(root / child):
+                stack.append(child)  # listed when popped, after the check below
+            else:
+                out.append(child)
+        if rel != Path():
+            out.append(rel)
+    # Sorting by parts puts every directory before its contents.
+    return sorted(out, key=lambda p: p.parts)
 
 
-def _copy_entry(src: Path, dst: Path, rel: Path) -> str:
+def _is_dir(path: Path) -> bool:
+    return stat.S_ISDIR(path.lstat().st_mode)
+
+
+def _copy_entry(src: Path, dst: Path, rel: Path) -> list[str]:
     st = src.lstat()
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(src)
         os.symlink(target, dst)
-        return f"l {rel.as_posix()} {target}"
+        return ["l", rel.as_posix(), target]
     if stat.S_ISDIR(st.st_mode):
-        dst.mkdir(mode=0o755)
-        return f"d {rel.as_posix()}"
+        dst.mkdir()
+        dst.chmod(0o755)
+        return ["d", rel.as_posix()]
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"source: {rel} is not a regular file, directory or symlink; remove it")
     mode = 0o755 if st.st_mode & 0o111 else 0o644
+    return ["f", rel.as_posix(), f"{mode:o}", _copy_file(src, dst, st, rel, mode)]
+
+
+def _copy_file(src: Path, dst: Path, st: os.stat_result, rel: Path, mode: int) -> str:
+    # farm runs as root: never follow a link swapped in after lstat, never block on a FIFO.
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     digest = hashlib.sha256()
-    with src.open("rb") as fin, dst.open("wb") as fout:
-        while chunk := fin.read(1 << 20):
-            digest.update(chunk)
-            fout.write(chunk)
+    with os.fdopen(fd, "rb") as fin:
+        now = os.fstat(fin.fileno())
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+            raise InputError(f"source: {rel} changed while being copied; try again")
+        with dst.open("wb") as fout:
+            while chunk := fin.read(1 << 20):
+                digest.update(chunk)
+                fout.write(chunk)
     dst.chmod(mode)
-    return f"f {rel.as_posix()} {mode:o} {digest.hexdigest()}"
+    return digest.hexdigest()
 
 
 def _clamp_mtimes(root: Path, epoch: int) -> None:
@@ -74,11 +100,14 @@ def _clamp_mtimes(root: Path, epoch: int) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a build's directory even when the build made parts of it read-only."""
+    """Delete a build's directory, however deep or read-only the build made it.
 
-    def _retry(func, p, _exc):  # type: ignore[no-untyped-def]
-        os.chmod(os.path.dirname(p), 0o700)
-        func(p)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=_retry)
+    ``rm`` walks iteratively (Python 3.11's rmtree recurses, and a hostile build can nest
+    thousands of levels); as root it ignores permission bits; it never crosses mounts.
+    Raises InfrastructureError if the directory is still there afterwards.
+    """
+    if not os.path.lexists(path):
+        return
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True)
+    if os.path.lexists(path):
+        raise InfrastructureError(f"could not remove {path}; remove it by hand")

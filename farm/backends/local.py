@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,13 @@ import requests.exceptions
 
 from farm.backends.docker_errors import translated
 from farm.backends.hostprocs import kill_pids, runsc_pids
-from farm.errors import RuntimeMissingError
+from farm.errors import (
+    DockerUnavailableError,
+    ImageError,
+    InfrastructureError,
+    InputError,
+    RuntimeMissingError,
+)
 from farm.sandbox import LogSink, SandboxResult, SandboxSpec
 from farm.settings import BUILD_LABEL, HOME_LABEL, MANAGED_LABEL, Settings
 
@@ -56,19 +63,26 @@ class LocalBackend:
                 f"dockerd has no {runtime!r} runtime (it has: {', '.join(sorted(runtimes))}); "
                 "run `farm host setup`, or see `farm doctor`"
             )
-        with translated(f"look up image {spec.image}"):
-            return str(self.client.images.get(spec.image).id)
+        try:
+            with translated(f"look up image {spec.image}"):
+                return str(self.client.images.get(spec.image).id)
+        except ImageError as exc:
+            if spec.image == self.settings.default_image:
+                raise
+            raise InputError(f"image: {spec.image!r} is not in dockerd; check --image") from exc
 
     def run(
         self, spec: SandboxSpec, *, log: LogSink, on_created: Callable[[str], None]
     ) -> SandboxResult:
         with translated("create the sandbox"):
             container = self.client.containers.create(**self._create_args(spec))
-        on_created(container.id)
         try:
-            return self._run_created(container, spec, log)
-        finally:
+            on_created(container.id)
+            result = self._run_created(container, spec, log)
+        except BaseException:
             self.teardown(container.id)
+            raise
+        return result.model_copy(update={"teardown": self.teardown(container.id)})
 
     def _run_created(self, container: Any, spec: SandboxSpec, log: LogSink) -> SandboxResult:
         with translated("start the sandbox"):
@@ -94,10 +108,14 @@ class LocalBackend:
 
     def _wait(self, container: Any, deadline: int) -> tuple[int | None, bool]:
         # The HTTP read timeout is the wall-clock deadline; on expiry the build is killed.
+        # Any other error (dockerd went away) is an infrastructure error, not a deadline.
+        started = time.monotonic()
         try:
             return int(container.wait(timeout=deadline)["StatusCode"]), False
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            pass
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+            # docker-py reports a read timeout as either; only elapsed time tells them apart.
+            if time.monotonic() - started < deadline - 1:
+                raise DockerUnavailableError(f"lost dockerd while waiting: {exc}") from exc
         with translated("stop the sandbox after its deadline"):
             container.kill()
         return None, True
@@ -140,16 +158,33 @@ class LocalBackend:
         return {c.id: c.labels.get(BUILD_LABEL, "") for c in found}
 
     def teardown(self, sandbox_id: str) -> list[str]:
-        removed = []
+        """Each step runs even if an earlier one failed; raises InfrastructureError after
+        all of them if any failed, so a stuck sandbox is never reported as gone."""
+        removed: list[str] = []
+        failures: list[str] = []
+        for step in (self._remove_container, _containerd_leftovers, _runsc_leftovers):
+            try:
+                removed += step(sandbox_id)
+            except Exception as exc:
+                failures.append(f"{step.__name__.strip('_')}: {exc}")
+        if failures:
+            raise InfrastructureError(
+                f"teardown of {sandbox_id[:12]} incomplete ({'; '.join(failures)}); "
+                "run `farm reap` once dockerd is healthy"
+            )
+        return removed
+
+    def _remove_container(self, sandbox_id: str) -> list[str]:
         with translated(f"remove container {sandbox_id[:12]}"):
             try:
                 self.client.api.remove_container(sandbox_id, force=True, v=True)
-                removed.append(f"container {sandbox_id[:12]}")
             except docker.errors.NotFound:
-                pass
-        removed += _containerd_leftovers(sandbox_id)
-        removed += [f"runsc pid {pid}" for pid in kill_pids(runsc_pids(sandbox_id))]
-        return removed
+                return []
+        return [f"container {sandbox_id[:12]}"]
+
+
+def _runsc_leftovers(container_id: str) -> list[str]:
+    return [f"runsc pid {pid}" for pid in kill_pids(runsc_pids(container_id))]
 
 
 def _pump(stream: Iterable[bytes], log: LogSink) -> None:

@@ -75,3 +75,13 @@ def test_size_caps(dirs: BuildDirs, store: Store) -> None:
     assert "per-file cap" in reasons["out/big"]
     assert "total output cap" in reasons["out/b"]
     assert [a.path for a in got.artifacts] == ["out/a"]
+
+
+def test_undecodable_names_are_refused_and_recorded_escaped(dirs: BuildDirs, store: Store) -> None:
+    os.makedirs(os.fsencode(dirs.out) + b"/\xff")
+    (Path(os.fsdecode(os.fsencode(dirs.out) + b"/\xff")) / "bin").write_bytes(b"x")
+    got = collect(dirs, ["out/**"], OutputLimits(), store)
+    assert [(r.path, r.reason) for r in got.refused] == [
+        ("out/\\xff/bin", "name is not valid UTF-8")
+    ]
+    got.refused[0].model_dump_json()  # the record can be saved

@@ -91,3 +91,26 @@ def test_store_blobs_are_content_addressed(tmp_path: Path) -> None:
     sha, size = store.put_file(f)
     assert sha == hashlib.sha256(b"abc").hexdigest() and size == 3
     assert store.blob_path(sha).read_bytes() == b"abc"
+
+
+def test_snapshot_digest_is_unambiguous_and_ignores_umask(tmp_path: Path) -> None:
+    import os
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("1")
+    (a / "y").write_text("2")
+    # A single file whose name imitates the manifest line of a second file.
+    (b / "x").write_text("1")
+    old = os.umask(0o077)
+    try:
+        digest_a = snapshot(a, tmp_path / "sa", 0)
+        (tmp_path / "sub").mkdir()
+        (a / "sub").mkdir()
+        snapshot(a, tmp_path / "sa2", 0)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "sa").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "sa2" / "sub").stat().st_mode & 0o777 == 0o755
+    assert digest_a != snapshot(b, tmp_path / "sb", 0)
