@@ -17,6 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from farm.observe.classify import BlockedAction
+
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "malicious-dep"
 SECRET = "demo-canary-d3adb33f"
@@ -78,6 +80,7 @@ def main() -> int:
             "build",
             str(SOURCE),
             "--json",
+            "--observe",
             "--env",
             f"FARM_DEMO_EXFIL_PORT={port}",
             "--env",
@@ -99,7 +102,10 @@ def main() -> int:
     print(f"\nbuild {out['id']}: {out['status']} in {out['duration_seconds']}s")
     for a in out["artifacts"]:
         print(f"  artifact {a['path']} sha256:{a['sha256'][:16]}… ({a['size']} bytes)")
-    print("\nwhat evil's build.rs attempted (its own words, from the build log):")
+    print("\nwhat gVisor saw and farm blocked or flagged, attributed to the crate:")
+    for action in out["blocked_actions"]:
+        print("  " + BlockedAction.model_validate(action).line())
+    print("\nwhat evil's build.rs claims it tried (its own words, from the build log):")
     for line in log.splitlines():
         if "evil: " in line:
             print("  " + line.split("warning: ", 1)[-1])
@@ -110,6 +116,8 @@ def main() -> int:
         "the host secret is absent from the log and the binary": SECRET not in log
         and SECRET.encode() not in binary,
         "no /usr/bin/farm-pwned on the host": not Path("/usr/bin/farm-pwned").exists(),
+        "every observed action is attributed to evil 0.3.1": bool(out["blocked_actions"])
+        and all(a["package"] == "evil" and a["version"] == "0.3.1" for a in out["blocked_actions"]),
         "the daemon it left died with the sandbox (no process names its container)": not any(
             container.encode() in cmdline for cmdline in host_cmdlines()
         ),

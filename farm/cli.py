@@ -8,6 +8,7 @@ the work happens in ``farm.runner``, ``farm.host`` and ``farm.images``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -20,6 +21,8 @@ from typing import Any
 
 from farm.errors import ExitCode, FarmError, InputError
 from farm.logs import CappedLog
+from farm.observe.classify import BlockedAction
+from farm.observe.session import ObserverSession
 from farm.records import BuildRecord
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
@@ -33,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     cut = words.index("--") if "--" in words else len(words)
     args = _parser().parse_args(words[:cut])
     args.build_argv = words[cut + 1 :]
-    settings = Settings.from_env(insecure_runtime=getattr(args, "insecure_runtime", None))
+    settings = Settings.from_env(
+        insecure_runtime=getattr(args, "insecure_runtime", None),
+        observe=getattr(args, "observe", False),
+    )
     try:
         return int(args.func(args, settings))
     except FarmError as exc:
@@ -83,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run WITHOUT gVisor; recorded in the build's record",
     )
     b.add_argument("--follow", action="store_true", help="stream the build's log")
+    b.add_argument(
+        "--observe",
+        action="store_true",
+        help="record what gVisor saw and report blocked actions (preview)",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_build)
 
@@ -165,12 +176,15 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             "WITHOUT gVisor, on the host kernel. It is recorded in the build's record.",
             file=sys.stderr,
         )
+    if settings.observe and settings.insecure_runtime:
+        raise InputError("--observe needs gVisor; drop --insecure-runtime")
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
     echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
-    runner = _runner(settings, echo=echo, on_phase=progress.phase)
-    for line in runner.reap_leftovers():
-        print(f"farm: {line}", file=sys.stderr)
-    with _signals_raise(Interrupted), progress:
+    observer = ObserverSession() if settings.observe else contextlib.nullcontext()
+    with _signals_raise(Interrupted), progress, observer as session:
+        runner = _runner(settings, echo=echo, on_phase=progress.phase, observer=session)
+        for line in runner.reap_leftovers():
+            print(f"farm: {line}", file=sys.stderr)
         try:
             record = runner.build(spec)
         except Interrupted:
@@ -248,6 +262,8 @@ def _print_record(record: BuildRecord, as_json: bool) -> None:
         print(f"  artifact {a.path}  sha256:{a.sha256}  {a.size} bytes")
     for note in record.notes:
         print(f"  note    {note}")
+    for action in record.blocked_actions:
+        print(f"  blocked {BlockedAction.model_validate(action).line()}")
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -31,6 +31,13 @@ RUNSC_MIN_VERSION = 20240729
 RUNSC_SUITE = "trixie"
 #: ptrace measured faster than systrap for cargo builds on this machine kind (docs/performance.md).
 RUNSC_RUNTIME = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--platform=ptrace"]}
+#: The same sandbox, plus gVisor's runtime monitoring sent to farm's observer socket.
+POD_INIT_CONFIG = Path("/etc/farm/pod-init.json")
+OBSERVED_RUNTIME = {
+    "path": "/usr/bin/runsc",
+    "runtimeArgs": [*RUNSC_RUNTIME["runtimeArgs"], f"--pod-init-config={POD_INIT_CONFIG}"],
+}
+RUNTIMES = {"runsc": RUNSC_RUNTIME, "runsc-observed": OBSERVED_RUNTIME}
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,8 @@ def diagnose(settings: Settings) -> list[Check]:
     setup = "farm host setup"
     missing = missing_packages()
     version = runsc_version()
-    runtime = daemon_config().get("runtimes", {}).get("runsc")
+    runtimes = daemon_config().get("runtimes", {})
+    runtime = {name: runtimes.get(name) for name in RUNTIMES}
     checks = [
         Check("debian packages", not missing, ", ".join(missing) or "installed", setup),
         Check(
@@ -178,14 +186,30 @@ def _install_runsc(settings: Settings, log: Callable[[str], None]) -> None:
     _check(["dpkg", "-i", str(debs[-1])])
 
 
+def _pod_init_json() -> str:
+    from farm.observe import pod_init_config
+    from farm.observe.session import OBSERVER_SOCKET
+
+    return json.dumps(pod_init_config(OBSERVER_SOCKET), indent=2) + "\n"
+
+
+def _pod_init_current() -> bool:
+    return POD_INIT_CONFIG.exists() and POD_INIT_CONFIG.read_text() == _pod_init_json()
+
+
 def _configure_runtime(log: Callable[[str], None]) -> bool:
+    if not _pod_init_current():
+        POD_INIT_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        POD_INIT_CONFIG.write_text(_pod_init_json())
+        log(f"farm: wrote gVisor's trace configuration {POD_INIT_CONFIG}")
     config = daemon_config()
-    if config.get("runtimes", {}).get("runsc") == RUNSC_RUNTIME:
+    runtimes = config.setdefault("runtimes", {})
+    if all(runtimes.get(name) == want for name, want in RUNTIMES.items()):
         return False
-    config.setdefault("runtimes", {})["runsc"] = RUNSC_RUNTIME
+    runtimes.update(RUNTIMES)
     DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
     DAEMON_JSON.write_text(json.dumps(config, indent=2) + "\n")
-    log(f"farm: configured the runsc runtime in {DAEMON_JSON}")
+    log(f"farm: configured the runsc runtimes in {DAEMON_JSON}")
     return True
 
 

@@ -13,11 +13,14 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from farm import cargo
 from farm.collect import Collected, collect, glob_regex
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
+from farm.observe.classify import classify, lock_versions
+from farm.observe.events import TraceEvent
 from farm.policy import DEFAULT_EPOCH, BuildDirs, sandbox_for
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -25,6 +28,12 @@ from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
 from farm.spec import BuildSpec
 from farm.store import Store
+
+
+class Observer(Protocol):
+    """Where the runner gets what the sandbox's kernel saw (farm.observe.session)."""
+
+    def events(self, container_id: str) -> list[TraceEvent]: ...
 
 
 class Interrupted(BaseException):
@@ -71,12 +80,14 @@ class Runner:
         *,
         echo: Callable[[bytes], None] | None = None,
         on_phase: Callable[[str, CappedLog | None], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.store = store
         self.echo = echo
         self.on_phase = on_phase or (lambda phase, log: None)
+        self.observer = observer
 
     def reap_leftovers(self) -> list[str]:
         """Tear down sandboxes of builds whose farm process died; says what it removed."""
@@ -238,8 +249,20 @@ class Runner:
         elif record.container_id:
             # run() did not return, so its own teardown may not have finished.
             record.teardown = self.backend.teardown(record.container_id)
+        if self.observer and record.container_id:
+            self._observe(record, spec, self.observer)
         if record.status is Status.SUCCEEDED:
             self._collect(record, spec, dirs)
+
+    def _observe(self, record: BuildRecord, spec: BuildSpec, observer: Observer) -> None:
+        events = observer.events(record.container_id or "")
+        actions = classify(events, lock_versions(spec.source))
+        record.blocked_actions = [a.model_dump() for a in actions]
+        dropped = max((e.dropped for e in events), default=0)
+        record.notes.append(
+            f"observed {len(events)} gVisor events ({dropped} dropped by gVisor); "
+            f"{len(actions)} blocked or suspicious actions"
+        )
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

@@ -27,6 +27,8 @@ class Settings:
     runtime: str = "runsc"
     #: Set only by ``--insecure-runtime``; the build record keeps it.
     insecure_runtime: str | None = None
+    #: Record what gVisor saw (runtime ``runsc-observed``, see farm.observe).
+    observe: bool = False
     docker_url: str | None = None
     default_image: str = DEFAULT_IMAGE
     log_cap_bytes: int = 4 * 1024 * 1024
@@ -43,7 +45,9 @@ class Settings:
 
     @property
     def effective_runtime(self) -> str:
-        return self.insecure_runtime or self.runtime
+        if self.insecure_runtime:
+            return self.insecure_runtime
+        return f"{self.runtime}-observed" if self.observe else self.runtime
 
     @property
     def work_dir(self) -> Path:

@@ -61,8 +61,10 @@ class Listener:
 
 
 def test_hello_serde_builds_and_its_binary_runs(home: Path, client, tmp_path: Path) -> None:
-    code, out = farm_json(home, "build", str(EXAMPLES / "hello-serde"))
+    code, out = farm_json(home, "build", str(EXAMPLES / "hello-serde"), "--observe")
     assert code == 0, out
+    assert out["blocked_actions"] == []  # no false positives from a normal cargo build
+    assert "observed" in " ".join(Store(home).get(out["id"]).notes)
     assert [a["path"] for a in out["artifacts"]] == ["target/release/hello-serde"]
     assert farm(home, "artifacts", out["id"], "--dest", str(tmp_path / "a")).returncode == 0
     binary = tmp_path / "a" / "target/release/hello-serde"
@@ -90,6 +92,7 @@ def test_malicious_dep_attacks_all_fail(home: Path, client, tmp_path: Path, list
         "build",
         str(source),
         "--json",
+        "--observe",
         "--env",
         f"FARM_DEMO_EXFIL_PORT={listener.port}",
         "--env",
@@ -124,6 +127,22 @@ def test_malicious_dep_attacks_all_fail(home: Path, client, tmp_path: Path, list
         assert SECRET.encode() not in blob.read_bytes()
     assert SECRET.encode() not in (home / "index.sqlite").read_bytes()
     assert farm_containers(client, home) == []  # the daemon died with its sandbox
+
+    # gVisor's own record names each attempt and the crate that made it.
+    actions = out["blocked_actions"]
+    assert {(a["package"], a["version"], a["role"]) for a in actions} == {
+        ("evil", "0.3.1", "build script")
+    }
+    seen = {(a["kind"], a["target"], a["errno"]) for a in actions}
+    assert {
+        ("fs_write_denied", "/usr/bin/farm-pwned", "EACCES"),
+        ("fs_write_denied", "/etc/ld.so.preload", "EACCES"),
+        ("fs_write_denied", "/src/src/main.rs", "EACCES"),
+        ("fs_write_denied", "/src/src/pwned.rs", "EACCES"),
+        ("sensitive_read", "/root/.ssh/id_rsa", "EACCES"),
+        ("sensitive_read", "/proc/1/environ", ""),
+    } <= seen
+    assert {a["kind"] for a in actions} <= {"fs_write_denied", "sensitive_read", "network"}
 
     # The binary is the clean one.
     art = tmp_path / "art"
