@@ -104,8 +104,8 @@ def diagnose(settings: Settings) -> list[Check]:
         ),
         Check(
             "dockerd runtime config",
-            runtime == RUNSC_RUNTIME,
-            f"{DAEMON_JSON}: runsc = {runtime}",
+            runtime == RUNTIMES and _pod_init_current(),
+            f"{DAEMON_JSON}: {runtime}; {POD_INIT_CONFIG}",
             setup,
         ),
         Check("dockerd running", dockerd_up(), str(DOCKER_SOCKET), setup),
