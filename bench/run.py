@@ -14,6 +14,7 @@ as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 import docker
 
 from farm.backends.local import LocalBackend
+from farm.observe.session import ObserverSession
 from farm.records import Status
 from farm.runner import Runner
 from farm.settings import Settings
@@ -35,11 +37,13 @@ EXAMPLE = ROOT / "examples" / "hello-serde"
 
 
 def timed_build(home: Path, runtime: str, spec: dict) -> float:
-    settings = Settings(home=home, runtime=runtime)
-    runner = Runner(settings, LocalBackend(settings), Store(home))
-    start = time.monotonic()
-    record = runner.build(build_spec(spec))
-    elapsed = time.monotonic() - start
+    observe = runtime.endswith("-observed")  # gVisor's trace sent to farm's sink
+    settings = Settings(home=home, runtime=runtime.removesuffix("-observed"), observe=observe)
+    with ObserverSession() if observe else contextlib.nullcontext() as session:
+        runner = Runner(settings, LocalBackend(settings), Store(home), observer=session)
+        start = time.monotonic()
+        record = runner.build(build_spec(spec))
+        elapsed = time.monotonic() - start  # includes waiting for and classifying events
     if record.status is not Status.SUCCEEDED:
         raise SystemExit(f"{runtime}: build {record.id} {record.status.value}: {record.notes}")
     return elapsed
@@ -73,7 +77,7 @@ def table(title: str, times: dict[str, list[float]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--variants", default="runsc,runsc-ptrace,runsc-systrap")
+    parser.add_argument("--variants", default="runsc,runsc-observed")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     configured = docker.from_env().info()["Runtimes"]
