@@ -278,7 +278,7 @@ def test_every_schema_decodes_an_empty_message() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (bytes.fromhex("0200003508080808") + bytes(8), SockAddr("inet", "8.8.8.8", 53)),
+        (bytes.fromhex("020000357f000035") + bytes(8), SockAddr("inet", "127.0.0.53", 53)),
         (b"\x01\x00/var/run/docker.sock\x00junk", SockAddr("unix", path="/var/run/docker.sock")),
         (b"\x01\x00\x00hidden\x00\x00", SockAddr("unix", path="@hidden")),
         (b"\x10\x00" + bytes(10), SockAddr("af16")),  # AF_NETLINK
