@@ -43,9 +43,14 @@ class BuildDirs:
         return {"out": self.out, "target": self.target}[name]
 
 
+def source_date_epoch(spec: BuildSpec) -> int:
+    """The build's fixed time: the spec's, else DEFAULT_EPOCH."""
+    return spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
+
+
 def baseline_env(spec: BuildSpec) -> dict[str, str]:
     """The environment every build gets. Host variables never pass through."""
-    epoch = spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
+    epoch = source_date_epoch(spec)
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": f"{TMP}/home",

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from farm import cargo
-from farm.collect import Collected, collect, glob_regex
+from farm.collect import Collected, collect
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
 from farm.observe.events import TraceEvent
-from farm.policy import DEFAULT_EPOCH, BuildDirs, sandbox_for
+from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
@@ -163,8 +163,7 @@ class Runner:
         result: SandboxResult | None = None
         try:
             self._make_dirs(dirs)
-            epoch = spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
-            record.source_digest = snapshot(spec.source, dirs.src, epoch)
+            record.source_digest = snapshot(spec.source, dirs.src, source_date_epoch(spec))
             log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
             result = self.backend.run(
@@ -276,17 +275,14 @@ class Runner:
         got: Collected = collect(dirs, spec.outputs or [], spec.limits, self.store)
         record.artifacts, record.refused = got.artifacts, got.refused
         # A literal output path must exist; a wildcard may legitimately match nothing.
+        found = {a.path for a in got.artifacts} | {r.path for r in got.refused}
         for glob in [g for g in spec.outputs or [] if not any(c in g for c in "*?[")]:
-            if not any(_matches(glob, a.path) for a in got.artifacts + got.refused):
+            if glob not in found:  # a literal glob matches exactly its own path
                 record.refused.append(Refusal(path=glob, reason="declared output matched nothing"))
         if record.refused:
             record.status = Status.FAILED
             record.artifacts = []  # all or nothing: a partial result is not a result
             record.notes += [f"output {r.path} refused: {r.reason}" for r in record.refused]
-
-
-def _matches(glob: str, path: str) -> bool:
-    return bool(glob_regex(glob).match(path))
 
 
 def _status(result: SandboxResult) -> Status:

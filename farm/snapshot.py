@@ -28,11 +28,14 @@ def snapshot(source: Path, dest: Path, epoch: int) -> str:
     manifest = hashlib.sha256()
     dest.mkdir(parents=True, exist_ok=False)
     dest.chmod(0o755)  # explicit: the host's umask must not decide what uid 10001 can read
-    for rel in _walk(source):
+    entries = _walk(source)
+    for rel in entries:
         entry = _copy_entry(source / rel, dest / rel, rel)
         # JSON escapes newlines in names, so two different trees never share a manifest.
         manifest.update(json.dumps(entry).encode() + b"\n")
-    _clamp_mtimes(dest, epoch)
+    # Children before parents, so creating nothing more cannot bump a directory's mtime.
+    for rel in [*reversed(entries), Path()]:
+        os.utime(dest / rel, (epoch, epoch), follow_symlinks=False)
     return f"sha256:{manifest.hexdigest()}"
 
 
@@ -47,7 +50,7 @@ def _walk(root: Path) -> list[Path]:
                 continue
             child = rel / name
             if _is_dir(root / child):
-                stack.append(child)  # listed when popped, after the check below
+                stack.append(child)  # added to `out` when it is popped below
             else:
                 out.append(child)
         if rel != Path():
@@ -90,13 +93,6 @@ def _copy_file(src: Path, dst: Path, st: os.stat_result, rel: Path, mode: int) -
                 fout.write(chunk)
     dst.chmod(mode)
     return digest.hexdigest()
-
-
-def _clamp_mtimes(root: Path, epoch: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in [*filenames, *dirnames]:
-            os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
-    os.utime(root, (epoch, epoch))
 
 
 def remove_tree(path: Path) -> None:
