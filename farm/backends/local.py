@@ -101,7 +101,7 @@ class LocalBackend:
             runtime=self.settings.effective_runtime,
             exit_code=exit_code,
             timed_out=timed_out,
-            oom_killed=bool(state.get("OOMKilled")) or (exit_code == 137 and not timed_out),
+            oom_killed=bool(state.get("OOMKilled")),
             started_at=started,
             finished_at=datetime.now(UTC),
         )
