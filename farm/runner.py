@@ -35,6 +35,8 @@ class Observer(Protocol):
 
     def events(self, container_id: str) -> list[TraceEvent]: ...
 
+    def lost(self) -> int: ...
+
 
 class Interrupted(BaseException):
     """Raised in the main thread by farm's SIGINT/SIGTERM handler."""
@@ -259,7 +261,8 @@ class Runner:
         record.blocked_actions = [a.model_dump() for a in actions]
         dropped = max((e.dropped for e in events), default=0)
         record.notes.append(
-            f"observed {len(events)} gVisor events ({dropped} dropped by gVisor); "
+            f"observed {len(events)} gVisor events ({dropped} dropped by gVisor, "
+            f"{observer.lost()} undecodable or over the cap); "
             f"{len(actions)} blocked or suspicious actions"
         )
 

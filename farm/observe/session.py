@@ -17,7 +17,7 @@ from types import TracebackType
 
 from farm.errors import InfrastructureError
 from farm.observe.events import TraceEvent
-from farm.observe.sink import SinkStats, TraceSink
+from farm.observe.sink import TraceSink
 
 OBSERVER_DIR = Path("/run/farm")
 OBSERVER_SOCKET = OBSERVER_DIR / "observer.sock"
@@ -75,6 +75,7 @@ class ObserverSession:
         with self._guard:
             return [e for e in self._events if e.container_id == container_id]
 
-    def stats(self) -> tuple[SinkStats, int]:
-        assert self._sink is not None
-        return self._sink.stats(), self._overflow
+    def lost(self) -> int:
+        """Events received but not kept: undecodable datagrams plus those past MAX_EVENTS."""
+        assert self._sink is not None, "use ObserverSession as a context manager"
+        return self._sink.stats().unparseable + self._overflow
