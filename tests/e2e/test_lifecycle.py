@@ -29,6 +29,13 @@ def project(tmp_path: Path) -> Path:
     return p
 
 
+def spec_file(project: Path, name: str, **fields: object) -> Path:
+    """A JSON BuildSpec for ``project`` next to it, with ``fields`` on top."""
+    path = project.parent / f"{name}.json"
+    path.write_text(json.dumps({"source": str(project), **fields}))
+    return path
+
+
 def test_failed_build_is_torn_down(home: Path, project: Path) -> None:
     code, out = farm_json(home, "build", str(project), "--", "sh", "-c", "echo bye; exit 3")
     assert code == 1
@@ -124,8 +131,7 @@ def test_insecure_runtime_is_loud_and_recorded(home: Path, project: Path) -> Non
 
 
 def test_log_flood_is_capped(home: Path, project: Path) -> None:
-    spec = home.parent / "flood.json"
-    spec.write_text(json.dumps({"source": str(project), "limits": {"log": "64k"}}))
+    spec = spec_file(project, "flood", limits={"log": "64k"})
     flood = "head -c 50000000 /dev/zero | tr '\\0' x; echo done"
     code, out = farm_json(home, "build", "--spec", str(spec), "--", "sh", "-c", flood)
     assert code == 0
@@ -157,8 +163,7 @@ def test_oversized_and_linked_outputs_are_refused(home: Path, project: Path) -> 
     assert reasons["out/link"].startswith("symlink")
     assert record.artifacts == []
 
-    spec = home.parent / "caps.json"
-    spec.write_text(json.dumps({"source": str(project), "limits": {"max_file": "1m"}}))
+    spec = spec_file(project, "caps", limits={"max_file": "1m"})
     code, out = farm_json(
         home,
         "build",
@@ -209,8 +214,7 @@ def test_policy_as_seen_from_inside(home: Path, project: Path) -> None:
         " touch /out/x /build/target/x; echo writable=$?; ls /var/run/docker.sock 2>/dev/null;"
         " echo sock=$?; env | sort"
     )
-    spec = home.parent / "probe.json"
-    spec.write_text(json.dumps({"source": str(project), "resources": {"scratch": "64m"}}))
+    spec = spec_file(project, "probe", resources={"scratch": "64m"})
     code, out = farm_json(
         home, "build", "--spec", str(spec), "--", "sh", "-c", probe, FARM_HOST_ONLY="leak-me"
     )
@@ -233,8 +237,7 @@ def test_follow_streams_the_log(home: Path, project: Path) -> None:
 
 
 def test_memory_bomb_is_contained(home: Path, project: Path, client) -> None:
-    spec = home.parent / "oom.json"
-    spec.write_text(json.dumps({"source": str(project), "resources": {"memory": "256m"}}))
+    spec = spec_file(project, "oom", resources={"memory": "256m"})
     # tail keeps the whole newline-free stream in memory.
     code, out = farm_json(
         home,

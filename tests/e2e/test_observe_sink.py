@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from farm.backends.hostprocs import kill_pids, runsc_pids
-from farm.observe import DEFAULT_POINTS, SockAddr, TraceEvent, TraceSink, pod_init_config
+from farm.observe import DEFAULT_POINTS, SockAddr, TraceSink, pod_init_config
+from tests.recorder import Recorder
 
 RUNSC = shutil.which("runsc") or "/usr/bin/runsc"
 
@@ -38,19 +39,6 @@ except OSError:
 open("/etc/shadow").close()
 raise SystemExit(7)
 """
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[TraceEvent] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, event: TraceEvent) -> None:
-        with self.lock:
-            self.events.append(event)
-
-    def of(self, kind: str) -> list[TraceEvent]:
-        return [e for e in self.events if e.kind == kind]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from farm.observe.events import TraceEvent
 from farm.observe.points import MessageType
 from farm.observe.sink import TraceSink
 from farm.observe.wire import encode_field, encode_header
+from tests.recorder import Recorder
 
 
 @pytest.fixture
@@ -24,16 +25,6 @@ def sock_path() -> Iterator[Path]:
     # pytest's tmp_path can exceed the 108-byte limit of a unix socket path.
     with tempfile.TemporaryDirectory(prefix="farm-obs-") as d:
         yield Path(d) / "trace.sock"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[TraceEvent] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, event: TraceEvent) -> None:
-        with self.lock:
-            self.events.append(event)
 
 
 def peer(path: Path, version: int = 1) -> socket.socket:
