@@ -7,7 +7,8 @@ attacker controls. Kinds (docs/observer.md has the exact rules):
 
 - ``network``: connect/bind/send beyond the sandbox's own loopback;
 - ``fs_write_denied``: a create, write, rename, unlink, chmod or link refused
-  (EACCES, EROFS, EPERM);
+  (EACCES, EROFS, EPERM), or a write-open outside the writable mounts of a path the
+  sandbox does not have (ENOENT);
 - ``privilege``: mount, unshare, setns, setuid/setgid to 0, chroot, ptrace, bpf, keyctl,
   module loading, raw or packet sockets, devices other than the harmless ones;
 - ``sensitive_read``: an open of a well-known secret path, whatever its result;
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from farm.observe.events import TraceEvent
 from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
 from farm.observe.processes import Attribution, Process, ProcessTable
+from farm.policy import OUT, TARGET, TMP
 
 KINDS = ("network", "fs_write_denied", "privilege", "sensitive_read", "persistence")
 
@@ -42,6 +44,8 @@ HARMLESS_DEVICES = frozenset(
     {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 )
 DENIED = frozenset({errnos.EACCES, errnos.EROFS, errnos.EPERM})
+#: Where a build may write (farm.policy's mounts, plus the kernel's scratch dirs).
+WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm", "/proc/self")
 O_ACCMODE, O_CREAT, O_TRUNC, O_APPEND = 0o3, 0o100, 0o1000, 0o2000
 AT_FDCWD = -100
 AF_UNIX, AF_PACKET = 1, 17
@@ -217,7 +221,15 @@ def _judge_open(path: str, flags: int, err: int) -> _Found | None:
     writes = (flags & O_ACCMODE) != 0 or flags & (O_CREAT | O_TRUNC | O_APPEND)
     if writes and err in DENIED:
         return _Found("fs_write_denied", "open for write", path)
+    # Outside the writable mounts a missing directory means a host path the sandbox
+    # does not have (a build writes only under them): the attempt is the tell.
+    if writes and err == errnos.ENOENT and path.startswith("/") and not _writable(path):
+        return _Found("fs_write_denied", "open for write", path)
     return None
+
+
+def _writable(path: str) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in WRITABLE_ROOTS)
 
 
 def _judge_socket(event: TraceEvent, sockets: _Sockets) -> _Found | None:

@@ -206,6 +206,8 @@ def test_denied_tree_changes_and_relative_paths() -> None:
         ev("syscall", sysno=87, exit={"errorno": 30}),  # unlink on a read-only fs
         ev("syscall", sysno=268, exit={"errorno": 1}),  # fchmodat
         ev("open", pathname="src/main.rs", fd=-100, flags=0o2001, exit={"errorno": 13}),
+        ev("open", pathname="/home/u/marker", flags=0o101, exit={"errorno": 2}),  # host path
+        ev("open", pathname="/build/target/x/y", flags=0o101, exit={"errorno": 2}),  # ours
     ]
     got = [(a.kind, a.operation, a.target, a.errno) for a in classify(events, {})]
     assert got == [
@@ -213,6 +215,7 @@ def test_denied_tree_changes_and_relative_paths() -> None:
         ("fs_write_denied", "unlink", "", "EROFS"),
         ("fs_write_denied", "fchmodat", "", "EPERM"),
         ("fs_write_denied", "open for write", "/src/src/main.rs", "EACCES"),
+        ("fs_write_denied", "open for write", "/home/u/marker", "ENOENT"),
     ]
 
 
