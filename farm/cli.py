@@ -132,8 +132,18 @@ def _parser() -> argparse.ArgumentParser:
     obs = sub.add_parser(
         "observer", help="serve gVisor's trace socket for every sandbox on this host"
     )
-    obs.add_argument("--socket", type=Path, default=ObserverPaths.socket)
-    obs.add_argument("--spool", type=Path, default=ObserverPaths.spool)
+    obs.add_argument(
+        "--socket",
+        type=Path,
+        default=ObserverPaths.socket,
+        help="where runsc connects (default: %(default)s, as in /etc/farm/pod-init.json)",
+    )
+    obs.add_argument(
+        "--spool",
+        type=Path,
+        default=ObserverPaths.spool,
+        help="one file of events per sandbox (default: %(default)s)",
+    )
     obs.add_argument(
         "--detach", action="store_true", help="run in the background; return once it serves"
     )
