@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 
 from farm.observe.classify import BlockedAction
 from farm.observe.spool import Observation
+from farm.records import ObservationSummary
 from farm.spec import AllowRule, ObservePolicy
 
 
@@ -57,3 +58,22 @@ def quarantine_reasons(
     if seen.lost:
         reasons.append(f"{seen.lost} of gVisor's events were lost (dropped or undecodable)")
     return reasons
+
+
+def summarize(
+    seen: Observation, actions: list[BlockedAction], policy: ObservePolicy
+) -> ObservationSummary:
+    """The build record's summary of its observation, with enforce mode's verdict."""
+    return ObservationSummary(
+        mode=policy.mode,
+        events=len(seen.events),
+        dropped=seen.dropped,
+        unparseable=seen.unparseable,
+        overflow=seen.overflow,
+        unknown_types=seen.unknown_types,
+        complete=seen.complete,
+        problem=seen.problem,
+        actions=len(actions),
+        allowed=sum(a.allowed for a in actions),
+        quarantine_reasons=quarantine_reasons(actions, seen, policy),
+    )
