@@ -277,8 +277,12 @@ class Runner:
         )
         if not seen.complete:
             record.notes.append(f"observation incomplete: {seen.problem}")
-        # A failed or timed-out build ships nothing anyway; a quarantine says why not.
-        if reasons and record.status in (Status.SUCCEEDED, Status.FAILED):
+        # A build that would publish is held back by any reason; a failed one ships
+        # nothing anyway, so only what its dependencies tried marks it quarantined.
+        tried = any(not a.allowed for a in actions)
+        if reasons and (
+            record.status is Status.SUCCEEDED or (record.status is Status.FAILED and tried)
+        ):
             record.status = Status.QUARANTINED
             record.notes += [f"quarantined (enforce mode): {r}" for r in reasons]
             record.notes.append(f"artifacts withheld; see `farm report {record.id}`")
