@@ -70,6 +70,9 @@ class ProcessTable:
         self.procs: dict[int, Process] = {}
         #: Exit time of the container's first process (the build command).
         self.root_exit_ns: int | None = None
+        #: Its wait status: a signal (the deadline's or a cancel's SIGKILL) means the
+        #: build was cut short, so what was still running is not persistence.
+        self.root_exit_status = 0
         #: "lib<crate><extra>.so" -> (package, version) for proc macros rustc built.
         self._macros: dict[str, tuple[str, str]] = {}
 
@@ -100,6 +103,7 @@ class ProcessTable:
             proc.exit_ns = max(proc.exit_ns or 0, ctx.time_ns)
             if ctx.thread_group_id == 1 and ctx.thread_id == 1 and self.root_exit_ns is None:
                 self.root_exit_ns = ctx.time_ns
+                self.root_exit_status = int(f.get("exit_status", 0))
         elif event.kind == "open" and not event.errno:
             path = str(f.get("pathname", ""))
             if PROC_MACRO_LIB.search(path) and self._is_rustc(ctx.thread_group_id):
@@ -169,8 +173,8 @@ class ProcessTable:
     def survivors(self) -> list[Process]:
         """Processes still alive when the build command exited, topmost only (a
         surviving child of a survivor is the same persistence attempt)."""
-        if self.root_exit_ns is None:
-            return []
+        if self.root_exit_ns is None or self.root_exit_status & 0x7F:
+            return []  # still running, or killed: nothing outlived a finished build
         end = self.root_exit_ns
         alive = {
             p.tgid

@@ -240,6 +240,16 @@ def test_processes_alive_when_the_build_command_exits_are_persistence() -> None:
     assert action.line().endswith("outlived the build: setsid sh killed with the sandbox")
 
 
+def test_a_build_cut_short_by_a_signal_has_no_persistence() -> None:
+    events = [
+        *cargo_root(),
+        *step(7, "/usr/bin/rustc", ["rustc"], []),
+        ev("task_exit", tgid=1, tid=1, exit_status=9),  # the deadline's SIGKILL
+        ev("task_exit", tgid=7, exit_status=9),
+    ]
+    assert classify(events, {}) == []
+
+
 def test_lock_versions(tmp_path: Path) -> None:
     (tmp_path / "Cargo.lock").write_text(
         '[[package]]\nname = "evil"\nversion = "0.3.1"\n\n'
