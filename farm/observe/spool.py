@@ -26,7 +26,7 @@ import re
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,15 +80,24 @@ class _Open:
     overflow: int = 0
 
 
-@dataclass
 class SpoolWriter:
-    """``TraceSink`` raw handler: append each connection's datagrams to its own file."""
+    """``TraceSink`` raw handler: append each connection's datagrams to its own file.
 
-    directory: Path
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
-    max_bytes: int = MAX_SPOOL_BYTES
-    _open: dict[int, _Open] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    Each connection's thread touches only its own entry; the lock guards the table.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        logger: logging.Logger | None = None,
+        *,
+        max_bytes: int = MAX_SPOOL_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.logger = logger or logging.getLogger(__name__)
+        self.max_bytes = max_bytes
+        self._open: dict[int, _Open] = {}
+        self._lock = threading.Lock()
 
     def datagram(self, connection: int, container_id: str, data: bytes) -> None:
         spool = self._spool(connection)
