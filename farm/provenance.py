@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 BUILD_TYPE = "urn:farm:buildtype:sandboxed-build:v1"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Names of farm's byproducts; ``farm verify --require`` reads them.
 BLOCKED_ACTIONS = "farm/blocked-actions"
 REPRODUCIBILITY = "farm/reproducibility"
@@ -118,8 +120,11 @@ def crates(lockfile: Path) -> list[dict[str, Any]]:
             "uri": f"pkg:cargo/{p['name']}@{p['version']}",
             "annotations": {"source": p["source"]},
         }
-        if "checksum" in p:
-            entry["digest"] = {"sha256": p["checksum"]}
+        checksum = str(p.get("checksum", ""))
+        if _SHA256.fullmatch(checksum):
+            entry["digest"] = {"sha256": checksum}
+        elif checksum:  # Debian's vendored crates say "Could not get crate checksum"
+            entry["annotations"]["checksum"] = checksum
         out.append(entry)
     return out
 
