@@ -95,7 +95,9 @@ def test_hello_serde_is_reproducible_then_cached_then_verified(
     assert unobserved.returncode == 1 and "was not observed" in unobserved.stderr
 
     tampered = tmp_path / "tampered-binary"
-    tampered.write_bytes(binary.read_bytes()[:-1] + b"\x00")
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit pattern in the middle of the code
+    tampered.write_bytes(bytes(data))
     bad = farm(home, "verify", str(tampered), "--provenance", str(envelope_file))
     assert bad.returncode == 1 and "is not a subject" in bad.stderr
 
