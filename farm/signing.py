@@ -46,6 +46,8 @@ def load_or_create_key(home: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise InfrastructureError(f"{path} is not an ed25519 key; move it away to get a new one")
+    if not (directory / PUBLIC_NAME).exists():  # consumers need it; it is derived, so rewrite
+        _write_public(key, directory / PUBLIC_NAME)
     return key
 
 
@@ -62,10 +64,15 @@ def _create(path: Path) -> None:
         return
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
+    _write_public(key, path.parent / PUBLIC_NAME)
+
+
+def _write_public(key: Ed25519PrivateKey, path: Path) -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    (path.parent / PUBLIC_NAME).write_bytes(public)
+    path.write_bytes(public)
+    path.chmod(0o644)
 
 
 def public_key_path(home: Path) -> Path:

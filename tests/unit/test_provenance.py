@@ -159,8 +159,11 @@ def test_the_key_is_private_created_once_and_guarded(tmp_path: Path) -> None:
     path = home / "keys" / "provenance-ed25519.pem"
     assert path.stat().st_mode & 0o777 == 0o600
     assert (home / "keys").stat().st_mode & 0o777 == 0o700
+    (home / "keys" / "provenance-ed25519.pub.pem").unlink()
     again = load_or_create_key(home)
     assert again.public_key().public_bytes_raw() == first.public_key().public_bytes_raw()
+    public = load_public_key(public_key_path(home))  # rewritten from the private key
+    assert public.public_bytes_raw() == first.public_key().public_bytes_raw()
     path.chmod(0o644)
     with pytest.raises(InfrastructureError, match="chmod 600"):
         load_or_create_key(home)
