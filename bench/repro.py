@@ -62,7 +62,7 @@ def main() -> int:
         }
     cold = times["cold build"]
     rows = ["| case | time (s) | ratio to cold |", "|---|---|---|"]
-    rows += [f"| {k} | {v:.3f} | {v / cold:.3f} |" for k, v in times.items()]
+    rows += [f"| {k} | {v:.3f} | {v / cold:.4f} |" for k, v in times.items()]
     print("\n".join(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(times, indent=2))
