@@ -81,6 +81,9 @@ def cache_key(
         "policy": _policy(sandbox, spec, runtime),
         "outputs": spec.outputs,
         "builder": BUILDER_VERSION,
+        # Every other field of the spec too (tenant, timeout, any policy a later field
+        # adds), so a new field can never be left out; the source counts by content only.
+        "spec": spec.model_dump(mode="json", exclude={"source"}),
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -77,6 +77,8 @@ def test_key_covers_every_input_and_nothing_per_build(tmp_path: Path) -> None:
         key_of(tmp_path, resources={"memory": "1g"}),  # policy: limits
         key_of(tmp_path, runtime="runsc-observed"),  # policy: runtime
         key_of(tmp_path, source_date_epoch=5),  # normalised env
+        key_of(tmp_path, tenant="other"),  # tenants never share entries
+        key_of(tmp_path, timeout_seconds=60),  # any other spec field
     ]
     assert len({base, *variants}) == len(variants) + 1
 
