@@ -2,7 +2,8 @@
 
 Exit codes (design brief): 0 success, 1 build failed, 2 bad input, 3 quarantined,
 4 infrastructure error. This module only parses, wires objects together and prints;
-the work happens in ``farm.runner``, ``farm.host`` and ``farm.images``.
+the work happens in ``farm.buildflow``, ``farm.runner``, ``farm.host``, ``farm.images``
+and ``farm.verify``.
 """
 
 from __future__ import annotations
@@ -103,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         help="observe.mode: enforce (default) quarantines a build whose dependencies tried "
         "something the policy does not allow (exit 3, artifacts withheld); audit only records",
     )
+    b.add_argument(
+        "--check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="build N times in varied sandboxes and compare (reproducibility check)",
+    )
+    b.add_argument("--no-cache", action="store_true", help="build even if a clean result exists")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_build)
 
@@ -126,7 +135,26 @@ def _parser() -> argparse.ArgumentParser:
     arts.set_defaults(func=cmd_artifacts)
     gc = sub.add_parser("gc", help="prune old builds and unreferenced blobs")
     gc.add_argument("--keep", type=int, default=100, help="newest builds to keep")
+    gc.add_argument(
+        "--cache-max-size", default="10g", help="bound on cached artifacts (e.g. 500m, 10g)"
+    )
     gc.set_defaults(func=cmd_gc)
+    prov = sub.add_parser("provenance", help="print a build's signed SLSA provenance (DSSE)")
+    prov.add_argument("id")
+    prov.add_argument("--out", type=Path, help="write to FILE instead of stdout")
+    prov.set_defaults(func=cmd_provenance)
+    ver = sub.add_parser("verify", help="check an artifact against its signed provenance")
+    ver.add_argument("artifact", type=Path)
+    ver.add_argument("--provenance", type=Path, required=True, metavar="FILE")
+    ver.add_argument("--key", type=Path, help="public key (default: this installation's)")
+    ver.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        choices=["reproducible", "no-network"],
+        help="also require this of the build (repeatable)",
+    )
+    ver.set_defaults(func=cmd_verify)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
     obs = sub.add_parser(
@@ -203,7 +231,10 @@ def _runner(settings: Settings, **kw: Any) -> Runner:
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.buildflow import run_build, validate_check
+
     spec = build_spec(_spec_data(args))  # bad input stops here: nothing created yet
+    validate_check(args.check)
     if settings.insecure_runtime:
         print(
             f"farm: WARNING: --insecure-runtime={settings.insecure_runtime}: this build runs "
@@ -219,11 +250,17 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         for line in runner.reap_leftovers():
             print(f"farm: {line}", file=sys.stderr)
         try:
-            record = runner.build(spec)
+            outcome = run_build(runner, spec, check_runs=args.check, use_cache=not args.no_cache)
         except Interrupted:
             print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
-    _print_record(record, args.json)
+    for line in outcome.said:
+        print(f"farm: {line}", file=sys.stderr)
+    record = outcome.record
+    _print_record(record, args.json, cached=outcome.cached)
+    verdict = record.reproducibility
+    if verdict and not verdict.reproducible and record.status.exit_code == ExitCode.OK:
+        return int(ExitCode.BUILD_FAILED)  # built, but not reproducibly: not a success
     return int(record.status.exit_code)
 
 
@@ -281,9 +318,9 @@ class _Progress:
             self._thread.join()
 
 
-def _print_record(record: BuildRecord, as_json: bool) -> None:
+def _print_record(record: BuildRecord, as_json: bool, cached: bool = False) -> None:
     if as_json:
-        print(json.dumps(record.summary(), indent=2))
+        print(json.dumps({**record.summary(), "cached": cached}, indent=2))
         return
     print(
         f"build {record.id}: {record.status.value} (exit {record.exit_code}, "
@@ -298,6 +335,8 @@ def _print_record(record: BuildRecord, as_json: bool) -> None:
     for action in record.blocked_actions:
         line = BlockedAction.model_validate(action).line()
         print(f"  {'allowed' if action.get('allowed') else 'blocked'} {line}")
+    if record.provenance_sha256:
+        print(f"  provenance sha256:{record.provenance_sha256}  (farm provenance {record.id})")
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
@@ -349,9 +388,43 @@ def cmd_artifacts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.cache import Cache
     from farm.gc import collect_garbage
+    from farm.spec import parse_size
 
-    print(collect_garbage(Store(settings.home), settings, keep=args.keep))
+    try:
+        bound = parse_size(args.cache_max_size)
+    except ValueError as exc:
+        raise InputError(f"--cache-max-size: {exc}") from None
+    store = Store(settings.home)
+    cache = Cache(settings.home, store)
+    dropped, freed = cache.prune(bound)
+    print(f"cache: dropped {dropped} entries ({freed} bytes of artifacts) to stay under {bound}")
+    print(collect_garbage(store, settings, keep=args.keep, pinned=cache.build_ids()))
+    return 0
+
+
+def cmd_provenance(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.home)
+    record = store.get(args.id)
+    if not record.provenance_sha256:
+        raise InputError(f"build {record.id} has no provenance (only succeeded builds do)")
+    data = store.blob_path(record.provenance_sha256).read_bytes()
+    if args.out:
+        args.out.write_bytes(data)
+        print(args.out)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.signing import load_public_key, public_key_path
+    from farm.verify import verify
+
+    key = load_public_key(args.key or public_key_path(settings.home))
+    for line in verify(args.artifact, args.provenance, key, args.require):
+        print(line)
     return 0
 
 

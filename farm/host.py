@@ -21,7 +21,7 @@ from pathlib import Path
 from farm.errors import InfrastructureError
 from farm.settings import Settings
 
-APT_PACKAGES = ("docker.io", "containerd", "mmdebstrap", "iptables")
+APT_PACKAGES = ("docker.io", "containerd", "mmdebstrap", "iptables", "diffoscope-minimal")
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 DOCKER_PIDFILE = Path("/var/run/docker.pid")

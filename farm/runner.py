@@ -17,6 +17,7 @@ from typing import Protocol
 
 from farm import cargo
 from farm.collect import Collected, collect
+from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
@@ -48,8 +49,11 @@ class Interrupted(BaseException):
 
 
 def resolve(spec: BuildSpec) -> BuildSpec:
-    """Fill cargo defaults for ``argv`` and ``outputs``. Raises SpecError if it cannot."""
+    """Fill cargo defaults for ``argv`` and ``outputs``, and SOURCE_DATE_EPOCH from the
+    source's last git commit. Raises SpecError if it cannot."""
     updates: dict[str, object] = {}
+    if spec.source_date_epoch is None:
+        updates["source_date_epoch"] = commit_epoch(spec.source)
     is_cargo = cargo.is_cargo_project(spec.source)
     if spec.argv is None:
         if not is_cargo:
@@ -129,11 +133,17 @@ class Runner:
             return False  # no record (or an ambiguous id): nobody owns this sandbox
         return record.status is Status.RUNNING and pid_alive(record.owner_pid)
 
-    def build(self, spec: BuildSpec) -> BuildRecord:
+    def build(
+        self, spec: BuildSpec, *, vary: Callable[[SandboxSpec], SandboxSpec] | None = None
+    ) -> BuildRecord:
+        """Run one build. ``vary`` alters the sandbox for a reproducibility check run
+        (farm.reprocheck); the policy's own checks have already passed on the original."""
         spec = resolve(spec)
         build_id = new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)
         sandbox = sandbox_for(spec, build_id, dirs, self.settings)
+        if vary:
+            sandbox = vary(sandbox)
         self.on_phase("preflight", None)
         image_id = self.backend.preflight(sandbox)  # raises before anything exists
         if self.observer:

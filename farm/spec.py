@@ -42,6 +42,7 @@ RESERVED_ENV = frozenset(
         "SOURCE_DATE_EPOCH",
         "CARGO_TARGET_DIR",
         "CARGO_HOME",
+        "CARGO_INCREMENTAL",
         "TMPDIR",
         "USER",
         "FARM_OUT",
