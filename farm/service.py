@@ -116,8 +116,10 @@ class Service:
             if record is None:  # claimed, but no sandbox was ever made: run it again
                 self.queue.requeue(entry.id)
                 said.append(f"requeued build {entry.id}: the service stopped before it ran")
-            else:
-                self.queue.finish(entry.id, record.status.value, int(record.status.exit_code))
+                continue
+            if record.status is Status.RUNNING:  # its owner pid was reused by another process
+                said.append(self._mark_lost(record))
+            self.queue.finish(entry.id, record.status.value, int(record.status.exit_code))
         return said
 
     def stop(self, timeout: float = 120) -> None:
@@ -222,6 +224,16 @@ class Service:
         kinds = Counter(str(a.get("kind")) for a in record.blocked_actions)
         for kind, n in kinds.items():
             m.blocked_actions.labels(record.tenant, kind).inc(n)
+
+    def _mark_lost(self, record: BuildRecord) -> str:
+        removed = self.backend.teardown(record.container_id) if record.container_id else []
+        record.status, record.teardown = Status.LOST, removed
+        record.notes.append("farm serve exited during this build; its sandbox was reaped")
+        self.store.save(record)
+        if removed:
+            self.metrics.reaped.inc()
+        self.metrics.builds.labels(record.tenant, Status.LOST.value).inc()
+        return f"reaped build {record.id} left by a crashed service ({', '.join(removed)})"
 
     def _record(self, build_id: str) -> BuildRecord | None:
         try:
