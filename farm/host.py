@@ -222,7 +222,7 @@ def _download_deb(settings: Settings, suite: str, package: str) -> Path:
 
 def _pod_init_json() -> str:
     from farm.observe import pod_init_config
-    from farm.observe.session import OBSERVER_SOCKET
+    from farm.observe.daemon import OBSERVER_SOCKET
 
     return json.dumps(pod_init_config(OBSERVER_SOCKET), indent=2) + "\n"
 

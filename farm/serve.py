@@ -23,10 +23,10 @@ from farm.api import Api, check_bind, make_server
 from farm.errors import InfrastructureError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
-from farm.observe.session import ObserverSession
+from farm.observe.daemon import HostObserver
 from farm.queue import Queue
-from farm.runner import Observer, Runner
-from farm.service import Service, SourcePolicy
+from farm.runner import Runner
+from farm.service import CountingObserver, Service, SourcePolicy
 from farm.settings import Settings
 from farm.store import Store
 from farm.tokens import load_tokens
@@ -64,9 +64,8 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
     when dockerd or the port is unavailable."""
     tokens = load_tokens(options.tokens_file) if options.tokens_file else None
     check_bind(options.bind, tokens)
-    observer = ObserverSession() if settings.observe else contextlib.nullcontext()
-    with _serve_lock(settings.home), observer as session:
-        service = _service(settings, options, tokens is not None, session)
+    with _serve_lock(settings.home):
+        service = _service(settings, options, tokens is not None)
         api = Api(service, service.store, settings.work_dir, tokens)
         try:
             server = make_server(api, options.bind, options.port)
@@ -88,12 +87,14 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         say("stopped")
 
 
-def _service(
-    settings: Settings, options: ServeOptions, tenants: bool, observer: Observer | None
-) -> Service:
+def _service(settings: Settings, options: ServeOptions, tenants: bool) -> Service:
     from farm.backends.local import LocalBackend
 
     store = Store(settings.home)
+    metrics = Metrics(CollectorRegistry())
+    # One observer for all workers (it is thread-safe); it starts the host's observer
+    # daemon on demand. Counting wraps it so dropped events reach /metrics.
+    observer = CountingObserver(HostObserver(), metrics) if settings.observing else None
 
     def runner(on_phase: Callable[[str, CappedLog | None], None]) -> Runner:
         return Runner(settings, LocalBackend(settings), store, on_phase=on_phase, observer=observer)
@@ -103,7 +104,7 @@ def _service(
         store=store,
         backend=LocalBackend(settings),
         runner_factory=runner,
-        metrics=Metrics(CollectorRegistry()),
+        metrics=metrics,
         sources=SourcePolicy(options.source_root, per_tenant=tenants),
         concurrency=options.concurrency,
     )

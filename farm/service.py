@@ -23,9 +23,10 @@ from pathlib import Path
 from farm.errors import ExitCode, FarmError, InputError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
+from farm.observe.spool import Observation
 from farm.queue import Entry, Queue, State
 from farm.records import BuildRecord, Status
-from farm.runner import Runner
+from farm.runner import Observer, Runner
 from farm.sandbox import Backend
 from farm.spec import BuildSpec, build_spec
 from farm.store import Store
@@ -53,6 +54,23 @@ class SourcePolicy:
                 f"source: {str(spec.source)!r} is outside this service's source directory "
                 f"{str(allowed)!r}; put the project there"
             )
+
+
+class CountingObserver:
+    """An ``Observer`` that adds each build's lost trace events (dropped by gVisor,
+    undecodable, or over the cap) to farm_observer_events_dropped_total."""
+
+    def __init__(self, inner: Observer, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def ready(self) -> None:
+        self.inner.ready()
+
+    def collect(self, container_id: str) -> Observation:
+        seen = self.inner.collect(container_id)
+        self.metrics.observer_dropped.inc(seen.lost)
+        return seen
 
 
 @dataclass

@@ -54,7 +54,9 @@ class Served:
         assert status in (200, 202), (status, raw)
         return json.loads(raw)
 
-    def submit(self, source: Path, argv: list[str] = TINY, token: str | None = None, **kw: Any):
+    def submit(
+        self, source: Path, argv: list[str] | None = TINY, token: str | None = None, **kw: Any
+    ) -> str:
         spec = {"source": str(source), "argv": argv, "outputs": ["out/x"], **kw}
         return self.json("POST", "/v1/builds", spec, token)["id"]
 
@@ -326,3 +328,30 @@ def test_farm_build_through_the_service(serve, project: Path, tmp_path: Path, ho
 
     done = farm(home, "build", str(project), "--", "true", FARM_SERVER="http://127.0.0.1:9")
     assert done.returncode == 4 and "cannot reach the farm service" in done.stderr
+
+
+def test_blocked_actions_of_malicious_dep_rise_in_a_scrape(serve) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    served = serve("--concurrency", "1", "--source-root", str(examples))
+    _, before = served.scrape()
+    build = served.submit(examples / "malicious-dep", argv=None, outputs=None, tenant="evil-test")
+    view = served.wait_done(build, timeout=900)
+    assert view["result"] == "succeeded", view  # audit: evil's attempts fail, the build stands
+    record = json.loads(served.call("GET", f"/v1/builds/{build}/report")[1])
+    _, after = served.scrape()
+
+    kinds: dict[str, int] = {}
+    for action in record["blocked_actions"]:
+        kinds[action["kind"]] = kinds.get(action["kind"], 0) + 1
+    assert {"network", "fs_write_denied", "sensitive_read"} <= set(kinds), kinds
+    for kind, count in kinds.items():
+        name, labels = "farm_blocked_actions_total", {"tenant": "evil-test", "kind": kind}
+        assert sample(after, name, **labels) - sample(before, name, **labels) == count, kind
+    # Lost trace events reach the counter exactly as the record's note gives them.
+    note = next(n for n in record["notes"] if n.startswith("observed "))
+    lost = re.search(r"\((\d+) dropped by gVisor, (\d+) undecodable", note)
+    assert lost, note
+    dropped = sample(after, "farm_observer_events_dropped_total")
+    assert dropped - sample(before, "farm_observer_events_dropped_total") == sum(
+        int(n) for n in lost.groups()
+    )
