@@ -24,6 +24,7 @@ from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
 from farm.records import BuildRecord
+from farm.report import build_report, render
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
 from farm.spec import BuildSpec, build_spec, load_spec_file
@@ -96,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         help="record what gVisor saw and report blocked actions (default: on, "
         "except with --insecure-runtime)",
     )
+    b.add_argument(
+        "--mode",
+        choices=["audit", "enforce"],
+        help="observe.mode: enforce (default) quarantines a build whose dependencies tried "
+        "something the policy does not allow (exit 3, artifacts withheld); audit only records",
+    )
     b.add_argument("--json", action="store_true")
     b.add_argument(
         "--server",
@@ -138,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list builds")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="what a build's dependencies tried, per package")
+    rep.add_argument("id")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=cmd_report)
     show = sub.add_parser("show", help="show one build's record")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
@@ -205,6 +216,8 @@ def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     data["resources"] = resources
+    if args.mode:
+        data["observe"] = {**(data.get("observe") or {}), "mode": args.mode}
     return data
 
 
@@ -348,7 +361,14 @@ def _print_record(record: BuildRecord, as_json: bool) -> None:
     for note in record.notes:
         print(f"  note    {note}")
     for action in record.blocked_actions:
-        print(f"  blocked {BlockedAction.model_validate(action).line()}")
+        line = BlockedAction.model_validate(action).line()
+        print(f"  {'allowed' if action.get('allowed') else 'blocked'} {line}")
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    report = build_report(Store(settings.home).get(args.id))
+    print(report.model_dump_json(indent=2) if args.json else render(report))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -231,6 +231,12 @@ def _pod_init_current() -> bool:
     return POD_INIT_CONFIG.exists() and POD_INIT_CONFIG.read_text() == _pod_init_json()
 
 
+def trace_config_current() -> bool:
+    """True if runsc-observed's trace configuration is the one this farm expects (the
+    points, context fields and socket its classifier relies on)."""
+    return _pod_init_current()
+
+
 def _configure_runtime(log: Callable[[str], None]) -> bool:
     if not _pod_init_current():
         POD_INIT_CONFIG.parent.mkdir(parents=True, exist_ok=True)

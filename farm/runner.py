@@ -24,8 +24,9 @@ from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
 from farm.observe.daemon import HostObserver
 from farm.observe.spool import Observation
+from farm.observe.verdict import apply_allow, quarantine_reasons
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
-from farm.records import BuildRecord, Refusal, Status
+from farm.records import BuildRecord, ObservationSummary, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
@@ -285,8 +286,22 @@ class Runner:
 
     def _observe(self, record: BuildRecord, spec: BuildSpec, observer: Observer) -> None:
         seen = observer.collect(record.container_id or "")
-        actions = classify(seen.events, lock_versions(spec.source))
+        actions = apply_allow(classify(seen.events, lock_versions(spec.source)), spec.observe)
+        reasons = quarantine_reasons(actions, seen, spec.observe)
         record.blocked_actions = [a.model_dump() for a in actions]
+        record.observation = ObservationSummary(
+            mode=spec.observe.mode,
+            events=len(seen.events),
+            dropped=seen.dropped,
+            unparseable=seen.unparseable,
+            overflow=seen.overflow,
+            unknown_types=seen.unknown_types,
+            complete=seen.complete,
+            problem=seen.problem,
+            actions=len(actions),
+            allowed=sum(a.allowed for a in actions),
+            quarantine_reasons=reasons,
+        )
         record.notes.append(
             f"observed {len(seen.events)} gVisor events ({seen.dropped} dropped by gVisor, "
             f"{seen.unparseable + seen.overflow} undecodable or over the cap); "
@@ -294,6 +309,11 @@ class Runner:
         )
         if not seen.complete:
             record.notes.append(f"observation incomplete: {seen.problem}")
+        # A failed or timed-out build ships nothing anyway; a quarantine says why not.
+        if reasons and record.status in (Status.SUCCEEDED, Status.FAILED):
+            record.status = Status.QUARANTINED
+            record.notes += [f"quarantined (enforce mode): {r}" for r in reasons]
+            record.notes.append(f"artifacts withheld; see `farm report {record.id}`")
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

@@ -23,10 +23,9 @@ from pathlib import Path
 from farm.errors import ExitCode, FarmError, InputError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
-from farm.observe.spool import Observation
 from farm.queue import Entry, Queue, State
 from farm.records import BuildRecord, Status
-from farm.runner import Observer, Runner
+from farm.runner import Runner
 from farm.sandbox import Backend
 from farm.spec import BuildSpec, build_spec
 from farm.store import Store
@@ -54,23 +53,6 @@ class SourcePolicy:
                 f"source: {str(spec.source)!r} is outside this service's source directory "
                 f"{str(allowed)!r}; put the project there"
             )
-
-
-class CountingObserver:
-    """An ``Observer`` that adds each build's lost trace events (dropped by gVisor,
-    undecodable, or over the cap) to farm_observer_events_dropped_total."""
-
-    def __init__(self, inner: Observer, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    def ready(self) -> None:
-        self.inner.ready()
-
-    def collect(self, container_id: str) -> Observation:
-        seen = self.inner.collect(container_id)
-        self.metrics.observer_dropped.inc(seen.lost)
-        return seen
 
 
 @dataclass
@@ -239,9 +221,12 @@ class Service:
             m.build_duration.labels(record.tenant).observe(record.duration_seconds)
         if record.teardown_seconds is not None:
             m.teardown.observe(record.teardown_seconds)
-        kinds = Counter(str(a.get("kind")) for a in record.blocked_actions)
+        # An action the spec's allow rules permit (a -sys crate running cc) is not blocked.
+        kinds = Counter(str(a["kind"]) for a in record.blocked_actions if not a.get("allowed"))
         for kind, n in kinds.items():
             m.blocked_actions.labels(record.tenant, kind).inc(n)
+        if record.observation:
+            m.observer_dropped.inc(record.observation.lost)
 
     def _mark_lost(self, record: BuildRecord) -> str:
         removed = self.backend.teardown(record.container_id) if record.container_id else []

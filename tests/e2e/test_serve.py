@@ -308,6 +308,7 @@ def test_farm_build_through_the_service(serve, project: Path, tmp_path: Path, ho
         "source_digest",
         "artifacts",
         "blocked_actions",
+        "observation",
     }
     assert out["status"] == "succeeded" and out["artifacts"][0]["path"] == "out/x"
     assert served.json("GET", f"/v1/builds/{out['id']}")["state"] == "done"
@@ -336,22 +337,27 @@ def test_blocked_actions_of_malicious_dep_rise_in_a_scrape(serve) -> None:
     _, before = served.scrape()
     build = served.submit(examples / "malicious-dep", argv=None, outputs=None, tenant="evil-test")
     view = served.wait_done(build, timeout=900)
-    assert view["result"] == "succeeded", view  # audit: evil's attempts fail, the build stands
+    # Enforce mode (the default) quarantines it: exit 3, artifacts withheld.
+    assert (view["result"], view["farm_exit_code"]) == ("quarantined", 3), view
     record = json.loads(served.call("GET", f"/v1/builds/{build}/report")[1])
+    assert record["artifacts"] == []
     _, after = served.scrape()
 
     kinds: dict[str, int] = {}
     for action in record["blocked_actions"]:
-        kinds[action["kind"]] = kinds.get(action["kind"], 0) + 1
+        if not action["allowed"]:
+            kinds[action["kind"]] = kinds.get(action["kind"], 0) + 1
     assert {"network", "fs_write_denied", "sensitive_read"} <= set(kinds), kinds
     for kind, count in kinds.items():
         name, labels = "farm_blocked_actions_total", {"tenant": "evil-test", "kind": kind}
         assert sample(after, name, **labels) - sample(before, name, **labels) == count, kind
-    # Lost trace events reach the counter exactly as the record's note gives them.
-    note = next(n for n in record["notes"] if n.startswith("observed "))
-    lost = re.search(r"\((\d+) dropped by gVisor, (\d+) undecodable", note)
-    assert lost, note
+    name = "farm_builds_total"
+    labels = {"tenant": "evil-test", "result": "quarantined"}
+    assert sample(after, name, **labels) - sample(before, name, **labels) == 1
+    # Lost trace events reach the counter exactly as the build's record gives them.
+    seen = record["observation"]
+    assert seen["mode"] == "enforce" and seen["events"] > 0
     dropped = sample(after, "farm_observer_events_dropped_total")
-    assert dropped - sample(before, "farm_observer_events_dropped_total") == sum(
-        int(n) for n in lost.groups()
+    assert dropped - sample(before, "farm_observer_events_dropped_total") == (
+        seen["dropped"] + seen["unparseable"] + seen["overflow"]
     )
