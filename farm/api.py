@@ -240,9 +240,12 @@ def make_server(api: Api, host: str, port: int) -> ThreadingHTTPServer:
         server_version = "farm"
 
         def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                resp = _json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body over 1 MiB"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                resp = _json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length: 0 to 1 MiB"})
             else:
                 body = self.rfile.read(length) if length else b""
                 resp = api.handle(method, self.path, self.headers, body)

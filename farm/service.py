@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from farm.spec import BuildSpec, build_spec
 from farm.store import Store
 
 log = logging.getLogger("farm.serve")
+
+#: What a build torn down by ``Service.stop`` ends as; any other result is real and kept.
+_CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
 
 #: Given a worker's phase callback, make the Runner that worker uses.
 RunnerFactory = Callable[[Callable[[str, CappedLog | None], None]], Runner]
@@ -128,14 +132,20 @@ class Service:
         self._stopping.set()
         with self._wake:
             self._wake.notify_all()
-        running = {w.build_id for w in self._workers if w.build_id}
-        self._cancelled |= running
-        for sandbox_id, build_id in self.backend.list_sandboxes().items():
-            if build_id in running:
-                self.backend.teardown(sandbox_id)
-        for worker in self._workers:
-            if worker.thread:
-                worker.thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        # Repeat: a worker may be between preflight and creating its sandbox right now.
+        while any(w.thread and w.thread.is_alive() for w in self._workers):
+            running = {w.build_id for w in self._workers if w.build_id}
+            self._cancelled |= running
+            for sandbox_id, build_id in self.backend.list_sandboxes().items():
+                if build_id in running:
+                    self.backend.teardown(sandbox_id)
+            for worker in self._workers:
+                if worker.thread:
+                    worker.thread.join(0.5)
+            if time.monotonic() > deadline:
+                log.warning("workers still busy after %.0f s; the next start reaps", timeout)
+                break
 
     def alive(self) -> bool:
         return all(w.thread and w.thread.is_alive() for w in self._workers)
@@ -199,10 +209,10 @@ class Service:
             worker.runner.build(spec, entry.id)
         except FarmError as exc:
             error = exc
-        if entry.id in self._cancelled:
-            self.queue.requeue(entry.id)
-            return
         record = self._record(entry.id)
+        if entry.id in self._cancelled and (record is None or record.status in _CUT_SHORT):
+            self._requeue(entry.id, record)
+            return
         if record is None:  # refused before a sandbox existed (bad image, no runtime…)
             assert error is not None
             result = Status.FAILED if error.exit_code == ExitCode.BAD_INPUT else Status.ERROR
@@ -227,6 +237,13 @@ class Service:
             m.blocked_actions.labels(record.tenant, kind).inc(n)
         if record.observation:
             m.observer_dropped.inc(record.observation.lost)
+
+    def _requeue(self, build_id: str, record: BuildRecord | None) -> None:
+        if record is not None:
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled when farm serve stopped; queued to run again")
+            self.store.save(record)
+        self.queue.requeue(build_id)
 
     def _mark_lost(self, record: BuildRecord) -> str:
         removed = self.backend.teardown(record.container_id) if record.container_id else []

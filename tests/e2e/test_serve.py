@@ -250,6 +250,7 @@ def test_sigterm_tears_down_and_requeues_the_running_build(
     assert served.stop(signal.SIGTERM) == 0, served.log.read_text()
     assert farm_containers(client, home) == []
     assert Queue(home / "index.sqlite").get(build).state is State.QUEUED
+    assert Store(home).get(build).status is Status.CANCELLED
 
 
 def test_a_tenant_cannot_see_another_tenants_build(serve, tmp_path: Path) -> None:
