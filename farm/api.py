@@ -7,6 +7,7 @@ Callers: ``farm.cli`` (``farm serve`` builds the server with :func:`make_server`
     GET  /v1/builds                       the caller's builds, newest first
     GET  /v1/builds/ID                    state, times, result and the build's summary
     GET  /v1/builds/ID/report             the full BuildRecord
+    POST /v1/builds/ID/cancel             cancel it (queued or running); answers when done
     GET  /v1/builds/ID/logs?offset=N      the log from byte N (live while running)
     GET  /v1/builds/ID/artifacts[/PATH]   the artifact list, or one artifact's bytes
     GET  /metrics                         Prometheus text format
@@ -96,6 +97,7 @@ class Api:
             ("GET", re.compile(r"/v1/builds"), self.list_builds),
             ("GET", re.compile(build), self.status),
             ("GET", re.compile(build + "/report"), self.report),
+            ("POST", re.compile(build + "/cancel"), self.cancel),
             ("GET", re.compile(build + "/logs"), self.logs),
             ("GET", re.compile(build + "/artifacts"), self.artifacts),
             ("GET", re.compile(build + "/artifacts/(?P<path>.+)"), self.artifact),
@@ -192,6 +194,12 @@ class Api:
 
     def status(self, tenant: str | None, id: str, **_: Any) -> Response:
         return _json(200, self._view(self._entry(id, tenant)))
+
+    def cancel(self, tenant: str | None, id: str, **_: Any) -> Response:
+        entry = self._entry(id, tenant)
+        if entry.state is not State.DONE:
+            self.service.cancel(entry)
+        return _json(200, self._view(self.service.queue.get(id)))
 
     def report(self, tenant: str | None, id: str, **_: Any) -> Response:
         entry = self._entry(id, tenant)

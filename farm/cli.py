@@ -282,7 +282,8 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
                     break
                 time.sleep(0.5)
         except Interrupted:
-            print(f"farm: interrupted; build {build_id} goes on in the service", file=sys.stderr)
+            client.cancel(build_id)
+            print("farm: interrupted; the build was cancelled in the service", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
     if view["summary"] is None:  # refused before a sandbox existed
         print(f"farm: error: {view['error']}", file=sys.stderr)

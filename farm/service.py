@@ -33,6 +33,13 @@ from farm.store import Store
 
 log = logging.getLogger("farm.serve")
 
+
+class CancelledError(FarmError):
+    """Raised in a worker, before its sandbox starts, for a build a client cancelled."""
+
+    exit_code = ExitCode.BUILD_FAILED
+
+
 #: What a build torn down by ``Service.stop`` ends as; any other result is real and kept.
 _CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
 
@@ -89,7 +96,8 @@ class Service:
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._tenants: set[str] = set()
-        self._cancelled: set[str] = set()
+        self._cancelled: set[str] = set()  # by stop(): requeue
+        self._cancel_asked: set[str] = set()  # by a client: end as cancelled
 
     # lifecycle
 
@@ -161,6 +169,22 @@ class Service:
             self._wake.notify_all()
         return entry
 
+    def cancel(self, entry: Entry, timeout: float = 60) -> None:
+        """Cancel a queued build, or tear down a running one's sandbox (repeatedly, as a
+        worker may be about to create it); returns once the build is done, or after
+        ``timeout`` (a worker still snapshotting a large tree) with the build marked."""
+        cancelled = Status.CANCELLED
+        if self.queue.cancel_queued(entry.id, int(cancelled.exit_code)):
+            self.metrics.builds.labels(entry.tenant, cancelled.value).inc()
+            return
+        self._cancel_asked.add(entry.id)
+        deadline = time.monotonic() + timeout
+        while self.queue.get(entry.id).state is State.RUNNING and time.monotonic() < deadline:
+            for sandbox_id, build_id in self.backend.list_sandboxes().items():
+                if build_id == entry.id:
+                    self.backend.teardown(sandbox_id)
+            time.sleep(0.2)
+
     # metrics computed at scrape time
 
     def refresh_gauges(self) -> None:
@@ -175,6 +199,8 @@ class Service:
     def _phase_setter(self, worker: _Worker) -> Callable[[str, CappedLog | None], None]:
         def set_phase(phase: str, log: CappedLog | None) -> None:
             worker.phase = phase
+            if phase == "build" and worker.build_id in self._cancel_asked:
+                raise CancelledError("cancelled by a client before its sandbox started")
 
         return set_phase
 
@@ -213,6 +239,10 @@ class Service:
         if entry.id in self._cancelled and (record is None or record.status in _CUT_SHORT):
             self._requeue(entry.id, record)
             return
+        if entry.id in self._cancel_asked and record and record.status in _CUT_SHORT:
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled by a client; the sandbox was torn down")
+            self.store.save(record)
         if record is None:  # refused before a sandbox existed (bad image, no runtime…)
             assert error is not None
             result = Status.FAILED if error.exit_code == ExitCode.BAD_INPUT else Status.ERROR

@@ -282,6 +282,7 @@ def test_a_tenant_cannot_see_another_tenants_build(serve, tmp_path: Path) -> Non
         == b"alpha-only-secret\n"
     )
     assert served.json("GET", "/v1/builds", token=beta) == []
+    assert served.call("POST", f"/v1/builds/{build}/cancel", {}, beta)[0] == 404
     # Nor can beta build alpha's tree, or act as alpha.
     status, body = served.call(
         "POST", "/v1/builds", {"source": str(source), "argv": argv, "outputs": ["out/x"]}, beta
@@ -362,3 +363,33 @@ def test_blocked_actions_of_malicious_dep_rise_in_a_scrape(serve) -> None:
     assert dropped - sample(before, "farm_observer_events_dropped_total") == (
         seen["dropped"] + seen["unparseable"] + seen["overflow"]
     )
+
+
+def test_cancel_a_running_and_a_queued_build_and_ctrl_c_through_the_cli(
+    serve, project: Path, tmp_path: Path, client, home: Path
+) -> None:
+    served = serve("--concurrency", "1", "--source-root", str(tmp_path / "src"))
+    running = served.submit(project, ["sleep", "300"])
+    queued = served.submit(project)
+    wait_for(lambda: running_sandbox(client, home), what="the sandbox")
+    assert served.json("POST", f"/v1/builds/{queued}/cancel")["result"] == "cancelled"
+    view = served.json("POST", f"/v1/builds/{running}/cancel")
+    assert (view["state"], view["result"], view["farm_exit_code"]) == ("done", "cancelled", 1)
+    assert farm_containers(client, home) == []
+    assert Store(home).get(running).status is Status.CANCELLED
+    assert served.json("GET", f"/v1/builds/{queued}")["summary"] is None  # it never ran
+
+    # Ctrl-C on `farm build` through the service cancels, as it does for a local build.
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
+        env=farm_env(home, FARM_SERVER=served.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: running_sandbox(client, home), what="the CLI's sandbox")
+    cli.send_signal(signal.SIGINT)
+    _, err = cli.communicate(timeout=120)
+    assert cli.returncode == 1 and "cancelled in the service" in err, err
+    assert farm_containers(client, home) == []
+    assert served.json("GET", "/v1/builds")[0]["result"] == "cancelled"
