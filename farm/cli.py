@@ -27,7 +27,7 @@ from farm.records import BuildRecord
 from farm.report import build_report, render
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
-from farm.spec import BuildSpec, build_spec, load_spec_file
+from farm.spec import TENANT_NAME, BuildSpec, build_spec, load_spec_file
 from farm.store import Store
 
 
@@ -461,7 +461,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     limits = {}
     for item in args.limit:
         tenant, sep, value = item.partition("=")
-        if not sep or not value.isdigit() or int(value) < 1:
+        if not sep or not TENANT_NAME.match(tenant) or not value.isdigit() or int(value) < 1:
             raise InputError(f"--limit {item!r}: use TENANT=N with N >= 1")
         limits[tenant] = int(value)
     if args.concurrency < 1 or (args.tenant_limit is not None and args.tenant_limit < 1):
@@ -475,6 +475,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         tokens_file=args.tokens,
         source_root=(args.source_root or Path.cwd()).resolve(),
     )
+    logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
     serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))
     return 0
 
