@@ -120,6 +120,7 @@ class BuildRecord(BaseModel):
     log_bytes: int = 0
     log_truncated_bytes: int = 0
     teardown: list[str] = Field(default_factory=list)
+    teardown_seconds: float | None = None
     notes: list[str] = Field(default_factory=list)
     #: farm.observe.classify.BlockedAction dumps, in time order.
     blocked_actions: list[dict[str, Any]] = Field(default_factory=list)
