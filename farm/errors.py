@@ -11,6 +11,7 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     │   ├── DockerUnavailableError dockerd cannot be reached
     │   └── ImageError             the builder image is missing or cannot be built
     ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
+    ├── VerificationError          exit 1: `farm verify` rejected an artifact or provenance
     └── NotFoundError              exit 2: no such build id
 """
 
@@ -69,5 +70,11 @@ class ImageError(InfrastructureError):
 
 class CollectionError(FarmError):
     """An output broke the collection rules; the build fails rather than ship it."""
+
+    exit_code = ExitCode.BUILD_FAILED
+
+
+class VerificationError(FarmError):
+    """A signature, digest or policy requirement did not hold (``farm verify``)."""
 
     exit_code = ExitCode.BUILD_FAILED

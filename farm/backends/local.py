@@ -90,7 +90,10 @@ class LocalBackend:
         except BaseException:
             self.teardown(container.id)
             raise
-        return result.model_copy(update={"teardown": self.teardown(container.id)})
+        began = time.monotonic()
+        removed = self.teardown(container.id)
+        elapsed = round(time.monotonic() - began, 3)
+        return result.model_copy(update={"teardown": removed, "teardown_seconds": elapsed})
 
     def _run_created(self, container: Any, spec: SandboxSpec, log: LogSink) -> SandboxResult:
         with translated("start the sandbox"):
