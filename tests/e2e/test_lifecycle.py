@@ -112,7 +112,7 @@ def test_missing_runtime_is_a_clear_error_before_anything_exists(
     project: Path,
     client,
 ) -> None:
-    settings = Settings(home=home, runtime="runsc-not-installed")
+    settings = Settings(home=home, runtime="runsc-not-installed", observe=False)
     runner = Runner(settings, LocalBackend(settings), Store(home))
     spec = build_spec({"source": str(project), "argv": ["true"]})
     with pytest.raises(RuntimeMissingError, match="no 'runsc-not-installed' runtime"):
