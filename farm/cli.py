@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="what a build's dependencies tried, per package")
     rep.add_argument("id")
     rep.add_argument("--json", action="store_true")
+    rep.add_argument("--server", metavar="URL", help="ask this `farm serve` (default $FARM_SERVER)")
+    rep.add_argument("--local", action="store_true", help="read this host's store")
     rep.set_defaults(func=cmd_report)
     show = sub.add_parser("show", help="show one build's record")
     show.add_argument("id")
@@ -416,7 +418,14 @@ def _print_record(record: BuildRecord, as_json: bool, cached: bool = False) -> N
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    report = build_report(Store(settings.home).get(args.id))
+    server = args.server or (None if args.local else settings.server)
+    if server:
+        from farm.client import Client
+
+        record = Client(server, settings.token).report(args.id)
+    else:
+        record = Store(settings.home).get(args.id)
+    report = build_report(record)
     print(report.model_dump_json(indent=2) if args.json else render(report))
     return 0
 

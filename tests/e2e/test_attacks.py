@@ -13,7 +13,10 @@ import pytest
 
 from farm.store import Store
 
+from . import test_serve
 from .conftest import ROOT, Listener, farm, farm_containers, tree_digest
+
+serve = test_serve.serve  # the fixture that runs a real `farm serve`
 
 CORPUS = ROOT / "tests" / "fixtures" / "attacks"
 NO_PATH = ""  # raw syscalls: gVisor records no path
@@ -155,11 +158,12 @@ def test_audit_mode_keeps_the_build_result(corpus: dict) -> None:
 SNOOP = ["sh", "-c", "cat /etc/shadow; echo built > /out/result"]
 
 
-def snoop(home: Path, tmp_path: Path, *flags: str) -> tuple[int, dict]:
-    src = tmp_path / "proj"
-    src.mkdir(exist_ok=True)
+def snoop(home: Path, tmp_path: Path, *flags: str, **env: str) -> tuple[int, dict]:
+    src = tmp_path / "src" / "proj"
+    src.mkdir(parents=True, exist_ok=True)
     (src / "README").write_text("a build that also reads /etc/shadow\n")
-    done = farm(home, "build", str(src), "--json", "--output", "out/result", *flags, "--", *SNOOP)
+    cli = ["build", str(src), "--json", "--output", "out/result", *flags, "--", *SNOOP]
+    done = farm(home, *cli, **env)
     return done.returncode, json.loads(done.stdout)
 
 
@@ -212,3 +216,13 @@ def test_an_allow_rule_that_allows_everything_is_refused(home: Path, tmp_path: P
     assert done.returncode == 2
     assert "observe.allow[0]: an allow rule needs at least one of" in done.stderr
     assert not (home / "index.sqlite").exists() or Store(home).list() == []
+
+
+def test_report_through_the_service(serve, home: Path, tmp_path: Path) -> None:
+    served = serve("--source-root", str(tmp_path / "src"))
+    code, out = snoop(home, tmp_path, FARM_SERVER=served.url)
+    assert (code, out["status"]) == (3, "quarantined")  # enforce applies in the service too
+    report = farm(home, "report", out["id"], FARM_SERVER=served.url)
+    assert report.returncode == 0, report.stderr
+    assert "/usr/bin/cat: 1 action" in report.stdout
+    assert "sensitive_read  open /etc/shadow blocked (EACCES)" in report.stdout
