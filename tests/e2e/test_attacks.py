@@ -222,7 +222,8 @@ def test_report_through_the_service(serve, home: Path, tmp_path: Path) -> None:
     served = serve("--source-root", str(tmp_path / "src"))
     code, out = snoop(home, tmp_path, FARM_SERVER=served.url)
     assert (code, out["status"]) == (3, "quarantined")  # enforce applies in the service too
-    report = farm(home, "report", out["id"], FARM_SERVER=served.url)
+    elsewhere = tmp_path / "client-home"  # an empty store: the report must come over HTTP
+    report = farm(elsewhere, "report", out["id"], FARM_SERVER=served.url)
     assert report.returncode == 0, report.stderr
     assert "/usr/bin/cat: 1 action" in report.stdout
     assert "sensitive_read  open /etc/shadow blocked (EACCES)" in report.stdout
