@@ -12,7 +12,7 @@ from collections import Counter
 from pydantic import BaseModel, Field
 
 from farm.observe.classify import BlockedAction
-from farm.records import BuildRecord, ObservationSummary
+from farm.records import BuildRecord, ObservationSummary, Status
 
 
 class ActionGroup(BaseModel):
@@ -86,7 +86,11 @@ def _per_package(actions: list[BlockedAction]) -> list[PackageReport]:
 
 def render(report: BuildReport) -> str:
     """The human report, one block per package."""
-    lines = [f"build {report.build_id}: {report.status} (exit {report.exit_code})"]
+    farm_exit = int(Status(report.status).exit_code)
+    lines = [
+        f"build {report.build_id}: {report.status} "
+        f"(build command exit {report.exit_code}, farm exit {farm_exit})"
+    ]
     obs = report.observation
     if obs is None:
         lines.append("  not observed: no record of what the build tried (--no-observe)")
