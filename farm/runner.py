@@ -34,6 +34,9 @@ from farm.snapshot import remove_tree, snapshot
 from farm.spec import BuildSpec
 from farm.store import Store
 
+#: Seconds to wait for gVisor's record of a sandbox whose run() raised.
+NO_RESULT_WAIT = 5.0
+
 
 class Observer(Protocol):
     """Where the runner gets what the sandbox's kernel saw (farm.observe.daemon's
@@ -42,8 +45,9 @@ class Observer(Protocol):
     def ready(self) -> None:
         """Make sure gVisor's events will be received; raises InfrastructureError."""
 
-    def collect(self, container_id: str) -> Observation:
-        """The container's record, once its sandbox is gone."""
+    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
+        """The container's record, once its sandbox is gone (waiting at most
+        ``timeout`` seconds for gVisor to hang up; None: the observer's default)."""
 
 
 @dataclass(frozen=True)
@@ -294,12 +298,17 @@ class Runner:
             # run() did not return, so its own teardown may not have finished.
             record.teardown = self.backend.teardown(record.container_id)
         if self.observer and record.container_id:
-            self._observe(record, spec, self.observer)
+            # When run() raised, the sandbox may never have started (so never connected);
+            # its teardown is done, so a record that exists is already complete.
+            wait = None if result is not None else NO_RESULT_WAIT
+            self._observe(record, spec, self.observer, wait)
         if record.status is Status.SUCCEEDED:
             self._collect(record, spec, dirs)
 
-    def _observe(self, record: BuildRecord, spec: BuildSpec, observer: Observer) -> None:
-        seen = observer.collect(record.container_id or "")
+    def _observe(
+        self, record: BuildRecord, spec: BuildSpec, observer: Observer, wait: float | None
+    ) -> None:
+        seen = observer.collect(record.container_id or "", wait)
         actions = apply_allow(classify(seen.events, lock_versions(spec.source)), spec.observe)
         record.blocked_actions = [a.model_dump() for a in actions]
         record.observation = summarize(seen, actions, spec.observe)

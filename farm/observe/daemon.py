@@ -163,8 +163,9 @@ class HostObserver:
                 return
             self._spawn()
 
-    def collect(self, container_id: str) -> Observation:
-        return read_observation(self.paths.spool, container_id, timeout=self.collect_timeout)
+    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
+        wait = self.collect_timeout if timeout is None else timeout
+        return read_observation(self.paths.spool, container_id, timeout=wait)
 
     def _spawn(self, timeout: float = 20.0) -> None:
         self.paths.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
