@@ -8,8 +8,8 @@ the work happens in ``farm.runner``, ``farm.host`` and ``farm.images``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -22,7 +22,7 @@ from typing import Any
 from farm.errors import ExitCode, FarmError, InputError
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
-from farm.observe.session import ObserverSession
+from farm.observe.daemon import ObserverPaths
 from farm.records import BuildRecord
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args.build_argv = words[cut + 1 :]
     settings = Settings.from_env(
         insecure_runtime=getattr(args, "insecure_runtime", None),
-        observe=getattr(args, "observe", False),
+        observe=getattr(args, "observe", None),
     )
     try:
         return int(args.func(args, settings))
@@ -91,8 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--follow", action="store_true", help="stream the build's log")
     b.add_argument(
         "--observe",
-        action="store_true",
-        help="record what gVisor saw and report blocked actions (preview)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record what gVisor saw and report blocked actions (default: on, "
+        "except with --insecure-runtime)",
     )
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_build)
@@ -116,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     gc.set_defaults(func=cmd_gc)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
+    obs = sub.add_parser(
+        "observer", help="serve gVisor's trace socket for every sandbox on this host"
+    )
+    obs.add_argument("--socket", type=Path, default=ObserverPaths.socket)
+    obs.add_argument("--spool", type=Path, default=ObserverPaths.spool)
+    obs.add_argument(
+        "--detach", action="store_true", help="run in the background; return once it serves"
+    )
+    obs.set_defaults(func=cmd_observer)
     doc = sub.add_parser("doctor", help="check the host and say how to fix it")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
@@ -176,13 +187,12 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             "WITHOUT gVisor, on the host kernel. It is recorded in the build's record.",
             file=sys.stderr,
         )
-    if settings.observe and settings.insecure_runtime:
+    if args.observe and settings.insecure_runtime:
         raise InputError("--observe needs gVisor; drop --insecure-runtime")
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
     echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
-    observer = ObserverSession() if settings.observe else contextlib.nullcontext()
-    with _signals_raise(Interrupted), progress, observer as session:
-        runner = _runner(settings, echo=echo, on_phase=progress.phase, observer=session)
+    with _signals_raise(Interrupted), progress:
+        runner = _runner(settings, echo=echo, on_phase=progress.phase)
         for line in runner.reap_leftovers():
             print(f"farm: {line}", file=sys.stderr)
         try:
@@ -318,6 +328,20 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     for line in _runner(settings).reap_leftovers() or ["nothing to reap"]:
         print(f"farm: {line}")
+    return 0
+
+
+def cmd_observer(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.observe.daemon import ObserverBusy, ObserverDaemon, detach
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s farm-observer: %(message)s")
+    paths = ObserverPaths(socket=args.socket, spool=args.spool)
+    if args.detach:
+        return detach(paths)
+    try:
+        ObserverDaemon(paths).serve_forever()
+    except ObserverBusy as exc:
+        print(f"farm: {exc}", file=sys.stderr)
     return 0
 
 

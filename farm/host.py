@@ -188,7 +188,7 @@ def _install_runsc(settings: Settings, log: Callable[[str], None]) -> None:
 
 def _pod_init_json() -> str:
     from farm.observe import pod_init_config
-    from farm.observe.session import OBSERVER_SOCKET
+    from farm.observe.daemon import OBSERVER_SOCKET
 
     return json.dumps(pod_init_config(OBSERVER_SOCKET), indent=2) + "\n"
 

@@ -20,7 +20,8 @@ from farm.collect import Collected, collect
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
-from farm.observe.events import TraceEvent
+from farm.observe.daemon import HostObserver
+from farm.observe.spool import Observation
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -31,11 +32,14 @@ from farm.store import Store
 
 
 class Observer(Protocol):
-    """Where the runner gets what the sandbox's kernel saw (farm.observe.session)."""
+    """Where the runner gets what the sandbox's kernel saw (farm.observe.daemon's
+    ``HostObserver``). One instance may serve many runners in many threads."""
 
-    def events(self, container_id: str) -> list[TraceEvent]: ...
+    def ready(self) -> None:
+        """Make sure gVisor's events will be received; raises InfrastructureError."""
 
-    def lost(self) -> int: ...
+    def collect(self, container_id: str) -> Observation:
+        """The container's record, once its sandbox is gone."""
 
 
 class Interrupted(BaseException):
@@ -89,7 +93,9 @@ class Runner:
         self.store = store
         self.echo = echo
         self.on_phase = on_phase or (lambda phase, log: None)
-        self.observer = observer
+        if observer is None and settings.observing:
+            observer = HostObserver()
+        self.observer = observer if settings.observing else None
 
     def reap_leftovers(self) -> list[str]:
         """Tear down sandboxes of builds whose farm process died; says what it removed."""
@@ -129,6 +135,8 @@ class Runner:
         sandbox = sandbox_for(spec, build_id, dirs, self.settings)
         self.on_phase("preflight", None)
         image_id = self.backend.preflight(sandbox)  # raises before anything exists
+        if self.observer:
+            self.observer.ready()  # runsc-observed refuses to start without it anyway
         record = self._start_record(build_id, spec, image_id)
         try:
             return self._run(record, spec, dirs, sandbox)
@@ -256,15 +264,16 @@ class Runner:
             self._collect(record, spec, dirs)
 
     def _observe(self, record: BuildRecord, spec: BuildSpec, observer: Observer) -> None:
-        events = observer.events(record.container_id or "")
-        actions = classify(events, lock_versions(spec.source))
+        seen = observer.collect(record.container_id or "")
+        actions = classify(seen.events, lock_versions(spec.source))
         record.blocked_actions = [a.model_dump() for a in actions]
-        dropped = max((e.dropped for e in events), default=0)
         record.notes.append(
-            f"observed {len(events)} gVisor events ({dropped} dropped by gVisor, "
-            f"{observer.lost()} undecodable or over the cap); "
+            f"observed {len(seen.events)} gVisor events ({seen.dropped} dropped by gVisor, "
+            f"{seen.unparseable + seen.overflow} undecodable or over the cap); "
             f"{len(actions)} blocked or suspicious actions"
         )
+        if not seen.complete:
+            record.notes.append(f"observation incomplete: {seen.problem}")
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

@@ -27,8 +27,9 @@ class Settings:
     runtime: str = "runsc"
     #: Set only by ``--insecure-runtime``; the build record keeps it.
     insecure_runtime: str | None = None
-    #: Record what gVisor saw (runtime ``runsc-observed``, see farm.observe).
-    observe: bool = False
+    #: Record what gVisor saw (runtime ``runsc-observed``, see farm.observe). On by
+    #: default: its measured cost is within noise (docs/performance.md).
+    observe: bool = True
     docker_url: str | None = None
     default_image: str = DEFAULT_IMAGE
     log_cap_bytes: int = 4 * 1024 * 1024
@@ -40,8 +41,13 @@ class Settings:
         default_home = Path.home() / ".local" / "share" / "farm"
         home = Path(env.get("FARM_HOME") or default_home).expanduser().resolve()
         kwargs: dict[str, object] = {"home": home, "docker_url": env.get("DOCKER_HOST")}
-        kwargs.update(overrides)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def observing(self) -> bool:
+        """Observation is asked for and possible: gVisor's trace needs gVisor."""
+        return self.observe and not self.insecure_runtime
 
     @property
     def effective_runtime(self) -> str:
