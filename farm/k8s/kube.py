@@ -131,13 +131,16 @@ class Kube:
         body = {"propagationPolicy": "Foreground"}
         return self._call(f"delete {kind} {namespace}/{name}", fn, name, namespace, body=body)
 
-    def list(self, kind: str, namespace: str | None, selector: str) -> list[Obj]:
+    def list(
+        self, kind: str, namespace: str | None, selector: str, fields: str | None = None
+    ) -> list[Obj]:
+        extra = {"field_selector": fields} if fields else {}
         if namespace is None:
             fn = self._method("list", kind, namespaced=False)
-            found = self._call(f"list {kind}", fn, label_selector=selector)
+            found = self._call(f"list {kind}", fn, label_selector=selector, **extra)
         else:
             fn = self._method("list", kind)
-            found = self._call(f"list {kind}", fn, namespace, label_selector=selector)
+            found = self._call(f"list {kind}", fn, namespace, label_selector=selector, **extra)
         return list(found.get("items") or [])
 
     def pod_log(self, namespace: str, pod: str, container: str, limit: int) -> bytes:
@@ -154,31 +157,10 @@ class Kube:
 
     def event(self, involved: Obj, reason: str, message: str, warning: bool = False) -> None:
         """Record a core/v1 Event on ``involved`` (failures are not worth a retry)."""
-        meta = involved["metadata"]
-        stamp = now()
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": involved.get("apiVersion", names.API_VERSION),
-                "kind": involved.get("kind", names.KIND),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid", ""),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": names.MANAGED_BY},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+        body = event_body(involved, reason, message, warning)
+        namespace = involved["metadata"]["namespace"]
         with contextlib.suppress(KubernetesError):
-            self._call(
-                f"event {reason}", self.core.create_namespaced_event, meta["namespace"], body
-            )
+            self._call(f"event {reason}", self.core.create_namespaced_event, namespace, body)
 
     # --- Leases ---------------------------------------------------------------------
     def get_lease(self, namespace: str, name: str) -> Obj:
@@ -193,3 +175,27 @@ class Kube:
         fn = self.coordination.replace_namespaced_lease
         name = body["metadata"]["name"]
         return self._call(f"update Lease {name}", fn, name, namespace, body)
+
+
+def event_body(involved: Obj, reason: str, message: str, warning: bool = False) -> Obj:
+    meta = involved["metadata"]
+    stamp = now()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion", names.API_VERSION),
+            "kind": involved.get("kind", names.KIND),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": names.MANAGED_BY},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

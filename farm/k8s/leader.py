@@ -82,9 +82,10 @@ class LeaderElector:
             return False
         return True
 
-    def _create(self) -> bool:
+    def lease_body(self) -> dict[str, Any]:
+        """A new Lease held by this candidate."""
         now = _micro_now()
-        body = {
+        return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": self.name, "namespace": self.namespace},
@@ -96,8 +97,10 @@ class LeaderElector:
                 "leaseTransitions": 0,
             },
         }
+
+    def _create(self) -> bool:
         try:
-            self.kube.create_lease(self.namespace, body)
+            self.kube.create_lease(self.namespace, self.lease_body())
         except ConflictError:
             return False
         return True

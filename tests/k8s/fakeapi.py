@@ -229,9 +229,10 @@ class FakeAPI:
             return self._store(plural, key, obj)
 
     def compact(self) -> None:
-        """Forget history: watches from an older resourceVersion now get 410 Gone."""
+        """Forget history past every watcher's position: each open watch (and any
+        later one from a resourceVersion seen so far) now gets 410 Gone."""
         with self.cond:
-            self.compacted = self.rv
+            self.compacted = self.rv + 1
             self.log.clear()
             self.cond.notify_all()
 
@@ -308,10 +309,14 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         if method == "GET" and name is None:
             items = api.list(plural, ns, query.get("labelSelector"))
+            if query.get("fieldSelector"):  # only spec.nodeName=X, as the node monitor asks
+                field, _, value = query["fieldSelector"].partition("=")
+                assert field == "spec.nodeName", field
+                items = [o for o in items if o.get("spec", {}).get("nodeName") == value]
             return {
                 "kind": f"{KINDS[plural]}List",
                 "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(api.rv)},
+                "metadata": {"resourceVersion": str(max(api.rv, api.compacted))},
                 "items": items,
             }
         assert ns is not None

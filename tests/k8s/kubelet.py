@@ -95,7 +95,7 @@ def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: byte
                 }
             ],
         },
-        "spec": template["spec"],
+        "spec": {**template["spec"], "nodeName": "node-1"},
         "status": {
             "phase": "Running",
             "initContainerStatuses": [

@@ -86,9 +86,9 @@ def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_
         "Succeeded": "True",
         "TornDown": "True",
     }
-    assert {"Fetching", "Building", "Collecting", "Succeeded", "TornDown"} <= set(
-        reasons(cluster, build)
-    )
+    # The TornDown event follows the status write that records it.
+    wanted = {"Fetching", "Building", "Collecting", "Succeeded", "TornDown"}
+    wait_for(lambda: wanted <= set(reasons(cluster, build)), "an Event per state change")
     metrics = ctl.metrics.registry
     assert metrics.get_sample_value("farm_pods_torn_down_total") == 1
     assert metrics.get_sample_value("farm_teardown_seconds_count") == 1
@@ -181,16 +181,18 @@ def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
     cluster.wait_phase("survivor", "Collecting")
     lease = cluster.api.get("leases", "farm-system", "farm-controller")["spec"]
     assert lease["holderIdentity"] == "second" and lease["leaseTransitions"] == 1
-    root = sandbox_tree(tmp_path / "pod", {"app": b"built"})
-    assert run_collector(cluster.api, NS, build, cluster.artifact_url(second), root) == 0
-    cluster.wait_phase("survivor", "Succeeded")
-    # Nothing was created twice: every object the first controller made is the same object.
+    # Nothing was created twice: every object the first controller made is the same
+    # object (the successor's creates got 409 and adopted them).
     seen = {
         o["metadata"]["name"]: o["metadata"]["uid"]
         for p in OWNED
         for o in owned(cluster.api, NS, build, p)
     }
     assert {k: v for k, v in seen.items() if k in uids} == uids
+    assert ("POST", f"/apis/batch/v1/namespaces/{NS}/jobs") in cluster.api.requests
+    root = sandbox_tree(tmp_path / "pod", {"app": b"built"})
+    assert run_collector(cluster.api, NS, build, cluster.artifact_url(second), root) == 0
+    cluster.wait_phase("survivor", "Succeeded")
     wait_for(
         lambda: cluster.api.get("builds", NS, "survivor")["status"].get("tornDown"), "teardown"
     )
