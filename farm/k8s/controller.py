@@ -92,7 +92,10 @@ class Controller:
             self._shutdown()
 
     def _start(self) -> None:
-        self.reap()
+        try:
+            self.reap()
+        except FarmError as exc:  # the periodic reaper tries again later
+            log.warning("orphan reaper: %s", exc)
         k = self.kube
         lists = {
             "builds": (
@@ -161,8 +164,8 @@ class Controller:
     def reap(self) -> int:
         """Delete leftovers of Builds that no longer exist."""
         live = {
-            f"{b['metadata']['namespace']}/{names.short_uid(b['metadata']['uid'])}": (
-                (b.get("status") or {}).get("phase", "Pending")
+            f"{b['metadata']['namespace']}/{names.short_uid(b['metadata']['uid'])}": bool(
+                (b.get("status") or {}).get("tornDown")
             )
             for b in self.kube.list_builds().get("items") or []
         }

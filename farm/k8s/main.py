@@ -9,7 +9,6 @@ released so a standby takes over at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -105,7 +104,3 @@ def run_node_monitor(args: Any, settings: Settings) -> int:
         )
         monitor.run(stop)
     return int(ExitCode.OK)
-
-
-def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2))

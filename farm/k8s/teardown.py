@@ -58,10 +58,10 @@ class Teardown:
                 self.kube.delete(obj["kind"], namespace, obj["metadata"]["name"])
         return False
 
-    def reap(self, live_builds: dict[str, str]) -> int:
-        """Delete objects whose Build is gone. ``live_builds``: ``ns/short_uid`` -> phase
-        of every existing Build. Returns how many builds' leftovers were reaped; sets
-        farm_sandboxes_leaked to the number of build pods whose Build has finished."""
+    def reap(self, live_builds: dict[str, bool]) -> int:
+        """Delete objects whose Build is gone. ``live_builds``: ``ns/short_uid`` -> whether
+        that Build is recorded as torn down. Returns how many builds' leftovers were
+        reaped; sets farm_sandboxes_leaked to the pods still there after teardown."""
         groups: dict[str, list[Obj]] = defaultdict(list)
         leaked = 0
         for kind in (*OWNED_KINDS, "Pod"):
@@ -69,7 +69,7 @@ class Teardown:
                 meta = obj["metadata"]
                 key = f"{meta['namespace']}/{meta.get('labels', {}).get(names.BUILD_LABEL, '')}"
                 groups[key].append(obj)
-                if kind == "Pod" and live_builds.get(key) in ("Succeeded", "Failed"):
+                if kind == "Pod" and live_builds.get(key):
                     leaked += 1
         self.metrics.sandboxes_leaked.set(leaked)
         orphans = [key for key in groups if key not in live_builds]

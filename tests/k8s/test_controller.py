@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from farm.k8s import names
+from farm.k8s import names, objects
+from farm.k8s.objects import BuildRef
 from tests.k8s.conftest import NS, Cluster
 from tests.k8s.kubelet import (
     build_manifest,
@@ -231,18 +232,21 @@ def test_a_graceful_stop_hands_leadership_over_and_the_successor_continues(
     assert lease["holderIdentity"] == "second"
 
 
-def test_the_reaper_removes_leftovers_of_builds_that_no_longer_exist(cluster: Cluster) -> None:
-    ghost = build_manifest("ghost")
-    ghost["metadata"]["uid"] = "0000-gone"
-    from farm.k8s import objects
-    from farm.k8s.objects import BuildRef
-
-    ref = BuildRef(NS, "ghost", "0000-gone")
+def test_the_reaper_removes_orphans_and_counts_pods_left_after_teardown(cluster: Cluster) -> None:
+    ref = BuildRef(NS, "ghost", "0000-gone")  # its Build no longer exists
     cluster.api.create("secrets", NS, objects.token_secret(ref, "t"))
     cluster.api.create("networkpolicies", NS, objects.build_policy(ref))
-    ctl = cluster.controller("a")
-    wait_for(
-        lambda: not cluster.api.list("secrets", NS) and not cluster.api.list("networkpolicies", NS),
-        "reaping",
+    done = cluster.api.create("builds", NS, build_manifest("done"))
+    cluster.api.mutate(
+        "builds", NS, "done", lambda b: b.update(status={"phase": "Failed", "tornDown": True})
     )
-    assert ctl.metrics.registry.get_sample_value("farm_sandboxes_reaped_total") == 1
+    stuck = objects.service_account(BuildRef(NS, "done", done["metadata"]["uid"]))
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": stuck["metadata"], "spec": {}}
+    cluster.api.create("pods", NS, pod)
+
+    ctl = cluster.controller("a")
+    wait_for(lambda: not cluster.api.list("secrets", NS), "reaping")
+    assert not cluster.api.list("networkpolicies", NS)
+    sample = ctl.metrics.registry.get_sample_value
+    assert sample("farm_sandboxes_reaped_total") == 1
+    assert sample("farm_sandboxes_leaked") == 1  # the pod of "done", which was torn down
