@@ -39,6 +39,7 @@ from farm.k8s.resource import (
 )
 from farm.k8s.teardown import Teardown
 from farm.metrics import Metrics
+from farm.records import Artifact, BuildRecord, Refusal, Status
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -231,12 +232,42 @@ class Reconciler:
         result = {"Succeeded": "succeeded", "Failed": "failed"}[phase]
         if reason == "BuildTimedOut":
             result = "timed_out"
-        tenant = (build.get("spec") or {}).get("tenant") or "default"
-        self.metrics.builds.labels(tenant=str(tenant)[:63], result=result).inc()
+        record = build_record(build, ref, status, Status(result))
+        self.store.save(record)
+        self.metrics.builds.labels(tenant=record.tenant, result=result).inc()
         return 0.0  # teardown next, now that the status is recorded
 
     def _write(self, build: Obj, status: BuildStatus) -> None:
         build.update(self.kube.replace_build_status(build, dump(status)))
+
+
+def build_record(build: Obj, ref: BuildRef, status: BuildStatus, result: Status) -> BuildRecord:
+    """The same record a local build leaves in the store, so ``farm show ID`` and
+    ``farm artifacts ID`` work on the controller's store. The id is the Build's
+    ``<namespace>.<name>.<uid8>``."""
+    spec = build.get("spec") or {}
+    tenant = str(spec.get("tenant") or "default")[:63]
+    finished = status.completionTime or datetime.now(UTC)
+    started = status.startTime or finished
+    return BuildRecord(
+        id=f"{ref.namespace}.{ref.name}.{names.short_uid(ref.uid)}",
+        status=result,
+        tenant=tenant,
+        image=str(spec.get("image") or ""),
+        runtime=f"kubernetes RuntimeClass {names.RUNTIME_CLASS}",
+        spec=spec,
+        created_at=started,
+        finished_at=finished,
+        duration_seconds=(finished - started).total_seconds(),
+        exit_code=status.exitCode,
+        container_id=status.containerIDs[0] if status.containerIDs else None,
+        artifacts=[Artifact(**a.model_dump()) for a in status.artifacts],
+        refused=[
+            Refusal(path=r.split(": ", 1)[0], reason=r.split(": ", 1)[-1]) for r in status.refused
+        ],
+        log_sha256=status.logSha256 or None,
+        notes=[status.message],
+    )
 
 
 def dump(status: BuildStatus) -> dict[str, Any]:

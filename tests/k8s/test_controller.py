@@ -77,6 +77,10 @@ def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_
         == b"Compiling hello v0.1.0\n"
     )
     assert status["containerIDs"] == ["ab" * 32, "cd" * 32]
+    # The same record a local build leaves, in the controller's store.
+    record = ctl.reconciler.store.get(f"{NS}.hello.{names.short_uid(build['metadata']['uid'])}")
+    assert record.status == "succeeded" and record.log_sha256 == status["logSha256"]
+    assert {a.path for a in record.artifacts} == {"out/docs/readme.txt", "out/hello"}
 
     torn = wait_for(
         lambda: (b := cluster.api.get("builds", NS, "hello"))["status"].get("tornDown") and b,
@@ -225,6 +229,13 @@ def test_a_graceful_stop_hands_leadership_over_and_the_successor_continues(
 
     cluster.stop(first)
     assert not first.elector.leading.is_set()
+    # It released the Lease on the way out (holder cleared), rather than letting it expire.
+    released = [
+        o["spec"].get("holderIdentity")
+        for _, kind, plural, o in cluster.api.log
+        if plural == "leases" and kind == "MODIFIED"
+    ]
+    assert "" in released
     wait_for(second.elector.leading.is_set, "second to lead")
     finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
     cluster.wait_phase("handover", "Building")
