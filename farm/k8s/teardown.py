@@ -75,6 +75,8 @@ class Teardown:
         orphans = [key for key in groups if key not in live_builds]
         for key in orphans:
             namespace, short = key.split("/", 1)
+            # One step issues every delete; foreground deletions may finish later, and
+            # the next reaper pass (or the Build-less GC) sees what remains.
             self.step(namespace, short)
             self.metrics.reaped.inc()
         return len(orphans)
