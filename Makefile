@@ -29,3 +29,4 @@ test: setup lint
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/repro.py

@@ -227,13 +227,14 @@ class Reconciler:
         value = "True" if phase == "Succeeded" else "False"
         set_condition(status, "Succeeded", value, reason, message, ref.generation)
         set_condition(status, "TornDown", "False", "Pending", "teardown next", ref.generation)
-        self._write(build, status)
-        self.kube.event(build, reason, message, warning=phase != "Succeeded")
         result = {"Succeeded": "succeeded", "Failed": "failed"}[phase]
         if reason == "BuildTimedOut":
             result = "timed_out"
+        # The store's record first: once the status says finished, the record exists.
         record = build_record(build, ref, status, Status(result))
         self.store.save(record)
+        self._write(build, status)
+        self.kube.event(build, reason, message, warning=phase != "Succeeded")
         self.metrics.builds.labels(tenant=record.tenant, result=result).inc()
         return 0.0  # teardown next, now that the status is recorded
 
