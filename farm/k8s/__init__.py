@@ -1,0 +1,12 @@
+"""farm on Kubernetes: the ``Build`` custom resource, its controller and the node monitor.
+
+Layers, lowest first: ``names`` (API group, labels, deterministic object names),
+``resource`` (the Build's spec/status models), ``crd`` (the CRD generated from them),
+``config`` (the admin's settings), ``objects`` (Jobs, NetworkPolicies… built from a
+SandboxSpec), ``kube`` (the one place Kubernetes API errors are translated),
+``watching``/``workqueue``/``leader`` (the controller's machinery), ``reconcile``,
+``teardown`` and ``controller`` (the state machine, cleanup and the loop),
+``artifacts``/``collector`` (getting /out off the cluster), ``nodemonitor``, and
+``main`` (process wiring for the CLI). See docs/kubernetes.md. Nothing here runs at
+import time.
+"""
