@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup demo test lint bench
+.PHONY: setup tools demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ setup: $(VENV)/.installed
 	$(FARM) host setup
 	$(FARM) image build rust
 
+# helm, kubectl (kustomize), promtool and prometheus for the packaging tests (tests/k8s).
+tools: $(VENV)/.installed
+	$(VENV)/bin/python -m farm.devtools
+
 demo: setup
 	$(VENV)/bin/python examples/demo.py
 
@@ -24,7 +28,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check farm tests bench examples
 	$(VENV)/bin/ruff format --check farm tests bench examples
 
-test: setup lint
+test: setup tools lint
 	$(VENV)/bin/pytest
 
 bench: setup
