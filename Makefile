@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools demo test lint bench
+.PHONY: setup tools manifests demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(VENV)/.installed
 # helm, kubectl (kustomize), promtool and prometheus for the packaging tests (tests/k8s).
 tools: $(VENV)/.installed
 	$(VENV)/bin/python -m farm.devtools
+
+# Regenerate manifests/base and manifests/monitoring from helm/farm (tests/k8s checks drift).
+manifests: tools
+	$(VENV)/bin/python -m farm.chart
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py
