@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools manifests demo test lint bench
+.PHONY: setup tools manifests wheels images demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ tools: $(VENV)/.installed
 # Regenerate manifests/base and manifests/monitoring from helm/farm (tests/k8s checks drift).
 manifests: tools
 	$(VENV)/bin/python -m farm.chart
+
+# farm and its dependencies as wheels: the controller and node-monitor images install
+# from these, so their build needs no PyPI access (air-gapped: copy dist/wheels over).
+wheels: $(VENV)/.installed
+	rm -rf dist/wheels
+	$(VENV)/bin/pip wheel --quiet --wheel-dir dist/wheels .
+
+VERSION ?= 0.1.0
+images: wheels
+	docker build -f containers/controller/Dockerfile -t farm/controller:$(VERSION) .
+	docker build -f containers/node-monitor/Dockerfile -t farm/node-monitor:$(VERSION) .
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py
