@@ -8,8 +8,8 @@ the work happens in ``farm.runner``, ``farm.host`` and ``farm.images``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -22,11 +22,11 @@ from typing import Any
 from farm.errors import ExitCode, FarmError, InputError
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
-from farm.observe.session import ObserverSession
+from farm.observe.daemon import ObserverPaths
 from farm.records import BuildRecord
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
-from farm.spec import build_spec, load_spec_file
+from farm.spec import BuildSpec, build_spec, load_spec_file
 from farm.store import Store
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args.build_argv = words[cut + 1 :]
     settings = Settings.from_env(
         insecure_runtime=getattr(args, "insecure_runtime", None),
-        observe=getattr(args, "observe", False),
+        observe=getattr(args, "observe", None),
     )
     try:
         return int(args.func(args, settings))
@@ -91,11 +91,49 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--follow", action="store_true", help="stream the build's log")
     b.add_argument(
         "--observe",
-        action="store_true",
-        help="record what gVisor saw and report blocked actions (preview)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record what gVisor saw and report blocked actions (default: on, "
+        "except with --insecure-runtime)",
     )
     b.add_argument("--json", action="store_true")
+    b.add_argument(
+        "--server",
+        metavar="URL",
+        help="submit to this `farm serve` (default $FARM_SERVER; token from $FARM_TOKEN)",
+    )
+    b.add_argument("--local", action="store_true", help="build here even if FARM_SERVER is set")
     b.set_defaults(func=cmd_build)
+
+    sv = sub.add_parser("serve", help="run builds as a service: HTTP API, queue, /metrics")
+    sv.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8770, help="port (0: any free one)")
+    sv.add_argument("--concurrency", type=int, default=2, help="builds running at once")
+    sv.add_argument(
+        "--tenant-limit",
+        type=int,
+        help="builds one tenant may run at once (default: --concurrency)",
+    )
+    sv.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="TENANT=N",
+        help="a per-tenant override of --tenant-limit (repeatable)",
+    )
+    sv.add_argument("--tokens", type=Path, help="JSON file of bearer tokens per tenant")
+    sv.add_argument(
+        "--source-root",
+        type=Path,
+        help="submitted sources must lie under it (with tokens: under it/TENANT); default: cwd",
+    )
+    sv.add_argument(
+        "--observe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record what gVisor saw in every build (default: on)",
+    )
+    sv.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="list builds")
     ls.add_argument("--json", action="store_true")
@@ -116,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
     gc.set_defaults(func=cmd_gc)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
+    obs = sub.add_parser(
+        "observer", help="serve gVisor's trace socket for every sandbox on this host"
+    )
+    obs.add_argument("--socket", type=Path, default=ObserverPaths.socket)
+    obs.add_argument("--spool", type=Path, default=ObserverPaths.spool)
+    obs.add_argument(
+        "--detach", action="store_true", help="run in the background; return once it serves"
+    )
+    obs.set_defaults(func=cmd_observer)
     doc = sub.add_parser("doctor", help="check the host and say how to fix it")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
@@ -176,13 +223,15 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             "WITHOUT gVisor, on the host kernel. It is recorded in the build's record.",
             file=sys.stderr,
         )
-    if settings.observe and settings.insecure_runtime:
+    if args.observe and settings.insecure_runtime:
         raise InputError("--observe needs gVisor; drop --insecure-runtime")
+    server = args.server or (None if args.local else settings.server)
+    if server:
+        return _build_remote(args, settings, spec, server)
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
     echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
-    observer = ObserverSession() if settings.observe else contextlib.nullcontext()
-    with _signals_raise(Interrupted), progress, observer as session:
-        runner = _runner(settings, echo=echo, on_phase=progress.phase, observer=session)
+    with _signals_raise(Interrupted), progress:
+        runner = _runner(settings, echo=echo, on_phase=progress.phase)
         for line in runner.reap_leftovers():
             print(f"farm: {line}", file=sys.stderr)
         try:
@@ -190,6 +239,42 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         except Interrupted:
             print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
+    _print_record(record, args.json)
+    return int(record.status.exit_code)
+
+
+def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec, url: str) -> int:
+    """Submit to ``farm serve`` and wait: the same output and exit code as a local build."""
+    from farm.client import Client
+
+    local_only = {"--insecure-runtime": settings.insecure_runtime, "--[no-]observe": args.observe}
+    for flag, value in local_only.items():
+        if value is not None:
+            raise InputError(f"{flag}: the service decides this; drop it or pass --local")
+    client = Client(url, settings.token)
+    view = client.submit(spec.model_dump(mode="json", exclude_unset=True))
+    build_id, offset = view["id"], 0
+    progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
+    with _signals_raise(Interrupted), progress:
+        try:
+            while True:
+                view = client.status(build_id)
+                progress.phase(view["state"], None)
+                if args.follow:
+                    chunk = client.logs(build_id, offset)
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                    offset += len(chunk)
+                if view["state"] == "done":
+                    break
+                time.sleep(0.5)
+        except Interrupted:
+            print(f"farm: interrupted; build {build_id} goes on in the service", file=sys.stderr)
+            return int(ExitCode.BUILD_FAILED)
+    if view["summary"] is None:  # refused before a sandbox existed
+        print(f"farm: error: {view['error']}", file=sys.stderr)
+        return int(view["farm_exit_code"])
+    record = client.report(build_id)
     _print_record(record, args.json)
     return int(record.status.exit_code)
 
@@ -321,6 +406,20 @@ def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_observer(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.observe.daemon import ObserverBusy, ObserverDaemon, detach
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s farm-observer: %(message)s")
+    paths = ObserverPaths(socket=args.socket, spool=args.spool)
+    if args.detach:
+        return detach(paths)
+    try:
+        ObserverDaemon(paths).serve_forever()
+    except ObserverBusy as exc:
+        print(f"farm: {exc}", file=sys.stderr)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from farm.host import diagnose
 
@@ -333,6 +432,30 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
             + ("" if c.ok else f"\n         fix: {c.fix}")
         )
     return 0 if all(c.ok for c in checks) else int(ExitCode.INFRASTRUCTURE)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.serve import ServeOptions, serve
+
+    limits = {}
+    for item in args.limit:
+        tenant, sep, value = item.partition("=")
+        if not sep or not value.isdigit() or int(value) < 1:
+            raise InputError(f"--limit {item!r}: use TENANT=N with N >= 1")
+        limits[tenant] = int(value)
+    if args.concurrency < 1 or (args.tenant_limit is not None and args.tenant_limit < 1):
+        raise InputError("--concurrency and --tenant-limit must be at least 1")
+    options = ServeOptions(
+        bind=args.bind,
+        port=args.port,
+        concurrency=args.concurrency,
+        tenant_limit=args.tenant_limit or args.concurrency,
+        limits=limits,
+        tokens_file=args.tokens,
+        source_root=(args.source_root or Path.cwd()).resolve(),
+    )
+    serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))
+    return 0
 
 
 def cmd_host_setup(args: argparse.Namespace, settings: Settings) -> int:

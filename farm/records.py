@@ -70,6 +70,7 @@ class BuildRecord(BaseModel):
     log_bytes: int = 0
     log_truncated_bytes: int = 0
     teardown: list[str] = Field(default_factory=list)
+    teardown_seconds: float | None = None
     notes: list[str] = Field(default_factory=list)
     blocked_actions: list[dict[str, Any]] = Field(default_factory=list)
 

@@ -20,7 +20,7 @@ from farm.settings import DEFAULT_IMAGE
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TENANT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+TENANT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: Output globs must start with one of these: the only dirs a build can write and keep.
 OUTPUT_ROOTS = ("out", "target")
 #: Names the policy sets itself; a spec may not override them (see farm.policy).
@@ -143,7 +143,7 @@ class BuildSpec(BaseModel):
     @field_validator("tenant")
     @classmethod
     def _tenant_name(cls, value: str) -> str:
-        if not _TENANT.match(value):
+        if not TENANT_NAME.match(value):
             raise ValueError(f"{value!r}: use 1-63 lowercase letters, digits and '-'")
         return value
 

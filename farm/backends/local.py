@@ -82,7 +82,10 @@ class LocalBackend:
         except BaseException:
             self.teardown(container.id)
             raise
-        return result.model_copy(update={"teardown": self.teardown(container.id)})
+        began = time.monotonic()
+        removed = self.teardown(container.id)
+        elapsed = round(time.monotonic() - began, 3)
+        return result.model_copy(update={"teardown": removed, "teardown_seconds": elapsed})
 
     def _run_created(self, container: Any, spec: SandboxSpec, log: LogSink) -> SandboxResult:
         with translated("start the sandbox"):
@@ -93,6 +96,7 @@ class LocalBackend:
             container.start()
         exit_code, timed_out = self._wait(container, spec.deadline_seconds)
         pump.join(timeout=10)
+        _close_stream(stream)
         with translated("inspect the sandbox"):
             container.reload()
         state = container.attrs["State"]
@@ -185,6 +189,15 @@ class LocalBackend:
 
 def _runsc_leftovers(container_id: str) -> list[str]:
     return [f"runsc pid {pid}" for pid in kill_pids(runsc_pids(container_id))]
+
+
+def _close_stream(stream: Any) -> None:
+    # docker-py's stream close() leaves the HTTP response (and so the socket's fd)
+    # open; a long-lived process (farm serve) would leak one socket per build.
+    stream.close()
+    response = getattr(stream, "_response", None)
+    if response is not None:
+        response.close()
 
 
 def _pump(stream: Iterable[bytes], log: LogSink) -> None:
