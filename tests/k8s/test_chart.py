@@ -10,6 +10,7 @@ import subprocess
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from farm import chart
 from farm.devtools import tool
@@ -197,3 +198,21 @@ def test_service_monitor_selects_the_metrics_services(default_objects: list[Obj]
     for service in services:
         assert selector.items() <= service["metadata"]["labels"].items()
         assert ports <= {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_chart_readme_documents_every_value() -> None:
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    readme = (chart.CHART / "README.md").read_text()
+
+    def keys(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            documented = f"| `{prefix}{k}` |" in readme
+            if isinstance(v, dict) and v and not documented:
+                out += keys(v, f"{prefix}{k}.")
+            else:
+                out.append(f"{prefix}{k}")
+        return out
+
+    missing = [k for k in keys(values) if f"| `{k}` |" not in readme]
+    assert missing == []
