@@ -55,6 +55,9 @@ def test_values_schema_rejects_bad_values() -> None:
         chart.render(sets=["controller.image.digest=latest"])
     with pytest.raises(InfrastructureError, match="/prometheusRule/failureRate/threshold"):
         chart.render(sets=["prometheusRule.failureRate.threshold=2"])
+    # The chart owns where builds upload to; a user value cannot silently override it.
+    with pytest.raises(InfrastructureError, match="/controller/config/namespace"):
+        chart.render(sets=["controller.config.namespace=elsewhere"])
 
 
 def test_default_install_has_every_component(default_objects: list[Obj]) -> None:
@@ -69,8 +72,12 @@ def test_default_install_has_every_component(default_objects: list[Obj]) -> None
         "ServiceMonitor",
         "PrometheusRule",
         "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "Role",
         "RoleBinding",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
     }
     runtime = find(default_objects, "RuntimeClass")[0]
     assert (runtime["metadata"]["name"], runtime["handler"]) == ("gvisor", "runsc")
@@ -94,27 +101,64 @@ def test_controller_runs_non_root_read_only_with_limits_and_probes(
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] == "http"
+    # Ready only while leading (the Service sends uploads to the leader); alive while
+    # the metrics server answers.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "artifacts"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
     # A read-only root needs every writable path mounted.
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/var/lib/farm", "/tmp"}
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts == {"/var/lib/farm": False, "/etc/farm": True, "/tmp": False}
 
 
-def test_build_namespaces_get_default_deny_and_a_tokenless_account(
-    nondefault_objects: list[Obj],
+def controller_config(objects: list[Obj], name: str = "farm-controller") -> dict:
+    (configmap,) = find(objects, "ConfigMap", name)
+    return yaml.safe_load(configmap["data"]["config.yaml"])
+
+
+def test_controller_config_points_builds_at_this_install(
+    rendered: tuple[str, list[Obj]],
 ) -> None:
+    """The collect phase's NetworkPolicy lets build pods reach only pods with
+    controller_labels in `namespace`: those must be exactly this Deployment's pods."""
+    _, objects = rendered
+    (deployment,) = find(objects, "Deployment")
+    (service,) = [s for s in find(objects, "Service") if "clusterIP" not in s["spec"]]
+    name = deployment["metadata"]["name"]
+    config = controller_config(objects, name)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert config["controller_labels"].items() <= pod_labels.items()
+    assert config["controller_labels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert config["namespace"] == deployment["metadata"]["namespace"]
+    port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["artifacts"]
+    assert config["artifact_port"] == port
+    svc = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert config["artifact_url"] == f"http://{svc}:{port}"
+    runtime = find(objects, "RuntimeClass")
+    if runtime:
+        assert config["runtime_class"] == runtime[0]["metadata"]["name"]
+
+
+def test_build_namespaces_get_default_deny(nondefault_objects: list[Obj]) -> None:
     policies = find(nondefault_objects, "NetworkPolicy")
-    assert sorted(p["metadata"]["namespace"] for p in policies) == ["builds-a", "builds-b"]
-    for policy in policies:
+    deny = [p for p in policies if p["metadata"]["name"].endswith("-build-default-deny")]
+    assert sorted(p["metadata"]["namespace"] for p in deny) == ["builds-a", "builds-b"]
+    for policy in deny:
         spec = policy["spec"]
         assert spec["podSelector"] == {
             "matchExpressions": [{"key": "farm.dev/build", "operator": "Exists"}]
         }
         assert spec["policyTypes"] == ["Ingress", "Egress"]
         assert "ingress" not in spec and "egress" not in spec  # nothing allowed
-    accounts = [a for a in find(nondefault_objects, "ServiceAccount", "farm-build")]
-    assert sorted(a["metadata"]["namespace"] for a in accounts) == ["builds-a", "builds-b"]
-    assert all(a["automountServiceAccountToken"] is False for a in accounts)
+    (controller,) = [p for p in policies if p["metadata"]["name"] == "acme-farm-controller"]
+    artifacts, metrics = controller["spec"]["ingress"]
+    assert artifacts["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"farm.dev/phase": "build"}}}
+    ]
+    assert artifacts["ports"] == [{"protocol": "TCP", "port": 9443}]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9100}]
+    assert metrics["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
 
 
 def test_rbac_is_least_privilege(rendered: tuple[str, list[Obj]]) -> None:
@@ -123,32 +167,23 @@ def test_rbac_is_least_privilege(rendered: tuple[str, list[Obj]]) -> None:
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (role["metadata"]["name"], rule)
-            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
-    # Cluster-wide the controller may only read its own CRD.
-    for role in find(objects, "ClusterRole"):
-        assert role["rules"] == [
-            {
-                "apiGroups": ["apiextensions.k8s.io"],
-                "resources": ["customresourcedefinitions"],
-                "resourceNames": ["builds.farm.dev"],
-                "verbs": ["get"],
-            }
-        ]
-    # The build account is never bound to anything.
-    for binding in find(objects, "RoleBinding") + find(objects, "ClusterRoleBinding"):
-        assert all(s["name"] != "farm-build" for s in binding["subjects"])
-    # The node monitor reads pods and patches Build status, nothing more.
-    for role in find(objects, "Role"):
-        if role["metadata"]["name"].endswith("-node-monitor"):
-            verbs = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
-            assert verbs == {
-                ("pods", "get"),
-                ("pods", "list"),
-                ("pods", "watch"),
-                ("builds", "get"),
-                ("builds", "list"),
-                ("builds/status", "patch"),
-            }
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+            # Only Build status and finalizers are ever updated (everything else is
+            # created, patched or deleted by name).
+            if "update" in rule["verbs"]:
+                assert set(rule["resources"]) <= {"builds/status", "builds/finalizers", "leases"}
+    grants = {
+        role["metadata"]["name"]: {
+            (res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]
+        }
+        for role in find(objects, "ClusterRole")
+    }
+    monitor = [g for name, g in grants.items() if name.endswith("-node-monitor")]
+    for g in monitor:
+        assert g == {("pods", "list"), ("builds/status", "patch")}
+    # Leases: create, plus get/update of the controller's one Lease only.
+    (leader,) = find(objects, "Role")
+    assert leader["rules"][1]["resourceNames"] == ["farm-controller"]
 
 
 def test_non_default_values_take_effect(nondefault_objects: list[Obj]) -> None:
@@ -156,34 +191,44 @@ def test_non_default_values_take_effect(nondefault_objects: list[Obj]) -> None:
     assert not find(objects, "CustomResourceDefinition")
     assert not find(objects, "PersistentVolumeClaim")
     (deployment,) = find(objects, "Deployment", "acme-farm-controller")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "farm-ctl"
+    (container,) = pod["containers"]
     assert container["image"].endswith("@sha256:" + "1" * 64)
-    assert "--leader-election" not in container["args"]
+    assert "--metrics-port=9100" in container["args"]
+    config = controller_config(objects, "acme-farm-controller")
+    assert config["mirrors"] == [{"cidr": "10.20.0.0/24", "ports": [443]}]
+    assert config["storage_class"] == "fast"
+    assert config["collector_image"] == "registry.example.com/farm/collector:0.1.0"
+    assert config["artifact_url"] == "http://acme-farm-controller.farm-system.svc:9443"
     (monitor,) = find(objects, "DaemonSet", "acme-farm-node-monitor")
     pod = monitor["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example.com/farm/node-monitor:0.1.0-rc1"
-    assert pod["volumes"][0]["hostPath"]["path"] == "/var/run/farm-observer"
+    assert "--metrics-port=9200" in pod["containers"][0]["args"]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host == {"run": "/var/run/farm-observer", "spool": "/var/lib/farm-spool"}
     (runtime,) = find(objects, "RuntimeClass")
     assert runtime["handler"] == "runsc-ptrace"
     assert runtime["scheduling"]["nodeSelector"] == {"farm.dev/gvisor": "true"}
-    (dashboard,) = find(objects, "ConfigMap")
+    (dashboard,) = [
+        c for c in find(objects, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
+    ]
     assert dashboard["metadata"]["namespace"] == "monitoring"
     assert all(o["metadata"]["labels"]["example.com/team"] == "platform" for o in objects)
-    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in find(objects, "Role")}
-    for ns in ("builds-a", "builds-b"):
-        assert {(ns, "acme-farm-controller"), (ns, "acme-farm-node-monitor")} <= roles
 
 
 def test_minimal_values_render_only_the_core() -> None:
     objects = chart.render(VALUES["minimal"])
     kinds = {o["kind"] for o in objects}
     assert not kinds & {"RuntimeClass", "NetworkPolicy", "DaemonSet", "ServiceMonitor"}
-    assert not kinds & {"PrometheusRule", "ConfigMap"}
+    assert "PrometheusRule" not in kinds
+    assert [c["metadata"]["name"] for c in find(objects, "ConfigMap")] == ["farm-controller"]
     assert {"CustomResourceDefinition", "Deployment", "Service"} <= kinds
 
 
 def test_dashboard_configmap_carries_the_sidecar_label(default_objects: list[Obj]) -> None:
-    (configmap,) = find(default_objects, "ConfigMap")
+    (configmap,) = find(default_objects, "ConfigMap", "farm-dashboard")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = json.loads((chart.CHART / "dashboards" / "farm.json").read_text())
     assert json.loads(configmap["data"]["farm.json"]) == shipped

@@ -34,7 +34,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "farm.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
-{{- default (include "farm.fullname" .) .Values.serviceAccount.name -}}
+{{- default (printf "%s-controller" (include "farm.fullname" .)) .Values.serviceAccount.name -}}
 {{- else -}}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
