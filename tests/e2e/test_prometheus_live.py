@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.e2e.conftest import wait_for
 from tests.e2e.prometheus import prometheus
 from tests.e2e.test_serve import TINY, project, serve  # noqa: F401 (fixtures)
-from tests.k8s import dashboard
+from tests.k8s.packaging import dashboard
 
 #: Panels whose metrics `farm serve` does not export: farm_reproducibility_checks_total
 #: (farm build --check) and farm_cache_requests_total (the build cache).

@@ -1,7 +1,7 @@
 """The Grafana dashboard's PromQL, made concrete: template variables replaced the way
 Grafana would, so promtool and a real Prometheus can evaluate every panel query.
 
-Callers: tests/k8s/test_prometheus.py and tests/e2e/test_prometheus_live.py.
+Callers: tests/k8s/packaging/test_prometheus.py and tests/e2e/test_prometheus_live.py.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from farm import chart
 from farm.devtools import tool
 from farm.metrics import Metrics
-from tests.k8s import dashboard
-from tests.k8s.conftest import HERE, VALUES, find
+from tests.k8s.packaging import dashboard
+from tests.k8s.packaging.chartlib import HERE, VALUES, find
 
 pytestmark = pytest.mark.k8s
 

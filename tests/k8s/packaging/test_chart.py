@@ -15,7 +15,7 @@ import yaml
 from farm import chart
 from farm.devtools import tool
 from farm.errors import InfrastructureError
-from tests.k8s.conftest import VALUES, Obj, find, validate_all, validate_builtin
+from tests.k8s.packaging.chartlib import VALUES, Obj, find, validate_all, validate_builtin
 
 pytestmark = pytest.mark.k8s
 

@@ -1,4 +1,5 @@
-"""Fixtures for the packaging tests: the chart rendered with each values file, and the
+"""Shared by the packaging tests (test_chart, test_manifests, test_prometheus): the chart
+rendered with each values file as fixtures (import them into a test module), and the
 schema validators for every object it renders. Tools come from `make tools`."""
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import pytest
 
-from farm import chart
 from farm.devtools import NODE_MODULES
 
 HERE = Path(__file__).resolve().parent
@@ -26,22 +25,6 @@ VALUES = {
 MONITORING = "monitoring.coreos.com/v1"
 
 Obj = dict[str, Any]
-
-
-@pytest.fixture(scope="session", params=sorted(VALUES))
-def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Obj]]:
-    """(values name, objects) for each values file."""
-    return request.param, chart.render(VALUES[request.param])
-
-
-@pytest.fixture(scope="session")
-def default_objects() -> list[Obj]:
-    return chart.render()
-
-
-@pytest.fixture(scope="session")
-def nondefault_objects() -> list[Obj]:
-    return chart.render(VALUES["nondefault"])
 
 
 def find(objects: list[Obj], kind: str, name: str | None = None) -> list[Obj]:

@@ -12,7 +12,7 @@ import yaml
 
 from farm import chart
 from farm.devtools import tool
-from tests.k8s.conftest import Obj, find, validate_all
+from tests.k8s.packaging.chartlib import Obj, find, validate_all
 
 pytestmark = pytest.mark.k8s
 
