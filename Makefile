@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools manifests wheels images demo test lint bench
+.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ manifests: tools
 wheels: $(VENV)/.installed
 	rm -rf dist/wheels
 	$(VENV)/bin/pip wheel --quiet --wheel-dir dist/wheels .
+
+# Refresh docs/dashboard.png: the dashboard's queries from a live run (needs setup).
+dashboard-png: setup tools
+	FARM_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png $(VENV)/bin/pytest -q tests/e2e/test_prometheus_live.py
 
 VERSION ?= 0.1.0
 images: wheels

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tests.e2e.conftest import wait_for
+from tests.e2e.dashboard_png import render
 from tests.e2e.prometheus import prometheus
 from tests.e2e.test_serve import TINY, project, serve  # noqa: F401 (fixtures)
 from tests.k8s.packaging import dashboard
@@ -39,6 +42,7 @@ def test_every_dashboard_query_returns_data_from_a_live_farm_serve(
     (tmp_path / "prom").mkdir()
     with prometheus(tmp_path / "prom", [served.url.removeprefix("http://")]) as prom:
         wait_for(lambda: total(prom, 'up{job="farm"}') == 1, timeout=60, what="first scrape")
+        start = time.time()
 
         def run(specs: list[tuple[list[str], str]], expect: int) -> None:
             ids = [served.submit(project, argv, tenant=tenant) for argv, tenant in specs]
@@ -78,6 +82,12 @@ def test_every_dashboard_query_returns_data_from_a_live_farm_serve(
             "sum by (tenant) (increase(farm_blocked_actions_total[15m]))"
         )
         assert {s["metric"]["tenant"] for s in blocked_by_tenant} == {"team-b"}
+
+        # The same queries over the run, as a picture (docs/dashboard.png).
+        png = Path(os.environ.get("FARM_DASHBOARD_PNG") or tmp_path / "dashboard.png")
+        points = render(prom, list(results), start, time.time(), png)
+        assert {p for p, n in points.items() if n == 0} <= NOT_FROM_SERVE, points
+        assert png.stat().st_size > 10_000
 
         # The dashboard's tenant variable: label_values(farm_builds_total, tenant).
         query = urllib.parse.urlencode({"match[]": "farm_builds_total"})

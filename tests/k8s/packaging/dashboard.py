@@ -21,6 +21,7 @@ class Query:
     panel: str
     ref: str
     expr: str
+    legend: str = ""
 
 
 def load() -> dict[str, Any]:
@@ -40,7 +41,7 @@ def queries(
                 .replace("$__range", range_)
                 .replace('"$tenant"', '".*"')
             )
-            out.append(Query(panel["title"], target["refId"], expr))
+            out.append(Query(panel["title"], target["refId"], expr, target.get("legendFormat", "")))
     return out
 
 
