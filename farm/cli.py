@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -163,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "--detach", action="store_true", help="run in the background; return once it serves"
     )
     obs.set_defaults(func=cmd_observer)
+    _k8s_parsers(sub)
     doc = sub.add_parser("doctor", help="check the host and say how to fix it")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
@@ -176,6 +178,40 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.set_defaults(func=cmd_image_build)
     return p
+
+
+def _k8s_parsers(sub: Any) -> None:
+    ctl = sub.add_parser(
+        "controller", help="run the Kubernetes controller for Build resources (see docs)"
+    )
+    ctl.add_argument("--print-crd", action="store_true", help="print the Build CRD and exit")
+    ctl.add_argument("--config", type=Path, help="ControllerConfig as YAML or JSON")
+    ctl.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
+    ctl.add_argument("--identity", default=socket.gethostname(), help="Lease holder name")
+    ctl.add_argument("--metrics-port", type=int, default=9090)
+    ctl.set_defaults(func=cmd_controller)
+    mon = sub.add_parser("node-monitor", help="observe build pods on this node (DaemonSet)")
+    mon.add_argument("--node", required=True, help="this node's name (downward API)")
+    mon.add_argument("--socket", type=Path, default=ObserverPaths.socket)
+    mon.add_argument("--spool", type=Path, default=ObserverPaths.spool)
+    mon.add_argument("--kubeconfig")
+    mon.add_argument("--metrics-port", type=int, default=9091)
+    mon.set_defaults(func=cmd_node_monitor)
+
+
+def cmd_controller(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.k8s import main as k8s
+
+    if args.print_crd:
+        print(k8s.crd_yaml(), end="")
+        return int(ExitCode.OK)
+    return k8s.run_controller(args, settings)
+
+
+def cmd_node_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.k8s import main as k8s
+
+    return k8s.run_node_monitor(args, settings)
 
 
 def _spec_data(args: argparse.Namespace) -> dict[str, Any]:

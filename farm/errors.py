@@ -9,7 +9,11 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     ├── InfrastructureError        exit 4: the host is not ready or broke mid-build
     │   ├── RuntimeMissingError    the gVisor runtime is not configured in dockerd
     │   ├── DockerUnavailableError dockerd cannot be reached
-    │   └── ImageError             the builder image is missing or cannot be built
+    │   ├── ImageError             the builder image is missing or cannot be built
+    │   └── KubernetesError        the API server refused a request (farm.k8s.kube)
+    │       ├── ConflictError      409: stale resourceVersion or the name exists
+    │       ├── GoneError          410: the watch's resourceVersion expired; re-list
+    │       └── KubeNotFoundError  404: the object is not there (often fine)
     ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
     └── NotFoundError              exit 2: no such build id
 """
@@ -71,3 +75,23 @@ class CollectionError(FarmError):
     """An output broke the collection rules; the build fails rather than ship it."""
 
     exit_code = ExitCode.BUILD_FAILED
+
+
+class KubernetesError(InfrastructureError):
+    """The Kubernetes API refused a request; ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ConflictError(KubernetesError):
+    pass
+
+
+class GoneError(KubernetesError):
+    pass
+
+
+class KubeNotFoundError(KubernetesError):
+    pass

@@ -1,0 +1,58 @@
+"""The controller's installation settings: images, mirrors, sizes, the artifact endpoint.
+
+Callers: ``farm.cli`` builds one from flags/a file for ``farm controller``; tests build
+their own. Everything a cluster admin decides lives here; everything a build author
+decides lives in ``Build.spec`` (``farm.k8s.resource``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from farm.k8s import names
+
+
+class Mirror(BaseModel):
+    """One place the fetch phase may reach: a CIDR and its TCP ports."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cidr: str
+    ports: list[int] = Field(default_factory=lambda: [443], min_length=1)
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"mirror cidr {value!r}: {exc}") from None
+
+
+class ControllerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Namespace and pod labels of the controller: the collect phase may reach only it.
+    namespace: str = "farm-system"
+    controller_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "farm-controller"}
+    )
+    #: URL the collector uploads to (the controller's Service) and the port it listens on.
+    artifact_url: str = "http://farm-controller.farm-system.svc:8443"
+    artifact_port: int = 8443
+    fetch_image: str = "ghcr.io/farm-dev/farm-fetch:0.1.0"
+    collector_image: str = "ghcr.io/farm-dev/farm:0.1.0"
+    mirrors: list[Mirror] = Field(default_factory=list)
+    #: Extra environment of the fetch phase, e.g. git insteadOf or a cargo registry mirror.
+    fetch_env: dict[str, str] = Field(default_factory=dict)
+    runtime_class: str = names.RUNTIME_CLASS
+    storage_class: str | None = None
+    source_size: str = "5Gi"
+    target_size: str = "20Gi"
+    fetch_deadline_seconds: int = Field(900, ge=60)
+    #: Added to a build's timeout for scheduling and collection.
+    collect_grace_seconds: int = Field(300, ge=30)
+    #: Backstop only: the controller deletes Jobs itself as soon as it has recorded them.
+    ttl_seconds_after_finished: int = Field(3600, ge=60)

@@ -1,0 +1,176 @@
+"""The controller process: leader election, informers, the work queue and workers.
+
+Callers: ``farm controller`` (``farm.cli``) and the k8s tests, which run two of these
+against one fake API server. Only the Lease holder reconciles: on becoming leader it
+reaps orphans, starts list+watch of Builds and of the Jobs and pods it owns (any
+change of one queues its Build's key), and starts workers. ``stop`` is graceful:
+informers stop, workers finish the Build in hand, then the Lease is released.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import defaultdict
+
+from farm.errors import FarmError
+from farm.k8s import names
+from farm.k8s.artifacts import Ledger
+from farm.k8s.config import ControllerConfig
+from farm.k8s.kube import Kube, Obj
+from farm.k8s.leader import LeaderElector
+from farm.k8s.reconcile import Reconciler
+from farm.k8s.teardown import MANAGED
+from farm.k8s.watching import Informer
+from farm.k8s.workqueue import WorkQueue
+from farm.metrics import Metrics
+from farm.store import Store
+
+log = logging.getLogger(__name__)
+LEASE_NAME = "farm-controller"
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        config: ControllerConfig,
+        store: Store,
+        metrics: Metrics,
+        identity: str,
+        *,
+        workers: int = 2,
+        watch_timeout: int = 60,
+        lease_seconds: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_seconds: float = 2.0,
+        reap_seconds: float = 300.0,
+    ) -> None:
+        self.kube, self.config, self.metrics = kube, config, metrics
+        self.queue = WorkQueue()
+        self.ledger = Ledger(store, on_finish=self._collected)
+        self.reconciler = Reconciler(kube, config, self.ledger, store, metrics)
+        self.elector = LeaderElector(
+            kube,
+            config.namespace,
+            LEASE_NAME,
+            identity,
+            lease_seconds=lease_seconds,
+            renew_deadline=renew_deadline,
+            retry_seconds=retry_seconds,
+        )
+        self.workers = workers
+        self.watch_timeout = watch_timeout
+        self.reap_seconds = reap_seconds
+        self.informers: list[Informer] = []
+        self._threads: list[threading.Thread] = []
+        self._failures: dict[str, int] = defaultdict(int)
+        self._stopping = threading.Event()
+
+    # --- event handlers: they only queue keys -------------------------------------------
+    def _on_build(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        self.queue.add(f"{meta['namespace']}/{meta['name']}")
+
+    def _on_owned(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
+        if build:
+            self.queue.add(f"{meta['namespace']}/{build}")
+
+    def _collected(self, key: str) -> None:
+        namespace, name, _ = key.split("/", 2)
+        self.queue.add(f"{namespace}/{name}")
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Block until ``stop`` is set or leadership is lost; always shut down cleanly."""
+        try:
+            self.elector.run(stop, on_started=self._start)
+        finally:
+            self._shutdown()
+
+    def _start(self) -> None:
+        self.reap()
+        k = self.kube
+        lists = {
+            "builds": (
+                functools.partial(
+                    k.custom.list_cluster_custom_object, names.GROUP, names.VERSION, names.PLURAL
+                ),
+                None,
+                self._on_build,
+            ),
+            "jobs": (
+                functools.partial(k.batch.list_job_for_all_namespaces),
+                MANAGED,
+                self._on_owned,
+            ),
+            "pods": (
+                functools.partial(k.core.list_pod_for_all_namespaces),
+                MANAGED,
+                self._on_owned,
+            ),
+        }
+        for name, (fn, selector, handler) in lists.items():
+            informer = Informer(
+                fn, handler, label_selector=selector, watch_timeout=self.watch_timeout
+            )
+            self.informers.append(informer.start(name))
+        for i in range(self.workers):
+            self._spawn(self._work, f"worker-{i}")
+        self._spawn(self._reap_loop, "reaper")
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        for informer in self.informers:
+            informer.request_stop()
+        for informer in self.informers:
+            informer.stop()
+        self.queue.shutdown()
+        for thread in self._threads:
+            thread.join(30)
+        self.elector.release()
+
+    # --- work -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while (key := self.queue.get()) is not None:
+            delay = self._reconcile_one(key)
+            self.queue.done(key)
+            if delay is not None and not self._stopping.is_set():
+                self.queue.add_after(key, delay)
+
+    def _reconcile_one(self, key: str) -> float | None:
+        namespace, name = key.split("/", 1)
+        try:
+            delay = self.reconciler.reconcile(namespace, name)
+        except (FarmError, OSError) as exc:
+            self._failures[key] += 1
+            delay = min(60.0, 0.5 * 2 ** self._failures[key])
+            log.warning("reconcile %s failed (%s); retrying in %.1fs", key, exc, delay)
+            return delay
+        self._failures.pop(key, None)
+        return delay
+
+    def reap(self) -> int:
+        """Delete leftovers of Builds that no longer exist."""
+        live = {
+            f"{b['metadata']['namespace']}/{names.short_uid(b['metadata']['uid'])}": (
+                (b.get("status") or {}).get("phase", "Pending")
+            )
+            for b in self.kube.list_builds().get("items") or []
+        }
+        return self.reconciler.teardown.reap(live)
+
+    def _reap_loop(self) -> None:
+        while not self._stopping.wait(self.reap_seconds):
+            try:
+                self.reap()
+            except FarmError as exc:
+                log.warning("orphan reaper: %s", exc)

@@ -1,0 +1,162 @@
+"""Generate the ``Build`` CustomResourceDefinition from the pydantic models.
+
+Callers: ``farm controller crd`` prints it; ``manifests/crd/builds.farm.dev.yaml`` is its
+committed output (a test keeps the two equal). The schema is *derived* from
+``ClusterBuildSpec``/``BuildStatus``, so the API server and the controller agree on
+every field, bound and enum. Pydantic's JSON Schema is turned into a Kubernetes
+structural schema: ``$ref`` inlined, ``null`` unions become ``nullable``, ``title`` and
+``additionalProperties: false`` dropped (the API server prunes unknown fields instead),
+draft-2020 ``exclusiveMinimum`` rewritten to OpenAPI 3.0's boolean form, and sizes that
+accept ``2g`` marked ``x-kubernetes-int-or-string``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from farm.k8s import names
+from farm.k8s.resource import BuildStatus, ClusterBuildSpec
+from farm.spec import parse_size
+
+#: Fields of the structural schema that mean something to Kubernetes; others are dropped.
+_KEEP = {
+    "type",
+    "format",
+    "description",
+    "properties",
+    "required",
+    "items",
+    "additionalProperties",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "maxProperties",
+    "pattern",
+    "nullable",
+}
+SIZE_PATTERN = r"^\s*\d+\s*[kmgtKMGT]?([iI]?[bB])?\s*$"
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Blocked", "type": "integer", "jsonPath": ".status.blocked"},
+    {"name": "Reproducible", "type": "boolean", "jsonPath": ".status.reproducible"},
+    {"name": "Digest", "type": "string", "jsonPath": ".status.digest", "priority": 0},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def structural(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of ``model`` (validation mode)."""
+    raw = model.model_json_schema(mode="validation")
+    return _convert(raw, raw.get("$defs", {}), _size_fields(model))
+
+
+def _size_fields(model: type[BaseModel]) -> set[str]:
+    """Names of fields (in any nested model) whose validator is ``parse_size``."""
+    found: set[str] = set()
+    for name, info in model.model_fields.items():
+        if any(getattr(m, "func", None) is parse_size for m in info.metadata):
+            found.add(name)
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            found |= _size_fields(sub)
+    return found
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any], sizes: set[str]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        return _convert({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs, sizes)
+    if "anyOf" in node:
+        return _nullable(node, defs, sizes)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key not in _KEEP:
+            continue
+        if key == "properties":
+            out[key] = {n: _property(n, s, defs, sizes) for n, s in value.items()}
+        elif key in ("items", "additionalProperties"):
+            if isinstance(value, dict):  # `additionalProperties: false` is dropped
+                out[key] = _convert(value, defs, sizes)
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "description":
+            out[key] = " ".join(str(value).split())
+        else:
+            out[key] = value
+    return out
+
+
+def _property(name: str, node: dict[str, Any], defs: dict, sizes: set[str]) -> dict[str, Any]:
+    schema = _convert(node, defs, sizes)
+    if name in sizes:
+        bounds = {k: schema.pop(k) for k in ("minimum", "maximum") if k in schema}
+        schema.pop("type", None)
+        schema["x-kubernetes-int-or-string"] = True
+        schema["anyOf"] = [
+            {"type": "integer", **bounds},
+            {"type": "string", "pattern": SIZE_PATTERN},
+        ]
+    return schema
+
+
+def _nullable(node: dict[str, Any], defs: dict, sizes: set[str]) -> dict[str, Any]:
+    options = [o for o in node["anyOf"] if o.get("type") != "null"]
+    if len(options) != 1:
+        raise ValueError(f"cannot express {node} in a structural schema")
+    merged = _convert(
+        {**options[0], **{k: v for k, v in node.items() if k != "anyOf"}}, defs, sizes
+    )
+    if len(options) < len(node["anyOf"]):
+        merged["nullable"] = True
+    return merged
+
+
+def crd() -> dict[str, Any]:
+    """The complete CustomResourceDefinition of ``Build``."""
+    schema = {
+        "type": "object",
+        "description": "A sandboxed build: fetched with mirror-only egress, built in gVisor "
+        "with no network, torn down when done.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": structural(ClusterBuildSpec),
+            "status": structural(BuildStatus),
+        },
+        "required": ["spec"],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": names.CRD_NAME, "labels": {"app.kubernetes.io/name": "farm"}},
+        "spec": {
+            "group": names.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": names.KIND,
+                "plural": names.PLURAL,
+                "singular": names.SINGULAR,
+                "listKind": f"{names.KIND}List",
+                "categories": ["farm"],
+            },
+            "versions": [
+                {
+                    "name": names.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }

@@ -1,0 +1,58 @@
+"""Names the cluster sees: the API group, labels, finalizer and per-build object names.
+
+Callers: every ``farm.k8s`` module. Object names are a pure function of the Build's
+name and uid, so a restarted controller finds (or re-creates) exactly the same objects
+and a create that races another returns 409 instead of a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+GROUP = "farm.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "Build"
+PLURAL = "builds"
+SINGULAR = "build"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+FINALIZER = f"{GROUP}/teardown"
+
+#: Label on every object the controller creates; the orphan reaper selects on it.
+BUILD_LABEL = f"{GROUP}/build"
+PHASE_LABEL = f"{GROUP}/phase"
+MANAGED_BY = "farm-controller"
+RUNTIME_CLASS = "gvisor"
+#: The build container's uid/gid (farm.settings.SANDBOX_UID); the collector runs as another.
+COLLECTOR_UID = 10002
+#: Kueue's queue label; set only when the Build names a queue.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+PHASES = ("fetch", "build", "collect")
+
+
+def short_uid(uid: str) -> str:
+    """8 hex characters that tell two Builds of the same name apart."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:8]
+
+
+def object_name(build: str, uid: str, role: str) -> str:
+    """``<build>-<uid8>-<role>``, at most 63 characters (a DNS label, and a Job name
+    short enough for the ``job-name`` label Kubernetes puts on its pods)."""
+    suffix = f"-{short_uid(uid)}-{role}"
+    return build[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+def labels(build: str, uid: str, phase: str | None = None) -> dict[str, str]:
+    """Labels of every object created for one Build (uid-qualified, so a re-created
+    Build of the same name never adopts its predecessor's leftovers)."""
+    out = {
+        "app.kubernetes.io/name": "farm",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/instance": build[:63].rstrip("-."),
+        BUILD_LABEL: short_uid(uid),
+    }
+    if phase:
+        out["app.kubernetes.io/component"] = phase
+        out[PHASE_LABEL] = phase
+    return out

@@ -1,0 +1,95 @@
+"""The node monitor: one per node (a DaemonSet), it turns what gVisor saw inside each
+build pod into Build status and metrics.
+
+Callers: ``farm node-monitor`` (``farm.k8s.main``). It runs the same observer as a
+local build: the DaemonSet's pod runs ``farm.observe``'s daemon on a hostPath socket
+that every node's runsc points at (containerd ``runsc.toml`` → ``pod-init-config``, see
+docs/kubernetes.md), and reads one container's record with ``collect(container_id)``
+once the build container has exited. The container id is the one the kubelet reports
+in ``initContainerStatuses[].containerID`` (``containerd://<id>``), which is the id
+runsc names the container by; the pod's ``farm.dev/build-name`` annotation names the
+Build. Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
+and ``blockedByKind`` (a merge patch of just those fields, so it never fights the
+controller's own status writes).
+
+The observer is behind :class:`ObservationSource`, so this module needs nothing from
+Docker or from a running gVisor to be tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Protocol
+
+from farm.errors import KubeNotFoundError, KubernetesError
+from farm.k8s import names
+from farm.k8s.kube import Kube, Obj
+from farm.k8s.reconcile import build_exit_code
+from farm.k8s.teardown import MANAGED
+from farm.metrics import Metrics
+from farm.observe.classify import classify
+from farm.observe.spool import Observation
+
+log = logging.getLogger(__name__)
+
+
+class ObservationSource(Protocol):
+    """``farm.observe.daemon.HostObserver`` satisfies this."""
+
+    def collect(self, container_id: str) -> Observation: ...
+
+
+def build_container_id(pod: Obj) -> str | None:
+    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if st.get("name") == "build" and st.get("containerID"):
+            return str(st["containerID"]).split("://", 1)[-1]
+    return None
+
+
+class NodeMonitor:
+    def __init__(
+        self, kube: Kube, metrics: Metrics, source: ObservationSource, node_name: str
+    ) -> None:
+        self.kube, self.metrics, self.source = kube, metrics, source
+        self.node_name = node_name
+        #: Containers already reported; a restarted monitor reports again (status is
+        #: set, not added to, so only the Prometheus counter can count twice).
+        self.done: set[str] = set()
+
+    def scan(self) -> int:
+        """Report every finished build container on this node not reported yet."""
+        selector = f"{MANAGED},{names.PHASE_LABEL}=build"
+        pods = self.kube.list("Pod", None, selector, fields=f"spec.nodeName={self.node_name}")
+        reported = 0
+        for pod in pods:
+            cid = build_container_id(pod)
+            if cid and cid not in self.done and build_exit_code(pod) is not None:
+                self.report(pod, cid)
+                reported += 1
+        return reported
+
+    def report(self, pod: Obj, container_id: str) -> None:
+        meta = pod["metadata"]
+        namespace = meta["namespace"]
+        build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
+        observation = self.source.collect(container_id)
+        kinds = Counter(a.kind for a in classify(observation.events, {}))
+        for kind, n in kinds.items():
+            self.metrics.blocked_actions.labels(tenant=namespace, kind=kind).inc(n)
+        self.metrics.observer_dropped.inc(observation.lost)
+        status = {"blocked": sum(kinds.values()), "blockedByKind": dict(kinds)}
+        try:
+            if build:
+                self.kube.patch_build_status(namespace, build, status)
+        except KubeNotFoundError:
+            pass  # the Build was deleted meanwhile: nothing to annotate
+        self.done.add(container_id)
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        while not stop.wait(interval):
+            try:
+                self.scan()
+            except KubernetesError as exc:
+                log.warning("node monitor: %s", exc)

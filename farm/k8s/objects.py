@@ -1,0 +1,408 @@
+"""Build the Kubernetes objects of one Build from its SandboxSpec, as plain dicts.
+
+Callers: ``farm.k8s.reconcile`` creates these; tests validate every one against the
+official Kubernetes schemas. Pure functions, no API calls. The SandboxSpec (from
+``farm.policy.sandbox_for``, the same policy as local builds) is *translated*: its
+env, workdir, uid, limits, deadline and mounts become pod fields; nothing is relaxed.
+Mounts are matched by their sandbox path, since a cluster has no host directories.
+
+Per Build: a permissionless ServiceAccount, a sources PVC, a collector-token Secret,
+a fetch Job and NetworkPolicy (egress to mirrors only), and a build Job whose pod runs
+the untrusted build as an init container under gVisor with a deny-all NetworkPolicy,
+then a trusted collector container (see docs/kubernetes.md, "Artifacts").
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm import cargo, policy
+from farm.errors import InfrastructureError
+from farm.k8s import names
+from farm.k8s.config import ControllerConfig
+from farm.k8s.resource import ClusterBuildSpec
+from farm.sandbox import SandboxSpec
+from farm.settings import Settings
+
+SRC_VOLUME, TARGET_VOLUME, OUT_VOLUME, TMP_VOLUME = "src", "target", "out", "tmp"
+TOKEN_VOLUME, COLLECTOR_TMP_VOLUME = "collector-token", "collector-tmp"
+TOKEN_DIR = "/var/run/farm/collector"
+VENDOR_DIR = "/vendor"
+#: Mount point of the sources PVC in the fetch pod; the build sees parts of it.
+WORK_DIR = "/work"
+FETCH_SCRIPT = r"""set -eu
+git init -q /work/repo
+cd /work/repo
+git fetch -q --depth 1 "$FARM_GIT_URL" "$FARM_GIT_REVISION"
+git -c advice.detachedHead=false checkout -q FETCH_HEAD
+test "$(git rev-parse HEAD)" = "$FARM_GIT_REVISION"
+mkdir -p /work/cargo-home
+: > /work/cargo-home/config.toml
+cd "/work/repo/$FARM_SUBDIR"
+if [ -f Cargo.toml ]; then
+  cargo vendor --locked --versioned-dirs /vendor > /work/cargo-home/config.toml
+fi
+"""
+
+
+@dataclass(frozen=True)
+class BuildRef:
+    """The identity of one Build object; every name below derives from it."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 1
+
+    def object_name(self, role: str) -> str:
+        return names.object_name(self.name, self.uid, role)
+
+    def labels(self, phase: str | None = None) -> dict[str, str]:
+        return names.labels(self.name, self.uid, phase)
+
+    def meta(self, role: str, phase: str | None = None) -> dict[str, Any]:
+        return {
+            "name": self.object_name(role),
+            "namespace": self.namespace,
+            "labels": self.labels(phase),
+            "annotations": {f"{names.GROUP}/build-name": self.name},
+            "ownerReferences": [owner_reference(self)],
+        }
+
+
+def sandbox_spec(ref: BuildRef, spec: ClusterBuildSpec) -> SandboxSpec:
+    """The same policy as a local build (``farm.policy.sandbox_for``). A Build without
+    ``argv`` gets cargo's default; the cluster has no host dirs, so the BuildDirs are
+    placeholders that ``build_job`` maps by sandbox path."""
+    filled = spec.model_copy(update={"argv": spec.argv or list(cargo.DEFAULT_ARGV)})
+    root = Path("/nonexistent")
+    build_id = names.object_name(ref.name, ref.uid, "build")
+    return policy.sandbox_for(filled, build_id, policy.BuildDirs(root), Settings(home=root))
+
+
+def owner_reference(ref: BuildRef) -> dict[str, Any]:
+    """Owner reference to the Build, so Kubernetes' garbage collector is a second
+    line of teardown; blockOwnerDeletion makes foreground deletion wait for it."""
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": ref.name,
+        "uid": ref.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def service_account(ref: BuildRef) -> dict[str, Any]:
+    """A ServiceAccount with no RoleBinding and no token mounted: build pods hold no
+    credential, and are not the namespace's default account (which may have some)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": ref.meta("sandbox"),
+        "automountServiceAccountToken": False,
+    }
+
+
+def source_claim(ref: BuildRef, config: ControllerConfig) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": config.source_size}},
+    }
+    if config.storage_class:
+        spec["storageClassName"] = config.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": ref.meta("src"),
+        "spec": spec,
+    }
+
+
+def token_secret(ref: BuildRef, token: str) -> dict[str, Any]:
+    """The collector's per-build upload token; mounted only into the collector container."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": ref.meta("collector"),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def _policy(ref: BuildRef, role: str, phase: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": ref.meta(role, phase),
+        "spec": {
+            "podSelector": {"matchLabels": ref.labels(phase)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }
+
+
+def fetch_policy(ref: BuildRef, config: ControllerConfig) -> dict[str, Any]:
+    """Fetch pods may reach cluster DNS and the configured mirrors, nothing else."""
+    dns = {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    mirrors = [
+        {
+            "to": [{"ipBlock": {"cidr": m.cidr}}],
+            "ports": [{"protocol": "TCP", "port": p} for p in m.ports],
+        }
+        for m in config.mirrors
+    ]
+    return _policy(ref, "fetch", "fetch", [dns, *mirrors])
+
+
+def build_policy(ref: BuildRef) -> dict[str, Any]:
+    """Deny all ingress and egress for the build pod (empty rule lists)."""
+    return _policy(ref, "build", "build", [])
+
+
+def collect_policy(ref: BuildRef, config: ControllerConfig) -> dict[str, Any]:
+    """Created only once the build container has terminated: lets the build pod (now
+    running just the trusted collector) reach the controller's artifact port."""
+    peer = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.namespace}},
+        "podSelector": {"matchLabels": dict(config.controller_labels)},
+    }
+    rule = {"to": [peer], "ports": [{"protocol": "TCP", "port": config.artifact_port}]}
+    return _policy(ref, "collect", "build", [rule])
+
+
+def _pod_security(uid: int, gid: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "fsGroup": gid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security(uid: int | None = None) -> dict[str, Any]:
+    sec: dict[str, Any] = {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if uid is not None:
+        sec["runAsUser"] = uid
+    return sec
+
+
+def _ids(sandbox: SandboxSpec) -> tuple[int, int]:
+    uid, _, gid = sandbox.user.partition(":")
+    return int(uid), int(gid or uid)
+
+
+def _job(
+    ref: BuildRef,
+    role: str,
+    pod: dict[str, Any],
+    deadline: int,
+    config: ControllerConfig,
+    queue: str | None,
+) -> dict[str, Any]:
+    meta = ref.meta(role, role)
+    if queue:
+        meta["labels"][names.KUEUE_QUEUE_LABEL] = queue
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline,
+            "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
+            # Kueue admits a suspended Job by unsuspending it; without Kueue it runs now.
+            "suspend": bool(queue),
+            "template": {
+                "metadata": {
+                    "labels": ref.labels(role),
+                    "annotations": {f"{names.GROUP}/build-name": ref.name},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _pod_base(ref: BuildRef, config: ControllerConfig, uid: int, gid: int) -> dict[str, Any]:
+    return {
+        "restartPolicy": "Never",
+        "runtimeClassName": config.runtime_class,
+        "serviceAccountName": ref.object_name("sandbox"),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(uid, gid),
+    }
+
+
+def fetch_job(
+    ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, config: ControllerConfig
+) -> dict[str, Any]:
+    """Trusted tools only (git, ``cargo vendor --locked``), into the sources PVC."""
+    uid, gid = _ids(sandbox)
+    env = {
+        **config.fetch_env,
+        "FARM_GIT_URL": spec.source.git,
+        "FARM_GIT_REVISION": spec.source.revision,
+        "FARM_SUBDIR": spec.source.subdir or ".",
+        "HOME": "/tmp",
+        "CARGO_HOME": "/tmp/cargo-home",
+    }
+    container = {
+        "name": "fetch",
+        "image": config.fetch_image,
+        "command": ["/bin/sh", "-c", FETCH_SCRIPT],
+        "env": _env(env),
+        "workingDir": WORK_DIR,
+        "securityContext": _container_security(),
+        "resources": _resources(1.0, 1 << 30),
+        "volumeMounts": [
+            {"name": SRC_VOLUME, "mountPath": WORK_DIR},
+            {"name": SRC_VOLUME, "mountPath": VENDOR_DIR, "subPath": "vendor"},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+    }
+    pod = {
+        **_pod_base(ref, config, uid, gid),
+        "containers": [container],
+        "volumes": [
+            {"name": SRC_VOLUME, "persistentVolumeClaim": {"claimName": ref.object_name("src")}},
+            {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    return _job(ref, "fetch", pod, config.fetch_deadline_seconds, config, spec.queue)
+
+
+def build_job(
+    ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, config: ControllerConfig
+) -> dict[str, Any]:
+    """The untrusted build (init container ``build``) then the collector container."""
+    uid, gid = _ids(sandbox)
+    tmp_size = sandbox.tmpfs.get(policy.TMP, spec.resources.scratch)
+    volumes = [
+        {
+            "name": SRC_VOLUME,
+            "persistentVolumeClaim": {"claimName": ref.object_name("src"), "readOnly": True},
+        },
+        {"name": TARGET_VOLUME, "emptyDir": {"sizeLimit": config.target_size}},
+        {"name": OUT_VOLUME, "emptyDir": {"sizeLimit": str(spec.limits.max_total)}},
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": str(tmp_size)}},
+        {"name": COLLECTOR_TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+        {
+            "name": TOKEN_VOLUME,
+            "secret": {"secretName": ref.object_name("collector"), "defaultMode": 0o440},
+        },
+    ]
+    pod = {
+        **_pod_base(ref, config, uid, gid),
+        "hostname": sandbox.hostname,
+        "initContainers": [_build_container(spec, sandbox)],
+        "containers": [_collector_container(ref, spec, config)],
+        "volumes": volumes,
+    }
+    deadline = sandbox.deadline_seconds + config.collect_grace_seconds
+    return _job(ref, "build", pod, deadline, config, spec.queue)
+
+
+def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, Any]:
+    subdir = _subdir(spec)
+    by_target = {m.target: m for m in sandbox.mounts}
+    mounts = [
+        {"name": SRC_VOLUME, "mountPath": policy.SRC, "subPath": subdir, "readOnly": True},
+        {"name": SRC_VOLUME, "mountPath": VENDOR_DIR, "subPath": "vendor", "readOnly": True},
+        {
+            "name": SRC_VOLUME,
+            "mountPath": f"{sandbox.env['CARGO_HOME']}/config.toml",
+            "subPath": "cargo-home/config.toml",
+            "readOnly": True,
+        },
+        {"name": TARGET_VOLUME, "mountPath": policy.TARGET},
+        {"name": OUT_VOLUME, "mountPath": policy.OUT},
+        {"name": TMP_VOLUME, "mountPath": policy.TMP},
+    ]
+    # The policy decides what is writable; a cluster mount must agree with it.
+    for mount in mounts:
+        decided = by_target.get(str(mount["mountPath"]))
+        if decided is not None and decided.read_only != bool(mount.get("readOnly", False)):
+            raise InfrastructureError(f"mount {mount['mountPath']} disagrees with farm.policy")
+    return {
+        "name": "build",
+        "image": sandbox.image,
+        "command": list(sandbox.argv),
+        "env": _env(sandbox.env),
+        "workingDir": sandbox.workdir,
+        "securityContext": _container_security(),
+        "resources": _resources(sandbox.cpus, sandbox.memory),
+        "volumeMounts": mounts,
+    }
+
+
+def _collector_container(
+    ref: BuildRef, spec: ClusterBuildSpec, config: ControllerConfig
+) -> dict[str, Any]:
+    env = {
+        "FARM_ARTIFACT_URL": config.artifact_url,
+        "FARM_BUILD": f"{ref.namespace}/{ref.name}/{ref.uid}",
+        "FARM_TOKEN_FILE": f"{TOKEN_DIR}/token",
+        "FARM_OUTPUTS": ",".join(spec.outputs or []),
+        "FARM_LIMITS": spec.limits.model_dump_json(),
+        "HOME": "/tmp",
+    }
+    return {
+        "name": "collector",
+        "image": config.collector_image,
+        "command": ["python", "-m", "farm.k8s.collector"],
+        "env": _env(env),
+        "securityContext": _container_security(uid=names.COLLECTOR_UID),
+        "resources": _resources(0.5, 256 << 20),
+        "volumeMounts": [
+            {
+                "name": SRC_VOLUME,
+                "mountPath": policy.SRC,
+                "subPath": _subdir(spec),
+                "readOnly": True,
+            },
+            {"name": TARGET_VOLUME, "mountPath": policy.TARGET, "readOnly": True},
+            {"name": OUT_VOLUME, "mountPath": policy.OUT, "readOnly": True},
+            {"name": COLLECTOR_TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+        ],
+    }
+
+
+def _subdir(spec: ClusterBuildSpec) -> str:
+    return "/".join(p for p in ("repo", spec.source.subdir.strip("/")) if p)
+
+
+def _env(values: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in sorted(values.items())]
+
+
+def _resources(cpus: float, memory: int) -> dict[str, Any]:
+    """Requests equal limits: the pod is Guaranteed and cannot borrow a neighbour's CPU."""
+    amount = {"cpu": f"{round(cpus * 1000)}m", "memory": str(memory)}
+    return {"requests": dict(amount), "limits": dict(amount)}

@@ -1,0 +1,166 @@
+"""The ``Build`` resource's spec and status, as pydantic models.
+
+Callers: ``farm.k8s.crd`` generates the CRD's schema from these; ``farm.k8s.reconcile``
+validates each Build's spec with :func:`cluster_spec` before creating anything, and
+writes :class:`BuildStatus`. ``ClusterBuildSpec`` *is* a ``BuildSpec`` (same fields,
+validators and limits) except that the source is a git repository the fetch phase
+checks out, because a cluster has no local directory to mount.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from farm.errors import SpecError
+from farm.spec import BuildSpec, _describe
+
+_GIT_URL = re.compile(r"^https://[^\s\0]+$")
+_REVISION = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+class GitSource(BaseModel):
+    """Where the fetch phase gets the sources. A full commit id, never a branch, so the
+    build is pinned before it starts and the provenance names exactly what was built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    git: str = Field(description="https:// URL of the repository (reachable via a mirror)")
+    revision: str = Field(description="full commit id (40 or 64 hex characters)")
+    subdir: str = Field("", description="project directory inside the repository")
+
+    @field_validator("git")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not _GIT_URL.match(value):
+            raise ValueError(f"{value!r} is not an https:// git URL")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _full_commit(cls, value: str) -> str:
+        if not _REVISION.match(value):
+            raise ValueError(f"{value!r}: give the full commit id, not a branch or short id")
+        return value
+
+    @field_validator("subdir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = Path(value).parts
+        if value.startswith("/") or ".." in parts or "\0" in value:
+            raise ValueError(f"{value!r} must be a relative path inside the repository")
+        return value
+
+
+class ClusterBuildSpec(BuildSpec):
+    """``Build.spec``: a BuildSpec whose source is git, plus cluster-only scheduling."""
+
+    source: GitSource  # type: ignore[assignment]
+    queue: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Kueue LocalQueue; the Jobs start suspended and Kueue admits them",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_dir(cls, value: Any) -> Any:  # replaces BuildSpec's local-dir check
+        return value
+
+
+def cluster_spec(data: dict[str, Any]) -> ClusterBuildSpec:
+    """Validate a Build's ``spec``. Raises SpecError naming each bad field."""
+    try:
+        return ClusterBuildSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([_describe(err) for err in exc.errors()]) from None
+
+
+Phase = Literal["Pending", "Fetching", "Building", "Collecting", "Succeeded", "Failed"]
+TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+
+class Condition(BaseModel):
+    """The standard ``metav1.Condition`` shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    lastTransitionTime: datetime
+    observedGeneration: int | None = None
+
+
+class ArtifactStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    sha256: str
+    size: int
+
+
+class BuildStatus(BaseModel):
+    """``Build.status``: the cluster's copy of the build record (the store keeps blobs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase = "Pending"
+    message: str = ""
+    observedGeneration: int | None = None
+    startTime: datetime | None = None
+    completionTime: datetime | None = None
+    exitCode: int | None = None
+    blocked: int = Field(0, description="actions the sandbox blocked (from the node monitor)")
+    blockedByKind: dict[str, int] = Field(default_factory=dict)
+    reproducible: bool | None = None
+    digest: str = Field("", description="sha256 over the artifact list")
+    artifacts: list[ArtifactStatus] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list)
+    logSha256: str = Field("", description="the build log in the controller's store")
+    containerIDs: list[str] = Field(default_factory=list)
+    tornDown: bool = False
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+def parse_status(raw: dict[str, Any] | None) -> BuildStatus:
+    """A Build's status as stored; fields this version does not know are ignored."""
+    known = {k: v for k, v in (raw or {}).items() if k in BuildStatus.model_fields}
+    try:
+        return BuildStatus.model_validate(known)
+    except ValidationError:
+        return BuildStatus(message="status was unreadable and has been reset")
+
+
+def set_condition(
+    status: BuildStatus, type_: str, value: str, reason: str, message: str, generation: int
+) -> None:
+    """Set one condition; its lastTransitionTime moves only when its status changes."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i, cond in enumerate(status.conditions):
+        if cond.type == type_:
+            stamp = cond.lastTransitionTime if cond.status == value else now
+            status.conditions[i] = Condition(
+                type=type_,
+                status=value,  # type: ignore[arg-type]
+                reason=reason,
+                message=message,
+                lastTransitionTime=stamp,
+                observedGeneration=generation,
+            )
+            return
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=value,  # type: ignore[arg-type]
+            reason=reason,
+            message=message,
+            lastTransitionTime=now,
+            observedGeneration=generation,
+        )
+    )

@@ -1,0 +1,145 @@
+"""List, then watch from the list's resourceVersion; re-list when the watch expires.
+
+Callers: ``farm.k8s.controller`` (one :class:`Informer` for Builds, one for the Jobs it
+owns). Each change calls ``on_change(obj)``; the controller turns that into a queue key,
+so handlers never do work themselves (level-triggered: the reconcile re-reads state).
+
+Why not ``kubernetes.informer.SharedInformer`` (new in client 37): its list step reads
+``resp.items`` as an attribute, but ``CustomObjectsApi`` returns dicts, so for a custom
+resource the initial list is silently empty; and it sleeps a fixed 5 s after errors.
+This is the same algorithm (list → watch(rv) → on 410 re-list and diff) over dicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import urllib3
+from kubernetes import watch
+
+from farm.errors import GoneError, KubernetesError
+from farm.k8s.kube import Obj, translate
+
+log = logging.getLogger(__name__)
+
+ListFunc = Callable[..., Any]
+
+
+def key_of(obj: Obj) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+class Informer:
+    """A cache of one resource kind kept current by list+watch."""
+
+    def __init__(
+        self,
+        list_raw: ListFunc,
+        on_change: Callable[[Obj], None],
+        *,
+        label_selector: str | None = None,
+        watch_timeout: int = 60,
+        retry_delay: float = 1.0,
+    ) -> None:
+        #: A client list method that accepts ``watch=`` (e.g. ``list_cluster_custom_object``
+        #: with its positional arguments bound by functools.partial).
+        self.list_raw = list_raw
+        self.on_change = on_change
+        self.selector = label_selector
+        self.watch_timeout = watch_timeout
+        self.retry_delay = retry_delay
+        self.cache: dict[str, Obj] = {}
+        self.resource_version: str | None = None
+        self.relists = 0
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._thread: threading.Thread | None = None
+        self.synced = threading.Event()
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"label_selector": self.selector} if self.selector else {}
+
+    def relist(self) -> None:
+        """Replace the cache from a fresh list; report additions, changes and deletions."""
+        with translate("list"):
+            response = self.list_raw(_preload_content=False, **self._kwargs())
+        body = json.loads(response.data)
+        fresh = {key_of(o): o for o in body.get("items") or []}
+        gone = [self.cache[k] for k in self.cache.keys() - fresh.keys()]
+        self.cache = fresh
+        self.resource_version = body.get("metadata", {}).get("resourceVersion") or "0"
+        self.relists += 1
+        for obj in [*gone, *fresh.values()]:
+            self.on_change(obj)
+        self.synced.set()
+
+    def watch_once(self) -> None:
+        """One watch request from ``resource_version`` until it times out or fails."""
+        # return_type "object": events stay plain dicts (no model round-trip), and the
+        # client still turns an ERROR event into ApiException (deserialize=False would
+        # make it raise KeyError instead, in client 37).
+        self._watch = watch.Watch(return_type="object")
+        kwargs = {
+            **self._kwargs(),
+            "resource_version": self.resource_version,
+            "timeout_seconds": self.watch_timeout,  # also turns off the client's own retry
+            "allow_watch_bookmarks": True,
+        }
+        with translate("watch"):
+            for event in self._watch.stream(self.list_raw, **kwargs):
+                if self._stop.is_set():
+                    return
+                self._apply(event["type"], event["raw_object"])
+
+    def _apply(self, kind: str, obj: Obj) -> None:
+        self.resource_version = obj.get("metadata", {}).get(
+            "resourceVersion", self.resource_version
+        )
+        if kind == "BOOKMARK":
+            return
+        if kind == "DELETED":
+            self.cache.pop(key_of(obj), None)
+        else:
+            self.cache[key_of(obj)] = obj
+        self.on_change(obj)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self.relist()
+                self.watch_once()
+            except GoneError:
+                log.info("watch expired (410 Gone); re-listing")
+                self.resource_version = None
+            except (KubernetesError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                # urllib3 errors are OSErrors; a garbled line is a ValueError.
+                log.warning("list/watch failed (%s); retrying", exc)
+                self._stop.wait(self.retry_delay)
+
+    def start(self, name: str) -> Informer:
+        self._thread = threading.Thread(target=self.run, name=f"informer-{name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop: closing the open watch response wakes the blocked read."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        current = self._watch
+        if current is not None:
+            current.stop()
+            response = getattr(current, "_resp", None)
+            if response is not None:
+                with contextlib.suppress(Exception):  # racing the reader; any error is fine
+                    response.shutdown() if hasattr(response, "shutdown") else response.close()

@@ -1,0 +1,100 @@
+"""Fixtures for the k8s tests: a fake API server over real HTTP, the real ``kubernetes``
+client pointed at it, and controllers with short lease and watch timings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from prometheus_client import CollectorRegistry
+
+from farm.k8s.artifacts import ArtifactServer
+from farm.k8s.config import ControllerConfig
+from farm.k8s.controller import Controller
+from farm.k8s.kube import Kube
+from farm.metrics import Metrics
+from farm.store import Store
+from tests.k8s.fakeapi import FakeAPI, FakeServer
+from tests.k8s.kubelet import wait_for
+
+NS = "team-a"
+
+
+@dataclass
+class Cluster:
+    api: FakeAPI
+    server: FakeServer
+    kube: Kube
+    tmp: Path
+    controllers: list[tuple[Controller, threading.Event, threading.Thread, ArtifactServer]] = field(
+        default_factory=list
+    )
+
+    def controller(self, identity: str, **kwargs: object) -> Controller:
+        """Start a controller candidate (with its own store and artifact endpoint)."""
+        store = Store(self.tmp / f"home-{identity}")
+        ctl = Controller(
+            self.kube,
+            ControllerConfig(),
+            store,
+            Metrics(CollectorRegistry()),
+            identity,
+            workers=2,
+            watch_timeout=2,
+            lease_seconds=1.0,
+            renew_deadline=0.8,
+            retry_seconds=0.1,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        artifacts = ArtifactServer(ctl.ledger, "127.0.0.1", 0, ready=ctl.elector.leading.is_set)
+        artifacts.start()
+        stop = threading.Event()
+        thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+        thread.start()
+        self.controllers.append((ctl, stop, thread, artifacts))
+        return ctl
+
+    def artifact_url(self, ctl: Controller) -> str:
+        return next(a.url for c, _, _, a in self.controllers if c is ctl)
+
+    def stop(self, ctl: Controller, crash: bool = False) -> None:
+        """Graceful stop, or a crash: the process vanishes without releasing its Lease."""
+        for c, stop, thread, artifacts in self.controllers:
+            if c is ctl:
+                if crash:
+                    c.elector.release = lambda: None  # type: ignore[method-assign]
+                stop.set()
+                thread.join(30)
+                artifacts.stop()
+
+    def wait_phase(self, name: str, phase: str) -> dict:
+        return wait_for(
+            lambda: (
+                (b := self.api.get("builds", NS, name)).get("status", {}).get("phase") == phase
+                and b
+            ),
+            f"Build {name} to reach {phase}",
+        )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    api = FakeAPI()
+    server = api.serve()
+    kube = Kube(client.ApiClient(client.Configuration(host=server.url)), request_timeout=10)
+    c = Cluster(api, server, kube, tmp_path)
+    yield c
+    for _, stop, _, _ in c.controllers:
+        stop.set()
+    for _, _, thread, artifacts in c.controllers:
+        thread.join(30)
+        if artifacts.socket.fileno() != -1:
+            artifacts.stop()
+    server.close()
+
+
+BuildFactory = Callable[..., dict]

@@ -1,0 +1,248 @@
+"""The controller against the fake API over real HTTP, driven by the real client:
+a full build, a failed one, a deleted one, a crash and restart, an expired watch and
+a leader handover. The test plays the kubelet (tests/k8s/kubelet.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from farm.k8s import names
+from tests.k8s.conftest import NS, Cluster
+from tests.k8s.kubelet import (
+    build_manifest,
+    build_pod,
+    finish_job,
+    job,
+    owned,
+    run_collector,
+    sandbox_tree,
+    symlink,
+    wait_for,
+)
+
+OWNED = ("jobs", "pods", "secrets", "persistentvolumeclaims", "networkpolicies", "serviceaccounts")
+
+
+def leftovers(c: Cluster, build: dict) -> dict[str, list[str]]:
+    found = {p: [o["metadata"]["name"] for o in owned(c.api, NS, build, p)] for p in OWNED}
+    return {p: n for p, n in found.items() if n}
+
+
+def reasons(c: Cluster, build: dict) -> list[str]:
+    uid = build["metadata"]["uid"]
+    return [e["reason"] for e in c.api.list("events", NS) if e["involvedObject"]["uid"] == uid]
+
+
+def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_path: Path) -> None:
+    ctl = cluster.controller("a")
+    build = cluster.api.create("builds", NS, build_manifest("hello"))
+
+    fetching = cluster.wait_phase("hello", "Fetching")
+    assert names.FINALIZER in fetching["metadata"]["finalizers"]
+    policies = {p["metadata"]["name"]: p for p in owned(cluster.api, NS, build, "networkpolicies")}
+    assert sorted(policies) == [
+        f"hello-{names.short_uid(build['metadata']['uid'])}-{r}" for r in ("build", "fetch")
+    ]
+    # The deny-all policy exists before the build Job does.
+    assert not owned(cluster.api, NS, build, "jobs")[0]["metadata"]["name"].endswith("-build")
+    for obj in (o for p in OWNED for o in owned(cluster.api, NS, build, p)):
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == build["metadata"]["uid"]
+
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    build_job = job(cluster.api, NS, build, "build")
+    cluster.wait_phase("hello", "Building")
+    assert not any(
+        p.endswith("-collect")
+        for p in (o["metadata"]["name"] for o in owned(cluster.api, NS, build, "networkpolicies"))
+    )
+
+    build_pod(cluster.api, NS, build_job, exit_code=0, log=b"Compiling hello v0.1.0\n")
+    cluster.wait_phase("hello", "Collecting")
+    root = sandbox_tree(tmp_path / "pod", {"hello": b"\x7fELF binary", "docs/readme.txt": b"hi"})
+    symlink(root, "steal", "/etc/shadow")
+    assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root) == 0
+
+    done = cluster.wait_phase("hello", "Succeeded")
+    status = done["status"]
+    assert {a["path"]: a["sha256"] for a in status["artifacts"]} == {
+        "out/docs/readme.txt": hashlib.sha256(b"hi").hexdigest(),
+        "out/hello": hashlib.sha256(b"\x7fELF binary").hexdigest(),
+    }
+    assert status["refused"] == ["out/steal: symlink: farm never follows links out of a build"]
+    assert status["digest"].startswith("sha256:") and status["exitCode"] == 0
+    assert (
+        ctl.reconciler.store.blob_path(status["logSha256"]).read_bytes()
+        == b"Compiling hello v0.1.0\n"
+    )
+    assert status["containerIDs"] == ["ab" * 32, "cd" * 32]
+
+    torn = wait_for(
+        lambda: (b := cluster.api.get("builds", NS, "hello"))["status"].get("tornDown") and b,
+        "teardown",
+    )
+    assert leftovers(cluster, build) == {}
+    assert {c["type"]: c["status"] for c in torn["status"]["conditions"]} == {
+        "Succeeded": "True",
+        "TornDown": "True",
+    }
+    # The TornDown event follows the status write that records it.
+    wanted = {"Fetching", "Building", "Collecting", "Succeeded", "TornDown"}
+    wait_for(lambda: wanted <= set(reasons(cluster, build)), "an Event per state change")
+    metrics = ctl.metrics.registry
+    assert metrics.get_sample_value("farm_pods_torn_down_total") == 1
+    assert metrics.get_sample_value("farm_teardown_seconds_count") == 1
+    assert (
+        metrics.get_sample_value("farm_builds_total", {"tenant": "default", "result": "succeeded"})
+        == 1
+    )
+
+
+def test_a_failed_build_is_recorded_never_collected_and_torn_down(cluster: Cluster) -> None:
+    cluster.controller("a")
+    build = cluster.api.create("builds", NS, build_manifest("broken"))
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    build_pod(
+        cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=101, log=b"error[E0425]\n"
+    )
+
+    failed = cluster.wait_phase("broken", "Failed")
+    assert failed["status"]["exitCode"] == 101
+    assert failed["status"]["message"] == "the build exited with status 101"
+    assert failed["status"]["artifacts"] == []
+    wait_for(lambda: cluster.api.get("builds", NS, "broken")["status"].get("tornDown"), "teardown")
+    assert leftovers(cluster, build) == {}
+    # The collect policy (the only egress a build pod can get) was never created.
+    assert not any(path.endswith("-collect") for m, path in cluster.api.requests if m == "POST")
+    assert "BuildFailed" in reasons(cluster, build)
+
+
+def test_an_invalid_spec_fails_before_anything_is_created(cluster: Cluster) -> None:
+    cluster.controller("a")
+    bad = build_manifest(
+        "bad", env={"PATH": "/evil"}, source={"git": "https://x.test/a.git", "revision": "main"}
+    )
+    build = cluster.api.create("builds", NS, bad)
+    failed = cluster.wait_phase("bad", "Failed")
+    assert "env: PATH is set by farm's sandbox policy; remove it" in failed["status"]["message"]
+    assert "give the full commit id" in failed["status"]["message"]
+    assert leftovers(cluster, build) == {}
+
+
+def test_deleting_a_build_mid_build_tears_everything_down_before_it_goes(cluster: Cluster) -> None:
+    cluster.controller("a")
+    build = cluster.api.create("builds", NS, build_manifest("doomed"))
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=None)
+    cluster.wait_phase("doomed", "Building")
+
+    cluster.api.delete("builds", NS, "doomed")
+    wait_for(
+        lambda: (
+            not [b for b in cluster.api.list("builds", NS) if b["metadata"]["name"] == "doomed"]
+        ),
+        "Build gone",
+    )
+    # Everything of the Build was deleted by the controller before the Build itself,
+    # not by the garbage collector afterwards.
+    log = cluster.api.log
+    build_gone = next(rv for rv, kind, plural, o in log if kind == "DELETED" and plural == "builds")
+    deleted = {
+        (p, o["metadata"]["name"]): rv
+        for rv, kind, p, o in log
+        if kind == "DELETED" and p != "builds"
+    }
+    assert len(deleted) == 8  # 2 Jobs, 1 pod, secret, PVC, 2 policies, ServiceAccount
+    assert all(rv < build_gone for rv in deleted.values())
+
+
+def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first = cluster.controller("first")
+    build = cluster.api.create("builds", NS, build_manifest("survivor"))
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    build_job = job(cluster.api, NS, build, "build")
+    cluster.wait_phase("survivor", "Building")
+    uids = {
+        o["metadata"]["name"]: o["metadata"]["uid"]
+        for p in OWNED
+        for o in owned(cluster.api, NS, build, p)
+    }
+
+    cluster.stop(first, crash=True)
+    assert (
+        cluster.api.get("leases", "farm-system", "farm-controller")["spec"]["holderIdentity"]
+        == "first"
+    )
+    build_pod(cluster.api, NS, build_job, exit_code=0)  # the build finished while no one watched
+
+    second = cluster.controller("second")
+    cluster.wait_phase("survivor", "Collecting")
+    lease = cluster.api.get("leases", "farm-system", "farm-controller")["spec"]
+    assert lease["holderIdentity"] == "second" and lease["leaseTransitions"] == 1
+    # Nothing was created twice: every object the first controller made is the same
+    # object (the successor's creates got 409 and adopted them).
+    seen = {
+        o["metadata"]["name"]: o["metadata"]["uid"]
+        for p in OWNED
+        for o in owned(cluster.api, NS, build, p)
+    }
+    assert {k: v for k, v in seen.items() if k in uids} == uids
+    assert ("POST", f"/apis/batch/v1/namespaces/{NS}/jobs") in cluster.api.requests
+    root = sandbox_tree(tmp_path / "pod", {"app": b"built"})
+    assert run_collector(cluster.api, NS, build, cluster.artifact_url(second), root) == 0
+    cluster.wait_phase("survivor", "Succeeded")
+    wait_for(
+        lambda: cluster.api.get("builds", NS, "survivor")["status"].get("tornDown"), "teardown"
+    )
+
+
+def test_an_expired_watch_relists_and_misses_nothing(cluster: Cluster) -> None:
+    ctl = cluster.controller("a")
+    cluster.api.create("builds", NS, build_manifest("before"))
+    cluster.wait_phase("before", "Fetching")
+    builds = ctl.informers[0]
+    relists = builds.relists
+
+    cluster.api.compact()  # etcd compaction: every open watch's resourceVersion is now too old
+    cluster.api.create("builds", NS, build_manifest("after"))
+    cluster.wait_phase("after", "Fetching")
+    wait_for(lambda: builds.relists > relists, "a re-list")
+    assert set(builds.cache) == {f"{NS}/before", f"{NS}/after"}
+
+
+def test_a_graceful_stop_hands_leadership_over_and_the_successor_continues(
+    cluster: Cluster,
+) -> None:
+    first = cluster.controller("first")
+    wait_for(first.elector.leading.is_set, "first to lead")
+    second = cluster.controller("second")
+    build = cluster.api.create("builds", NS, build_manifest("handover"))
+    cluster.wait_phase("handover", "Fetching")
+    assert not second.elector.leading.is_set() and not second.informers
+
+    cluster.stop(first)
+    assert not first.elector.leading.is_set()
+    wait_for(second.elector.leading.is_set, "second to lead")
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    cluster.wait_phase("handover", "Building")
+    lease = cluster.api.get("leases", "farm-system", "farm-controller")["spec"]
+    assert lease["holderIdentity"] == "second"
+
+
+def test_the_reaper_removes_leftovers_of_builds_that_no_longer_exist(cluster: Cluster) -> None:
+    ghost = build_manifest("ghost")
+    ghost["metadata"]["uid"] = "0000-gone"
+    from farm.k8s import objects
+    from farm.k8s.objects import BuildRef
+
+    ref = BuildRef(NS, "ghost", "0000-gone")
+    cluster.api.create("secrets", NS, objects.token_secret(ref, "t"))
+    cluster.api.create("networkpolicies", NS, objects.build_policy(ref))
+    ctl = cluster.controller("a")
+    wait_for(
+        lambda: not cluster.api.list("secrets", NS) and not cluster.api.list("networkpolicies", NS),
+        "reaping",
+    )
+    assert ctl.metrics.registry.get_sample_value("farm_sandboxes_reaped_total") == 1

@@ -1,0 +1,103 @@
+"""The security properties of the pods the controller creates, read off the objects."""
+
+from __future__ import annotations
+
+from farm.k8s import names, objects
+from farm.k8s.config import ControllerConfig
+from farm.k8s.objects import BuildRef
+from farm.k8s.resource import cluster_spec
+from farm.settings import SANDBOX_UID
+
+REF = BuildRef("team-a", "app", "uid-1")
+SPEC = cluster_spec(
+    {
+        "source": {"git": "https://git.test/a.git", "revision": "a" * 40},
+        "timeout_seconds": 600,
+        "resources": {"cpus": 2, "memory": "2g", "scratch": "256m"},
+    }
+)
+SANDBOX = objects.sandbox_spec(REF, SPEC)
+CONFIG = ControllerConfig()
+BUILD = objects.build_job(REF, SPEC, SANDBOX, CONFIG)
+POD = BUILD["spec"]["template"]["spec"]
+BUILD_CONTAINER = POD["initContainers"][0]
+COLLECTOR = POD["containers"][0]
+
+
+def mounts(container: dict) -> dict[str, dict]:
+    return {m["mountPath"]: m for m in container["volumeMounts"]}
+
+
+def test_the_build_runs_under_gvisor_as_a_fixed_non_root_user_with_nothing_to_escalate() -> None:
+    assert POD["runtimeClassName"] == "gvisor"
+    assert POD["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": SANDBOX_UID,
+        "runAsGroup": SANDBOX_UID,
+        "fsGroup": SANDBOX_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    sec = BUILD_CONTAINER["securityContext"]
+    assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
+    assert sec["capabilities"] == {"drop": ["ALL"]} and not sec["privileged"]
+
+
+def test_the_build_holds_no_credential() -> None:
+    assert POD["automountServiceAccountToken"] is False
+    assert POD["serviceAccountName"] == REF.object_name("sandbox")
+    assert objects.service_account(REF)["automountServiceAccountToken"] is False
+    assert POD["enableServiceLinks"] is False  # no Service addresses in the environment
+    # The collector's token is a volume of the pod but is mounted only into the collector.
+    assert objects.TOKEN_DIR not in mounts(BUILD_CONTAINER)
+    assert mounts(COLLECTOR)[objects.TOKEN_DIR]["readOnly"] is True
+    assert COLLECTOR["securityContext"]["runAsUser"] == names.COLLECTOR_UID != SANDBOX_UID
+    assert not any("TOKEN" in e["name"] and "FILE" not in e["name"] for e in BUILD_CONTAINER["env"])
+
+
+def test_sources_are_read_only_and_only_target_out_tmp_are_writable_and_sized() -> None:
+    m = mounts(BUILD_CONTAINER)
+    writable = sorted(p for p, v in m.items() if not v.get("readOnly"))
+    assert writable == ["/build/target", "/out", "/tmp"]
+    assert m["/src"]["readOnly"] and m["/vendor"]["readOnly"]
+    sizes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in POD["volumes"] if "emptyDir" in v}
+    assert sizes["tmp"] == str(256 << 20)
+    assert sizes["out"] == str(SPEC.limits.max_total) and sizes["target"] == CONFIG.target_size
+    # The collector reads the build's outputs but cannot change them.
+    assert all(mounts(COLLECTOR)[p]["readOnly"] for p in ("/src", "/build/target", "/out"))
+
+
+def test_the_environment_and_limits_are_the_local_policys() -> None:
+    env = {e["name"]: e["value"] for e in BUILD_CONTAINER["env"]}
+    assert env == SANDBOX.env and env["CARGO_HOME"] == "/tmp/cargo-home"
+    assert BUILD_CONTAINER["command"] == ["cargo", "build", "--release", "--locked", "--offline"]
+    limits = BUILD_CONTAINER["resources"]["limits"]
+    assert limits == {"cpu": "2000m", "memory": str(2 << 30)}
+    assert BUILD_CONTAINER["resources"]["requests"] == limits
+    spec = BUILD["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 600 + CONFIG.collect_grace_seconds
+    assert spec["ttlSecondsAfterFinished"] == CONFIG.ttl_seconds_after_finished
+
+
+def test_the_build_pod_is_denied_all_traffic_and_fetch_reaches_only_mirrors_and_dns() -> None:
+    deny = objects.build_policy(REF)["spec"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"]
+    assert deny["ingress"] == [] and deny["egress"] == []
+    assert deny["podSelector"]["matchLabels"] == POD_LABELS
+    config = ControllerConfig(mirrors=[{"cidr": "10.9.0.0/16", "ports": [443]}])  # type: ignore[list-item]
+    fetch = objects.fetch_policy(REF, config)["spec"]
+    peers = [peer for rule in fetch["egress"] for peer in rule["to"]]
+    assert {"ipBlock": {"cidr": "10.9.0.0/16"}} in peers
+    assert all("ipBlock" not in p or p["ipBlock"]["cidr"] == "10.9.0.0/16" for p in peers)
+    assert fetch["ingress"] == []
+
+
+POD_LABELS = BUILD["spec"]["template"]["metadata"]["labels"]
+
+
+def test_names_are_deterministic_dns_labels_and_uid_qualified() -> None:
+    long = BuildRef("ns", "b" * 250, "uid-1")
+    for role in ("fetch", "build", "collector", "sandbox", "src"):
+        name = long.object_name(role)
+        assert len(name) <= 63 and name == long.object_name(role)
+    assert BuildRef("ns", "app", "uid-2").object_name("build") != REF.object_name("build")

@@ -1,0 +1,250 @@
+"""Every object the controller can create, checked against the official Kubernetes
+1.37 schemas (kubernetes-validate --strict, offline) and the kubernetes 37 client's
+models; Build objects checked against the CRD's own schema; the committed CRD and
+manifests kept equal to what the code generates and valid."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes import client
+
+from farm.errors import SpecError
+from farm.k8s import crd, kube, names, objects
+from farm.k8s.config import ControllerConfig, Mirror
+from farm.k8s.leader import LeaderElector
+from farm.k8s.main import crd_yaml
+from farm.k8s.objects import BuildRef
+from farm.k8s.resource import BuildStatus, cluster_spec, set_condition
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.37.0"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+SPECS = {
+    "default": {"source": {"git": "https://git.test/a.git", "revision": REVISION}},
+    "full": {
+        "source": {"git": "https://git.test/a.git", "revision": REVISION, "subdir": "crates/app"},
+        "argv": ["make", "all"],
+        "env": {"RUSTFLAGS": "-C opt-level=3"},
+        "outputs": ["out/**", "target/release/app"],
+        "resources": {"cpus": 0.5, "memory": "1g", "pids": 256, "scratch": "64m"},
+        "limits": {"max_file": "1m", "max_total": "8m", "max_files": 3, "log": 65536},
+        "timeout_seconds": 60,
+        "tenant": "team-b",
+        "source_date_epoch": 0,
+        "queue": "farm-builds",
+    },
+}
+CONFIG = ControllerConfig(mirrors=[Mirror(cidr="10.20.0.0/24", ports=[443, 9418])])
+
+
+def created_objects(spec_name: str) -> list[dict[str, Any]]:
+    """Everything reconcile creates for one Build, plus its Event and the Lease."""
+    ref = BuildRef("team-a", "a-rather-long-build-name-" + "x" * 60, "8d2f-11ee-uid", 3)
+    spec = cluster_spec(SPECS[spec_name])
+    sandbox = objects.sandbox_spec(ref, spec)
+    build = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
+    }
+    return [
+        objects.service_account(ref),
+        objects.source_claim(ref, CONFIG),
+        objects.token_secret(ref, "s3cret-token"),
+        objects.fetch_policy(ref, CONFIG),
+        objects.build_policy(ref),
+        objects.collect_policy(ref, CONFIG),
+        objects.fetch_job(ref, spec, sandbox, CONFIG),
+        objects.build_job(ref, spec, sandbox, CONFIG),
+        kube.event_body(build, "Building", "build running"),
+        LeaderElector(None, "farm-system", "farm-controller", "pod-1").lease_body(),  # type: ignore[arg-type]
+    ]
+
+
+ALL = [(s, o) for s in SPECS for o in created_objects(s)]
+IDS = [
+    f"{s}-{o['kind']}-{o['metadata'].get('name', o['metadata'].get('generateName'))[-12:]}"
+    for s, o in ALL
+]
+
+
+@pytest.mark.parametrize(("spec_name", "obj"), ALL, ids=IDS)
+def test_every_created_object_is_valid_kubernetes(spec_name: str, obj: dict) -> None:
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    model = {"Event": "CoreV1Event"}.get(obj["kind"], f"V1{obj['kind']}")
+    getattr(client, model).model_validate(obj)  # the client's models forbid unknown fields
+
+
+def test_the_official_schemas_are_used_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("kubernetes-validate tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for _, obj in ALL:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    bad = copy.deepcopy(ALL[0][1])
+    bad["automountServiceAccountTokens"] = False  # a typo the strict schema must catch
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def manifest_docs() -> list[tuple[str, dict]]:
+    docs = []
+    for path in [*sorted((ROOT / "manifests").rglob("*.yaml")), ROOT / "examples/k8s/build.yaml"]:
+        docs += [
+            (str(path.relative_to(ROOT)), d) for d in yaml.safe_load_all(path.read_text()) if d
+        ]
+    return docs
+
+
+@pytest.mark.parametrize(
+    ("path", "doc"), manifest_docs(), ids=lambda v: v if isinstance(v, str) else v["kind"]
+)
+def test_every_manifest_is_valid(path: str, doc: dict) -> None:
+    if doc["kind"] == names.KIND:
+        jsonschema.validate(doc, build_schema())
+        cluster_spec(doc["spec"])
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_committed_crd_is_the_generated_one() -> None:
+    committed = (ROOT / "manifests/crd/builds.farm.dev.yaml").read_text()
+    assert committed == crd_yaml(), (
+        "run: farm controller --print-crd > manifests/crd/builds.farm.dev.yaml"
+    )
+
+
+# --- the CRD's schema ----------------------------------------------------------------------
+
+
+def to_jsonschema(node: Any) -> Any:
+    """OpenAPI v3.0 (Kubernetes flavour) → JSON Schema, for the jsonschema validator."""
+    if isinstance(node, list):
+        return [to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if out.pop("nullable", False):
+        out["type"] = [out["type"], "null"]
+    if out.pop("exclusiveMinimum", False) is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    return out
+
+
+def build_schema() -> dict:
+    return to_jsonschema(crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def structural_problems(node: dict, path: str = "") -> list[str]:
+    """The structural-schema rules of apiextensions.k8s.io/v1 that farm's schema touches."""
+    problems = []
+    if "$ref" in node or node.get("additionalProperties") is False:
+        problems.append(f"{path}: $ref or additionalProperties: false")
+    if "type" not in node and not node.get("x-kubernetes-int-or-string"):
+        problems.append(f"{path}: no type")
+    if "anyOf" in node:
+        if not node.get("x-kubernetes-int-or-string"):
+            problems.append(f"{path}: anyOf outside int-or-string")
+        for branch in node["anyOf"]:
+            if set(branch) - {"type", "minimum", "maximum", "pattern"}:
+                problems.append(f"{path}: anyOf branch sets {sorted(branch)}")
+    if "properties" in node and "additionalProperties" in node:
+        problems.append(f"{path}: both properties and additionalProperties")
+    for name, child in (node.get("properties") or {}).items():
+        problems += structural_problems(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            problems += structural_problems(node[key], f"{path}[{key}]")
+    return problems
+
+
+def test_the_crd_schema_is_structural_and_has_the_required_parts() -> None:
+    version = crd.crd()["spec"]["versions"][0]
+    assert structural_problems(version["schema"]["openAPIV3Schema"]) == []
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase",
+        "Blocked",
+        "Reproducible",
+        "Digest",
+        "Age",
+    ]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(status["conditions"]["items"]["required"]) == {
+        "type",
+        "status",
+        "reason",
+        "lastTransitionTime",
+    }
+
+
+def build(spec: dict, status: dict | None = None) -> dict:
+    doc = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "b"},
+        "spec": spec,
+    }
+    if status is not None:
+        doc["status"] = status
+    return doc
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS)
+def test_valid_builds_pass_the_crd_and_the_pydantic_spec(spec: dict) -> None:
+    jsonschema.validate(build(spec), build_schema())
+    cluster_spec(spec)
+
+
+BAD = {
+    "cpus not a number": {"resources": {"cpus": "lots"}},
+    "cpus zero": {"resources": {"cpus": 0}},
+    "memory below the floor": {"resources": {"memory": 1024}},
+    "memory not a size": {"resources": {"memory": "4 gallons"}},
+    "pids below 128": {"resources": {"pids": 64}},
+    "empty argv": {"argv": []},
+    "env value not a string": {"env": {"A": 1}},
+    "timeout too long": {"timeout_seconds": 90_000},
+    "missing revision": {"source": {"git": "https://git.test/a.git"}},
+    "bad queue name": {"queue": "Not_A_Name"},
+}
+
+
+@pytest.mark.parametrize("change", BAD.values(), ids=BAD)
+def test_type_and_bound_errors_are_rejected_by_both_the_crd_and_pydantic(change: dict) -> None:
+    spec = {**SPECS["default"], **change}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(build(spec), build_schema())
+    with pytest.raises(SpecError):
+        cluster_spec(spec)
+
+
+def test_a_full_status_validates_against_the_crd() -> None:
+    status = BuildStatus(
+        phase="Succeeded",
+        exitCode=0,
+        blocked=2,
+        blockedByKind={"network": 2},
+        reproducible=True,
+        digest="sha256:" + "0" * 64,
+        refused=["out/x: symlink"],
+        containerIDs=["ab" * 32],
+        logSha256="1" * 64,
+        tornDown=True,
+    )
+    set_condition(status, "Succeeded", "True", "Succeeded", "1 artifact", 3)
+    doc = build(SPECS["default"], status.model_dump(mode="json", exclude_none=True))
+    jsonschema.validate(doc, build_schema())
+    doc["status"]["phase"] = "Exploded"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, build_schema())

@@ -1,0 +1,139 @@
+"""Status writes under contention, the node monitor's counts, and Kueue suspension,
+against the fake API over real HTTP (no controller threads: one reconcile at a time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from farm.k8s.artifacts import Ledger
+from farm.k8s.config import ControllerConfig
+from farm.k8s.nodemonitor import NodeMonitor
+from farm.k8s.reconcile import Reconciler
+from farm.metrics import Metrics
+from farm.observe.events import Context, TraceEvent
+from farm.observe.spool import Observation
+from farm.store import Store
+from tests.k8s.conftest import NS, Cluster
+from tests.k8s.kubelet import build_manifest, build_pod, finish_job, job
+
+
+def reconciler(cluster: Cluster, tmp_path: Path) -> Reconciler:
+    store = Store(tmp_path / "home")
+    metrics = Metrics(CollectorRegistry())
+    return Reconciler(cluster.kube, ControllerConfig(), Ledger(store), store, metrics)
+
+
+def settle(r: Reconciler, name: str, rounds: int = 10) -> None:
+    """Reconcile until the step asks for no immediate retry."""
+    for _ in range(rounds):
+        if r.reconcile(NS, name) != 0.0:
+            return
+
+
+def test_a_stale_status_write_gets_409_and_the_retry_keeps_the_other_writer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("contended"))
+    settle(r, "contended")
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+
+    # Another writer (the node monitor) patches the status between the reconciler's
+    # read and its write: a genuine stale-resourceVersion race on the real server.
+    real_get = cluster.kube.get_build
+
+    def get_then_race(namespace: str, name: str) -> dict:
+        seen = real_get(namespace, name)
+        cluster.kube.patch_build_status(namespace, name, {"blocked": 2})
+        cluster.kube.get_build = real_get  # type: ignore[method-assign]
+        return seen
+
+    cluster.kube.get_build = get_then_race  # type: ignore[method-assign]
+    assert r.reconcile(NS, "contended") == 0.0  # 409: retry at once
+    assert any(m == "PUT" and p.endswith("/contended/status") for m, p in cluster.api.requests)
+    assert cluster.api.get("builds", NS, "contended")["status"]["phase"] == "Fetching"
+
+    settle(r, "contended")
+    status = cluster.api.get("builds", NS, "contended")["status"]
+    assert (status["phase"], status["blocked"]) == ("Building", 2)
+
+
+def test_a_queued_build_waits_suspended_for_kueue(cluster: Cluster, tmp_path: Path) -> None:
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("queued", queue="farm-builds"))
+    settle(r, "queued")
+    fetch = job(cluster.api, NS, build, "fetch")
+    assert fetch["spec"]["suspend"] is True
+    assert fetch["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "farm-builds"
+    status = cluster.api.get("builds", NS, "queued")["status"]
+    assert (status["phase"], status["message"]) == ("Pending", "waiting for Kueue")
+
+    cluster.api.mutate(
+        "jobs", NS, fetch["metadata"]["name"], lambda j: j["spec"].update(suspend=False)
+    )
+    settle(r, "queued")
+    assert cluster.api.get("builds", NS, "queued")["status"]["phase"] == "Fetching"
+
+
+def event(kind: str, **fields: object) -> TraceEvent:
+    ctx = Context(time_ns=1, thread_group_id=7, thread_id=7, process_name="build-script-bu")
+    return TraceEvent(
+        kind=kind, message_type=0, connection=1, container_id="ab" * 32, context=ctx, fields=fields
+    )
+
+
+class Spooled:
+    """Stands in for farm.observe's HostObserver: one recorded Observation per container."""
+
+    def __init__(self, observations: dict[str, Observation]) -> None:
+        self.observations = observations
+        self.asked: list[str] = []
+
+    def collect(self, container_id: str) -> Observation:
+        self.asked.append(container_id)
+        return self.observations.get(container_id, Observation(container_id=container_id))
+
+
+def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("watched"))
+    settle(r, "watched")
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    settle(r, "watched")
+    build_job = job(cluster.api, NS, build, "build")
+    build_pod(cluster.api, NS, build_job, exit_code=None)
+    cid = "ab" * 32
+    observed = Observation(
+        container_id=cid,
+        events=[
+            event("open", pathname="/root/.ssh/id_rsa", flags=0, exit={"errorno": 2}),
+            event("open", pathname="/usr/bin/cc", flags=0o101, exit={"errorno": 13}),
+            event("chroot", pathname="/"),
+        ],
+        dropped=3,
+    )
+    source = Spooled({cid: observed})
+    metrics = Metrics(CollectorRegistry())
+    monitor = NodeMonitor(cluster.kube, metrics, source, "node-1")
+    other_node = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-2")
+
+    assert monitor.scan() == 0  # still running: nothing to report yet
+    build_pod(cluster.api, NS, build_job, exit_code=0)
+    assert other_node.scan() == 0  # not its pod
+    assert monitor.scan() == 1 and monitor.scan() == 0  # reported once
+    assert source.asked == [cid]
+
+    status = cluster.api.get("builds", NS, "watched")["status"]
+    assert status["blocked"] == 3
+    assert status["blockedByKind"] == {"sensitive_read": 1, "fs_write_denied": 1, "privilege": 1}
+    sample = metrics.registry.get_sample_value
+    assert sample("farm_blocked_actions_total", {"tenant": NS, "kind": "privilege"}) == 1
+    assert sample("farm_observer_events_dropped_total") == 3
+    # The controller's next status write keeps the monitor's counts.
+    settle(r, "watched")
+    status = cluster.api.get("builds", NS, "watched")["status"]
+    assert (status["phase"], status["blocked"]) == ("Collecting", 3)
