@@ -1,8 +1,10 @@
 """Render the helm/farm chart, and generate the kustomize manifests/ from it.
 
-Callers: ``make manifests`` (``python -m farm.chart``) rewrites manifests/base and
-manifests/monitoring from the chart's defaults; tests/k8s render the chart with
-:func:`render` and fail when manifests/ has drifted (:func:`manifest_files`).
+Callers: ``make manifests`` (``python -m farm.chart``) copies the Build CRD into the
+chart (``helm/farm/files/build-crd.yaml``, the same text as manifests/crd, generated from
+the pydantic BuildSpec by ``farm.k8s``) and rewrites manifests/base and
+manifests/monitoring from the chart's defaults; tests/k8s/packaging render the chart
+with :func:`render` and fail when any of these has drifted (:func:`manifest_files`).
 Nothing runs at import time; helm comes from ``farm.devtools``.
 """
 
@@ -27,6 +29,7 @@ RELEASE = "farm"
 NAMESPACE = "farm-system"
 #: Objects that need prometheus-operator's CRDs (or are only useful with Grafana) go in
 #: their own kustomization, so the base applies on a cluster without them.
+CHART_CRD = CHART / "files" / "build-crd.yaml"
 MONITORING_TEMPLATES = ("servicemonitor.yaml", "prometheusrule.yaml", "dashboard.yaml")
 HEADER = "# Generated from helm/farm by `make manifests` (farm/chart.py). Do not edit.\n"
 
@@ -59,12 +62,23 @@ def _for_kustomize(text: str) -> str:
     )
 
 
+def crd_text() -> str:
+    """The Build CRD as ``farm controller --print-crd`` prints it."""
+    from farm.k8s.main import crd_yaml
+
+    return crd_yaml()
+
+
 def manifest_files() -> dict[Path, str]:
-    """Every generated file under manifests/, keyed by path, as the chart renders it now."""
+    """Every generated file (manifests/ and the chart's CRD copy), keyed by path.
+
+    manifests/ is rendered from the chart as it is on disk: run :func:`write_manifests`,
+    which writes the CRD copy first.
+    """
+    files: dict[Path, str] = {CHART_CRD: crd_text()}
     with tempfile.TemporaryDirectory(prefix="farm-chart-") as out:
         helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--output-dir", out)
         rendered = sorted((Path(out) / "farm" / "templates").glob("*.yaml"))
-        files: dict[Path, str] = {}
         groups: dict[str, list[str]] = {"base": [], "monitoring": []}
         for path in rendered:
             group = "monitoring" if path.name in MONITORING_TEMPLATES else "base"
@@ -89,7 +103,9 @@ def manifest_files() -> dict[Path, str]:
 
 
 def write_manifests() -> list[Path]:
-    """Rewrite manifests/base and manifests/monitoring; returns the files written."""
+    """Rewrite the chart's CRD copy, manifests/base and manifests/monitoring; returns the
+    files written."""
+    CHART_CRD.write_text(crd_text())
     files = manifest_files()
     for group in ("base", "monitoring"):
         for stale in (MANIFESTS / group).glob("*.yaml"):

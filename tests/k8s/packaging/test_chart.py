@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from farm import chart
 from farm.devtools import tool
 from farm.errors import InfrastructureError
+from farm.k8s.config import ControllerConfig
 from tests.k8s.packaging.chartlib import VALUES, Obj, find, validate_all, validate_builtin
 
 pytestmark = pytest.mark.k8s
@@ -261,3 +263,33 @@ def test_chart_readme_documents_every_value() -> None:
 
     missing = [k for k in keys(values) if f"| `{k}` |" not in readme]
     assert missing == []
+
+
+def test_controller_config_is_a_valid_controller_config(rendered: tuple[str, list[Obj]]) -> None:
+    """`farm controller --config` rejects unknown or bad fields at start; so does this."""
+    _, objects = rendered
+    (deployment,) = find(objects, "Deployment")
+    config = ControllerConfig.model_validate(
+        controller_config(objects, deployment["metadata"]["name"])
+    )
+    assert config.runtime_class in {"gvisor", "gvisor-ptrace"}
+
+
+def test_rbac_grants_exactly_what_the_k8s_manifests_grant(default_objects: list[Obj]) -> None:
+    """farm/k8s's reference RBAC (manifests/rbac) lists the verbs farm/k8s/kube.py calls;
+    the chart grants the same, no more and no less."""
+    reference = [
+        doc
+        for path in sorted((chart.MANIFESTS / "rbac").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc["kind"] in ("ClusterRole", "Role")
+    ]
+    roles = find(default_objects, "ClusterRole") + find(default_objects, "Role")
+
+    def rules_of(suffix: str, objects: list[Obj]) -> list[Any]:
+        (role,) = [o for o in objects if o["metadata"]["name"].endswith(suffix)]
+        return role["rules"]
+
+    for suffix in ("-controller", "-node-monitor"):
+        assert rules_of(suffix, roles) == rules_of(suffix, reference), suffix
+    assert rules_of("-leader-election", roles) == rules_of("-leader", reference)

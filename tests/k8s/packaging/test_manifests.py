@@ -51,9 +51,18 @@ def test_manifests_are_generated_from_the_chart() -> None:
         for group in ("base", "monitoring")
         for p in (chart.MANIFESTS / group).glob("*.yaml")
     }
+    on_disk[chart.CHART_CRD] = chart.CHART_CRD.read_text()
     assert sorted(on_disk) == sorted(want), "run `make manifests`"
     drifted = [str(p.relative_to(chart.ROOT)) for p in want if on_disk[p] != want[p]]
     assert drifted == [], f"run `make manifests`; drifted: {drifted}"
+
+
+def test_chart_crd_is_the_generated_one() -> None:
+    """The chart ships exactly the CRD the k8s branch generates from the pydantic spec."""
+    assert (
+        chart.CHART_CRD.read_text()
+        == (chart.MANIFESTS / "crd" / "builds.farm.dev.yaml").read_text()
+    )
 
 
 def test_kustomize_renders_the_same_install_as_helm(default_objects: list[Obj]) -> None:
