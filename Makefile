@@ -52,3 +52,4 @@ test: setup tools lint
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/repro.py

@@ -7,6 +7,7 @@ Callers: ``farm.cli`` (``farm serve`` builds the server with :func:`make_server`
     GET  /v1/builds                       the caller's builds, newest first
     GET  /v1/builds/ID                    state, times, result and the build's summary
     GET  /v1/builds/ID/report             the full BuildRecord
+    POST /v1/builds/ID/cancel             cancel it (queued or running); answers when done
     GET  /v1/builds/ID/logs?offset=N      the log from byte N (live while running)
     GET  /v1/builds/ID/artifacts[/PATH]   the artifact list, or one artifact's bytes
     GET  /metrics                         Prometheus text format
@@ -96,6 +97,7 @@ class Api:
             ("GET", re.compile(r"/v1/builds"), self.list_builds),
             ("GET", re.compile(build), self.status),
             ("GET", re.compile(build + "/report"), self.report),
+            ("POST", re.compile(build + "/cancel"), self.cancel),
             ("GET", re.compile(build + "/logs"), self.logs),
             ("GET", re.compile(build + "/artifacts"), self.artifacts),
             ("GET", re.compile(build + "/artifacts/(?P<path>.+)"), self.artifact),
@@ -193,6 +195,12 @@ class Api:
     def status(self, tenant: str | None, id: str, **_: Any) -> Response:
         return _json(200, self._view(self._entry(id, tenant)))
 
+    def cancel(self, tenant: str | None, id: str, **_: Any) -> Response:
+        entry = self._entry(id, tenant)
+        if entry.state is not State.DONE:
+            self.service.cancel(entry)
+        return _json(200, self._view(self.service.queue.get(id)))
+
     def report(self, tenant: str | None, id: str, **_: Any) -> Response:
         entry = self._entry(id, tenant)
         record = self._record(entry)
@@ -240,9 +248,12 @@ def make_server(api: Api, host: str, port: int) -> ThreadingHTTPServer:
         server_version = "farm"
 
         def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                resp = _json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body over 1 MiB"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                resp = _json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length: 0 to 1 MiB"})
             else:
                 body = self.rfile.read(length) if length else b""
                 resp = api.handle(method, self.path, self.headers, body)

@@ -2,7 +2,8 @@
 
 Exit codes (design brief): 0 success, 1 build failed, 2 bad input, 3 quarantined,
 4 infrastructure error. This module only parses, wires objects together and prints;
-the work happens in ``farm.runner``, ``farm.host`` and ``farm.images``.
+the work happens in ``farm.buildflow``, ``farm.runner``, ``farm.host``, ``farm.images``
+and ``farm.verify``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
 from farm.records import BuildRecord
+from farm.report import build_report, render
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
-from farm.spec import BuildSpec, build_spec, load_spec_file
+from farm.spec import TENANT_NAME, BuildSpec, build_spec, load_spec_file
 from farm.store import Store
 
 
@@ -97,6 +99,20 @@ def _parser() -> argparse.ArgumentParser:
         help="record what gVisor saw and report blocked actions (default: on, "
         "except with --insecure-runtime)",
     )
+    b.add_argument(
+        "--mode",
+        choices=["audit", "enforce"],
+        help="observe.mode: enforce (default) quarantines a build whose dependencies tried "
+        "something the policy does not allow (exit 3, artifacts withheld); audit only records",
+    )
+    b.add_argument(
+        "--check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="build N times in varied sandboxes and compare (reproducibility check)",
+    )
+    b.add_argument("--no-cache", action="store_true", help="build even if a clean result exists")
     b.add_argument("--json", action="store_true")
     b.add_argument(
         "--server",
@@ -139,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list builds")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="what a build's dependencies tried, per package")
+    rep.add_argument("id")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=cmd_report)
     show = sub.add_parser("show", help="show one build's record")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
@@ -152,14 +172,43 @@ def _parser() -> argparse.ArgumentParser:
     arts.set_defaults(func=cmd_artifacts)
     gc = sub.add_parser("gc", help="prune old builds and unreferenced blobs")
     gc.add_argument("--keep", type=int, default=100, help="newest builds to keep")
+    gc.add_argument(
+        "--cache-max-size", default="10g", help="bound on cached artifacts (e.g. 500m, 10g)"
+    )
     gc.set_defaults(func=cmd_gc)
+    prov = sub.add_parser("provenance", help="print a build's signed SLSA provenance (DSSE)")
+    prov.add_argument("id")
+    prov.add_argument("--out", type=Path, help="write to FILE instead of stdout")
+    prov.set_defaults(func=cmd_provenance)
+    ver = sub.add_parser("verify", help="check an artifact against its signed provenance")
+    ver.add_argument("artifact", type=Path)
+    ver.add_argument("--provenance", type=Path, required=True, metavar="FILE")
+    ver.add_argument("--key", type=Path, help="public key (default: this installation's)")
+    ver.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        choices=["reproducible", "no-network"],
+        help="also require this of the build (repeatable)",
+    )
+    ver.set_defaults(func=cmd_verify)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
     obs = sub.add_parser(
         "observer", help="serve gVisor's trace socket for every sandbox on this host"
     )
-    obs.add_argument("--socket", type=Path, default=ObserverPaths.socket)
-    obs.add_argument("--spool", type=Path, default=ObserverPaths.spool)
+    obs.add_argument(
+        "--socket",
+        type=Path,
+        default=ObserverPaths.socket,
+        help="where runsc connects (default: %(default)s, as in /etc/farm/pod-init.json)",
+    )
+    obs.add_argument(
+        "--spool",
+        type=Path,
+        default=ObserverPaths.spool,
+        help="one file of events per sandbox (default: %(default)s)",
+    )
     obs.add_argument(
         "--detach", action="store_true", help="run in the background; return once it serves"
     )
@@ -241,6 +290,8 @@ def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     data["resources"] = resources
+    if args.mode:
+        data["observe"] = {**(data.get("observe") or {}), "mode": args.mode}
     return data
 
 
@@ -252,7 +303,10 @@ def _runner(settings: Settings, **kw: Any) -> Runner:
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.buildflow import run_build, validate_check
+
     spec = build_spec(_spec_data(args))  # bad input stops here: nothing created yet
+    validate_check(args.check)
     if settings.insecure_runtime:
         print(
             f"farm: WARNING: --insecure-runtime={settings.insecure_runtime}: this build runs "
@@ -271,11 +325,17 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         for line in runner.reap_leftovers():
             print(f"farm: {line}", file=sys.stderr)
         try:
-            record = runner.build(spec)
+            outcome = run_build(runner, spec, check_runs=args.check, use_cache=not args.no_cache)
         except Interrupted:
             print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
-    _print_record(record, args.json)
+    for line in outcome.said:
+        print(f"farm: {line}", file=sys.stderr)
+    record = outcome.record
+    _print_record(record, args.json, cached=outcome.cached)
+    verdict = record.reproducibility
+    if verdict and not verdict.reproducible and record.status.exit_code == ExitCode.OK:
+        return int(ExitCode.BUILD_FAILED)  # built, but not reproducibly: not a success
     return int(record.status.exit_code)
 
 
@@ -305,7 +365,8 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
                     break
                 time.sleep(0.5)
         except Interrupted:
-            print(f"farm: interrupted; build {build_id} goes on in the service", file=sys.stderr)
+            client.cancel(build_id)
+            print("farm: interrupted; the build was cancelled in the service", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
     if view["summary"] is None:  # refused before a sandbox existed
         print(f"farm: error: {view['error']}", file=sys.stderr)
@@ -369,9 +430,9 @@ class _Progress:
             self._thread.join()
 
 
-def _print_record(record: BuildRecord, as_json: bool) -> None:
+def _print_record(record: BuildRecord, as_json: bool, cached: bool = False) -> None:
     if as_json:
-        print(json.dumps(record.summary(), indent=2))
+        print(json.dumps({**record.summary(), "cached": cached}, indent=2))
         return
     print(
         f"build {record.id}: {record.status.value} (exit {record.exit_code}, "
@@ -384,7 +445,16 @@ def _print_record(record: BuildRecord, as_json: bool) -> None:
     for note in record.notes:
         print(f"  note    {note}")
     for action in record.blocked_actions:
-        print(f"  blocked {BlockedAction.model_validate(action).line()}")
+        line = BlockedAction.model_validate(action).line()
+        print(f"  {'allowed' if action.get('allowed') else 'blocked'} {line}")
+    if record.provenance_sha256:
+        print(f"  provenance sha256:{record.provenance_sha256}  (farm provenance {record.id})")
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    report = build_report(Store(settings.home).get(args.id))
+    print(report.model_dump_json(indent=2) if args.json else render(report))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -430,9 +500,43 @@ def cmd_artifacts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.cache import Cache
     from farm.gc import collect_garbage
+    from farm.spec import parse_size
 
-    print(collect_garbage(Store(settings.home), settings, keep=args.keep))
+    try:
+        bound = parse_size(args.cache_max_size)
+    except ValueError as exc:
+        raise InputError(f"--cache-max-size: {exc}") from None
+    store = Store(settings.home)
+    cache = Cache(settings.home, store)
+    dropped, freed = cache.prune(bound)
+    print(f"cache: dropped {dropped} entries ({freed} bytes of artifacts) to stay under {bound}")
+    print(collect_garbage(store, settings, keep=args.keep, pinned=cache.build_ids()))
+    return 0
+
+
+def cmd_provenance(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store(settings.home)
+    record = store.get(args.id)
+    if not record.provenance_sha256:
+        raise InputError(f"build {record.id} has no provenance (only succeeded builds do)")
+    data = store.blob_path(record.provenance_sha256).read_bytes()
+    if args.out:
+        args.out.write_bytes(data)
+        print(args.out)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.signing import load_public_key, public_key_path
+    from farm.verify import verify
+
+    key = load_public_key(args.key or public_key_path(settings.home))
+    for line in verify(args.artifact, args.provenance, key, args.require):
+        print(line)
     return 0
 
 
@@ -476,7 +580,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     limits = {}
     for item in args.limit:
         tenant, sep, value = item.partition("=")
-        if not sep or not value.isdigit() or int(value) < 1:
+        if not sep or not TENANT_NAME.match(tenant) or not value.isdigit() or int(value) < 1:
             raise InputError(f"--limit {item!r}: use TENANT=N with N >= 1")
         limits[tenant] = int(value)
     if args.concurrency < 1 or (args.tenant_limit is not None and args.tenant_limit < 1):
@@ -490,6 +594,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         tokens_file=args.tokens,
         source_root=(args.source_root or Path.cwd()).resolve(),
     )
+    logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
     serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))
     return 0
 

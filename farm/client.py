@@ -46,6 +46,9 @@ class Client:
     def status(self, build_id: str) -> dict[str, Any]:
         return json.loads(self._call("GET", f"/v1/builds/{build_id}")[0])
 
+    def cancel(self, build_id: str) -> dict[str, Any]:
+        return json.loads(self._call("POST", f"/v1/builds/{build_id}/cancel", {})[0])
+
     def report(self, build_id: str) -> BuildRecord:
         body, _ = self._call("GET", f"/v1/builds/{build_id}/report")
         return BuildRecord.model_validate_json(body)

@@ -15,6 +15,7 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     │       ├── GoneError          410: the watch's resourceVersion expired; re-list
     │       └── KubeNotFoundError  404: the object is not there (often fine)
     ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
+    ├── VerificationError          exit 1: `farm verify` rejected an artifact or provenance
     └── NotFoundError              exit 2: no such build id
 """
 
@@ -95,3 +96,9 @@ class GoneError(KubernetesError):
 
 class KubeNotFoundError(KubernetesError):
     pass
+
+
+class VerificationError(FarmError):
+    """A signature, digest or policy requirement did not hold (``farm verify``)."""
+
+    exit_code = ExitCode.BUILD_FAILED

@@ -18,11 +18,14 @@ from farm.store import Store
 GRACE_SECONDS = 3600
 
 
-def collect_garbage(store: Store, settings: Settings, keep: int) -> str:
+def collect_garbage(
+    store: Store, settings: Settings, keep: int, pinned: set[str] | frozenset[str] = frozenset()
+) -> str:
+    """``pinned`` builds (the cache's entries, farm.cache) keep their records and blobs."""
     records = store.list(limit=1 << 30)  # newest first
     # Running records are never dropped: their container id is what `farm reap` needs.
     live = {r.id for r in records if r.status is Status.RUNNING}
-    dropped = [r for r in records[keep:] if r.id not in live]
+    dropped = [r for r in records[keep:] if r.id not in live and r.id not in pinned]
     for record in dropped:
         store.delete(record.id)
     referenced = store.referenced_blobs()

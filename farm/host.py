@@ -23,7 +23,7 @@ from pathlib import Path
 from farm.errors import InfrastructureError
 from farm.settings import Settings
 
-APT_PACKAGES = ("docker.io", "containerd", "mmdebstrap", "iptables")
+APT_PACKAGES = ("docker.io", "containerd", "mmdebstrap", "iptables", "diffoscope-minimal")
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 DOCKER_PIDFILE = Path("/var/run/docker.pid")
@@ -229,6 +229,12 @@ def _pod_init_json() -> str:
 
 def _pod_init_current() -> bool:
     return POD_INIT_CONFIG.exists() and POD_INIT_CONFIG.read_text() == _pod_init_json()
+
+
+def trace_config_current() -> bool:
+    """True if runsc-observed's trace configuration is the one this farm expects (the
+    points, context fields and socket its classifier relies on)."""
+    return _pod_init_current()
 
 
 def _configure_runtime(log: Callable[[str], None]) -> bool:

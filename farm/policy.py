@@ -18,6 +18,12 @@ SRC, TARGET, OUT, TMP = "/src", "/build/target", "/out", "/tmp"
 HOSTNAME = "farm-build"
 #: 2023-11-14T22:13:20Z: used when neither the spec nor the source gives a time.
 DEFAULT_EPOCH = 1_700_000_000
+#: Sandbox paths rewritten in debug info and panic messages (rustc --remap-path-prefix).
+PATH_REMAP = (
+    (SRC, "/farm/src"),
+    (f"{TMP}/cargo-home", "/farm/cargo-home"),
+    (TARGET, "/farm/target"),
+)
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,24 @@ class BuildDirs:
 
 
 def source_date_epoch(spec: BuildSpec) -> int:
-    """The build's fixed time: the spec's, else DEFAULT_EPOCH."""
+    """The build's fixed time: the spec's (``runner.resolve`` fills it from the source's
+    last git commit), else DEFAULT_EPOCH."""
     return spec.source_date_epoch if spec.source_date_epoch is not None else DEFAULT_EPOCH
 
 
+def remap_rustflags(user_flags: str) -> str:
+    """The spec's RUSTFLAGS plus path remapping, so no host or sandbox path reaches a binary."""
+    remap = [f"--remap-path-prefix={path}={name}" for path, name in PATH_REMAP]
+    return " ".join([user_flags.strip(), *remap]).strip()
+
+
 def baseline_env(spec: BuildSpec) -> dict[str, str]:
-    """The environment every build gets. Host variables never pass through."""
+    """The environment every build gets. Host variables never pass through.
+
+    Together with the fixed hostname, build paths, umask 022 (the OCI runtimes' default,
+    which farm never changes) and the snapshot's clamped mtimes, this is the normalised
+    environment that makes a build reproducible (docs/reproducibility.md).
+    """
     epoch = source_date_epoch(spec)
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -63,6 +81,8 @@ def baseline_env(spec: BuildSpec) -> dict[str, str]:
         "CARGO_HOME": f"{TMP}/cargo-home",
         "CARGO_TARGET_DIR": TARGET,
         "FARM_OUT": OUT,
+        "CARGO_INCREMENTAL": "0",
+        "RUSTFLAGS": remap_rustflags(spec.env.get("RUSTFLAGS", "")),
     }
 
 

@@ -169,6 +169,16 @@ class Queue:
                 (State.DONE.value, time.time(), result, exit_code, error, build_id),
             )
 
+    def cancel_queued(self, build_id: str, exit_code: int) -> bool:
+        """Mark a still-queued build cancelled; False if a worker already has it."""
+        with self._db() as db:
+            done = db.execute(
+                "UPDATE queue SET state = ?, finished_at = ?, result = 'cancelled',"
+                " farm_exit_code = ?, error = 'cancelled before it ran' WHERE id = ? AND state = ?",
+                (State.DONE.value, time.time(), exit_code, build_id, State.QUEUED.value),
+            )
+            return done.rowcount == 1
+
     def requeue(self, build_id: str) -> None:
         """Put a claimed build back, e.g. when the service stops before it ran."""
         with self._db() as db:

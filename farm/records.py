@@ -24,11 +24,15 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     ERROR = "error"
     LOST = "lost"
+    #: Enforce mode: the build tried something its policy does not allow (exit 3).
+    QUARANTINED = "quarantined"
 
     @property
     def exit_code(self) -> ExitCode:
         if self is Status.SUCCEEDED:
             return ExitCode.OK
+        if self is Status.QUARANTINED:
+            return ExitCode.QUARANTINED
         if self in (Status.ERROR, Status.LOST):
             return ExitCode.INFRASTRUCTURE
         return ExitCode.BUILD_FAILED
@@ -45,6 +49,52 @@ class Refusal(BaseModel):
 
     path: str
     reason: str
+
+
+class ObservationSummary(BaseModel):
+    """How complete gVisor's record of a build is, and what the policy made of it."""
+
+    mode: str
+    events: int = 0
+    dropped: int = 0
+    unparseable: int = 0
+    overflow: int = 0
+    unknown_types: int = 0
+    complete: bool = True
+    problem: str = ""
+    actions: int = 0
+    allowed: int = 0
+    #: Non-empty exactly when enforce mode quarantined the build.
+    quarantine_reasons: list[str] = Field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.dropped + self.unparseable + self.overflow
+
+
+class ReproVerdict(BaseModel):
+    """Result of ``farm build --check N`` (farm.reprocheck), kept on the first build."""
+
+    reproducible: bool
+    #: "reproducible", "unreproducible", or "error" when a run did not succeed.
+    result: str
+    runs: int
+    builds: list[str]
+    #: What differed between the runs (docs/reproducibility.md).
+    variations: list[str]
+    #: Artifact paths whose digest differed, or that only some runs produced.
+    differing: list[str] = Field(default_factory=list)
+    #: sha256 of diffoscope's text report, also stored as an artifact of the build.
+    diffoscope_sha256: str | None = None
+    checked_at: datetime
+
+    def line(self) -> str:
+        if self.reproducible:
+            when = f"{self.checked_at:%Y-%m-%d %H:%M} UTC"
+            return f"verified {self.runs}\u00d7 reproducible on {when}"
+        if self.result == "error":
+            return f"check of {self.runs} runs incomplete: a run did not succeed"
+        return f"NOT reproducible across {self.runs} runs: {', '.join(self.differing)} differ"
 
 
 class BuildRecord(BaseModel):
@@ -72,7 +122,13 @@ class BuildRecord(BaseModel):
     teardown: list[str] = Field(default_factory=list)
     teardown_seconds: float | None = None
     notes: list[str] = Field(default_factory=list)
+    #: farm.observe.classify.BlockedAction dumps, in time order.
     blocked_actions: list[dict[str, Any]] = Field(default_factory=list)
+    #: None when the build was not observed.
+    observation: ObservationSummary | None = None
+    reproducibility: ReproVerdict | None = None
+    #: sha256 of the DSSE envelope holding this build's signed provenance (farm.provenance).
+    provenance_sha256: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""
@@ -85,4 +141,9 @@ class BuildRecord(BaseModel):
             "source_digest": self.source_digest,
             "artifacts": [a.model_dump() for a in self.artifacts],
             "blocked_actions": self.blocked_actions,
+            "observation": self.observation.model_dump() if self.observation else None,
+            "reproducibility": (
+                self.reproducibility.model_dump(mode="json") if self.reproducibility else None
+            ),
+            "provenance_sha256": self.provenance_sha256,
         }

@@ -19,11 +19,13 @@ from typing import Protocol
 
 from farm import cargo
 from farm.collect import Collected, collect
+from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
 from farm.observe.daemon import HostObserver
 from farm.observe.spool import Observation
+from farm.observe.verdict import apply_allow, summarize
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -60,8 +62,11 @@ class Interrupted(BaseException):
 
 
 def resolve(spec: BuildSpec) -> BuildSpec:
-    """Fill cargo defaults for ``argv`` and ``outputs``. Raises SpecError if it cannot."""
+    """Fill cargo defaults for ``argv`` and ``outputs``, and SOURCE_DATE_EPOCH from the
+    source's last git commit. Raises SpecError if it cannot."""
     updates: dict[str, object] = {}
+    if spec.source_date_epoch is None:
+        updates["source_date_epoch"] = commit_epoch(spec.source)
     is_cargo = cargo.is_cargo_project(spec.source)
     if spec.argv is None:
         if not is_cargo:
@@ -146,12 +151,22 @@ class Runner:
             return False  # no record (or an ambiguous id): nobody owns this sandbox
         return record.status is Status.RUNNING and pid_alive(record.owner_pid)
 
-    def build(self, spec: BuildSpec, build_id: str | None = None) -> BuildRecord:
-        """Run ``spec`` to a final record; ``build_id`` is given when a queue chose it."""
+    def build(
+        self,
+        spec: BuildSpec,
+        build_id: str | None = None,
+        *,
+        vary: Callable[[SandboxSpec], SandboxSpec] | None = None,
+    ) -> BuildRecord:
+        """Run ``spec`` to a final record. ``build_id`` is given when a queue chose it;
+        ``vary`` alters the sandbox for a reproducibility check run (farm.reprocheck),
+        after the policy's own checks have passed on the original."""
         spec = resolve(spec)
         build_id = build_id or new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)
         sandbox = sandbox_for(spec, build_id, dirs, self.settings)
+        if vary:
+            sandbox = vary(sandbox)
         self.on_phase("preflight", None)
         image_id = self.backend.preflight(sandbox)  # raises before anything exists
         if self.observer:
@@ -285,8 +300,10 @@ class Runner:
 
     def _observe(self, record: BuildRecord, spec: BuildSpec, observer: Observer) -> None:
         seen = observer.collect(record.container_id or "")
-        actions = classify(seen.events, lock_versions(spec.source))
+        actions = apply_allow(classify(seen.events, lock_versions(spec.source)), spec.observe)
         record.blocked_actions = [a.model_dump() for a in actions]
+        record.observation = summarize(seen, actions, spec.observe)
+        reasons = record.observation.quarantine_reasons
         record.notes.append(
             f"observed {len(seen.events)} gVisor events ({seen.dropped} dropped by gVisor, "
             f"{seen.unparseable + seen.overflow} undecodable or over the cap); "
@@ -294,6 +311,15 @@ class Runner:
         )
         if not seen.complete:
             record.notes.append(f"observation incomplete: {seen.problem}")
+        # A build that would publish is held back by any reason; a failed one ships
+        # nothing anyway, so only what its dependencies tried marks it quarantined.
+        tried = any(not a.allowed for a in actions)
+        if reasons and (
+            record.status is Status.SUCCEEDED or (record.status is Status.FAILED and tried)
+        ):
+            record.status = Status.QUARANTINED
+            record.notes += [f"quarantined (enforce mode): {r}" for r in reasons]
+            record.notes.append(f"artifacts withheld; see `farm report {record.id}`")
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

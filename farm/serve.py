@@ -26,7 +26,7 @@ from farm.metrics import Metrics
 from farm.observe.daemon import HostObserver
 from farm.queue import Queue
 from farm.runner import Runner
-from farm.service import CountingObserver, Service, SourcePolicy
+from farm.service import Service, SourcePolicy
 from farm.settings import Settings
 from farm.store import Store
 from farm.tokens import load_tokens
@@ -91,10 +91,9 @@ def _service(settings: Settings, options: ServeOptions, tenants: bool) -> Servic
     from farm.backends.local import LocalBackend
 
     store = Store(settings.home)
-    metrics = Metrics(CollectorRegistry())
     # One observer for all workers (it is thread-safe); it starts the host's observer
-    # daemon on demand. Counting wraps it so dropped events reach /metrics.
-    observer = CountingObserver(HostObserver(), metrics) if settings.observing else None
+    # daemon on demand.
+    observer = HostObserver() if settings.observing else None
 
     def runner(on_phase: Callable[[str, CappedLog | None], None]) -> Runner:
         return Runner(settings, LocalBackend(settings), store, on_phase=on_phase, observer=observer)
@@ -104,7 +103,7 @@ def _service(settings: Settings, options: ServeOptions, tenants: bool) -> Servic
         store=store,
         backend=LocalBackend(settings),
         runner_factory=runner,
-        metrics=metrics,
+        metrics=Metrics(CollectorRegistry()),
         sources=SourcePolicy(options.source_root, per_tenant=tenants),
         concurrency=options.concurrency,
     )

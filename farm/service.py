@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,15 +24,24 @@ from pathlib import Path
 from farm.errors import ExitCode, FarmError, InputError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
-from farm.observe.spool import Observation
 from farm.queue import Entry, Queue, State
 from farm.records import BuildRecord, Status
-from farm.runner import Observer, Runner
+from farm.runner import Runner
 from farm.sandbox import Backend
 from farm.spec import BuildSpec, build_spec
 from farm.store import Store
 
 log = logging.getLogger("farm.serve")
+
+
+class CancelledError(FarmError):
+    """Raised in a worker, before its sandbox starts, for a build a client cancelled."""
+
+    exit_code = ExitCode.BUILD_FAILED
+
+
+#: What a build torn down by ``Service.stop`` ends as; any other result is real and kept.
+_CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
 
 #: Given a worker's phase callback, make the Runner that worker uses.
 RunnerFactory = Callable[[Callable[[str, CappedLog | None], None]], Runner]
@@ -54,23 +64,6 @@ class SourcePolicy:
                 f"source: {str(spec.source)!r} is outside this service's source directory "
                 f"{str(allowed)!r}; put the project there"
             )
-
-
-class CountingObserver:
-    """An ``Observer`` that adds each build's lost trace events (dropped by gVisor,
-    undecodable, or over the cap) to farm_observer_events_dropped_total."""
-
-    def __init__(self, inner: Observer, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    def ready(self) -> None:
-        self.inner.ready()
-
-    def collect(self, container_id: str) -> Observation:
-        seen = self.inner.collect(container_id)
-        self.metrics.observer_dropped.inc(seen.lost)
-        return seen
 
 
 @dataclass
@@ -103,7 +96,8 @@ class Service:
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._tenants: set[str] = set()
-        self._cancelled: set[str] = set()
+        self._cancelled: set[str] = set()  # by stop(): requeue
+        self._cancel_asked: set[str] = set()  # by a client: end as cancelled
 
     # lifecycle
 
@@ -146,14 +140,20 @@ class Service:
         self._stopping.set()
         with self._wake:
             self._wake.notify_all()
-        running = {w.build_id for w in self._workers if w.build_id}
-        self._cancelled |= running
-        for sandbox_id, build_id in self.backend.list_sandboxes().items():
-            if build_id in running:
-                self.backend.teardown(sandbox_id)
-        for worker in self._workers:
-            if worker.thread:
-                worker.thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        # Repeat: a worker may be between preflight and creating its sandbox right now.
+        while any(w.thread and w.thread.is_alive() for w in self._workers):
+            running = {w.build_id for w in self._workers if w.build_id}
+            self._cancelled |= running
+            for sandbox_id, build_id in self.backend.list_sandboxes().items():
+                if build_id in running:
+                    self.backend.teardown(sandbox_id)
+            for worker in self._workers:
+                if worker.thread:
+                    worker.thread.join(0.5)
+            if time.monotonic() > deadline:
+                log.warning("workers still busy after %.0f s; the next start reaps", timeout)
+                break
 
     def alive(self) -> bool:
         return all(w.thread and w.thread.is_alive() for w in self._workers)
@@ -169,6 +169,22 @@ class Service:
             self._wake.notify_all()
         return entry
 
+    def cancel(self, entry: Entry, timeout: float = 60) -> None:
+        """Cancel a queued build, or tear down a running one's sandbox (repeatedly, as a
+        worker may be about to create it); returns once the build is done, or after
+        ``timeout`` (a worker still snapshotting a large tree) with the build marked."""
+        cancelled = Status.CANCELLED
+        if self.queue.cancel_queued(entry.id, int(cancelled.exit_code)):
+            self.metrics.builds.labels(entry.tenant, cancelled.value).inc()
+            return
+        self._cancel_asked.add(entry.id)
+        deadline = time.monotonic() + timeout
+        while self.queue.get(entry.id).state is State.RUNNING and time.monotonic() < deadline:
+            for sandbox_id, build_id in self.backend.list_sandboxes().items():
+                if build_id == entry.id:
+                    self.backend.teardown(sandbox_id)
+            time.sleep(0.2)
+
     # metrics computed at scrape time
 
     def refresh_gauges(self) -> None:
@@ -183,6 +199,8 @@ class Service:
     def _phase_setter(self, worker: _Worker) -> Callable[[str, CappedLog | None], None]:
         def set_phase(phase: str, log: CappedLog | None) -> None:
             worker.phase = phase
+            if phase == "build" and worker.build_id in self._cancel_asked:
+                raise CancelledError("cancelled by a client before its sandbox started")
 
         return set_phase
 
@@ -217,10 +235,14 @@ class Service:
             worker.runner.build(spec, entry.id)
         except FarmError as exc:
             error = exc
-        if entry.id in self._cancelled:
-            self.queue.requeue(entry.id)
-            return
         record = self._record(entry.id)
+        if entry.id in self._cancelled and (record is None or record.status in _CUT_SHORT):
+            self._requeue(entry.id, record)
+            return
+        if entry.id in self._cancel_asked and record and record.status in _CUT_SHORT:
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled by a client; the sandbox was torn down")
+            self.store.save(record)
         if record is None:  # refused before a sandbox existed (bad image, no runtime…)
             assert error is not None
             result = Status.FAILED if error.exit_code == ExitCode.BAD_INPUT else Status.ERROR
@@ -239,9 +261,19 @@ class Service:
             m.build_duration.labels(record.tenant).observe(record.duration_seconds)
         if record.teardown_seconds is not None:
             m.teardown.observe(record.teardown_seconds)
-        kinds = Counter(str(a.get("kind")) for a in record.blocked_actions)
+        # An action the spec's allow rules permit (a -sys crate running cc) is not blocked.
+        kinds = Counter(str(a["kind"]) for a in record.blocked_actions if not a.get("allowed"))
         for kind, n in kinds.items():
             m.blocked_actions.labels(record.tenant, kind).inc(n)
+        if record.observation:
+            m.observer_dropped.inc(record.observation.lost)
+
+    def _requeue(self, build_id: str, record: BuildRecord | None) -> None:
+        if record is not None:
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled when farm serve stopped; queued to run again")
+            self.store.save(record)
+        self.queue.requeue(build_id)
 
     def _mark_lost(self, record: BuildRecord) -> str:
         removed = self.backend.teardown(record.container_id) if record.container_id else []

@@ -1,8 +1,10 @@
 """Deterministic source snapshot: copy the source tree and compute its digest.
 
-Callers: ``farm.runner``. The build sees the copy, mounted read-only, so what was
-hashed is exactly what was built, and a build script cannot touch the user's tree.
-The copy is sorted, its mtimes clamped to SOURCE_DATE_EPOCH and its owner root.
+Callers: ``farm.runner``; ``farm.buildflow`` computes the same digest without a copy
+(``digest``) to look a build up in the cache before running it. The build sees the
+copy, mounted read-only, so what was hashed is exactly what was built, and a build
+script cannot touch the user's tree. The copy is sorted, its mtimes clamped to
+SOURCE_DATE_EPOCH and its owner root.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def snapshot(source: Path, dest: Path, epoch: int) -> str:
     return f"sha256:{manifest.hexdigest()}"
 
 
+def digest(source: Path) -> str:
+    """The digest ``snapshot`` would return for ``source``, without copying anything."""
+    manifest = hashlib.sha256()
+    for rel in _walk(source):
+        manifest.update(json.dumps(_copy_entry(source / rel, None, rel)).encode() + b"\n")
+    return f"sha256:{manifest.hexdigest()}"
+
+
 def _walk(root: Path) -> list[Path]:
     """Every entry under root in sorted order, iteratively (a deep tree is no crash)."""
     out: list[Path] = []
@@ -63,15 +73,18 @@ def _is_dir(path: Path) -> bool:
     return stat.S_ISDIR(path.lstat().st_mode)
 
 
-def _copy_entry(src: Path, dst: Path, rel: Path) -> list[str]:
+def _copy_entry(src: Path, dst: Path | None, rel: Path) -> list[str]:
+    """The manifest entry of ``src``; copies it to ``dst`` unless that is None."""
     st = src.lstat()
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(src)
-        os.symlink(target, dst)
+        if dst:
+            os.symlink(target, dst)
         return ["l", rel.as_posix(), target]
     if stat.S_ISDIR(st.st_mode):
-        dst.mkdir()
-        dst.chmod(0o755)
+        if dst:
+            dst.mkdir()
+            dst.chmod(0o755)
         return ["d", rel.as_posix()]
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"source: {rel} is not a regular file, directory or symlink; remove it")
@@ -79,20 +92,21 @@ def _copy_entry(src: Path, dst: Path, rel: Path) -> list[str]:
     return ["f", rel.as_posix(), f"{mode:o}", _copy_file(src, dst, st, rel, mode)]
 
 
-def _copy_file(src: Path, dst: Path, st: os.stat_result, rel: Path, mode: int) -> str:
+def _copy_file(src: Path, dst: Path | None, st: os.stat_result, rel: Path, mode: int) -> str:
     # farm runs as root: never follow a link swapped in after lstat, never block on a FIFO.
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     with os.fdopen(fd, "rb") as fin:
         now = os.fstat(fin.fileno())
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
             raise InputError(f"source: {rel} changed while being copied; try again")
-        with dst.open("wb") as fout:
+        with dst.open("wb") if dst else open(os.devnull, "wb") as fout:
             while chunk := fin.read(1 << 20):
-                digest.update(chunk)
+                hasher.update(chunk)
                 fout.write(chunk)
-    dst.chmod(mode)
-    return digest.hexdigest()
+    if dst:
+        dst.chmod(mode)
+    return hasher.hexdigest()
 
 
 def remove_tree(path: Path) -> None:

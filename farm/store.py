@@ -8,6 +8,7 @@ the index keeps each ``BuildRecord`` as JSON next to the columns queries need.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sqlite3
 import tempfile
@@ -90,6 +91,9 @@ class Store:
         with path.open("rb") as src:
             return self.put_stream(src, limit=1 << 62)
 
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        return self.put_stream(io.BytesIO(data), limit=len(data))
+
     # builds
 
     def save(self, record: BuildRecord) -> None:
@@ -152,8 +156,7 @@ class Store:
         refs = set()
         for record in self.list(limit=1 << 30):
             refs.update(a.sha256 for a in record.artifacts)
-            if record.log_sha256:
-                refs.add(record.log_sha256)
+            refs.update(s for s in (record.log_sha256, record.provenance_sha256) if s)
         return refs
 
     def all_blobs(self) -> Iterator[tuple[str, Path]]:

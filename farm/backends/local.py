@@ -31,6 +31,7 @@ from farm.errors import (
     InputError,
     RuntimeMissingError,
 )
+from farm.host import POD_INIT_CONFIG, trace_config_current
 from farm.sandbox import LogSink, SandboxResult, SandboxSpec
 from farm.settings import BUILD_LABEL, HOME_LABEL, MANAGED_LABEL, Settings
 
@@ -62,6 +63,13 @@ class LocalBackend:
             raise RuntimeMissingError(
                 f"dockerd has no {runtime!r} runtime (it has: {', '.join(sorted(runtimes))}); "
                 "run `farm host setup`, or see `farm doctor`"
+            )
+        if self.settings.observing and not trace_config_current():
+            # Another farm version's points would leave this classifier blind to some
+            # attempts (or misread them): refuse rather than under-report.
+            raise RuntimeMissingError(
+                f"gVisor's trace configuration {POD_INIT_CONFIG} is not this farm's; "
+                "run `farm host setup` (or build with --no-observe)"
             )
         try:
             with translated(f"look up image {spec.image}"):

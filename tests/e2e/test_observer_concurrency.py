@@ -44,7 +44,7 @@ def targets(actions: list[dict]) -> set[tuple[str, str]]:
 
 def test_concurrent_cli_builds_each_get_their_own_events(home: Path, tmp_path: Path) -> None:
     src = project(tmp_path)
-    cli = [sys.executable, "-m", "farm.cli", "build", str(src), "--json", "--observe"]
+    cli = [sys.executable, "-m", "farm.cli", "build", str(src), "--json", "--mode", "audit"]
     procs = [
         subprocess.Popen(
             [*cli, "--output", "out/done", "--", *argv(secret)],
@@ -72,7 +72,12 @@ def test_builds_in_threads_share_one_observer(home: Path, tmp_path: Path) -> Non
     def build(secret: str) -> None:
         backend = LocalBackend(settings)
         runner = Runner(settings, backend, Store(home), observer=observer)
-        spec = {"source": str(src), "argv": argv(secret), "outputs": ["out/done"]}
+        spec = {
+            "source": str(src),
+            "argv": argv(secret),
+            "outputs": ["out/done"],
+            "observe": {"mode": "audit"},
+        }
         try:
             records[secret] = runner.build(build_spec(spec))
         finally:

@@ -250,6 +250,7 @@ def test_sigterm_tears_down_and_requeues_the_running_build(
     assert served.stop(signal.SIGTERM) == 0, served.log.read_text()
     assert farm_containers(client, home) == []
     assert Queue(home / "index.sqlite").get(build).state is State.QUEUED
+    assert Store(home).get(build).status is Status.CANCELLED
 
 
 def test_a_tenant_cannot_see_another_tenants_build(serve, tmp_path: Path) -> None:
@@ -281,6 +282,7 @@ def test_a_tenant_cannot_see_another_tenants_build(serve, tmp_path: Path) -> Non
         == b"alpha-only-secret\n"
     )
     assert served.json("GET", "/v1/builds", token=beta) == []
+    assert served.call("POST", f"/v1/builds/{build}/cancel", {}, beta)[0] == 404
     # Nor can beta build alpha's tree, or act as alpha.
     status, body = served.call(
         "POST", "/v1/builds", {"source": str(source), "argv": argv, "outputs": ["out/x"]}, beta
@@ -308,6 +310,7 @@ def test_farm_build_through_the_service(serve, project: Path, tmp_path: Path, ho
         "source_digest",
         "artifacts",
         "blocked_actions",
+        "observation",
     }
     assert out["status"] == "succeeded" and out["artifacts"][0]["path"] == "out/x"
     assert served.json("GET", f"/v1/builds/{out['id']}")["state"] == "done"
@@ -336,22 +339,57 @@ def test_blocked_actions_of_malicious_dep_rise_in_a_scrape(serve) -> None:
     _, before = served.scrape()
     build = served.submit(examples / "malicious-dep", argv=None, outputs=None, tenant="evil-test")
     view = served.wait_done(build, timeout=900)
-    assert view["result"] == "succeeded", view  # audit: evil's attempts fail, the build stands
+    # Enforce mode (the default) quarantines it: exit 3, artifacts withheld.
+    assert (view["result"], view["farm_exit_code"]) == ("quarantined", 3), view
     record = json.loads(served.call("GET", f"/v1/builds/{build}/report")[1])
+    assert record["artifacts"] == []
     _, after = served.scrape()
 
     kinds: dict[str, int] = {}
     for action in record["blocked_actions"]:
-        kinds[action["kind"]] = kinds.get(action["kind"], 0) + 1
+        if not action["allowed"]:
+            kinds[action["kind"]] = kinds.get(action["kind"], 0) + 1
     assert {"network", "fs_write_denied", "sensitive_read"} <= set(kinds), kinds
     for kind, count in kinds.items():
         name, labels = "farm_blocked_actions_total", {"tenant": "evil-test", "kind": kind}
         assert sample(after, name, **labels) - sample(before, name, **labels) == count, kind
-    # Lost trace events reach the counter exactly as the record's note gives them.
-    note = next(n for n in record["notes"] if n.startswith("observed "))
-    lost = re.search(r"\((\d+) dropped by gVisor, (\d+) undecodable", note)
-    assert lost, note
+    name = "farm_builds_total"
+    labels = {"tenant": "evil-test", "result": "quarantined"}
+    assert sample(after, name, **labels) - sample(before, name, **labels) == 1
+    # Lost trace events reach the counter exactly as the build's record gives them.
+    seen = record["observation"]
+    assert seen["mode"] == "enforce" and seen["events"] > 0
     dropped = sample(after, "farm_observer_events_dropped_total")
-    assert dropped - sample(before, "farm_observer_events_dropped_total") == sum(
-        int(n) for n in lost.groups()
+    assert dropped - sample(before, "farm_observer_events_dropped_total") == (
+        seen["dropped"] + seen["unparseable"] + seen["overflow"]
     )
+
+
+def test_cancel_a_running_and_a_queued_build_and_ctrl_c_through_the_cli(
+    serve, project: Path, tmp_path: Path, client, home: Path
+) -> None:
+    served = serve("--concurrency", "1", "--source-root", str(tmp_path / "src"))
+    running = served.submit(project, ["sleep", "300"])
+    queued = served.submit(project)
+    wait_for(lambda: running_sandbox(client, home), what="the sandbox")
+    assert served.json("POST", f"/v1/builds/{queued}/cancel")["result"] == "cancelled"
+    view = served.json("POST", f"/v1/builds/{running}/cancel")
+    assert (view["state"], view["result"], view["farm_exit_code"]) == ("done", "cancelled", 1)
+    assert farm_containers(client, home) == []
+    assert Store(home).get(running).status is Status.CANCELLED
+    assert served.json("GET", f"/v1/builds/{queued}")["summary"] is None  # it never ran
+
+    # Ctrl-C on `farm build` through the service cancels, as it does for a local build.
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
+        env=farm_env(home, FARM_SERVER=served.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: running_sandbox(client, home), what="the CLI's sandbox")
+    cli.send_signal(signal.SIGINT)
+    _, err = cli.communicate(timeout=120)
+    assert cli.returncode == 1 and "cancelled in the service" in err, err
+    assert farm_containers(client, home) == []
+    assert served.json("GET", "/v1/builds")[0]["result"] == "cancelled"

@@ -1,0 +1,199 @@
+"""The verified build cache: a build's result is served again only if it was clean.
+
+Callers: ``farm.buildflow`` (look up before a build, offer after it) and ``farm.cli``
+(``farm gc --cache-max-size`` prunes it). Entries live in ``$FARM_HOME/cache.sqlite``;
+each names a build record in the index, whose artifact blobs are re-hashed on every hit,
+so a blob altered on disk is a miss, never served. Only results that pass ``cacheable``
+are ever stored, and a hit re-checks it: nothing failed, quarantined, observed doing
+something blocked, unreproducible or built without gVisor is served (SLSA Build L3: no
+cache poisoning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from farm import __version__
+from farm.errors import FarmError
+from farm.records import BuildRecord, Status
+from farm.sandbox import SandboxSpec
+from farm.spec import BuildSpec
+from farm.store import Store
+
+#: Part of every key: a new farm release may build differently, so it never reuses.
+BUILDER_VERSION = f"farm/{__version__}"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    build_id TEXT NOT NULL,
+    checked_runs INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL NOT NULL
+);
+"""
+
+
+def uncacheable_reason(record: BuildRecord) -> str | None:
+    """Why ``record`` must never be served from the cache, or None if it is clean.
+
+    The one place that decides; extend it (e.g. for a quarantined status), never bypass it.
+    """
+    if record.status is not Status.SUCCEEDED or record.exit_code != 0:
+        return f"the build {record.status.value} (exit {record.exit_code})"
+    if record.insecure_runtime:
+        return f"built with {record.runtime!r}, not gVisor"
+    blocked = [a for a in record.blocked_actions if not a.get("allowed")]
+    if blocked:
+        # Audit mode lets such a build succeed; its result is still not trusted for reuse.
+        return f"{len(blocked)} blocked or suspicious actions were observed"
+    if record.observation is not None and not record.observation.complete:
+        return "gVisor's record of the build is incomplete, so a clean result is unproven"
+    verdict = record.reproducibility
+    if verdict is not None and not verdict.reproducible:
+        return f"the reproducibility check said {verdict.result}"
+    return None
+
+
+def cacheable(record: BuildRecord) -> bool:
+    return uncacheable_reason(record) is None
+
+
+def checked_runs(record: BuildRecord) -> int:
+    verdict = record.reproducibility
+    return verdict.runs if verdict is not None and verdict.reproducible else 0
+
+
+def cache_key(
+    spec: BuildSpec, sandbox: SandboxSpec, *, source_digest: str, image_id: str, runtime: str
+) -> str:
+    """sha256 over everything that decides a build's result (``spec`` is resolved)."""
+    material = {
+        "source": source_digest,
+        "image": image_id,
+        "argv": sandbox.argv,
+        "env": sorted(sandbox.env.items()),
+        "policy": _policy(sandbox, spec, runtime),
+        "outputs": spec.outputs,
+        "builder": BUILDER_VERSION,
+        # Every other field of the spec too (tenant, timeout, any policy a later field
+        # adds), so a new field can never be left out; the source counts by content only.
+        "spec": spec.model_dump(mode="json", exclude={"source"}),
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _policy(sandbox: SandboxSpec, spec: BuildSpec, runtime: str) -> dict[str, Any]:
+    # The build id (name, labels) and host paths are per build; everything else is policy.
+    view = sandbox.model_dump(mode="json", exclude={"name", "labels", "argv", "env", "mounts"})
+    view["mounts"] = [(m.target, m.read_only) for m in sandbox.mounts]
+    view["runtime"] = runtime
+    view["limits"] = spec.limits.model_dump()
+    return view
+
+
+class Cache:
+    def __init__(self, home: Path, store: Store) -> None:
+        self.path = home / "cache.sqlite"
+        self.store = store
+        home.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def lookup(self, key: str, min_runs: int = 0) -> BuildRecord | None:
+        """The clean build stored under ``key`` and verified by ``min_runs`` runs if asked."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT build_id, checked_runs FROM entries WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None or row[1] < min_runs:
+            return None
+        record = self._still_valid(row[0])
+        if record is None:
+            self.forget(key)
+            return None
+        with self._db() as db:
+            db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (time.time(), key))
+        return record
+
+    def _still_valid(self, build_id: str) -> BuildRecord | None:
+        try:
+            record = self.store.get(build_id)
+        except FarmError:
+            return None  # pruned by `farm gc`
+        if not cacheable(record):
+            return None
+        for artifact in record.artifacts:
+            if _file_sha256(self.store.blob_path(artifact.sha256)) != artifact.sha256:
+                return None  # gone or altered on disk: rebuild rather than serve it
+        return record
+
+    def offer(self, key: str, record: BuildRecord) -> bool:
+        """Store ``record`` under ``key`` if it is clean; says whether it did.
+
+        An entry verified by more runs is never replaced by a less verified one.
+        """
+        if not cacheable(record):
+            return False
+        runs = checked_runs(record)
+        size = sum(a.size for a in record.artifacts)
+        now = time.time()
+        with self._db() as db:
+            old = db.execute("SELECT checked_runs FROM entries WHERE key = ?", (key,)).fetchone()
+            if old is not None and old[0] > runs:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                (key, record.id, runs, size, now, now),
+            )
+        return True
+
+    def forget(self, key: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def build_ids(self) -> set[str]:
+        with self._db() as db:
+            return {r[0] for r in db.execute("SELECT build_id FROM entries")}
+
+    def prune(self, max_bytes: int) -> tuple[int, int]:
+        """Drop least recently used entries until their artifacts total ``max_bytes`` or
+        less. Returns (entries dropped, bytes they held). Blobs go at the next gc pass."""
+        with self._db() as db:
+            rows = db.execute("SELECT key, size FROM entries ORDER BY last_used DESC").fetchall()
+            total, dropped, freed = 0, 0, 0
+            for key, size in rows:
+                total += size
+                if total > max_bytes:
+                    db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                    dropped, freed = dropped + 1, freed + size
+        return dropped, freed
+
+
+def _file_sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()

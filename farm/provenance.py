@@ -1,0 +1,171 @@
+"""Signed SLSA v1 provenance of a build: an in-toto Statement in a DSSE envelope.
+
+Callers: ``farm.buildflow`` attests every succeeded build (after its reproducibility
+check, so the verdict is in it); ``farm.verify`` reads what this writes; ``farm
+provenance ID`` prints it. Field meanings: https://slsa.dev/spec/v1.0/provenance and
+docs/provenance.md (farm's buildType).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from farm import __version__
+from farm.policy import HOSTNAME, baseline_env
+from farm.records import BuildRecord
+from farm.reprocheck import REPORT_PATH
+from farm.signing import keyid, load_or_create_key, sign
+from farm.snapshot import digest as source_digest
+from farm.spec import BuildSpec
+from farm.store import Store
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BUILD_TYPE = "urn:farm:buildtype:sandboxed-build:v1"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Names of farm's byproducts; ``farm verify --require`` reads them.
+BLOCKED_ACTIONS = "farm/blocked-actions"
+REPRODUCIBILITY = "farm/reproducibility"
+
+
+def attest(record: BuildRecord, spec: BuildSpec, store: Store, home: Path) -> str:
+    """Sign ``record``'s provenance, store the envelope; return and record its sha256."""
+    key = load_or_create_key(home)
+    builder = f"urn:farm:builder:local:{keyid(key.public_key()).removeprefix('sha256:')[:16]}"
+    body = json.dumps(statement(record, spec, builder), sort_keys=True).encode()
+    envelope = sign(PAYLOAD_TYPE, body, key)
+    sha, _ = store.put_bytes(json.dumps(envelope, indent=2).encode() + b"\n")
+    record.provenance_sha256 = sha
+    store.save(record)
+    return sha
+
+
+def statement(record: BuildRecord, spec: BuildSpec, builder_id: str) -> dict[str, Any]:
+    subjects = [a for a in record.artifacts if a.path != REPORT_PATH]
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": a.path, "digest": {"sha256": a.sha256}} for a in subjects],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": record.spec,
+                "internalParameters": {
+                    "runtime": record.runtime,
+                    "network": "none",
+                    "hostname": HOSTNAME,
+                    "environment": baseline_env(spec),
+                },
+                "resolvedDependencies": _dependencies(record, spec),
+            },
+            "runDetails": {
+                "builder": {"id": builder_id, "version": {"farm": __version__}},
+                "metadata": {
+                    "invocationId": record.id,
+                    "startedOn": _time(record.created_at),
+                    "finishedOn": _time(record.finished_at or record.created_at),
+                },
+                "byproducts": _byproducts(record),
+            },
+        },
+    }
+
+
+def _time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hex(digest: str | None) -> str:
+    return (digest or "").removeprefix("sha256:")
+
+
+def _dependencies(record: BuildRecord, spec: BuildSpec) -> list[dict[str, Any]]:
+    deps: list[dict[str, Any]] = [
+        {
+            "name": "source",
+            "uri": spec.source.as_uri(),
+            "digest": {"sha256": _hex(record.source_digest)},
+            "annotations": {"digestOf": "farm snapshot manifest (docs/reproducibility.md)"},
+        },
+        {
+            "name": f"image:{record.image}",
+            "uri": f"docker-image:{record.image}",
+            "digest": {"sha256": _hex(record.image_id)},
+        },
+    ]
+    # Cargo.lock is read now, so only if the source is still what was built.
+    lockfile = spec.source / "Cargo.lock"
+    if lockfile.is_file() and source_digest(spec.source) == record.source_digest:
+        deps += crates(lockfile)
+    return deps
+
+
+def crates(lockfile: Path) -> list[dict[str, Any]]:
+    """Each registry or git package in Cargo.lock; local packages are part of the source."""
+    packages = tomllib.loads(lockfile.read_text()).get("package", [])
+    out = []
+    for p in packages:
+        if "source" not in p:
+            continue
+        entry: dict[str, Any] = {
+            "name": p["name"],
+            "uri": f"pkg:cargo/{p['name']}@{p['version']}",
+            "annotations": {"source": p["source"]},
+        }
+        checksum = str(p.get("checksum", ""))
+        if _SHA256.fullmatch(checksum):
+            entry["digest"] = {"sha256": checksum}
+        elif checksum:  # Debian's vendored crates say "Could not get crate checksum"
+            entry["annotations"]["checksum"] = checksum
+        out.append(entry)
+    return out
+
+
+def _byproducts(record: BuildRecord) -> list[dict[str, Any]]:
+    obs = record.observation
+    blocked = {
+        "observed": obs is not None,
+        # A record with lost events cannot prove the absence of an attempt.
+        "complete": obs is not None and obs.complete,
+        "mode": obs.mode if obs else None,
+        "actions": record.blocked_actions,
+    }
+    repro = (
+        record.reproducibility.model_dump(mode="json")
+        if record.reproducibility
+        else {"reproducible": False, "result": "not checked", "runs": 1}
+    )
+    out = [_json_descriptor(BLOCKED_ACTIONS, blocked), _json_descriptor(REPRODUCIBILITY, repro)]
+    if record.log_sha256:
+        out.append({"name": "build.log", "digest": {"sha256": record.log_sha256}})
+    verdict = record.reproducibility
+    if verdict and verdict.diffoscope_sha256:
+        report = {"sha256": verdict.diffoscope_sha256}
+        out.append({"name": REPORT_PATH, "digest": report, "mediaType": "text/plain"})
+    return out
+
+
+def _json_descriptor(name: str, value: Any) -> dict[str, Any]:
+    data = json.dumps(value, sort_keys=True).encode()
+    return {
+        "name": name,
+        "mediaType": "application/json",
+        "digest": {"sha256": hashlib.sha256(data).hexdigest()},
+        "content": base64.b64encode(data).decode(),
+    }
+
+
+def byproduct(statement_: dict[str, Any], name: str) -> Any:
+    """The decoded JSON content of byproduct ``name``, or None if absent."""
+    for item in statement_.get("predicate", {}).get("runDetails", {}).get("byproducts", []):
+        if item.get("name") == name and "content" in item:
+            return json.loads(base64.b64decode(item["content"]))
+    return None

@@ -1,0 +1,116 @@
+"""``farm verify ARTIFACT --provenance FILE``: is this the artifact farm attested, and
+did its build meet the consumer's policy?
+
+Callers: ``farm.cli``. Checks, in order: the DSSE signature against the installation's
+public key (or ``--key``), the statement and predicate types, that the artifact's sha256
+is one of the subjects, then each ``--require``. Any failure raises VerificationError
+(exit 1) naming what did not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from farm.errors import InputError, VerificationError
+from farm.provenance import (
+    BLOCKED_ACTIONS,
+    PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    REPRODUCIBILITY,
+    STATEMENT_TYPE,
+    byproduct,
+)
+from farm.signing import keyid, open_envelope
+
+REQUIREMENTS = ("reproducible", "no-network")
+
+
+def verify(
+    artifact: Path, envelope_file: Path, key: Ed25519PublicKey, require: list[str]
+) -> list[str]:
+    """Lines saying what was verified. Raises VerificationError, or InputError for a
+    missing file or an unknown requirement (before checking anything)."""
+    unknown = sorted(set(require) - set(REQUIREMENTS))
+    if unknown:
+        raise InputError(f"--require {', '.join(unknown)}: choose from {', '.join(REQUIREMENTS)}")
+    envelope = _read_json(envelope_file)
+    statement = _statement(open_envelope(envelope, key, PAYLOAD_TYPE))
+    sha = _sha256(artifact)
+    subjects = statement.get("subject", [])
+    names = [s.get("name") for s in subjects if s.get("digest", {}).get("sha256") == sha]
+    if not names:
+        raise VerificationError(f"{artifact}: sha256 {sha} is not a subject of this provenance")
+    build = statement["predicate"].get("runDetails", {}).get("metadata", {}).get("invocationId")
+    lines = [
+        f"verified: {artifact} (sha256:{sha}) is {names[0]} of build {build}, "
+        f"signed by {keyid(key)}"
+    ]
+    lines += [_require(statement, name) for name in require]
+    return lines
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"--provenance {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise VerificationError(f"{path} is not JSON ({exc}); it is not a farm envelope") from None
+
+
+def _statement(payload: bytes) -> dict[str, Any]:
+    try:
+        statement = json.loads(payload)
+    except ValueError:
+        raise VerificationError("the signed payload is not JSON") from None
+    if statement.get("_type") != STATEMENT_TYPE:
+        raise VerificationError(f"statement _type is {statement.get('_type')!r}")
+    if statement.get("predicateType") != PREDICATE_TYPE:
+        raise VerificationError(f"predicateType is {statement.get('predicateType')!r}")
+    return statement
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(f"artifact {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def _require(statement: dict[str, Any], name: str) -> str:
+    if name == "reproducible":
+        verdict = byproduct(statement, REPRODUCIBILITY) or {}
+        if not verdict.get("reproducible") or verdict.get("runs", 0) < 2:
+            raise VerificationError(
+                f"requirement reproducible not met: the check said {verdict.get('result')!r} "
+                "(build with `farm build --check 2`)"
+            )
+        return f"requirement reproducible: verified {verdict['runs']}x reproducible"
+    report = byproduct(statement, BLOCKED_ACTIONS) or {}
+    if not report.get("observed"):
+        raise VerificationError(
+            "requirement no-network not met: the build was not observed, so network "
+            "attempts cannot be ruled out (build without `--no-observe`)"
+        )
+    if not report.get("complete", True):
+        raise VerificationError(
+            "requirement no-network not met: gVisor's record of the build lost events, "
+            "so network attempts cannot be ruled out"
+        )
+    attempts = [a for a in report.get("actions", []) if a.get("kind") == "network"]
+    if attempts:
+        raise VerificationError(
+            f"requirement no-network not met: {len(attempts)} network attempts were blocked"
+        )
+    return "requirement no-network: observed, no network attempts"
