@@ -24,7 +24,8 @@ from tests.k8s.packaging import dashboard
 #: (farm build --check) and farm_cache_requests_total (the build cache).
 NOT_FROM_SERVE = {"Reproducibility rate", "Cache hit ratio"}
 #: Tries two blocked actions the sandbox denies: a write to the read-only sources and a
-#: read of a secret (the observer reports fs_write_denied and sensitive_read).
+#: read of a secret (the observer reports fs_write_denied and sensitive_read), so enforce
+#: mode quarantines it.
 NOSY = ["sh", "-c", "echo x > /src/input.txt; cat /root/.ssh/id_rsa; echo x > /out/x"]
 
 
@@ -75,7 +76,8 @@ def test_every_dashboard_query_returns_data_from_a_live_farm_serve(
             s["metric"]["result"]: float(s["value"][1])
             for s in prom.query("sum by (result) (farm_builds_total)")
         }
-        assert by_result == {"succeeded": 4.0, "failed": 2.0}
+        # Enforce mode (the default) quarantines the nosy builds.
+        assert by_result == {"succeeded": 2.0, "failed": 2.0, "quarantined": 2.0}
         kinds = {s["metric"]["kind"] for s in prom.query("farm_blocked_actions_total")}
         assert {"fs_write_denied", "sensitive_read"} <= kinds
         blocked_by_tenant = prom.query(
