@@ -24,6 +24,11 @@ class Query:
     legend: str = ""
 
 
+def metric_names(expr: str) -> set[str]:
+    """The farm series a PromQL expression reads."""
+    return set(re.findall(r"\bfarm_[a-z_]+\b", expr))
+
+
 def load() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 

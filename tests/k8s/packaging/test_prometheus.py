@@ -4,7 +4,6 @@ names farm/metrics.py exports."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -46,10 +45,6 @@ def exported() -> dict[str, str]:
         for suffix in SUFFIXES[family.type]:
             names[family.name + suffix] = family.name
     return names
-
-
-def metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\bfarm_[a-z_]+\b", expr))
 
 
 def rule_file(values: list[Path], tmp_path: Path) -> Path:
@@ -105,13 +100,13 @@ def test_rules_and_dashboard_use_only_exported_metric_names(default_objects: lis
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     exprs += [q.expr for q in dashboard.queries()]
     exprs += [dashboard.load()["templating"]["list"][1]["definition"]]
-    used = set().union(*map(metric_names, exprs))
+    used = set().union(*map(dashboard.metric_names, exprs))
     assert used, "no metric found in the queries"
     assert used - names.keys() == set()
 
 
 def test_every_exported_metric_has_a_panel() -> None:
-    shown = {exported()[n] for q in dashboard.queries() for n in metric_names(q.expr)}
+    shown = {exported()[n] for q in dashboard.queries() for n in dashboard.metric_names(q.expr)}
     families = set(exported().values())
     assert families - shown == set()
 
@@ -135,7 +130,7 @@ def test_dashboard_panels_and_variables() -> None:
     }
     assert "farm_builds" in tenanted and "farm_blocked_actions" in tenanted
     for q in dashboard.queries(dash):
-        for name in metric_names(q.expr):
+        for name in dashboard.metric_names(q.expr):
             if exported()[name] in tenanted:
                 assert f'{name}{{tenant=~".*"' in q.expr, (q.panel, name)
     ids = [p["id"] for p in dash["panels"]]
