@@ -33,10 +33,20 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def built(client: docker.DockerClient) -> Iterator[list[str]]:
+    """The built images' ids; afterwards they and the untagged intermediate images the
+    build left (its build stage, all labelled by the base) are removed by id."""
+    before = {i.id for i in client.images.list(all=True)}
     ids: list[str] = []
     yield ids
-    for image_id in ids:  # remove by id, only what this test built
+    for image_id in ids:
         client.images.remove(image_id, force=True)
+    leftovers = [
+        i
+        for i in client.images.list(all=True, filters={"dangling": True})
+        if i.id not in before and (i.labels or {}).get(MANAGED_LABEL) == "true"
+    ]
+    for image in sorted(leftovers, key=lambda i: i.attrs["Created"], reverse=True):
+        client.images.remove(image.id, force=True)
 
 
 @pytest.mark.parametrize(("name", "uid"), [("controller", "10002"), ("node-monitor", "10003")])
@@ -50,6 +60,7 @@ def test_image_builds_and_runs_farm_as_non_root(
             "docker",
             "build",
             "-q",
+            "--force-rm",  # a failed step leaves no container behind
             "-f",
             str(dockerfile),
             "--build-arg",
