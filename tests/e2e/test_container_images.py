@@ -31,10 +31,11 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ctx
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def built(client: docker.DockerClient) -> Iterator[list[str]]:
-    """The built images' ids; afterwards they and the untagged intermediate images the
-    build left (its build stage, all labelled by the base) are removed by id."""
+    """The built images' ids; after the module they and the untagged intermediate images
+    the builds left (their shared stages, labelled by the base) are removed by id. One
+    cleanup per module, so the second image reuses the first one's cached stages."""
     before = {i.id for i in client.images.list(all=True)}
     ids: list[str] = []
     yield ids
