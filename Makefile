@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup demo test lint bench
+.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,29 @@ setup: $(VENV)/.installed
 	$(FARM) host setup
 	$(FARM) image build rust
 
+# helm, kubectl (kustomize), promtool and prometheus for the packaging tests (tests/k8s).
+tools: $(VENV)/.installed
+	$(VENV)/bin/python -m farm.devtools
+
+# Regenerate manifests/base and manifests/monitoring from helm/farm (tests/k8s checks drift).
+manifests: tools
+	$(VENV)/bin/python -m farm.chart
+
+# farm and its dependencies as wheels: the controller and node-monitor images install
+# from these, so their build needs no PyPI access (air-gapped: copy dist/wheels over).
+wheels: $(VENV)/.installed
+	rm -rf dist/wheels
+	$(VENV)/bin/pip wheel --quiet --wheel-dir dist/wheels .
+
+# Refresh docs/dashboard.png: the dashboard's queries from a live run (needs setup).
+dashboard-png: setup tools
+	FARM_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png $(VENV)/bin/pytest -q tests/e2e/test_prometheus_live.py
+
+VERSION ?= 0.1.0
+images: wheels
+	docker build -f containers/controller/Dockerfile -t farm/controller:$(VERSION) .
+	docker build -f containers/node-monitor/Dockerfile -t farm/node-monitor:$(VERSION) .
+
 demo: setup
 	$(VENV)/bin/python examples/demo.py
 
@@ -24,7 +47,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check farm tests bench examples
 	$(VENV)/bin/ruff format --check farm tests bench examples
 
-test: setup lint
+test: setup tools lint
 	$(VENV)/bin/pytest
 
 bench: setup

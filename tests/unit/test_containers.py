@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from farm.images import CARGO_CONFIG, recipe
 
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers"
@@ -15,3 +17,24 @@ def test_rust_dockerfile_matches_the_offline_recipe() -> None:
     assert packages == set(recipe("rust").packages)
     assert (CONTAINERS / "rust-builder" / "cargo-config.toml").read_text() == CARGO_CONFIG
     assert "USER 10001:10001" in text
+
+
+DOCKERFILES = ("controller", "node-monitor", "rust-builder")
+OCI_LABELS = ("title", "description", "version", "licenses", "base.name", "base.digest")
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_pins_its_base_by_digest_runs_non_root_and_is_labelled(name: str) -> None:
+    text = (CONTAINERS / name / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE=(\S+)$", text, re.MULTILINE)
+    assert base, "the base image is an ARG so a mirror of the same digest can be used"
+    assert re.fullmatch(r"debian:bookworm-\d{8}-slim@sha256:[0-9a-f]{64}", base.group(1))
+    froms = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert froms and froms[0].startswith("${BASE}")
+    digest = base.group(1).split("@")[1]
+    assert f'org.opencontainers.image.base.digest="{digest}"' in text
+    users = re.findall(r"^USER (\d+):(\d+)$", text, re.MULTILINE)
+    assert users and users[-1][0] != "0" and users[-1][1] != "0"
+    for label in OCI_LABELS:
+        assert f"org.opencontainers.image.{label}=" in text, label
+    assert 'io.farm.managed="true"' in text

@@ -1,0 +1,13 @@
+{{/* The controller's ControllerConfig (farm/k8s/config.py) as YAML: the user's
+     controller.config plus what only the chart knows. */}}
+{{- define "farm.controllerConfig" -}}
+{{- $c := .Values.controller -}}
+{{- $fixed := dict
+      "namespace" .Release.Namespace
+      "controller_labels" (include "farm.selectorLabels" (dict "root" . "component" "controller") | fromYaml)
+      "artifact_url" (printf "http://%s-controller.%s.svc:%d" (include "farm.fullname" .) .Release.Namespace (int $c.artifactPort))
+      "artifact_port" (int $c.artifactPort)
+      "runtime_class" .Values.runtimeClass.name
+      "collector_image" (default (include "farm.image" (dict "root" . "image" $c.image)) $c.collectorImage) -}}
+{{- toYaml (merge $fixed (deepCopy $c.config)) -}}
+{{- end -}}

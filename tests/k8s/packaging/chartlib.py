@@ -1,0 +1,72 @@
+"""Shared by the packaging tests (test_chart, test_manifests, test_prometheus): the chart
+rendered with each values file as fixtures (import them into a test module), and the
+schema validators for every object it renders. Tools come from `make tools`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+
+from farm.devtools import NODE_MODULES
+
+HERE = Path(__file__).resolve().parent
+#: The Kubernetes version the objects are validated against (kubectl from `make tools`
+#: is 1.35 too); the chart's kubeVersion is >=1.28.
+K8S_VERSION = "1.35.0"
+VALUES = {
+    "default": [],
+    "nondefault": [HERE / "values-nondefault.yaml"],
+    "minimal": [HERE / "values-minimal.yaml"],
+}
+MONITORING = "monitoring.coreos.com/v1"
+
+Obj = dict[str, Any]
+
+
+def find(objects: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
+    return [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+
+
+def validate_builtin(obj: Obj) -> None:
+    """kubernetes-validate --strict: raises ValidationError (unknown fields included)."""
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def validate_monitoring(objects: list[Obj]) -> dict[str, list[str]]:
+    """Errors per ``Kind/name`` from prometheus-operator's API schemas (node)."""
+    done = subprocess.run(
+        ["node", str(HERE / "validate_monitoring.mjs"), str(NODE_MODULES)],
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == len(objects), done.stderr
+    return {f"{r['kind']}/{r['name']}": r["errors"] for r in results}
+
+
+def validate_all(objects: list[Obj]) -> dict[str, str]:
+    """Every object through the validator for its API group; returns failures by object."""
+    failures: dict[str, str] = {}
+    monitoring = [o for o in objects if o["apiVersion"] == MONITORING]
+    for key, errors in validate_monitoring(monitoring).items():
+        if errors:
+            failures[key] = "; ".join(errors)
+    for obj in objects:
+        if obj["apiVersion"] == MONITORING:
+            continue
+        key = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            validate_builtin(obj)
+        except kubernetes_validate.ValidationError as exc:
+            failures[key] = f"{exc.message} at {list(exc.path)}"
+        except kubernetes_validate.SchemaNotFoundError:
+            failures[key] = f"no schema for {obj['apiVersion']} {obj['kind']}"
+    return failures

@@ -1,0 +1,295 @@
+"""helm/farm: lint, render with default, non-default and minimal values, and validate
+every rendered object against the official schemas of Kubernetes 1.35 (kubernetes-validate
+--strict) or, for monitoring.coreos.com objects, prometheus-operator's API schemas."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from farm import chart
+from farm.devtools import tool
+from farm.errors import InfrastructureError
+from farm.k8s.config import ControllerConfig
+from tests.k8s.packaging.chartlib import VALUES, Obj, find, validate_all, validate_builtin
+
+pytestmark = pytest.mark.k8s
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_helm_lint_strict(name: str) -> None:
+    argv = [str(tool("helm")), "lint", "--strict", str(chart.CHART)]
+    for path in VALUES[name]:
+        argv += ["--values", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_every_rendered_object_passes_its_schema(rendered: tuple[str, list[Obj]]) -> None:
+    name, objects = rendered
+    assert objects, f"{name}: nothing rendered"
+    assert validate_all(objects) == {}
+
+
+def test_strict_validation_rejects_an_unknown_field(default_objects: list[Obj]) -> None:
+    """The validators are live: a misspelt field in a Deployment or a bad duration in a
+    ServiceMonitor is reported, so the green tests above mean something."""
+    deployment = copy.deepcopy(find(default_objects, "Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError, match="readOnlyRootFileSystem"):
+        validate_builtin(deployment)
+    monitor = copy.deepcopy(find(default_objects, "ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    assert "interval" in validate_all([monitor])["ServiceMonitor/farm"]
+
+
+def test_values_schema_rejects_bad_values() -> None:
+    with pytest.raises(InfrastructureError, match="additional properties 'replica' not allowed"):
+        chart.render(sets=["controller.replica=2"])
+    with pytest.raises(InfrastructureError, match="/controller/image/digest"):
+        chart.render(sets=["controller.image.digest=latest"])
+    with pytest.raises(InfrastructureError, match="/prometheusRule/failureRate/threshold"):
+        chart.render(sets=["prometheusRule.failureRate.threshold=2"])
+    # The chart owns where builds upload to; a user value cannot silently override it.
+    with pytest.raises(InfrastructureError, match="/controller/config/namespace"):
+        chart.render(sets=["controller.config.namespace=elsewhere"])
+
+
+def test_default_install_has_every_component(default_objects: list[Obj]) -> None:
+    kinds = {o["kind"] for o in default_objects}
+    assert kinds >= {
+        "CustomResourceDefinition",
+        "Deployment",
+        "DaemonSet",
+        "RuntimeClass",
+        "NetworkPolicy",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+    }
+    runtime = find(default_objects, "RuntimeClass")[0]
+    assert (runtime["metadata"]["name"], runtime["handler"]) == ("gvisor", "runsc")
+    crd = find(default_objects, "CustomResourceDefinition")[0]
+    assert crd["metadata"]["name"] == "builds.farm.dev"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_controller_runs_non_root_read_only_with_limits_and_probes(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    _, objects = rendered
+    (deployment,) = find(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    # Ready only while leading (the Service sends uploads to the leader); alive while
+    # the metrics server answers.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "artifacts"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    # A read-only root needs every writable path mounted.
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts == {"/var/lib/farm": False, "/etc/farm": True, "/tmp": False}
+
+
+def controller_config(objects: list[Obj], name: str = "farm-controller") -> dict:
+    (configmap,) = find(objects, "ConfigMap", name)
+    return yaml.safe_load(configmap["data"]["config.yaml"])
+
+
+def test_controller_config_points_builds_at_this_install(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """The collect phase's NetworkPolicy lets build pods reach only pods with
+    controller_labels in `namespace`: those must be exactly this Deployment's pods."""
+    _, objects = rendered
+    (deployment,) = find(objects, "Deployment")
+    (service,) = [s for s in find(objects, "Service") if "clusterIP" not in s["spec"]]
+    name = deployment["metadata"]["name"]
+    config = controller_config(objects, name)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert config["controller_labels"].items() <= pod_labels.items()
+    assert config["controller_labels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert config["namespace"] == deployment["metadata"]["namespace"]
+    port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["artifacts"]
+    assert config["artifact_port"] == port
+    svc = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert config["artifact_url"] == f"http://{svc}:{port}"
+    runtime = find(objects, "RuntimeClass")
+    if runtime:
+        assert config["runtime_class"] == runtime[0]["metadata"]["name"]
+
+
+def test_build_namespaces_get_default_deny(nondefault_objects: list[Obj]) -> None:
+    policies = find(nondefault_objects, "NetworkPolicy")
+    deny = [p for p in policies if p["metadata"]["name"].endswith("-build-default-deny")]
+    assert sorted(p["metadata"]["namespace"] for p in deny) == ["builds-a", "builds-b"]
+    for policy in deny:
+        spec = policy["spec"]
+        assert spec["podSelector"] == {
+            "matchExpressions": [{"key": "farm.dev/build", "operator": "Exists"}]
+        }
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert "ingress" not in spec and "egress" not in spec  # nothing allowed
+    (controller,) = [p for p in policies if p["metadata"]["name"] == "acme-farm-controller"]
+    artifacts, metrics = controller["spec"]["ingress"]
+    assert artifacts["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"farm.dev/phase": "build"}}}
+    ]
+    assert artifacts["ports"] == [{"protocol": "TCP", "port": 9443}]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9100}]
+    assert metrics["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+
+
+def test_rbac_is_least_privilege(rendered: tuple[str, list[Obj]]) -> None:
+    _, objects = rendered
+    for role in find(objects, "ClusterRole") + find(objects, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], (role["metadata"]["name"], rule)
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+            # Only Build status and finalizers are ever updated (everything else is
+            # created, patched or deleted by name).
+            if "update" in rule["verbs"]:
+                assert set(rule["resources"]) <= {"builds/status", "builds/finalizers", "leases"}
+    grants = {
+        role["metadata"]["name"]: {
+            (res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]
+        }
+        for role in find(objects, "ClusterRole")
+    }
+    monitor = [g for name, g in grants.items() if name.endswith("-node-monitor")]
+    for g in monitor:
+        assert g == {("pods", "list"), ("builds/status", "patch")}
+    # Leases: create, plus get/update of the controller's one Lease only.
+    (leader,) = find(objects, "Role")
+    assert leader["rules"][1]["resourceNames"] == ["farm-controller"]
+
+
+def test_non_default_values_take_effect(nondefault_objects: list[Obj]) -> None:
+    objects = nondefault_objects
+    assert not find(objects, "CustomResourceDefinition")
+    assert not find(objects, "PersistentVolumeClaim")
+    (deployment,) = find(objects, "Deployment", "acme-farm-controller")
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "farm-ctl"
+    (container,) = pod["containers"]
+    assert container["image"].endswith("@sha256:" + "1" * 64)
+    assert "--metrics-port=9100" in container["args"]
+    config = controller_config(objects, "acme-farm-controller")
+    assert config["mirrors"] == [{"cidr": "10.20.0.0/24", "ports": [443]}]
+    assert config["storage_class"] == "fast"
+    assert config["collector_image"] == "registry.example.com/farm/collector:0.1.0"
+    assert config["artifact_url"] == "http://acme-farm-controller.farm-system.svc:9443"
+    (monitor,) = find(objects, "DaemonSet", "acme-farm-node-monitor")
+    pod = monitor["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example.com/farm/node-monitor:0.1.0-rc1"
+    assert "--metrics-port=9200" in pod["containers"][0]["args"]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host == {"run": "/var/run/farm-observer", "spool": "/var/lib/farm-spool"}
+    (runtime,) = find(objects, "RuntimeClass")
+    assert runtime["handler"] == "runsc-ptrace"
+    assert runtime["scheduling"]["nodeSelector"] == {"farm.dev/gvisor": "true"}
+    (dashboard,) = [
+        c for c in find(objects, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert all(o["metadata"]["labels"]["example.com/team"] == "platform" for o in objects)
+
+
+def test_minimal_values_render_only_the_core() -> None:
+    objects = chart.render(VALUES["minimal"])
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"RuntimeClass", "NetworkPolicy", "DaemonSet", "ServiceMonitor"}
+    assert "PrometheusRule" not in kinds
+    assert [c["metadata"]["name"] for c in find(objects, "ConfigMap")] == ["farm-controller"]
+    assert {"CustomResourceDefinition", "Deployment", "Service"} <= kinds
+
+
+def test_dashboard_configmap_carries_the_sidecar_label(default_objects: list[Obj]) -> None:
+    (configmap,) = find(default_objects, "ConfigMap", "farm-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((chart.CHART / "dashboards" / "farm.json").read_text())
+    assert json.loads(configmap["data"]["farm.json"]) == shipped
+
+
+def test_service_monitor_selects_the_metrics_services(default_objects: list[Obj]) -> None:
+    (monitor,) = find(default_objects, "ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = find(default_objects, "Service")
+    assert len(services) == 2
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for service in services:
+        assert selector.items() <= service["metadata"]["labels"].items()
+        assert ports <= {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_chart_readme_documents_every_value() -> None:
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    readme = (chart.CHART / "README.md").read_text()
+
+    def keys(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            documented = f"| `{prefix}{k}` |" in readme
+            if isinstance(v, dict) and v and not documented:
+                out += keys(v, f"{prefix}{k}.")
+            else:
+                out.append(f"{prefix}{k}")
+        return out
+
+    missing = [k for k in keys(values) if f"| `{k}` |" not in readme]
+    assert missing == []
+
+
+def test_controller_config_is_a_valid_controller_config(rendered: tuple[str, list[Obj]]) -> None:
+    """`farm controller --config` rejects unknown or bad fields at start; so does this."""
+    _, objects = rendered
+    (deployment,) = find(objects, "Deployment")
+    config = ControllerConfig.model_validate(
+        controller_config(objects, deployment["metadata"]["name"])
+    )
+    assert config.runtime_class in {"gvisor", "gvisor-ptrace"}
+
+
+def test_rbac_grants_exactly_what_the_k8s_manifests_grant(default_objects: list[Obj]) -> None:
+    """farm/k8s's reference RBAC (manifests/rbac) lists the verbs farm/k8s/kube.py calls;
+    the chart grants the same, no more and no less."""
+    reference = [
+        doc
+        for path in sorted((chart.MANIFESTS / "rbac").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc["kind"] in ("ClusterRole", "Role")
+    ]
+    roles = find(default_objects, "ClusterRole") + find(default_objects, "Role")
+
+    def rules_of(suffix: str, objects: list[Obj]) -> list[Any]:
+        (role,) = [o for o in objects if o["metadata"]["name"].endswith(suffix)]
+        return role["rules"]
+
+    for suffix in ("-controller", "-node-monitor"):
+        assert rules_of(suffix, roles) == rules_of(suffix, reference), suffix
+    assert rules_of("-leader-election", roles) == rules_of("-leader", reference)
