@@ -109,6 +109,15 @@ def test_hello_serde_is_reproducible_then_cached_then_verified(
     assert bad.returncode == 1 and "no signature in the envelope verifies" in bad.stderr
 
 
+def test_malicious_dep_is_reproducible_too(home: Path) -> None:
+    # Its build script's attacks fail the same way in both sandboxes; the binary agrees.
+    code, out = farm_json(home, "build", str(EXAMPLES / "malicious-dep"), "--check", "2")
+    assert code == 0, out
+    assert out["reproducibility"]["result"] == "reproducible"
+    builds = [Store(home).get(b) for b in out["reproducibility"]["builds"]]
+    assert len({tuple(a.sha256 for a in b.artifacts) for b in builds}) == 1
+
+
 def test_time_in_the_output_is_caught_with_a_diffoscope_report(
     home: Path, client, tmp_path: Path
 ) -> None:
