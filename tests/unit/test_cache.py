@@ -158,3 +158,23 @@ def test_prune_bounds_the_cache_and_gc_keeps_only_what_it_holds(tmp_path: Path) 
     assert [r.id for r in store.list()] == ["new"]  # keep=0, but the cache pins it
     assert store.blob_path(new.artifacts[0].sha256).exists()
     assert not store.blob_path(old.artifacts[0].sha256).exists()
+
+
+def test_farm_gc_bounds_the_cache_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from farm.cli import main
+
+    home = tmp_path / "home"
+    store = Store(home)
+    cache = Cache(home, store)
+    cache.offer("sha256:a", make_record(store, "a", data=b"a" * 1000))
+    monkeypatch.setenv("FARM_HOME", str(home))
+    assert main(["gc", "--keep", "0", "--cache-max-size", "10k"]) == 0
+    assert "dropped 0 entries" in capsys.readouterr().out
+    assert [r.id for r in store.list()] == ["a"]  # pinned by the cache despite --keep 0
+    assert main(["gc", "--keep", "0", "--cache-max-size", "0"]) == 0
+    assert "dropped 1 entries (1000 bytes" in capsys.readouterr().out
+    assert store.list() == [] and cache.build_ids() == set()
+    assert main(["gc", "--cache-max-size", "lots"]) == 2
+    assert "--cache-max-size: 'lots' is not a size" in capsys.readouterr().err
