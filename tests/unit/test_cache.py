@@ -12,6 +12,7 @@ import pytest
 from farm.cache import Cache, cache_key, cacheable, uncacheable_reason
 from farm.gc import GRACE_SECONDS, collect_garbage
 from farm.policy import BuildDirs, sandbox_for
+from farm.provenance import attest
 from farm.records import Artifact, BuildRecord, ReproVerdict, Status
 from farm.settings import Settings
 from farm.snapshot import digest, snapshot
@@ -34,6 +35,9 @@ def make_record(store: Store, build_id: str, data: bytes = b"artifact", **fields
     }
     record = BuildRecord(**{**base, **fields})
     store.save(record)
+    src = store.home.parent / "src"
+    src.mkdir(exist_ok=True)
+    attest(record, build_spec({"source": str(src), "argv": ["true"]}), store, store.home)
     return record
 
 
@@ -119,6 +123,21 @@ def test_a_clean_result_is_served_until_it_stops_being_clean(cache: Cache) -> No
     cache.store.save(record)
     assert cache.lookup("sha256:k") is None
     assert cache.build_ids() == set()  # and the entry is gone
+
+
+def test_a_record_without_matching_signed_provenance_is_a_miss(cache: Cache) -> None:
+    record = make_record(cache.store, "b1")
+    other = make_record(cache.store, "b2", data=b"another artifact")
+    cache.offer("sha256:k", record)
+    assert cache.lookup("sha256:k") is not None
+    # An index edited to point at a poisoned blob: the signed subjects no longer match.
+    record.artifacts = other.artifacts
+    cache.store.save(record)
+    assert cache.lookup("sha256:k") is None
+    cache.offer("sha256:k", other)
+    other.provenance_sha256 = None  # never attested: never served
+    cache.store.save(other)
+    assert cache.lookup("sha256:k") is None
 
 
 def test_an_altered_blob_is_a_miss_not_a_hit(cache: Cache) -> None:
