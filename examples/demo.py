@@ -1,5 +1,6 @@
 """The main job: build examples/malicious-dep in the farm and show, from the host, that
-the build succeeded, the binary is clean, and every attack its dependency tried failed.
+every attack its dependency tried failed, that gVisor's record attributes each attempt
+to the `evil` crate, and that enforce mode (the default) quarantined the build.
 
 Run by `make demo`. It uses only the `farm` CLI, like a user would.
 """
@@ -16,8 +17,6 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-
-from farm.observe.classify import BlockedAction
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "malicious-dep"
@@ -79,8 +78,7 @@ def main() -> int:
         done = farm(
             "build",
             str(SOURCE),
-            "--json",
-            "--observe",
+            "--json",  # observed, enforce mode: the defaults
             "--env",
             f"FARM_DEMO_EXFIL_PORT={port}",
             "--env",
@@ -88,23 +86,18 @@ def main() -> int:
             env=env,
         )
         stop.set()
-        if done.returncode != 0:
+        if done.returncode not in (0, 3):
             print(done.stdout, done.stderr, sep="\n")
             return done.returncode
         out = json.loads(done.stdout)
         log = farm("logs", out["id"]).stdout
-        dest = Path(tmp) / "artifacts"
-        farm("artifacts", out["id"], "--dest", str(dest))
-        binary = (dest / out["artifacts"][0]["path"]).read_bytes()
+        report = farm("report", out["id"]).stdout
         markers = list(marker.iterdir())
-        container = json.loads(farm("show", out["id"], "--json").stdout)["container_id"]
+        record = json.loads(farm("show", out["id"], "--json").stdout)
+        container = record["container_id"]
 
-    print(f"\nbuild {out['id']}: {out['status']} in {out['duration_seconds']}s")
-    for a in out["artifacts"]:
-        print(f"  artifact {a['path']} sha256:{a['sha256'][:16]}… ({a['size']} bytes)")
-    print("\nwhat gVisor saw and farm blocked or flagged, attributed to the crate:")
-    for action in out["blocked_actions"]:
-        print("  " + BlockedAction.model_validate(action).line())
+    print(f"\n$ farm report {out['id']}   (what gVisor saw, attributed to the crate)")
+    print(report)
     print("\nwhat evil's build.rs claims it tried (its own words, from the build log):")
     for line in log.splitlines():
         if "evil: " in line:
@@ -113,11 +106,18 @@ def main() -> int:
         "the loopback listener received nothing": not received,
         "no file appeared in the host marker directory": not markers,
         "the top-level crate's source is unchanged": tree_digest(SOURCE) == before,
-        "the host secret is absent from the log and the binary": SECRET not in log
-        and SECRET.encode() not in binary,
+        "the host secret is absent from the log and the record": SECRET not in log
+        and SECRET not in json.dumps(record),
         "no /usr/bin/farm-pwned on the host": not Path("/usr/bin/farm-pwned").exists(),
         "every observed action is attributed to evil 0.3.1": bool(out["blocked_actions"])
         and all(a["package"] == "evil" and a["version"] == "0.3.1" for a in out["blocked_actions"]),
+        "gVisor recorded every class evil tried (secrets, network, writes, a daemon)": {
+            a["kind"] for a in out["blocked_actions"]
+        }
+        == {"sensitive_read", "network", "fs_write_denied", "persistence"},
+        "enforce mode quarantined the build (exit 3) and published no artifact": (
+            done.returncode == 3 and out["status"] == "quarantined" and out["artifacts"] == []
+        ),
         "the daemon it left died with the sandbox (no process names its container)": not any(
             container.encode() in cmdline for cmdline in host_cmdlines()
         ),

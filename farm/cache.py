@@ -55,9 +55,12 @@ def uncacheable_reason(record: BuildRecord) -> str | None:
         return f"the build {record.status.value} (exit {record.exit_code})"
     if record.insecure_runtime:
         return f"built with {record.runtime!r}, not gVisor"
-    if record.blocked_actions:
+    blocked = [a for a in record.blocked_actions if not a.get("allowed")]
+    if blocked:
         # Audit mode lets such a build succeed; its result is still not trusted for reuse.
-        return f"{len(record.blocked_actions)} blocked or suspicious actions were observed"
+        return f"{len(blocked)} blocked or suspicious actions were observed"
+    if record.observation is not None and not record.observation.complete:
+        return "gVisor's record of the build is incomplete, so a clean result is unproven"
     verdict = record.reproducibility
     if verdict is not None and not verdict.reproducible:
         return f"the reproducibility check said {verdict.result}"

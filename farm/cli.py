@@ -9,8 +9,8 @@ and ``farm.verify``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -23,11 +23,12 @@ from typing import Any
 from farm.errors import ExitCode, FarmError, InputError
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
-from farm.observe.session import ObserverSession
+from farm.observe.daemon import ObserverPaths
 from farm.records import BuildRecord
+from farm.report import build_report, render
 from farm.runner import Interrupted, Runner
 from farm.settings import Settings
-from farm.spec import build_spec, load_spec_file
+from farm.spec import TENANT_NAME, BuildSpec, build_spec, load_spec_file
 from farm.store import Store
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args.build_argv = words[cut + 1 :]
     settings = Settings.from_env(
         insecure_runtime=getattr(args, "insecure_runtime", None),
-        observe=getattr(args, "observe", False),
+        observe=getattr(args, "observe", None),
     )
     try:
         return int(args.func(args, settings))
@@ -92,8 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--follow", action="store_true", help="stream the build's log")
     b.add_argument(
         "--observe",
-        action="store_true",
-        help="record what gVisor saw and report blocked actions (preview)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record what gVisor saw and report blocked actions (default: on, "
+        "except with --insecure-runtime)",
+    )
+    b.add_argument(
+        "--mode",
+        choices=["audit", "enforce"],
+        help="observe.mode: enforce (default) quarantines a build whose dependencies tried "
+        "something the policy does not allow (exit 3, artifacts withheld); audit only records",
     )
     b.add_argument(
         "--check",
@@ -104,11 +113,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-cache", action="store_true", help="build even if a clean result exists")
     b.add_argument("--json", action="store_true")
+    b.add_argument(
+        "--server",
+        metavar="URL",
+        help="submit to this `farm serve` (default $FARM_SERVER; token from $FARM_TOKEN)",
+    )
+    b.add_argument("--local", action="store_true", help="build here even if FARM_SERVER is set")
     b.set_defaults(func=cmd_build)
+
+    sv = sub.add_parser("serve", help="run builds as a service: HTTP API, queue, /metrics")
+    sv.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8770, help="port (0: any free one)")
+    sv.add_argument("--concurrency", type=int, default=2, help="builds running at once")
+    sv.add_argument(
+        "--tenant-limit",
+        type=int,
+        help="builds one tenant may run at once (default: --concurrency)",
+    )
+    sv.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="TENANT=N",
+        help="a per-tenant override of --tenant-limit (repeatable)",
+    )
+    sv.add_argument("--tokens", type=Path, help="JSON file of bearer tokens per tenant")
+    sv.add_argument(
+        "--source-root",
+        type=Path,
+        help="submitted sources must lie under it (with tokens: under it/TENANT); default: cwd",
+    )
+    sv.add_argument(
+        "--observe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record what gVisor saw in every build (default: on)",
+    )
+    sv.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="list builds")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="what a build's dependencies tried, per package")
+    rep.add_argument("id")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=cmd_report)
     show = sub.add_parser("show", help="show one build's record")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
@@ -144,6 +193,25 @@ def _parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=cmd_verify)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
+    obs = sub.add_parser(
+        "observer", help="serve gVisor's trace socket for every sandbox on this host"
+    )
+    obs.add_argument(
+        "--socket",
+        type=Path,
+        default=ObserverPaths.socket,
+        help="where runsc connects (default: %(default)s, as in /etc/farm/pod-init.json)",
+    )
+    obs.add_argument(
+        "--spool",
+        type=Path,
+        default=ObserverPaths.spool,
+        help="one file of events per sandbox (default: %(default)s)",
+    )
+    obs.add_argument(
+        "--detach", action="store_true", help="run in the background; return once it serves"
+    )
+    obs.set_defaults(func=cmd_observer)
     doc = sub.add_parser("doctor", help="check the host and say how to fix it")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
@@ -186,6 +254,8 @@ def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     data["resources"] = resources
+    if args.mode:
+        data["observe"] = {**(data.get("observe") or {}), "mode": args.mode}
     return data
 
 
@@ -207,13 +277,15 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             "WITHOUT gVisor, on the host kernel. It is recorded in the build's record.",
             file=sys.stderr,
         )
-    if settings.observe and settings.insecure_runtime:
+    if args.observe and settings.insecure_runtime:
         raise InputError("--observe needs gVisor; drop --insecure-runtime")
+    server = args.server or (None if args.local else settings.server)
+    if server:
+        return _build_remote(args, settings, spec, server)
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
     echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
-    observer = ObserverSession() if settings.observe else contextlib.nullcontext()
-    with _signals_raise(Interrupted), progress, observer as session:
-        runner = _runner(settings, echo=echo, on_phase=progress.phase, observer=session)
+    with _signals_raise(Interrupted), progress:
+        runner = _runner(settings, echo=echo, on_phase=progress.phase)
         for line in runner.reap_leftovers():
             print(f"farm: {line}", file=sys.stderr)
         try:
@@ -228,6 +300,43 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     verdict = record.reproducibility
     if verdict and not verdict.reproducible and record.status.exit_code == ExitCode.OK:
         return int(ExitCode.BUILD_FAILED)  # built, but not reproducibly: not a success
+    return int(record.status.exit_code)
+
+
+def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec, url: str) -> int:
+    """Submit to ``farm serve`` and wait: the same output and exit code as a local build."""
+    from farm.client import Client
+
+    local_only = {"--insecure-runtime": settings.insecure_runtime, "--[no-]observe": args.observe}
+    for flag, value in local_only.items():
+        if value is not None:
+            raise InputError(f"{flag}: the service decides this; drop it or pass --local")
+    client = Client(url, settings.token)
+    view = client.submit(spec.model_dump(mode="json", exclude_unset=True))
+    build_id, offset = view["id"], 0
+    progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
+    with _signals_raise(Interrupted), progress:
+        try:
+            while True:
+                view = client.status(build_id)
+                progress.phase(view["state"], None)
+                if args.follow:
+                    chunk = client.logs(build_id, offset)
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                    offset += len(chunk)
+                if view["state"] == "done":
+                    break
+                time.sleep(0.5)
+        except Interrupted:
+            client.cancel(build_id)
+            print("farm: interrupted; the build was cancelled in the service", file=sys.stderr)
+            return int(ExitCode.BUILD_FAILED)
+    if view["summary"] is None:  # refused before a sandbox existed
+        print(f"farm: error: {view['error']}", file=sys.stderr)
+        return int(view["farm_exit_code"])
+    record = client.report(build_id)
+    _print_record(record, args.json)
     return int(record.status.exit_code)
 
 
@@ -300,9 +409,16 @@ def _print_record(record: BuildRecord, as_json: bool, cached: bool = False) -> N
     for note in record.notes:
         print(f"  note    {note}")
     for action in record.blocked_actions:
-        print(f"  blocked {BlockedAction.model_validate(action).line()}")
+        line = BlockedAction.model_validate(action).line()
+        print(f"  {'allowed' if action.get('allowed') else 'blocked'} {line}")
     if record.provenance_sha256:
         print(f"  provenance sha256:{record.provenance_sha256}  (farm provenance {record.id})")
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    report = build_report(Store(settings.home).get(args.id))
+    print(report.model_dump_json(indent=2) if args.json else render(report))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -394,6 +510,20 @@ def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_observer(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.observe.daemon import ObserverBusy, ObserverDaemon, detach
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s farm-observer: %(message)s")
+    paths = ObserverPaths(socket=args.socket, spool=args.spool)
+    if args.detach:
+        return detach(paths)
+    try:
+        ObserverDaemon(paths).serve_forever()
+    except ObserverBusy as exc:
+        print(f"farm: {exc}", file=sys.stderr)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from farm.host import diagnose
 
@@ -406,6 +536,31 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
             + ("" if c.ok else f"\n         fix: {c.fix}")
         )
     return 0 if all(c.ok for c in checks) else int(ExitCode.INFRASTRUCTURE)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.serve import ServeOptions, serve
+
+    limits = {}
+    for item in args.limit:
+        tenant, sep, value = item.partition("=")
+        if not sep or not TENANT_NAME.match(tenant) or not value.isdigit() or int(value) < 1:
+            raise InputError(f"--limit {item!r}: use TENANT=N with N >= 1")
+        limits[tenant] = int(value)
+    if args.concurrency < 1 or (args.tenant_limit is not None and args.tenant_limit < 1):
+        raise InputError("--concurrency and --tenant-limit must be at least 1")
+    options = ServeOptions(
+        bind=args.bind,
+        port=args.port,
+        concurrency=args.concurrency,
+        tenant_limit=args.tenant_limit or args.concurrency,
+        limits=limits,
+        tokens_file=args.tokens,
+        source_root=(args.source_root or Path.cwd()).resolve(),
+    )
+    logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
+    serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))
+    return 0
 
 
 def cmd_host_setup(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,12 +7,14 @@ starts things; it never touches a container it did not create.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +40,11 @@ OBSERVED_RUNTIME = {
     "runtimeArgs": [*RUNSC_RUNTIME["runtimeArgs"], f"--pod-init-config={POD_INIT_CONFIG}"],
 }
 RUNTIMES = {"runsc": RUNSC_RUNTIME, "runsc-observed": OBSERVED_RUNTIME}
+#: promtool lints farm's /metrics output in the tests. Only this binary is taken from
+#: Debian's `prometheus` package: installing the package would start a Prometheus
+#: server on :9090 (its init script runs even without systemd).
+PROMTOOL = Path("/usr/local/bin/promtool")
+PROMTOOL_PACKAGE = ("bookworm", "prometheus", "./usr/bin/promtool")
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ def diagnose(settings: Settings) -> list[Check]:
             setup,
         ),
         Check("dockerd running", dockerd_up(), str(DOCKER_SOCKET), setup),
+        Check("promtool (metrics lint)", PROMTOOL.exists(), str(PROMTOOL), setup),
         Check(
             "FARM_HOME writable",
             _writable(settings.home),
@@ -149,6 +157,8 @@ def setup(settings: Settings, log: Callable[[str], None] = print) -> None:
         )
     if (runsc_version() or 0) < RUNSC_MIN_VERSION:
         _install_runsc(settings, log)
+    if not PROMTOOL.exists():
+        _install_promtool(settings, log)
     changed = _configure_runtime(log)
     if not dockerd_up():
         _start_dockerd(settings, log)
@@ -164,12 +174,37 @@ def _check(argv: list[str], **kw: object) -> str:
 
 
 def _install_runsc(settings: Settings, log: Callable[[str], None]) -> None:
-    """Fetch runsc from Debian trixie with a private apt state, so the host's own
-    sources stay untouched, and install it with dpkg (it is a static binary)."""
-    root = settings.home / "apt-trixie"
+    """Install runsc from Debian trixie with dpkg (it is a static binary)."""
+    log(f"farm: installing runsc from Debian {RUNSC_SUITE}")
+    _check(["dpkg", "-i", str(_download_deb(settings, RUNSC_SUITE, "runsc"))])
+
+
+def _install_promtool(settings: Settings, log: Callable[[str], None]) -> None:
+    """Extract only promtool (a static binary) from Debian's prometheus package."""
+    suite, package, member = PROMTOOL_PACKAGE
+    log(f"farm: installing {PROMTOOL} from Debian {suite}'s {package}")
+    deb = _download_deb(settings, suite, package)
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
+    if tar.returncode != 0:
+        raise InfrastructureError(f"dpkg-deb could not read {deb}: {tar.stderr.decode()[-500:]}")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        binary = archive.extractfile(member)
+        if binary is None:
+            raise InfrastructureError(f"{deb} has no {member}")
+        tmp = PROMTOOL.with_suffix(".tmp")
+        PROMTOOL.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(binary.read())
+    tmp.chmod(0o755)
+    tmp.replace(PROMTOOL)
+
+
+def _download_deb(settings: Settings, suite: str, package: str) -> Path:
+    """Fetch one package of Debian ``suite`` with a private apt state, so the host's own
+    sources stay untouched. Returns the .deb's path."""
+    root = settings.home / f"apt-{suite}"
     for sub in ("lists/partial", "archives/partial"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "sources.list").write_text(f"deb http://deb.debian.org/debian {RUNSC_SUITE} main\n")
+    (root / "sources.list").write_text(f"deb http://deb.debian.org/debian {suite} main\n")
     opts = [
         f"-oDir::Etc::SourceList={root}/sources.list",
         "-oDir::Etc::SourceParts=/dev/null",
@@ -177,24 +212,29 @@ def _install_runsc(settings: Settings, log: Callable[[str], None]) -> None:
         f"-oDir::Cache::Archives={root}/archives",
         "-oAPT::Sandbox::User=root",
     ]
-    log(f"farm: installing runsc from Debian {RUNSC_SUITE}")
     _check(["apt-get", *opts, "update", "-qq"])
-    _check(["apt-get", *opts, "download", "runsc"], cwd=root)
-    debs = sorted(root.glob("runsc_*.deb"))
+    _check(["apt-get", *opts, "download", package], cwd=root)
+    debs = sorted(root.glob(f"{package}_*.deb"))
     if not debs:
-        raise InfrastructureError(f"apt-get download runsc left no .deb in {root}")
-    _check(["dpkg", "-i", str(debs[-1])])
+        raise InfrastructureError(f"apt-get download {package} left no .deb in {root}")
+    return debs[-1]
 
 
 def _pod_init_json() -> str:
     from farm.observe import pod_init_config
-    from farm.observe.session import OBSERVER_SOCKET
+    from farm.observe.daemon import OBSERVER_SOCKET
 
     return json.dumps(pod_init_config(OBSERVER_SOCKET), indent=2) + "\n"
 
 
 def _pod_init_current() -> bool:
     return POD_INIT_CONFIG.exists() and POD_INIT_CONFIG.read_text() == _pod_init_json()
+
+
+def trace_config_current() -> bool:
+    """True if runsc-observed's trace configuration is the one this farm expects (the
+    points, context fields and socket its classifier relies on)."""
+    return _pod_init_current()
 
 
 def _configure_runtime(log: Callable[[str], None]) -> bool:

@@ -130,8 +130,14 @@ def crates(lockfile: Path) -> list[dict[str, Any]]:
 
 
 def _byproducts(record: BuildRecord) -> list[dict[str, Any]]:
-    observed = record.runtime.endswith("-observed")
-    blocked = {"observed": observed, "actions": record.blocked_actions}
+    obs = record.observation
+    blocked = {
+        "observed": obs is not None,
+        # A record with lost events cannot prove the absence of an attempt.
+        "complete": obs is not None and obs.complete,
+        "mode": obs.mode if obs else None,
+        "actions": record.blocked_actions,
+    }
     repro = (
         record.reproducibility.model_dump(mode="json")
         if record.reproducibility

@@ -24,11 +24,15 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     ERROR = "error"
     LOST = "lost"
+    #: Enforce mode: the build tried something its policy does not allow (exit 3).
+    QUARANTINED = "quarantined"
 
     @property
     def exit_code(self) -> ExitCode:
         if self is Status.SUCCEEDED:
             return ExitCode.OK
+        if self is Status.QUARANTINED:
+            return ExitCode.QUARANTINED
         if self in (Status.ERROR, Status.LOST):
             return ExitCode.INFRASTRUCTURE
         return ExitCode.BUILD_FAILED
@@ -45,6 +49,27 @@ class Refusal(BaseModel):
 
     path: str
     reason: str
+
+
+class ObservationSummary(BaseModel):
+    """How complete gVisor's record of a build is, and what the policy made of it."""
+
+    mode: str
+    events: int = 0
+    dropped: int = 0
+    unparseable: int = 0
+    overflow: int = 0
+    unknown_types: int = 0
+    complete: bool = True
+    problem: str = ""
+    actions: int = 0
+    allowed: int = 0
+    #: Non-empty exactly when enforce mode quarantined the build.
+    quarantine_reasons: list[str] = Field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.dropped + self.unparseable + self.overflow
 
 
 class ReproVerdict(BaseModel):
@@ -95,8 +120,12 @@ class BuildRecord(BaseModel):
     log_bytes: int = 0
     log_truncated_bytes: int = 0
     teardown: list[str] = Field(default_factory=list)
+    teardown_seconds: float | None = None
     notes: list[str] = Field(default_factory=list)
+    #: farm.observe.classify.BlockedAction dumps, in time order.
     blocked_actions: list[dict[str, Any]] = Field(default_factory=list)
+    #: None when the build was not observed.
+    observation: ObservationSummary | None = None
     reproducibility: ReproVerdict | None = None
     #: sha256 of the DSSE envelope holding this build's signed provenance (farm.provenance).
     provenance_sha256: str | None = None
@@ -112,6 +141,7 @@ class BuildRecord(BaseModel):
             "source_digest": self.source_digest,
             "artifacts": [a.model_dump() for a in self.artifacts],
             "blocked_actions": self.blocked_actions,
+            "observation": self.observation.model_dump() if self.observation else None,
             "reproducibility": (
                 self.reproducibility.model_dump(mode="json") if self.reproducibility else None
             ),

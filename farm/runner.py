@@ -1,9 +1,10 @@
 """Run one build end to end: resolve, preflight, snapshot, sandbox, collect, record.
 
-Callers: ``farm.cli`` (and later the service). The runner only knows the ``Backend``
-protocol, so it is the same for every backend. Every path out of ``build`` (success,
-failure, deadline, OOM, SIGINT/SIGTERM, infrastructure error) tears the sandbox down,
-removes the build's directories and leaves a final record in the index.
+Callers: ``farm.cli`` and ``farm.service`` (one Runner per worker thread). The runner
+only knows the ``Backend`` protocol, so it is the same for every backend. Every path
+out of ``build`` (success, failure, deadline, OOM, SIGINT/SIGTERM, infrastructure
+error) tears the sandbox down, removes the build's directories and leaves a final
+record in the index.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -21,7 +23,9 @@ from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
-from farm.observe.events import TraceEvent
+from farm.observe.daemon import HostObserver
+from farm.observe.spool import Observation
+from farm.observe.verdict import apply_allow, summarize
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -32,11 +36,25 @@ from farm.store import Store
 
 
 class Observer(Protocol):
-    """Where the runner gets what the sandbox's kernel saw (farm.observe.session)."""
+    """Where the runner gets what the sandbox's kernel saw (farm.observe.daemon's
+    ``HostObserver``). One instance may serve many runners in many threads."""
 
-    def events(self, container_id: str) -> list[TraceEvent]: ...
+    def ready(self) -> None:
+        """Make sure gVisor's events will be received; raises InfrastructureError."""
 
-    def lost(self) -> int: ...
+    def collect(self, container_id: str) -> Observation:
+        """The container's record, once its sandbox is gone."""
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """One thing ``Runner.reap`` cleaned up. ``tenant`` is None for a sandbox without a
+    record; ``removed`` is empty when the sandbox was already gone."""
+
+    build_id: str
+    tenant: str | None
+    removed: list[str]
+    message: str
 
 
 class Interrupted(BaseException):
@@ -93,11 +111,17 @@ class Runner:
         self.store = store
         self.echo = echo
         self.on_phase = on_phase or (lambda phase, log: None)
-        self.observer = observer
+        if observer is None and settings.observing:
+            observer = HostObserver()
+        self.observer = observer if settings.observing else None
 
     def reap_leftovers(self) -> list[str]:
         """Tear down sandboxes of builds whose farm process died; says what it removed."""
-        said = []
+        return [reaped.message for reaped in self.reap()]
+
+    def reap(self) -> list[Reaped]:
+        """Like ``reap_leftovers``, one entry per build marked lost or sandbox removed."""
+        said: list[Reaped] = []
         live_builds = set()
         for record in self.store.list(status=Status.RUNNING):
             if pid_alive(record.owner_pid):
@@ -109,14 +133,15 @@ class Runner:
             record.notes.append("farm exited during this build; its sandbox was reaped")
             self.store.save(record)
             what = ", ".join(removed) or "nothing left"
-            said.append(f"reaped build {record.id} left by a crashed run ({what})")
+            message = f"reaped build {record.id} left by a crashed run ({what})"
+            said.append(Reaped(record.id, record.tenant, removed, message))
         for sandbox_id, build_id in self.backend.list_sandboxes().items():
             # Re-read: a build may have started since the records were listed.
             if build_id not in live_builds and not self._owned_by_live_process(build_id):
                 removed = self.backend.teardown(sandbox_id)
-                said.append(
-                    f"reaped leftover sandbox of build {build_id or '?'}: {', '.join(removed)}"
-                )
+                what = ", ".join(removed)
+                message = f"reaped leftover sandbox of build {build_id or '?'}: {what}"
+                said.append(Reaped(build_id, None, removed, message))
         return said
 
     def _owned_by_live_process(self, build_id: str) -> bool:
@@ -127,18 +152,25 @@ class Runner:
         return record.status is Status.RUNNING and pid_alive(record.owner_pid)
 
     def build(
-        self, spec: BuildSpec, *, vary: Callable[[SandboxSpec], SandboxSpec] | None = None
+        self,
+        spec: BuildSpec,
+        build_id: str | None = None,
+        *,
+        vary: Callable[[SandboxSpec], SandboxSpec] | None = None,
     ) -> BuildRecord:
-        """Run one build. ``vary`` alters the sandbox for a reproducibility check run
-        (farm.reprocheck); the policy's own checks have already passed on the original."""
+        """Run ``spec`` to a final record. ``build_id`` is given when a queue chose it;
+        ``vary`` alters the sandbox for a reproducibility check run (farm.reprocheck),
+        after the policy's own checks have passed on the original."""
         spec = resolve(spec)
-        build_id = new_build_id()
+        build_id = build_id or new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)
         sandbox = sandbox_for(spec, build_id, dirs, self.settings)
         if vary:
             sandbox = vary(sandbox)
         self.on_phase("preflight", None)
         image_id = self.backend.preflight(sandbox)  # raises before anything exists
+        if self.observer:
+            self.observer.ready()  # runsc-observed refuses to start without it anyway
         record = self._start_record(build_id, spec, image_id)
         try:
             return self._run(record, spec, dirs, sandbox)
@@ -257,6 +289,7 @@ class Runner:
             record.exit_code = result.exit_code
             record.status = _status(result)
             record.teardown = result.teardown
+            record.teardown_seconds = result.teardown_seconds
         elif record.container_id:
             # run() did not return, so its own teardown may not have finished.
             record.teardown = self.backend.teardown(record.container_id)
@@ -266,15 +299,27 @@ class Runner:
             self._collect(record, spec, dirs)
 
     def _observe(self, record: BuildRecord, spec: BuildSpec, observer: Observer) -> None:
-        events = observer.events(record.container_id or "")
-        actions = classify(events, lock_versions(spec.source))
+        seen = observer.collect(record.container_id or "")
+        actions = apply_allow(classify(seen.events, lock_versions(spec.source)), spec.observe)
         record.blocked_actions = [a.model_dump() for a in actions]
-        dropped = max((e.dropped for e in events), default=0)
+        record.observation = summarize(seen, actions, spec.observe)
+        reasons = record.observation.quarantine_reasons
         record.notes.append(
-            f"observed {len(events)} gVisor events ({dropped} dropped by gVisor, "
-            f"{observer.lost()} undecodable or over the cap); "
+            f"observed {len(seen.events)} gVisor events ({seen.dropped} dropped by gVisor, "
+            f"{seen.unparseable + seen.overflow} undecodable or over the cap); "
             f"{len(actions)} blocked or suspicious actions"
         )
+        if not seen.complete:
+            record.notes.append(f"observation incomplete: {seen.problem}")
+        # A build that would publish is held back by any reason; a failed one ships
+        # nothing anyway, so only what its dependencies tried marks it quarantined.
+        tried = any(not a.allowed for a in actions)
+        if reasons and (
+            record.status is Status.SUCCEEDED or (record.status is Status.FAILED and tried)
+        ):
+            record.status = Status.QUARANTINED
+            record.notes += [f"quarantined (enforce mode): {r}" for r in reasons]
+            record.notes.append(f"artifacts withheld; see `farm report {record.id}`")
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

@@ -55,6 +55,8 @@ class SandboxResult(BaseModel):
     finished_at: datetime
     #: What teardown removed (container, containerd task, runsc PIDs).
     teardown: list[str] = []
+    #: How long that teardown took (farm_teardown_seconds).
+    teardown_seconds: float | None = None
 
 
 LogSink = Callable[[bytes], None]

@@ -27,21 +27,36 @@ class Settings:
     runtime: str = "runsc"
     #: Set only by ``--insecure-runtime``; the build record keeps it.
     insecure_runtime: str | None = None
-    #: Record what gVisor saw (runtime ``runsc-observed``, see farm.observe).
-    observe: bool = False
+    #: Record what gVisor saw (runtime ``runsc-observed``, see farm.observe). On by
+    #: default: its measured cost is within noise (docs/performance.md).
+    observe: bool = True
     docker_url: str | None = None
     default_image: str = DEFAULT_IMAGE
     log_cap_bytes: int = 4 * 1024 * 1024
     labels: dict[str, str] = field(default_factory=dict)
+    #: A ``farm serve`` URL (FARM_SERVER): ``farm build`` submits there instead of
+    #: building in-process. FARM_TOKEN is its bearer token, if it needs one.
+    server: str | None = None
+    token: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ
         default_home = Path.home() / ".local" / "share" / "farm"
         home = Path(env.get("FARM_HOME") or default_home).expanduser().resolve()
-        kwargs: dict[str, object] = {"home": home, "docker_url": env.get("DOCKER_HOST")}
-        kwargs.update(overrides)
+        kwargs: dict[str, object] = {
+            "home": home,
+            "docker_url": env.get("DOCKER_HOST"),
+            "server": env.get("FARM_SERVER") or None,
+            "token": env.get("FARM_TOKEN") or None,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def observing(self) -> bool:
+        """Observation is asked for and possible: gVisor's trace needs gVisor."""
+        return self.observe and not self.insecure_runtime
 
     @property
     def effective_runtime(self) -> str:

@@ -10,9 +10,17 @@ import json
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from farm.errors import SpecError
 from farm.settings import DEFAULT_IMAGE
@@ -20,7 +28,7 @@ from farm.settings import DEFAULT_IMAGE
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TENANT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+TENANT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: Output globs must start with one of these: the only dirs a build can write and keep.
 OUTPUT_ROOTS = ("out", "target")
 #: Names the policy sets itself; a spec may not override them (see farm.policy).
@@ -82,6 +90,52 @@ class OutputLimits(BaseModel):
     log: Size = Field(4 << 20, ge=4096, description="stored log; the rest is cut and noted")
 
 
+ActionKind = Literal["network", "fs_write_denied", "privilege", "sensitive_read", "persistence"]
+Role = Literal["build script", "proc macro", "rustc", "other"]
+
+
+class AllowRule(BaseModel):
+    """Blocked actions this rule matches are recorded but never quarantine the build.
+
+    Every field that is set must match (``fnmatch`` globs on strings), for example
+    ``{package = "*-sys", role = "build script", executable = "*/cc"}``: the build
+    scripts of ``-sys`` crates may run ``cc``, whatever cc then tries.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    package: str | None = None
+    version: str | None = None
+    role: Role | None = None
+    kind: ActionKind | None = None
+    operation: str | None = None
+    target: str | None = None
+    executable: str | None = None
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> AllowRule:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError(
+                "an allow rule needs at least one of package, version, role, kind, "
+                'operation, target, executable; to record without quarantine use mode = "audit"'
+            )
+        return self
+
+
+class ObservePolicy(BaseModel):
+    """What an observed build's blocked actions mean (docs/observer.md, "Modes").
+
+    ``enforce`` (the default): any blocked action no rule allows, or an incomplete
+    record, quarantines the build: exit code 3, artifacts withheld. ``audit``: record
+    everything, the build's own result stands.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["audit", "enforce"] = "enforce"
+    allow: list[AllowRule] = Field(default_factory=list, max_length=256)
+
+
 class BuildSpec(BaseModel):
     """One build. ``argv`` and ``outputs`` default from Cargo.toml for cargo projects."""
 
@@ -97,6 +151,7 @@ class BuildSpec(BaseModel):
     timeout_seconds: int = Field(1800, ge=1, le=86_400)
     tenant: str = "default"
     source_date_epoch: int | None = Field(None, ge=0)
+    observe: ObservePolicy = Field(default_factory=ObservePolicy)
 
     @field_validator("source")
     @classmethod
@@ -144,7 +199,7 @@ class BuildSpec(BaseModel):
     @field_validator("tenant")
     @classmethod
     def _tenant_name(cls, value: str) -> str:
-        if not _TENANT.match(value):
+        if not TENANT_NAME.match(value):
             raise ValueError(f"{value!r}: use 1-63 lowercase letters, digits and '-'")
         return value
 

@@ -101,7 +101,12 @@ def _require(statement: dict[str, Any], name: str) -> str:
     if not report.get("observed"):
         raise VerificationError(
             "requirement no-network not met: the build was not observed, so network "
-            "attempts cannot be ruled out (build with `farm build --observe`)"
+            "attempts cannot be ruled out (build without `--no-observe`)"
+        )
+    if not report.get("complete", True):
+        raise VerificationError(
+            "requirement no-network not met: gVisor's record of the build lost events, "
+            "so network attempts cannot be ruled out"
         )
     attempts = [a for a in report.get("actions", []) if a.get("kind") == "network"]
     if attempts:

@@ -31,6 +31,7 @@ from farm.errors import (
     InputError,
     RuntimeMissingError,
 )
+from farm.host import POD_INIT_CONFIG, trace_config_current
 from farm.sandbox import LogSink, SandboxResult, SandboxSpec
 from farm.settings import BUILD_LABEL, HOME_LABEL, MANAGED_LABEL, Settings
 
@@ -63,6 +64,13 @@ class LocalBackend:
                 f"dockerd has no {runtime!r} runtime (it has: {', '.join(sorted(runtimes))}); "
                 "run `farm host setup`, or see `farm doctor`"
             )
+        if self.settings.observing and not trace_config_current():
+            # Another farm version's points would leave this classifier blind to some
+            # attempts (or misread them): refuse rather than under-report.
+            raise RuntimeMissingError(
+                f"gVisor's trace configuration {POD_INIT_CONFIG} is not this farm's; "
+                "run `farm host setup` (or build with --no-observe)"
+            )
         try:
             with translated(f"look up image {spec.image}"):
                 return str(self.client.images.get(spec.image).id)
@@ -82,7 +90,10 @@ class LocalBackend:
         except BaseException:
             self.teardown(container.id)
             raise
-        return result.model_copy(update={"teardown": self.teardown(container.id)})
+        began = time.monotonic()
+        removed = self.teardown(container.id)
+        elapsed = round(time.monotonic() - began, 3)
+        return result.model_copy(update={"teardown": removed, "teardown_seconds": elapsed})
 
     def _run_created(self, container: Any, spec: SandboxSpec, log: LogSink) -> SandboxResult:
         with translated("start the sandbox"):
@@ -93,6 +104,7 @@ class LocalBackend:
             container.start()
         exit_code, timed_out = self._wait(container, spec.deadline_seconds)
         pump.join(timeout=10)
+        _close_stream(stream)
         with translated("inspect the sandbox"):
             container.reload()
         state = container.attrs["State"]
@@ -185,6 +197,15 @@ class LocalBackend:
 
 def _runsc_leftovers(container_id: str) -> list[str]:
     return [f"runsc pid {pid}" for pid in kill_pids(runsc_pids(container_id))]
+
+
+def _close_stream(stream: Any) -> None:
+    # docker-py's stream close() leaves the HTTP response (and so the socket's fd)
+    # open; a long-lived process (farm serve) would leak one socket per build.
+    stream.close()
+    response = getattr(stream, "_response", None)
+    if response is not None:
+        response.close()
 
 
 def _pump(stream: Iterable[bytes], log: LogSink) -> None:

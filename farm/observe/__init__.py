@@ -1,11 +1,13 @@
 """Observer: receive what gVisor itself saw inside a sandbox (its runtime-monitoring
-trace points) as typed events.
+trace points), classify it into ``BlockedAction`` records and attribute each to a crate.
 
-Callers: the sandbox backends (start a :class:`TraceSink`, pass
-:func:`pod_init_config` to runsc) and the classifiers that turn :class:`TraceEvent`
-into ``BlockedAction`` events. Layers, lowest first: ``wire`` (protobuf and datagram
-bytes), ``points`` (message schemas and the points farm enables), ``events``
-(typed events), ``sink`` (the socket server). See docs/observer.md.
+Callers: ``farm.runner`` (through ``daemon.HostObserver`` and ``classify``/``verdict``),
+``farm observer`` (``daemon.ObserverDaemon``), ``farm host setup`` (``pod_init_config``).
+Layers, lowest first: ``wire`` (protobuf and datagram bytes), ``points`` (message
+schemas and the points farm enables), ``events`` (typed events), ``sink`` (the socket
+server), ``spool`` (one file of raw datagrams per sandbox), ``daemon`` (the host daemon
+and the runner's observer), ``processes`` (process tree and cargo attribution),
+``classify`` (BlockedAction), ``verdict`` (allow rules, enforce). See docs/observer.md.
 """
 
 from farm.observe.events import Context, TraceEvent

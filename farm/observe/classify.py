@@ -1,14 +1,25 @@
 """Turn gVisor's trace events into typed ``BlockedAction`` records, each attributed to
 the process, and for cargo the package, that tried it.
 
-Callers: ``farm.runner`` after an observed build. Only what gVisor saw is used, never
-the build's own output, which the attacker controls.
+Callers: ``farm.runner`` after an observed build; ``farm.report`` and the CLI print the
+records. Only what gVisor saw is used, never the build's own output, which the
+attacker controls. Kinds (docs/observer.md has the exact rules):
+
+- ``network``: connect/bind/send beyond the sandbox's own loopback;
+- ``fs_write_denied``: a create, write, rename, unlink, chmod or link refused
+  (EACCES, EROFS, EPERM), or a write-open outside the writable mounts of a path the
+  sandbox does not have (ENOENT);
+- ``privilege``: mount, unshare, setns, setuid/setgid to 0, chroot, ptrace, bpf, keyctl,
+  module loading, raw or packet sockets, devices other than the harmless ones;
+- ``sensitive_read``: an open of a well-known secret path, whatever its result;
+- ``persistence``: a process still alive when the build command exited.
 """
 
 from __future__ import annotations
 
 import errno as errnos
 import ipaddress
+import posixpath
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -17,26 +28,47 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from farm.observe.events import TraceEvent
+from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
+from farm.observe.processes import Attribution, Process, ProcessTable
+from farm.policy import OUT, TARGET, TMP
+
+KINDS = ("network", "fs_write_denied", "privilege", "sensitive_read", "persistence")
 
 #: Opens of these are ``sensitive_read`` whatever their result: the attempt is the tell.
 SENSITIVE = re.compile(
     r"(/\.ssh/|/\.aws/|/\.docker/config\.json|/\.kube/config|/\.netrc|/\.git-credentials"
-    r"|^/proc/1/environ$|^/etc/shadow|^/etc/gshadow|/serviceaccount/token"
-    r"|/\.config/gcloud/|/\.cargo/credentials)"
+    r"|^/proc/1/environ$|^/proc/self/environ$|^/etc/shadow|^/etc/gshadow|/serviceaccount/token"
+    r"|/\.config/gcloud/|/\.cargo/credentials|/\.gnupg/|/\.npmrc$|/\.pypirc$)"
 )
 HARMLESS_DEVICES = frozenset(
     {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 )
 DENIED = frozenset({errnos.EACCES, errnos.EROFS, errnos.EPERM})
-BUILD_SCRIPT = re.compile(r"/build/(?P<pkg>[^/]+)-(?P<hash>[0-9a-f]{16})/build-script-build$")
+#: Where a build may write (farm.policy's mounts, plus the kernel's scratch dirs).
+WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm", "/proc/self")
 O_ACCMODE, O_CREAT, O_TRUNC, O_APPEND = 0o3, 0o100, 0o1000, 0o2000
-SOCK_RAW, SOCK_PACKET, AF_PACKET = 3, 10, 17
+AT_FDCWD = -100
+AF_UNIX, AF_PACKET = 1, 17
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
+SEND_SYSCALLS = frozenset({"sendto", "sendmsg", "sendmmsg"})
+#: glibc asks nscd over this socket on every user lookup; it never leaves the sandbox.
+BENIGN_UNIX = frozenset({"/var/run/nscd/socket", "/run/nscd/socket"})
+
+
+#: What a raw syscall record lacks (gVisor gives its arguments as integers only).
+_UNRECORDED = {
+    "fs_write_denied": "(path not recorded by gVisor)",
+    "network": "(address not recorded by gVisor)",
+}
 
 
 class BlockedAction(BaseModel):
+    """One attempt gVisor recorded that the sandbox refused, contained, or that no build
+    should make. ``errno`` is "" when the call succeeded inside the sandbox."""
+
     model_config = ConfigDict(frozen=True)
 
-    kind: str  # network, fs_write_denied, privilege, sensitive_read
+    kind: str
     operation: str
     target: str
     errno: str
@@ -45,23 +77,52 @@ class BlockedAction(BaseModel):
     process_name: str
     executable: str
     argv: list[str]
+    cwd: str = ""
     package: str | None = None
     version: str | None = None
-    role: str = "other"  # build script, rustc, other
+    #: "build script", "proc macro", "rustc" or "other".
+    role: str = "other"
+    #: The package rustc was compiling (for roles "rustc" and "proc macro").
+    compiling: str | None = None
+    #: Network actions: address family, host, port and protocol.
+    family: str | None = None
+    address: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    #: Set by the build's policy: allowed actions never quarantine a build.
+    allowed: bool = False
+
+    def who(self) -> str:
+        if not self.package:
+            return self.executable or self.process_name or f"pid {self.pid}"
+        role = self.role
+        if self.role == "proc macro" and self.compiling:
+            role = f"proc macro, compiling {self.compiling}"
+        return f"{self.package} {self.version or '?'} ({role})"
+
+    def what(self) -> str:
+        """``connect 127.0.0.1:443/tcp blocked (ECONNREFUSED)``."""
+        target = self.target or _UNRECORDED.get(self.kind, "")
+        if self.protocol and self.port is not None:
+            target = f"{target}/{self.protocol}"
+        elif self.protocol and not self.target:
+            target = f"{self.protocol} {target}"
+        return " ".join(w for w in (self.operation, target, self.result()) if w)
+
+    def result(self) -> str:
+        if self.errno == "EINPROGRESS":  # a non-blocking connect; nothing listens here
+            return "attempted (EINPROGRESS)"
+        if self.errno:
+            refused = self.errno in ("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH")
+            return f"{'blocked' if refused else 'failed'} ({self.errno})"
+        return {
+            "persistence": "killed with the sandbox",
+            "network": "contained (nothing outside the sandbox is reachable)",
+            "privilege": "contained by gVisor",
+        }.get(self.kind, "succeeded inside the sandbox")
 
     def line(self) -> str:
-        who = self.executable or self.process_name
-        if self.package:
-            who = f"{self.package} {self.version or '?'} ({self.role})"
-        result = f"failed ({self.errno})" if self.errno else "attempted"
-        target = self.target or "(address not recorded by gVisor)"
-        return f"{who}: {self.kind}: {self.operation} {target} {result}"
-
-
-@dataclass
-class _Process:
-    executable: str = ""
-    argv: list[str] = field(default_factory=list)
+        return f"{self.who()}: {self.what()}"
 
 
 def lock_versions(source: Path) -> dict[str, str]:
@@ -76,96 +137,236 @@ def lock_versions(source: Path) -> dict[str, str]:
     return {name: versions[0] for name, versions in seen.items() if len(versions) == 1}
 
 
+@dataclass(frozen=True)
+class _Found:
+    kind: str
+    operation: str
+    target: str
+    net: SockAddr | None = None
+    protocol: str | None = None
+
+
+@dataclass
+class _Sockets:
+    """What the sandbox did with sockets, to tell its own loopback from the outside."""
+
+    #: (tgid, fd) -> (domain, type) from successful socket() calls.
+    kinds: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    #: (tgid, fd) of sockets whose connect was already judged.
+    connected: set[tuple[int, int]] = field(default_factory=set)
+    #: Loopback ports some process of this sandbox bound.
+    bound: set[int] = field(default_factory=set)
+
+
 def classify(events: list[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
-    processes: dict[int, _Process] = {}
+    """Every blocked or suspicious action in ``events`` (one sandbox), in time order."""
+    table = ProcessTable(versions)
+    sockets = _Sockets()
     actions = []
     for event in sorted(events, key=lambda e: e.context.time_ns):
-        _track(processes, event)
-        found = _judge(event)
+        table.track(event)
+        found = _judge(event, sockets)
         if found:
-            proc = processes.get(event.context.thread_group_id, _Process())
-            actions.append(_action(event, proc, versions, *found))
+            actions.append(_action(event, found, table))
+    actions += [_persistence(p, table) for p in table.survivors()]
     return actions
 
 
-def _track(processes: dict[int, _Process], event: TraceEvent) -> None:
-    tgid = event.context.thread_group_id
-    if event.kind == "clone":
-        child = event.fields.get("created_thread_group_id", 0)
-        parent = processes.get(tgid, _Process())
-        processes.setdefault(child, _Process(parent.executable, list(parent.argv)))
-    elif event.kind == "exec":
-        processes[tgid] = _Process(
-            event.fields.get("binary_path", ""), event.fields.get("argv", [])
-        )
-
-
-def _judge(event: TraceEvent) -> tuple[str, str, str] | None:
-    """(kind, operation, target) when the event is a blocked or suspicious action."""
-    f = event.fields
-    if event.kind == "open":
-        return _judge_open(str(f.get("pathname", "")), int(f.get("flags", 0)), event.errno)
-    if event.kind in ("connect", "bind", "socket"):
-        return _judge_network(event)
-    if event.kind in ("setid", "setresid") and 0 in (f.get("id", 1), f.get("eid", 1)):
-        return ("privilege", event.kind, "uid/gid 0")
-    if event.kind == "chroot":
-        return ("privilege", "chroot", str(f.get("pathname", "")))
-    if event.kind == "syscall" and "exit" in f:  # raw points: enter and exit both arrive
-        name = event.syscall_name
-        return ("network", name, "") if name.startswith("send") else ("privilege", name, "")
+def _judge(event: TraceEvent, sockets: _Sockets) -> _Found | None:
+    """What the event is, if it is a blocked or suspicious action."""
+    f, kind = event.fields, event.kind
+    if kind == "open":
+        return _judge_open(_path(event), int(f.get("flags", 0)), event.errno)
+    if kind == "socket":
+        return _judge_socket(event, sockets)
+    if kind in ("connect", "bind"):
+        return _judge_address(event, sockets)
+    # proto3 omits zeros: an absent id *is* uid/gid 0.
+    if kind == "setid" and f.get("id", 0) == 0:
+        return _Found("privilege", _setid_name(event), "uid/gid 0")
+    if kind == "setresid" and 0 in (f.get("rid", 0), f.get("eid", 0), f.get("sid", 0)):
+        return _Found("privilege", _setid_name(event), "uid/gid 0")
+    if kind == "chroot":
+        return _Found("privilege", "chroot", _path(event))
+    if kind == "syscall" and "exit" in f:  # raw points: enter and exit both arrive
+        return _judge_raw(event, sockets)
     return None
 
 
-def _judge_open(path: str, flags: int, err: int) -> tuple[str, str, str] | None:
+def _setid_name(event: TraceEvent) -> str:
+    return {105: "setuid", 106: "setgid", 117: "setresuid", 119: "setresgid"}.get(
+        event.sysno, event.kind
+    )
+
+
+def _path(event: TraceEvent) -> str:
+    """The event's pathname made absolute with its dirfd's path or the cwd."""
+    path = str(event.fields.get("pathname", ""))
+    if not path or path.startswith("/"):
+        return path
+    base = event.fields.get("fd_path", "") if event.fields.get("fd", AT_FDCWD) != AT_FDCWD else ""
+    base = base or event.context.cwd
+    return posixpath.normpath(posixpath.join(base, path)) if base.startswith("/") else path
+
+
+def _judge_open(path: str, flags: int, err: int) -> _Found | None:
     if SENSITIVE.search(path):
-        return ("sensitive_read", "open", path)
+        return _Found("sensitive_read", "open", path)
     if (
         path.startswith("/dev/")
         and path not in HARMLESS_DEVICES
         and not path.startswith(("/dev/fd/", "/dev/pts/", "/dev/shm/", "/dev/std"))
     ):
-        return ("privilege", "open device", path)
+        return _Found("privilege", "open device", path)
     writes = (flags & O_ACCMODE) != 0 or flags & (O_CREAT | O_TRUNC | O_APPEND)
     if writes and err in DENIED:
-        return ("fs_write_denied", "open for write", path)
+        return _Found("fs_write_denied", "open for write", path)
+    # Outside the writable mounts a missing directory means a host path the sandbox
+    # does not have (a build writes only under them): the attempt is the tell.
+    if writes and err == errnos.ENOENT and path.startswith("/") and not _writable(path):
+        return _Found("fs_write_denied", "open for write", path)
     return None
 
 
-def _judge_network(event: TraceEvent) -> tuple[str, str, str] | None:
-    f = event.fields
-    if event.kind == "socket":
-        if f.get("domain") == AF_PACKET or (f.get("type", 0) & 0xF) in (SOCK_RAW, SOCK_PACKET):
-            return ("privilege", "raw socket", f"domain {f.get('domain')}")
+def _writable(path: str) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in WRITABLE_ROOTS)
+
+
+def _judge_socket(event: TraceEvent, sockets: _Sockets) -> _Found | None:
+    domain, type_ = int(event.fields.get("domain", 0)), int(event.fields.get("type", 0)) & 0xF
+    if not event.errno:
+        fd = int(event.fields.get("exit", {}).get("result", -1))
+        fd_key = (event.context.thread_group_id, fd)
+        sockets.kinds[fd_key] = (domain, type_)
+        sockets.connected.discard(fd_key)  # a reused fd number: a new socket
+    if domain == AF_PACKET or type_ in (SOCK_RAW, SOCK_PACKET):
+        return _Found("privilege", "raw socket", f"domain {domain} type {type_}")
+    return None
+
+
+def _protocol(domain_type: tuple[int, int] | None) -> str | None:
+    if domain_type is None:
         return None
+    return {SOCK_STREAM: "tcp", SOCK_DGRAM: "udp"}.get(domain_type[1], f"type{domain_type[1]}")
+
+
+def _judge_address(event: TraceEvent, sockets: _Sockets) -> _Found | None:
     addr = event.sockaddr()
-    if addr is None or addr.family not in ("inet", "inet6"):
+    fd_key = (event.context.thread_group_id, int(event.fields.get("fd", -1)))
+    if addr is None:
         return None
-    if ipaddress.ip_address(addr.host).is_loopback:
-        return None  # the sandbox's own loopback: nothing leaves it
-    return ("network", event.kind, f"{addr.host}:{addr.port}")
+    protocol = _protocol(sockets.kinds.get(fd_key))
+    if addr.family == "unix":
+        if event.kind == "bind" or addr.path in BENIGN_UNIX:
+            return None
+        sockets.connected.add(fd_key)
+        return _Found("network", "connect", addr.path, addr, "unix")
+    if addr.family not in ("inet", "inet6"):  # netlink and the like: local to the kernel
+        return None if event.kind == "bind" else _Found("network", "connect", addr.family)
+    loopback = _is_loopback(addr.host)
+    if event.kind == "bind":
+        if loopback:
+            if addr.port and not event.errno:
+                sockets.bound.add(addr.port)
+            return None
+        return _Found("network", "bind", _hostport(addr), addr, protocol)
+    sockets.connected.add(fd_key)
+    if loopback and _own_loopback(event, addr, protocol, sockets):
+        return None
+    return _Found("network", "connect", _hostport(addr), addr, protocol)
 
 
-def _action(
-    event: TraceEvent, proc: _Process, versions: dict[str, str], kind: str, op: str, target: str
-) -> BlockedAction:
-    package, role = None, "other"
-    if m := BUILD_SCRIPT.search(proc.executable):
-        package, role = m.group("pkg"), "build script"
-    elif proc.executable.endswith("/rustc"):
-        role = "rustc"
+def _own_loopback(
+    event: TraceEvent, addr: SockAddr, protocol: str | None, sockets: _Sockets
+) -> bool:
+    """True if a loopback connect reached (or may reach) a service of this sandbox:
+    a TCP connect that succeeded, or any connect to a port the sandbox bound."""
+    if addr.port in sockets.bound:
+        return True
+    return protocol != "udp" and not event.errno
+
+
+def _is_loopback(host: str) -> bool:
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _hostport(addr: SockAddr) -> str:
+    host = f"[{addr.host}]" if addr.family == "inet6" else addr.host
+    return f"{host}:{addr.port}"
+
+
+def _judge_raw(event: TraceEvent, sockets: _Sockets) -> _Found | None:
+    name = event.syscall_name
+    if event.sysno in RAW_FS_SYSCALLS:
+        return _Found("fs_write_denied", name, "") if event.errno in DENIED else None
+    if name in SEND_SYSCALLS:
+        fd_key = (event.context.thread_group_id, int(event.fields.get("arg1", -1)))
+        domain_type = sockets.kinds.get(fd_key)
+        to_peer = fd_key in sockets.connected and not event.fields.get("arg5")
+        if to_peer or (domain_type and domain_type[0] == AF_UNIX):
+            return None  # judged at its connect (no address of its own), or local IPC
+        return _Found("network", name, "", None, _protocol(domain_type))
+    return _Found("privilege", name, "")
+
+
+def _base(event: TraceEvent, proc: Process, who: Attribution) -> dict:
     err = event.errno
+    return {
+        "errno": errnos.errorcode.get(err, str(err)) if err else "",
+        "time_ns": event.context.time_ns,
+        "pid": event.context.thread_group_id,
+        "process_name": event.context.process_name,
+        "executable": proc.executable,
+        "argv": proc.argv,
+        "cwd": event.context.cwd,
+        "package": who.package,
+        "version": who.version,
+        "role": who.role,
+        "compiling": who.compiling,
+    }
+
+
+def _action(event: TraceEvent, found: _Found, table: ProcessTable) -> BlockedAction:
+    tgid = event.context.thread_group_id
+    base = _base(event, table.get(tgid), table.attribute(tgid, event.context.time_ns))
+    net = {}
+    if found.net is not None:
+        net = {
+            "family": found.net.family,
+            "address": found.net.host or found.net.path,
+            "port": found.net.port if found.net.family in ("inet", "inet6") else None,
+        }
     return BlockedAction(
-        kind=kind,
-        operation=op,
-        target=target,
-        errno=errnos.errorcode.get(err, str(err)) if err else "",
-        time_ns=event.context.time_ns,
-        pid=event.context.thread_group_id,
-        process_name=event.context.process_name,
+        kind=found.kind,
+        operation=found.operation,
+        target=found.target,
+        protocol=found.protocol,
+        **net,
+        **base,
+    )
+
+
+def _persistence(proc: Process, table: ProcessTable) -> BlockedAction:
+    who = table.attribute(proc.tgid, proc.start_ns)
+    return BlockedAction(
+        kind="persistence",
+        operation="outlived the build:",
+        target=" ".join(proc.argv)[:200] or proc.executable,
+        errno="",
+        time_ns=table.root_exit_ns or proc.start_ns,
+        pid=proc.tgid,
+        process_name=_basename(proc.executable),
         executable=proc.executable,
         argv=proc.argv,
-        package=package,
-        version=versions.get(package or ""),
-        role=role,
+        package=who.package,
+        version=who.version,
+        role=who.role,
+        compiling=who.compiling,
     )
+
+
+def _basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]

@@ -11,7 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm.observe.points import MESSAGES, RAW_SYSCALLS, SockAddr, parse_sockaddr
+from farm.observe.points import (
+    MESSAGES,
+    RAW_FS_SYSCALLS,
+    RAW_SYSCALLS,
+    SockAddr,
+    parse_sockaddr,
+)
 from farm.observe.wire import Header, decode
 
 
@@ -64,7 +70,8 @@ class TraceEvent(BaseModel):
     @property
     def syscall_name(self) -> str:
         """Name of a raw ``syscall/sysno/N`` event's syscall, or ``sysno/N``."""
-        return RAW_SYSCALLS.get(self.sysno, f"sysno/{self.sysno}")
+        name = RAW_SYSCALLS.get(self.sysno) or RAW_FS_SYSCALLS.get(self.sysno)
+        return name or f"sysno/{self.sysno}"
 
     def sockaddr(self) -> SockAddr | None:
         """The decoded ``address`` of a connect or bind event, else None."""

@@ -185,6 +185,7 @@ RAW_SYSCALLS: dict[int, str] = {
     165: "mount",
     166: "umount2",
     175: "init_module",
+    176: "delete_module",
     250: "keyctl",
     272: "unshare",
     307: "sendmmsg",
@@ -193,10 +194,31 @@ RAW_SYSCALLS: dict[int, str] = {
     321: "bpf",
 }
 
+#: x86-64 file syscalls that change the tree, also raw-only in gVisor: a build makes
+#: them all the time, so only their *failure* with EACCES/EROFS/EPERM is news. Their
+#: paths are pointers gVisor does not resolve, so the record has no path.
+RAW_FS_SYSCALLS: dict[int, str] = {
+    76: "truncate",
+    82: "rename",
+    83: "mkdir",
+    84: "rmdir",
+    86: "link",
+    87: "unlink",
+    88: "symlink",
+    90: "chmod",
+    92: "chown",
+    258: "mkdirat",
+    263: "unlinkat",
+    264: "renameat",
+    265: "linkat",
+    266: "symlinkat",
+    268: "fchmodat",
+    316: "renameat2",
+}
+
 #: Context fields farm asks for on every point: ids, start times (which make a pid
 #: unique despite reuse), the container and the process name. ``credentials`` is left
-#: out because uids are fixed by policy; ``cwd`` (a path walk per event) because it only
-#: helps with relative opens. docs/observer.md has the measured cost of both.
+#: out because uids are fixed by policy. docs/observer.md has the measured cost.
 CHEAP_CONTEXT = (
     "time",
     "thread_id",
@@ -206,6 +228,9 @@ CHEAP_CONTEXT = (
     "container_id",
     "process_name",
 )
+#: Points that can become a BlockedAction also carry the cwd (a path walk per event),
+#: which every action reports and which resolves relative paths.
+ACTION_CONTEXT = (*CHEAP_CONTEXT, "cwd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +238,7 @@ class PointSpec:
     """One entry of the trace session's ``points`` list."""
 
     name: str
-    context_fields: tuple[str, ...] = CHEAP_CONTEXT
+    context_fields: tuple[str, ...] = ACTION_CONTEXT
     optional_fields: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, object]:
@@ -241,11 +266,9 @@ def _raw(*sysnos: int) -> tuple[PointSpec, ...]:
 
 #: Process lifecycle, needed to attribute every other event to a build step. Cheap:
 #: a handful per process.
-LIFECYCLE_POINTS: tuple[PointSpec, ...] = (
-    PointSpec("container/start"),
-    PointSpec("sentry/clone"),
-    PointSpec("sentry/execve"),
-    PointSpec("sentry/task_exit"),
+LIFECYCLE_POINTS: tuple[PointSpec, ...] = tuple(
+    PointSpec(name, context_fields=CHEAP_CONTEXT)
+    for name in ("container/start", "sentry/clone", "sentry/execve", "sentry/task_exit")
 )
 
 #: Rare syscalls whose mere attempt is suspicious in a build: network and privilege.
@@ -253,6 +276,7 @@ GUARD_POINTS: tuple[PointSpec, ...] = (
     *_exits("socket", "setuid", "setgid", "setresuid", "setresgid", "chroot"),
     *_exits("connect", "bind", optional=("fd_path",)),
     *_raw(*sorted(RAW_SYSCALLS)),
+    *_raw(*sorted(RAW_FS_SYSCALLS)),
 )
 
 #: File opens, for ``sensitive_read`` and ``fs_write_denied``. The only high-volume

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,6 +50,18 @@ _DATAGRAM_MAX = 1 << 20
 DEFAULT_RETRIES = 100
 
 EventCallback = Callable[[TraceEvent], None]
+
+
+class RawHandler(Protocol):
+    """Takes every datagram undecoded (the host observer daemon spools them to disk).
+
+    ``container_id`` is what the sink has learned so far on this connection ("" until
+    the first datagram that names it). Called on the connection's thread.
+    """
+
+    def datagram(self, connection: int, container_id: str, data: bytes) -> None: ...
+
+    def hangup(self, connection: int, container_id: str) -> None: ...
 
 
 def pod_init_config(
@@ -113,18 +125,24 @@ class TraceSink:
     ``on_event`` runs on the connection's thread; it should be quick, since a slow
     callback backs up the socket and makes gVisor drop (or, with retries, delay)
     events. Its exceptions are logged and counted, never fatal.
+
+    With ``raw``, every datagram goes to ``raw.datagram`` undecoded instead, and the
+    sink decodes only until it has learned the connection's container id; whoever
+    reads the raw datagrams later decodes and counts them (farm.observe.spool).
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
-        on_event: EventCallback,
+        on_event: EventCallback | None = None,
         *,
+        raw: RawHandler | None = None,
         logger: logging.Logger | None = None,
         handshake_timeout: float = 10.0,
     ) -> None:
         self.path = Path(path)
-        self._on_event = on_event
+        self._on_event = on_event or (lambda event: None)
+        self._raw = raw
         self._log = logger or logging.getLogger(__name__)
         self._handshake_timeout = handshake_timeout
         self._lock = threading.Lock()
@@ -251,6 +269,8 @@ class TraceSink:
                 self._read_events(conn)
         finally:
             conn.sock.close()
+            if self._raw is not None:
+                self._guarded(conn, "hangup", self._raw.hangup, conn.number, conn.container_id)
             with self._idle:
                 self._stats["open_connections"] -= 1
                 self._idle.notify_all()
@@ -286,6 +306,27 @@ class TraceSink:
             self._handle(conn, bytes(buf[:size]))
 
     def _handle(self, conn: _Conn, datagram: bytes) -> None:
+        if self._raw is None:
+            self._decode(conn, datagram)
+            return
+        if not conn.container_id:
+            self._decode(conn, datagram)  # only to learn the container id
+        else:
+            self._count("events")
+        self._guarded(
+            conn, "datagram", self._raw.datagram, conn.number, conn.container_id, datagram
+        )
+
+    def _guarded(self, conn: _Conn, what: str, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except Exception:
+            if not conn.callback_failed:
+                self._log.exception("trace %s handler failed", what)
+            conn.callback_failed = True
+            self._count("callback_errors")
+
+    def _decode(self, conn: _Conn, datagram: bytes) -> None:
         try:
             header, payload = split_datagram(datagram)
             event = to_event(
@@ -296,14 +337,8 @@ class TraceSink:
             self._count("unparseable")
             return
         self._account(conn, event)
-        try:
-            self._on_event(event)
-        except Exception:
-            # A broken callback fails on every event: one traceback per connection.
-            if not conn.callback_failed:
-                self._log.exception("trace event callback failed on a %s event", event.kind)
-            conn.callback_failed = True
-            self._count("callback_errors")
+        # A broken callback fails on every event: one traceback per connection.
+        self._guarded(conn, f"{event.kind} event", self._on_event, event)
 
     def _account(self, conn: _Conn, event: TraceEvent) -> None:
         conn.container_id = conn.container_id or event.container_id

@@ -3,10 +3,14 @@ after every test that nothing of that FARM_HOME is left running."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +105,45 @@ def run_artifact(client: docker.DockerClient, binary: Path) -> str:
         volumes={str(binary): {"bind": "/app", "mode": "ro"}},
     )
     return out.decode()
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class Listener:
+    """TCP and UDP on one loopback port; records every byte and connection."""
+
+    def __init__(self) -> None:
+        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.port = self.tcp.getsockname()[1]
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", self.port))
+        self.received: list[bytes] = []
+        self.tcp.settimeout(0.2)
+        self.udp.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+                self.received.append(b"tcp-connect:" + conn.recv(65536))
+                conn.close()
+            except TimeoutError:
+                pass
+            with contextlib.suppress(TimeoutError):
+                self.received.append(b"udp:" + self.udp.recv(65536))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.tcp.close()
+        self.udp.close()

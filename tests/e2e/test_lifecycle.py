@@ -216,9 +216,22 @@ def test_policy_as_seen_from_inside(home: Path, project: Path) -> None:
     )
     spec = spec_file(project, "probe", resources={"scratch": "64m"})
     code, out = farm_json(
-        home, "build", "--spec", str(spec), "--", "sh", "-c", probe, FARM_HOST_ONLY="leak-me"
+        home,
+        "build",
+        "--spec",
+        str(spec),
+        "--mode",
+        "audit",  # the probe's touch attempts would quarantine it in enforce mode
+        "--",
+        "sh",
+        "-c",
+        probe,
+        FARM_HOST_ONLY="leak-me",
     )
     assert code == 0, out
+    # gVisor's record has the two refused writes, from the host's point of view.
+    writes = {(a["kind"], a["target"]) for a in out["blocked_actions"]}
+    assert {("fs_write_denied", "/src/x"), ("fs_write_denied", "/usr/x")} <= writes
     log = farm(home, "logs", out["id"]).stdout
     assert "uid=10001 gid=10001" in log
     # gVisor does not report NoNewPrivs; tests/unit/test_local_backend.py checks the flag.

@@ -22,7 +22,7 @@ def test_docker_arguments_carry_the_whole_policy(tmp_path: Path) -> None:
     )
     sandbox = sandbox_for(spec, "b1", BuildDirs(tmp_path / "b1"), settings)
     args = LocalBackend(settings, client=object())._create_args(sandbox)  # type: ignore[arg-type]
-    assert args["runtime"] == "runsc"
+    assert args["runtime"] == "runsc-observed"  # observation is on by default
     assert args["network_mode"] == "none" and args["read_only"] is True
     assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"]
     assert args["user"] == "10001:10001"
@@ -42,5 +42,6 @@ def test_docker_arguments_carry_the_whole_policy(tmp_path: Path) -> None:
 
 def test_insecure_runtime_is_only_used_when_asked(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, insecure_runtime="runc")
-    assert settings.effective_runtime == "runc"
-    assert Settings(home=tmp_path).effective_runtime == "runsc"
+    assert settings.effective_runtime == "runc" and not settings.observing
+    assert Settings(home=tmp_path).effective_runtime == "runsc-observed"
+    assert Settings(home=tmp_path, observe=False).effective_runtime == "runsc"

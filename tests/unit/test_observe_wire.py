@@ -302,7 +302,7 @@ def test_pod_init_config_shape() -> None:
             "points": [
                 {
                     "name": "syscall/connect/exit",
-                    "context_fields": list(points.CHEAP_CONTEXT),
+                    "context_fields": list(points.ACTION_CONTEXT),
                     "optional_fields": ["fd_path"],
                 }
             ],
@@ -331,5 +331,9 @@ def test_default_points_are_unique_and_well_formed() -> None:
         assert name.split("/")[0] in ("container", "sentry", "syscall")
     # Raw exits carry context only when their enter point is on (see points._raw).
     raw = {n for n in names if "/sysno/" in n}
-    assert {n.rsplit("/", 1)[0] for n in raw} == {f"syscall/sysno/{n}" for n in points.RAW_SYSCALLS}
-    assert len(raw) == 2 * len(points.RAW_SYSCALLS)
+    sysnos = {**points.RAW_SYSCALLS, **points.RAW_FS_SYSCALLS}
+    assert {n.rsplit("/", 1)[0] for n in raw} == {f"syscall/sysno/{n}" for n in sysnos}
+    assert len(raw) == 2 * len(sysnos)
+    # Every point that can become an action reports the process's cwd.
+    for point in points.DEFAULT_POINTS:
+        assert ("cwd" in point.context_fields) == (point not in points.LIFECYCLE_POINTS)

@@ -13,7 +13,7 @@ import pytest
 
 from farm.errors import InfrastructureError, InputError, VerificationError
 from farm.provenance import PREDICATE_TYPE, attest, crates
-from farm.records import Artifact, BuildRecord, ReproVerdict, Status
+from farm.records import Artifact, BuildRecord, ObservationSummary, ReproVerdict, Status
 from farm.signing import load_or_create_key, load_public_key, public_key_path
 from farm.snapshot import digest
 from farm.spec import build_spec
@@ -47,6 +47,7 @@ def attested(tmp_path: Path) -> tuple[Path, Path, dict, Path]:
         image="farm/rust:bookworm",
         image_id="sha256:" + "ab" * 32,
         runtime="runsc-observed",
+        observation=ObservationSummary(mode="enforce", events=1200),
         spec=spec.model_dump(mode="json"),
         source_digest=digest(HELLO),
         created_at=datetime.now(UTC),
@@ -151,6 +152,23 @@ def test_unmet_requirements_name_what_to_do(tmp_path: Path, attested) -> None:
         verify(artifact, resigned, public, ["no-network"])
     with pytest.raises(InputError, match="choose from"):
         verify(artifact, resigned, public, ["no-bugs"])
+
+
+def test_no_network_needs_a_complete_record(tmp_path: Path, attested) -> None:
+    home, artifact, _, envelope = attested
+    key = load_or_create_key(home)
+    statement = payload(envelope)
+    lossy = {"observed": True, "complete": False, "mode": "enforce", "actions": []}
+    statement["predicate"]["runDetails"]["byproducts"][0]["content"] = base64.b64encode(
+        json.dumps(lossy).encode()
+    ).decode()
+    from farm.signing import sign
+
+    resigned = tmp_path / "resigned.json"
+    body = json.dumps(statement).encode()
+    resigned.write_text(json.dumps(sign("application/vnd.in-toto+json", body, key)))
+    with pytest.raises(VerificationError, match="lost events"):
+        verify(artifact, resigned, key.public_key(), ["no-network"])
 
 
 def test_the_key_is_private_created_once_and_guarded(tmp_path: Path) -> None:

@@ -1,0 +1,279 @@
+"""The HTTP JSON API of ``farm serve`` (stdlib ``http.server``, one thread per request).
+
+Callers: ``farm.cli`` (``farm serve`` builds the server with :func:`make_server`);
+``farm.client`` speaks to it. Routes (docs/serve.md has the shapes)::
+
+    POST /v1/builds                       submit a BuildSpec (JSON) -> 202 {id, state…}
+    GET  /v1/builds                       the caller's builds, newest first
+    GET  /v1/builds/ID                    state, times, result and the build's summary
+    GET  /v1/builds/ID/report             the full BuildRecord
+    POST /v1/builds/ID/cancel             cancel it (queued or running); answers when done
+    GET  /v1/builds/ID/logs?offset=N      the log from byte N (live while running)
+    GET  /v1/builds/ID/artifacts[/PATH]   the artifact list, or one artifact's bytes
+    GET  /metrics                         Prometheus text format
+    GET  /healthz                         200 while every worker is alive
+
+With tokens, every /v1 request needs ``Authorization: Bearer TOKEN`` and a tenant sees
+only its own builds: another tenant's build is 404, exactly like one that never existed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from farm.errors import InputError, NotFoundError, SpecError
+from farm.queue import Entry, State
+from farm.records import BuildRecord
+from farm.runner import new_build_id, resolve
+from farm.service import Service
+from farm.spec import build_spec
+from farm.store import Store
+from farm.tokens import Tokens
+
+log = logging.getLogger("farm.serve")
+
+MAX_BODY = 1 << 20
+JSON = "application/json"
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ApiError(Exception):
+    def __init__(self, status: HTTPStatus, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+def check_bind(host: str, tokens: Tokens | None) -> None:
+    """Off loopback, anyone who can reach the port could run builds: require tokens.
+
+    Raises InputError."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and tokens is None:
+        raise InputError(
+            f"--bind {host}: refusing to listen beyond loopback without --tokens; "
+            "give a tokens file (see docs/serve.md) or bind 127.0.0.1"
+        )
+
+
+def _json(status: int, data: Any) -> Response:
+    return Response(status, json.dumps(data, indent=2).encode() + b"\n")
+
+
+class Api:
+    def __init__(
+        self, service: Service, store: Store, work_dir: Path, tokens: Tokens | None
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.work_dir = work_dir
+        self.tokens = tokens
+        build = r"/v1/builds/(?P<id>[A-Za-z0-9-]{1,64})"
+        self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
+            ("GET", re.compile(r"/healthz"), self.healthz),
+            ("GET", re.compile(r"/metrics"), self.metrics),
+            ("POST", re.compile(r"/v1/builds"), self.submit),
+            ("GET", re.compile(r"/v1/builds"), self.list_builds),
+            ("GET", re.compile(build), self.status),
+            ("GET", re.compile(build + "/report"), self.report),
+            ("POST", re.compile(build + "/cancel"), self.cancel),
+            ("GET", re.compile(build + "/logs"), self.logs),
+            ("GET", re.compile(build + "/artifacts"), self.artifacts),
+            ("GET", re.compile(build + "/artifacts/(?P<path>.+)"), self.artifact),
+        ]
+
+    def handle(self, method: str, target: str, headers: Any, body: bytes) -> Response:
+        url = urlsplit(target)
+        try:
+            for verb, pattern, route in self.routes:
+                match = pattern.fullmatch(unquote(url.path))
+                if match and verb == method:
+                    tenant = self._tenant(headers) if url.path.startswith("/v1/") else None
+                    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                    return route(tenant=tenant, body=body, query=query, **match.groupdict())
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no route {method} {url.path}")
+        except ApiError as exc:
+            resp = _json(exc.status, {"error": str(exc), **exc.extra})
+            if exc.status == HTTPStatus.UNAUTHORIZED:
+                resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+
+    def _tenant(self, headers: Any) -> str | None:
+        """The caller's tenant; None when the service runs without tokens (no tenancy)."""
+        if self.tokens is None:
+            return None
+        tenant = self.tokens.tenant(headers.get("Authorization"))
+        if tenant is None:
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or unknown bearer token")
+        return tenant
+
+    def _entry(self, build_id: str, tenant: str | None) -> Entry:
+        try:
+            entry = self.service.queue.get(build_id)
+        except NotFoundError:
+            entry = None
+        if entry is None or (tenant is not None and entry.tenant != tenant):
+            # The same answer as for a build that never existed: ids are not an oracle.
+            raise ApiError(HTTPStatus.NOT_FOUND, f"build {build_id!r} does not exist")
+        return entry
+
+    def _record(self, entry: Entry) -> BuildRecord | None:
+        try:
+            record = self.store.get(entry.id)
+        except NotFoundError:
+            return None
+        return record if record.id == entry.id else None
+
+    def _view(self, entry: Entry) -> dict[str, Any]:
+        record = self._record(entry) if entry.state is not State.QUEUED else None
+        view = entry.model_dump(mode="json", exclude={"spec"})
+        view["summary"] = record.summary() if record else None
+        return view
+
+    # routes
+
+    def healthz(self, **_: Any) -> Response:
+        ok = self.service.alive()
+        depth = sum(self.service.queue.depth().values())
+        status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+        return _json(status, {"ok": ok, "queued": depth})
+
+    def metrics(self, **_: Any) -> Response:
+        self.service.refresh_gauges()
+        return Response(200, generate_latest(self.service.metrics.registry), CONTENT_TYPE_LATEST)
+
+    def submit(self, tenant: str | None, body: bytes, **_: Any) -> Response:
+        try:
+            data = json.loads(body or b"null")
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "body must be a BuildSpec JSON object")
+        if tenant is not None:
+            if data.get("tenant", tenant) != tenant:
+                raise ApiError(
+                    HTTPStatus.BAD_REQUEST,
+                    f"tenant: this token acts for tenant {tenant!r}; drop the field",
+                    problems=[f"tenant: this token acts for tenant {tenant!r}"],
+                )
+            data["tenant"] = tenant
+        try:
+            spec = resolve(build_spec(data))
+            entry = self.service.submit(new_build_id(), spec)
+        except SpecError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None
+        except InputError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=[str(exc)]) from None
+        log.info("queued build %s for tenant %s", entry.id, entry.tenant)
+        return _json(HTTPStatus.ACCEPTED, self._view(entry))
+
+    def list_builds(self, tenant: str | None, **_: Any) -> Response:
+        entries = self.service.queue.entries(tenant=tenant, limit=200)
+        return _json(200, [e.model_dump(mode="json", exclude={"spec"}) for e in entries])
+
+    def status(self, tenant: str | None, id: str, **_: Any) -> Response:
+        return _json(200, self._view(self._entry(id, tenant)))
+
+    def cancel(self, tenant: str | None, id: str, **_: Any) -> Response:
+        entry = self._entry(id, tenant)
+        if entry.state is not State.DONE:
+            self.service.cancel(entry)
+        return _json(200, self._view(self.service.queue.get(id)))
+
+    def report(self, tenant: str | None, id: str, **_: Any) -> Response:
+        entry = self._entry(id, tenant)
+        record = self._record(entry)
+        if record is None:
+            message = f"build {id!r} has no report yet"
+            raise ApiError(HTTPStatus.NOT_FOUND, message, **self._view(entry))
+        return Response(200, record.model_dump_json(indent=2).encode())
+
+    def logs(self, tenant: str | None, id: str, query: dict[str, str], **_: Any) -> Response:
+        entry = self._entry(id, tenant)
+        try:
+            offset = max(int(query.get("offset", "0")), 0)
+        except ValueError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "offset: expected a byte count") from None
+        record = self._record(entry)
+        if record and record.log_sha256:
+            path = self.store.blob_path(record.log_sha256)
+        else:  # still running: the live, size-capped log file of the build
+            path = self.work_dir / entry.id / "build.log"
+        try:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        headers = {"X-Farm-State": entry.state.value}
+        return Response(200, data, "text/plain; charset=utf-8", headers)
+
+    def artifacts(self, tenant: str | None, id: str, **_: Any) -> Response:
+        record = self._record(self._entry(id, tenant))
+        return _json(200, [a.model_dump() for a in record.artifacts] if record else [])
+
+    def artifact(self, tenant: str | None, id: str, path: str, **_: Any) -> Response:
+        record = self._record(self._entry(id, tenant))
+        # Matched against the record's own list: a request path never touches the disk.
+        for a in record.artifacts if record else []:
+            if a.path == path:
+                body = self.store.blob_path(a.sha256).read_bytes()
+                return Response(200, body, "application/octet-stream")
+        raise ApiError(HTTPStatus.NOT_FOUND, f"build {id!r} has no artifact {path!r}")
+
+
+def make_server(api: Api, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "farm"
+
+        def _serve(self, method: str) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                resp = _json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length: 0 to 1 MiB"})
+            else:
+                body = self.rfile.read(length) if length else b""
+                resp = api.handle(method, self.path, self.headers, body)
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Content-Length", str(len(resp.body)))
+            for name, value in resp.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(resp.body)
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server

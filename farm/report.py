@@ -1,0 +1,109 @@
+"""A build's report of what gVisor saw: blocked actions aggregated per package.
+
+Callers: ``farm report ID [--json]`` (farm.cli), ``examples/demo.py``, and later
+``farm serve``'s report endpoint. Built only from the stored ``BuildRecord``, whose
+actions came from gVisor's record, never from the build's output.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel, Field
+
+from farm.observe.classify import BlockedAction
+from farm.records import BuildRecord, ObservationSummary
+
+
+class ActionGroup(BaseModel):
+    """Identical attempts of one package, counted once."""
+
+    kind: str
+    what: str
+    allowed: bool
+    count: int
+
+
+class PackageReport(BaseModel):
+    """Everything one package (in one role) tried. ``who`` is e.g.
+    ``evil 0.3.1 (build script)``; unattributed processes are named by executable."""
+
+    who: str
+    package: str | None
+    version: str | None
+    role: str
+    kinds: list[str]
+    actions: list[ActionGroup]
+
+
+class BuildReport(BaseModel):
+    build_id: str
+    status: str
+    exit_code: int | None
+    observed: bool
+    observation: ObservationSummary | None
+    packages: list[PackageReport] = Field(default_factory=list)
+    #: Every action, unaggregated, with pid, argv, cwd and time.
+    actions: list[BlockedAction] = Field(default_factory=list)
+
+
+def build_report(record: BuildRecord) -> BuildReport:
+    actions = [BlockedAction.model_validate(a) for a in record.blocked_actions]
+    return BuildReport(
+        build_id=record.id,
+        status=record.status.value,
+        exit_code=record.exit_code,
+        observed=record.observation is not None,
+        observation=record.observation,
+        packages=_per_package(actions),
+        actions=actions,
+    )
+
+
+def _per_package(actions: list[BlockedAction]) -> list[PackageReport]:
+    groups: dict[str, list[BlockedAction]] = {}
+    for action in actions:
+        groups.setdefault(action.who(), []).append(action)
+    reports = []
+    for who, members in groups.items():
+        counts = Counter((a.kind, a.what(), a.allowed) for a in members)
+        first = members[0]
+        reports.append(
+            PackageReport(
+                who=who,
+                package=first.package,
+                version=first.version,
+                role=first.role,
+                kinds=sorted({a.kind for a in members}),
+                actions=[
+                    ActionGroup(kind=k, what=w, allowed=allowed, count=n)
+                    for (k, w, allowed), n in counts.items()
+                ],
+            )
+        )
+    return reports
+
+
+def render(report: BuildReport) -> str:
+    """The human report, one block per package."""
+    lines = [f"build {report.build_id}: {report.status} (exit {report.exit_code})"]
+    obs = report.observation
+    if obs is None:
+        lines.append("  not observed: no record of what the build tried (--no-observe)")
+        return "\n".join(lines)
+    lines.append(
+        f"  {obs.mode} mode; gVisor recorded {obs.events} events, {obs.dropped} dropped, "
+        f"{obs.unparseable + obs.overflow} undecodable or over the cap"
+        + ("" if obs.complete else f"; INCOMPLETE: {obs.problem}")
+    )
+    lines += [f"  QUARANTINED: {r}; artifacts withheld" for r in obs.quarantine_reasons]
+    if not report.packages:
+        lines.append("  no blocked or suspicious actions")
+    for pkg in report.packages:
+        total = sum(g.count for g in pkg.actions)
+        lines.append(f"\n{pkg.who}: {total} action{'s' if total != 1 else ''}")
+        for g in pkg.actions:
+            times = f" (x{g.count})" if g.count > 1 else ""
+            allowed = "  [allowed by policy]" if g.allowed else ""
+            lines.append(f"  {g.kind:<15} {g.what}{times}{allowed}")
+    return "\n".join(lines)

@@ -1,0 +1,293 @@
+"""The build service behind ``farm serve``: a bounded pool of worker threads that take
+builds from the durable queue and run each with a ``farm.runner.Runner``.
+
+Callers: ``farm.cli`` (``farm serve`` creates one Service, starts it, stops it on
+SIGTERM/SIGINT) and ``farm.api`` (submits builds, reads gauges at scrape time). Each
+worker owns its Runner and backend (docker-py clients are not shared across threads);
+the Store opens one SQLite connection per call, so it is safe to share.
+
+Crash recovery happens in :meth:`Service.start`, before any worker runs: builds whose
+service died mid-run are marked ``lost`` and their sandboxes reaped; builds it had
+claimed but not started go back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farm.errors import ExitCode, FarmError, InputError, NotFoundError
+from farm.logs import CappedLog
+from farm.metrics import Metrics
+from farm.queue import Entry, Queue, State
+from farm.records import BuildRecord, Status
+from farm.runner import Runner
+from farm.sandbox import Backend
+from farm.spec import BuildSpec, build_spec
+from farm.store import Store
+
+log = logging.getLogger("farm.serve")
+
+
+class CancelledError(FarmError):
+    """Raised in a worker, before its sandbox starts, for a build a client cancelled."""
+
+    exit_code = ExitCode.BUILD_FAILED
+
+
+#: What a build torn down by ``Service.stop`` ends as; any other result is real and kept.
+_CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
+
+#: Given a worker's phase callback, make the Runner that worker uses.
+RunnerFactory = Callable[[Callable[[str, CappedLog | None], None]], Runner]
+
+
+@dataclass
+class SourcePolicy:
+    """Where submitted sources may live on this host. With tenants (tokens), each tenant
+    is confined to ``root/<tenant>``, so no tenant can build another's tree."""
+
+    root: Path
+    per_tenant: bool = False
+
+    def check(self, spec: BuildSpec) -> None:
+        """Raises InputError naming the allowed directory."""
+        allowed = (self.root / spec.tenant if self.per_tenant else self.root).resolve()
+        source = spec.source.resolve()
+        if not source.is_relative_to(allowed):
+            raise InputError(
+                f"source: {str(spec.source)!r} is outside this service's source directory "
+                f"{str(allowed)!r}; put the project there"
+            )
+
+
+@dataclass
+class _Worker:
+    runner: Runner | None = None
+    phase: str = "idle"
+    build_id: str | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+class Service:
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        store: Store,
+        backend: Backend,
+        runner_factory: RunnerFactory,
+        metrics: Metrics,
+        sources: SourcePolicy,
+        concurrency: int,
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.backend = backend
+        self.runner_factory = runner_factory
+        self.metrics = metrics
+        self.sources = sources
+        self._workers = [_Worker() for _ in range(concurrency)]
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._tenants: set[str] = set()
+        self._cancelled: set[str] = set()  # by stop(): requeue
+        self._cancel_asked: set[str] = set()  # by a client: end as cancelled
+
+    # lifecycle
+
+    def start(self) -> list[str]:
+        """Recover from a previous crash, then start the workers. Returns what recovery did."""
+        said = self.recover()
+        for index, worker in enumerate(self._workers):
+            worker.runner = self.runner_factory(self._phase_setter(worker))
+            worker.thread = threading.Thread(
+                target=self._work, args=(worker,), name=f"farm-worker-{index}", daemon=True
+            )
+            worker.thread.start()
+        return said
+
+    def recover(self) -> list[str]:
+        """Only call while no worker of this service runs (the serve lock guarantees no
+        other service does): every ``running`` queue entry is then an orphan."""
+        reaper = self.runner_factory(lambda phase, log: None)
+        said = []
+        for reaped in reaper.reap():
+            said.append(reaped.message)
+            if reaped.removed:
+                self.metrics.reaped.inc()
+            if reaped.tenant:
+                self.metrics.builds.labels(reaped.tenant, Status.LOST.value).inc()
+        for entry in self.queue.entries(state=State.RUNNING, limit=1 << 30):
+            record = self._record(entry.id)
+            if record is None:  # claimed, but no sandbox was ever made: run it again
+                self.queue.requeue(entry.id)
+                said.append(f"requeued build {entry.id}: the service stopped before it ran")
+                continue
+            if record.status is Status.RUNNING:  # its owner pid was reused by another process
+                said.append(self._mark_lost(record))
+            self.queue.finish(entry.id, record.status.value, int(record.status.exit_code))
+        return said
+
+    def stop(self, timeout: float = 120) -> None:
+        """Stop taking builds and cancel running ones; they are requeued and run again
+        after a restart. Sandboxes are torn down here, not left to a later reap."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        deadline = time.monotonic() + timeout
+        # Repeat: a worker may be between preflight and creating its sandbox right now.
+        while any(w.thread and w.thread.is_alive() for w in self._workers):
+            running = {w.build_id for w in self._workers if w.build_id}
+            self._cancelled |= running
+            for sandbox_id, build_id in self.backend.list_sandboxes().items():
+                if build_id in running:
+                    self.backend.teardown(sandbox_id)
+            for worker in self._workers:
+                if worker.thread:
+                    worker.thread.join(0.5)
+            if time.monotonic() > deadline:
+                log.warning("workers still busy after %.0f s; the next start reaps", timeout)
+                break
+
+    def alive(self) -> bool:
+        return all(w.thread and w.thread.is_alive() for w in self._workers)
+
+    # submission
+
+    def submit(self, build_id: str, spec: BuildSpec) -> Entry:
+        """Raises InputError if the source is outside the allowed directory."""
+        self.sources.check(spec)
+        entry = self.queue.submit(build_id, spec.tenant, spec.model_dump(mode="json"))
+        self._tenants.add(spec.tenant)
+        with self._wake:
+            self._wake.notify_all()
+        return entry
+
+    def cancel(self, entry: Entry, timeout: float = 60) -> None:
+        """Cancel a queued build, or tear down a running one's sandbox (repeatedly, as a
+        worker may be about to create it); returns once the build is done, or after
+        ``timeout`` (a worker still snapshotting a large tree) with the build marked."""
+        cancelled = Status.CANCELLED
+        if self.queue.cancel_queued(entry.id, int(cancelled.exit_code)):
+            self.metrics.builds.labels(entry.tenant, cancelled.value).inc()
+            return
+        self._cancel_asked.add(entry.id)
+        deadline = time.monotonic() + timeout
+        while self.queue.get(entry.id).state is State.RUNNING and time.monotonic() < deadline:
+            for sandbox_id, build_id in self.backend.list_sandboxes().items():
+                if build_id == entry.id:
+                    self.backend.teardown(sandbox_id)
+            time.sleep(0.2)
+
+    # metrics computed at scrape time
+
+    def refresh_gauges(self) -> None:
+        depth = self.queue.depth()
+        self._tenants |= depth.keys()
+        for tenant in self._tenants:
+            self.metrics.queued.labels(tenant).set(depth.get(tenant, 0))
+        self.metrics.sandboxes_active.set(sum(w.phase == "build" for w in self._workers))
+
+    # workers
+
+    def _phase_setter(self, worker: _Worker) -> Callable[[str, CappedLog | None], None]:
+        def set_phase(phase: str, log: CappedLog | None) -> None:
+            worker.phase = phase
+            if phase == "build" and worker.build_id in self._cancel_asked:
+                raise CancelledError("cancelled by a client before its sandbox started")
+
+        return set_phase
+
+    def _work(self, worker: _Worker) -> None:
+        while not self._stopping.is_set():
+            entry = self.queue.claim()
+            if entry is None:
+                with self._wake:
+                    self._wake.wait(timeout=0.5)
+                continue
+            worker.build_id = entry.id
+            if self._stopping.is_set():  # claimed while stop() ran: leave it for next time
+                self.queue.requeue(entry.id)
+                break
+            try:
+                self._run(worker, entry)
+            except Exception:  # a bug must not shrink the pool; the build is marked
+                log.exception("worker failed on build %s", entry.id)
+                self.queue.finish(entry.id, Status.ERROR.value, int(ExitCode.INFRASTRUCTURE))
+            finally:
+                worker.build_id, worker.phase = None, "idle"
+                with self._wake:
+                    self._wake.notify_all()
+
+    def _run(self, worker: _Worker, entry: Entry) -> None:
+        assert worker.runner is not None and entry.started_at is not None
+        self.metrics.queue_wait.labels(entry.tenant).observe(entry.started_at - entry.submitted_at)
+        error: FarmError | None = None
+        try:
+            spec = build_spec(entry.spec)
+            self.sources.check(spec)  # again: the tree may have moved since submission
+            worker.runner.build(spec, entry.id)
+        except FarmError as exc:
+            error = exc
+        record = self._record(entry.id)
+        if entry.id in self._cancelled and (record is None or record.status in _CUT_SHORT):
+            self._requeue(entry.id, record)
+            return
+        if entry.id in self._cancel_asked and record and record.status in _CUT_SHORT:
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled by a client; the sandbox was torn down")
+            self.store.save(record)
+        if record is None:  # refused before a sandbox existed (bad image, no runtime…)
+            assert error is not None
+            result = Status.FAILED if error.exit_code == ExitCode.BAD_INPUT else Status.ERROR
+            self.queue.finish(entry.id, result.value, int(error.exit_code), str(error))
+            self.metrics.builds.labels(entry.tenant, result.value).inc()
+            return
+        self.queue.finish(
+            entry.id, record.status.value, int(record.status.exit_code), error and str(error)
+        )
+        self._count(record)
+
+    def _count(self, record: BuildRecord) -> None:
+        m = self.metrics
+        m.builds.labels(record.tenant, record.status.value).inc()
+        if record.duration_seconds is not None:
+            m.build_duration.labels(record.tenant).observe(record.duration_seconds)
+        if record.teardown_seconds is not None:
+            m.teardown.observe(record.teardown_seconds)
+        # An action the spec's allow rules permit (a -sys crate running cc) is not blocked.
+        kinds = Counter(str(a["kind"]) for a in record.blocked_actions if not a.get("allowed"))
+        for kind, n in kinds.items():
+            m.blocked_actions.labels(record.tenant, kind).inc(n)
+        if record.observation:
+            m.observer_dropped.inc(record.observation.lost)
+
+    def _requeue(self, build_id: str, record: BuildRecord | None) -> None:
+        if record is not None:
+            record.status = Status.CANCELLED
+            record.notes.append("cancelled when farm serve stopped; queued to run again")
+            self.store.save(record)
+        self.queue.requeue(build_id)
+
+    def _mark_lost(self, record: BuildRecord) -> str:
+        removed = self.backend.teardown(record.container_id) if record.container_id else []
+        record.status, record.teardown = Status.LOST, removed
+        record.notes.append("farm serve exited during this build; its sandbox was reaped")
+        self.store.save(record)
+        if removed:
+            self.metrics.reaped.inc()
+        self.metrics.builds.labels(record.tenant, Status.LOST.value).inc()
+        return f"reaped build {record.id} left by a crashed service ({', '.join(removed)})"
+
+    def _record(self, build_id: str) -> BuildRecord | None:
+        try:
+            record = self.store.get(build_id)
+        except NotFoundError:
+            return None
+        return record if record.id == build_id else None
