@@ -297,6 +297,10 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         print(f"farm: {line}", file=sys.stderr)
     record = outcome.record
     _print_record(record, args.json, cached=outcome.cached)
+    return _build_exit_code(record)
+
+
+def _build_exit_code(record: BuildRecord) -> int:
     verdict = record.reproducibility
     if verdict and not verdict.reproducible and record.status.exit_code == ExitCode.OK:
         return int(ExitCode.BUILD_FAILED)  # built, but not reproducibly: not a success
@@ -312,7 +316,8 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
         if value is not None:
             raise InputError(f"{flag}: the service decides this; drop it or pass --local")
     client = Client(url, settings.token)
-    view = client.submit(spec.model_dump(mode="json", exclude_unset=True))
+    options = {"check": args.check, "no_cache": args.no_cache}
+    view = client.submit({**spec.model_dump(mode="json", exclude_unset=True), **options})
     build_id, offset = view["id"], 0
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
     with _signals_raise(Interrupted), progress:
@@ -336,8 +341,10 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
         print(f"farm: error: {view['error']}", file=sys.stderr)
         return int(view["farm_exit_code"])
     record = client.report(build_id)
-    _print_record(record, args.json)
-    return int(record.status.exit_code)
+    if record.cached_from:
+        print(f"farm: {record.notes[0]}", file=sys.stderr)
+    _print_record(record, args.json, cached=record.cached_from is not None)
+    return _build_exit_code(record)
 
 
 class _signals_raise:
