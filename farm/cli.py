@@ -295,12 +295,11 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             return int(ExitCode.BUILD_FAILED)
     for line in outcome.said:
         print(f"farm: {line}", file=sys.stderr)
-    record = outcome.record
-    _print_record(record, args.json, cached=outcome.cached)
-    return _build_exit_code(record)
+    _print_record(outcome.record, args.json, cached=outcome.cached)
+    return _exit_code(outcome.record)
 
 
-def _build_exit_code(record: BuildRecord) -> int:
+def _exit_code(record: BuildRecord) -> int:
     verdict = record.reproducibility
     if verdict and not verdict.reproducible and record.status.exit_code == ExitCode.OK:
         return int(ExitCode.BUILD_FAILED)  # built, but not reproducibly: not a success
@@ -311,7 +310,10 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
     """Submit to ``farm serve`` and wait: the same output and exit code as a local build."""
     from farm.client import Client
 
-    local_only = {"--insecure-runtime": settings.insecure_runtime, "--[no-]observe": args.observe}
+    local_only = {
+        "--insecure-runtime": settings.insecure_runtime,
+        "--[no-]observe": args.observe,
+    }
     for flag, value in local_only.items():
         if value is not None:
             raise InputError(f"{flag}: the service decides this; drop it or pass --local")
@@ -344,7 +346,7 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
     if record.cached_from:
         print(f"farm: {record.notes[0]}", file=sys.stderr)
     _print_record(record, args.json, cached=record.cached_from is not None)
-    return _build_exit_code(record)
+    return _exit_code(record)
 
 
 class _signals_raise:

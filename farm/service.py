@@ -96,7 +96,8 @@ class Service:
         self._workers = [_Worker() for _ in range(concurrency)]
         self._wake = threading.Condition()
         self._stopping = threading.Event()
-        self._tenants: set[str] = set()
+        self._tenants: set[str] = set()  # every tenant seen, so its gauge can go to 0
+        self._tenants_lock = threading.Lock()  # HTTP threads submit and scrape at once
         self._cancelled: set[str] = set()  # by stop(): requeue
         self._cancel_asked: set[str] = set()  # by a client: end as cancelled
 
@@ -167,7 +168,8 @@ class Service:
         options = options or BuildOptions()
         stored = {**spec.model_dump(mode="json"), OPTIONS_KEY: options.model_dump()}
         entry = self.queue.submit(build_id, spec.tenant, stored)
-        self._tenants.add(spec.tenant)
+        with self._tenants_lock:
+            self._tenants.add(spec.tenant)
         with self._wake:
             self._wake.notify_all()
         return entry
@@ -192,8 +194,10 @@ class Service:
 
     def refresh_gauges(self) -> None:
         depth = self.queue.depth()
-        self._tenants |= depth.keys()
-        for tenant in self._tenants:
+        with self._tenants_lock:
+            self._tenants |= depth.keys()
+            tenants = sorted(self._tenants)
+        for tenant in tenants:
             self.metrics.queued.labels(tenant).set(depth.get(tenant, 0))
         self.metrics.sandboxes_active.set(sum(w.phase == "build" for w in self._workers))
 
