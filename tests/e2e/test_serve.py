@@ -404,3 +404,7 @@ def test_the_service_checks_caches_and_counts(serve, project: Path, tmp_path: Pa
     assert sample(samples, "farm_reproducibility_checks_total", **labels) == 1
     status, raw = served.call("POST", "/v1/builds", {"source": str(project), "check": 1})
     assert status == 400 and "give between 2 and 10 runs" in json.loads(raw)["error"]
+    # `farm build --check 2` through the service: the same request, served and said so.
+    flags = ["--check", "2", "--output", "out/x"]
+    done = farm(home, "build", str(project), *flags, "--", *TINY, FARM_SERVER=served.url)
+    assert done.returncode == 0 and "farm: cached: verified 2" in done.stderr, done.stderr
