@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from farm.buildflow import take_options
 from farm.errors import InputError, NotFoundError, SpecError
 from farm.queue import Entry, State
 from farm.records import BuildRecord
@@ -179,8 +180,9 @@ class Api:
                 )
             data["tenant"] = tenant
         try:
+            options = take_options(data)  # check, no_cache: how to run it, not the spec
             spec = resolve(build_spec(data))
-            entry = self.service.submit(new_build_id(), spec)
+            entry = self.service.submit(new_build_id(), spec, options)
         except SpecError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None
         except InputError as exc:

@@ -1,14 +1,21 @@
 """One build as the user asked for it: the verified cache, the build or its
 reproducibility check, then the cache offer and signed provenance.
 
-Callers: ``farm.cli`` (``farm build``); the service should call ``run_build`` too, with
-its own ``Metrics``. ``Runner.build`` stays the single-sandbox primitive underneath.
+Callers: ``farm.cli`` (``farm build``) and ``farm.service`` (each queued build, with the
+queue's build id and the service's ``Metrics``); ``farm.api`` takes a request's
+``BuildOptions`` apart from its spec. ``Runner.build`` stays the single-sandbox
+primitive underneath.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from farm.cache import Cache, cache_key, uncacheable_reason
 from farm.errors import InputError
@@ -30,6 +37,37 @@ class Outcome:
     said: list[str] = field(default_factory=list)
 
 
+class BuildOptions(BaseModel):
+    """How to run a spec, as opposed to what it builds: not part of the spec (or the key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    check: int = Field(0, ge=0, le=MAX_RUNS, description="runs of a reproducibility check")
+    no_cache: bool = False
+
+
+#: Request fields (``farm serve``'s POST /v1/builds) that are options, not spec fields;
+#: the queue keeps them in the stored spec under OPTIONS_KEY.
+OPTION_FIELDS = ("check", "no_cache")
+OPTIONS_KEY = "farm_options"
+
+
+def take_options(data: dict[str, Any]) -> BuildOptions:
+    """Remove the option fields from a request body (or stored spec) and validate them.
+
+    Raises InputError naming the bad field.
+    """
+    raw = data.pop(OPTIONS_KEY, None) or {f: data.pop(f) for f in OPTION_FIELDS if f in data}
+    try:
+        options = BuildOptions.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        raise InputError(f"{where}: {err['msg']}") from None
+    validate_check(options.check)
+    return options
+
+
 def validate_check(runs: int) -> None:
     if runs and not 2 <= runs <= MAX_RUNS:
         raise InputError(f"--check {runs}: give between 2 and {MAX_RUNS} runs")
@@ -39,23 +77,35 @@ def run_build(
     runner: Runner,
     spec: BuildSpec,
     *,
+    build_id: str | None = None,
     check_runs: int = 0,
     use_cache: bool = True,
     metrics: Metrics | None = None,
 ) -> Outcome:
     """Serve ``spec`` from the cache if a clean result exists, else build (N times with
-    ``check_runs``), attest and offer the result to the cache."""
+    ``check_runs``), attest and offer the result to the cache.
+
+    ``build_id`` is the queue's id for this request: the build's record gets it, and a
+    cache hit is recorded under it as a copy naming the original in ``cached_from``.
+    """
     validate_check(check_runs)
+    started = time.monotonic()
     spec = resolve(spec)
     cache = Cache(runner.settings.home, runner.store)
     if use_cache:
         hit = cache.lookup(_key(runner, spec, digest(spec.source), None), min_runs=check_runs)
         _count(metrics, "hit" if hit else "miss")
         if hit:
-            return Outcome(hit, cached=True, said=[hit_line(hit)])
+            said = hit_line(hit)
+            if build_id:
+                hit = _record_hit(runner, hit, build_id, said, time.monotonic() - started)
+            return Outcome(hit, cached=True, said=[said])
     else:
         _count(metrics, "bypass")
-    record = check(runner, spec, check_runs, metrics=metrics) if check_runs else runner.build(spec)
+    if check_runs:
+        record = check(runner, spec, check_runs, build_id=build_id, metrics=metrics)
+    else:
+        record = runner.build(spec, build_id)
     outcome = Outcome(record)
     if record.status is Status.SUCCEEDED:
         attest(record, spec, runner.store, runner.settings.home)
@@ -74,6 +124,27 @@ def hit_line(record: BuildRecord) -> str:
     if verdict and verdict.reproducible:
         return f"cached: {verdict.line()} (build {record.id})"
     return f"cached: build {record.id} of {when} (not checked; `--check 2` verifies it)"
+
+
+def _record_hit(
+    runner: Runner, hit: BuildRecord, build_id: str, said: str, seconds: float
+) -> BuildRecord:
+    now = datetime.now(UTC)
+    copy = hit.model_copy(
+        update={
+            "id": build_id,
+            "cached_from": hit.id,
+            "created_at": now,
+            "finished_at": now,
+            "duration_seconds": round(seconds, 3),
+            "container_id": None,
+            "owner_pid": None,
+            "teardown": [],
+            "notes": [said],
+        }
+    )
+    runner.store.save(copy)
+    return copy
 
 
 def _key(runner: Runner, spec: BuildSpec, source_digest: str, image_id: str | None) -> str:

@@ -2,11 +2,12 @@
 
 Callers: ``farm.buildflow`` (look up before a build, offer after it) and ``farm.cli``
 (``farm gc --cache-max-size`` prunes it). Entries live in ``$FARM_HOME/cache.sqlite``;
-each names a build record in the index, whose artifact blobs are re-hashed on every hit,
-so a blob altered on disk is a miss, never served. Only results that pass ``cacheable``
-are ever stored, and a hit re-checks it: nothing failed, quarantined, observed doing
-something blocked, unreproducible or built without gVisor is served (SLSA Build L3: no
-cache poisoning).
+each names a build record in the index. On every hit the record's signed provenance must
+verify with this installation's key and name exactly its artifacts, and the artifact
+blobs are re-hashed, so an altered record or blob is a miss, never served. Only results
+that pass ``cacheable`` are ever stored, and a hit re-checks it: nothing failed,
+quarantined, observed doing something blocked, unreproducible or built without gVisor is
+served (SLSA Build L3: no cache poisoning).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from typing import Any
 
 from farm import __version__
 from farm.errors import FarmError
+from farm.provenance import PAYLOAD_TYPE
 from farm.records import BuildRecord, Status
+from farm.reprocheck import REPORT_PATH
 from farm.sandbox import SandboxSpec
+from farm.signing import load_public_key, open_envelope, public_key_path
 from farm.spec import BuildSpec
 from farm.store import Store
 
@@ -103,6 +107,7 @@ def _policy(sandbox: SandboxSpec, spec: BuildSpec, runtime: str) -> dict[str, An
 
 class Cache:
     def __init__(self, home: Path, store: Store) -> None:
+        self.home = home
         self.path = home / "cache.sqlite"
         self.store = store
         home.mkdir(parents=True, exist_ok=True)
@@ -139,12 +144,27 @@ class Cache:
             record = self.store.get(build_id)
         except FarmError:
             return None  # pruned by `farm gc`
-        if not cacheable(record):
+        if not cacheable(record) or not self._attested(record):
             return None
         for artifact in record.artifacts:
             if _file_sha256(self.store.blob_path(artifact.sha256)) != artifact.sha256:
                 return None  # gone or altered on disk: rebuild rather than serve it
         return record
+
+    def _attested(self, record: BuildRecord) -> bool:
+        """The record's provenance is signed by this installation and names its artifacts."""
+        if not record.provenance_sha256:
+            return False
+        try:
+            key = load_public_key(public_key_path(self.home))
+            envelope = json.loads(self.store.blob_path(record.provenance_sha256).read_bytes())
+            statement = json.loads(open_envelope(envelope, key, PAYLOAD_TYPE))
+            subjects = {(s["name"], s["digest"]["sha256"]) for s in statement["subject"]}
+            build = statement["predicate"]["runDetails"]["metadata"]["invocationId"]
+        except (FarmError, OSError, ValueError, KeyError, TypeError):
+            return False
+        artifacts = {(a.path, a.sha256) for a in record.artifacts if a.path != REPORT_PATH}
+        return build == record.id and subjects == artifacts
 
     def offer(self, key: str, record: BuildRecord) -> bool:
         """Store ``record`` under ``key`` if it is clean; says whether it did.

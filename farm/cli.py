@@ -351,15 +351,13 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
     local_only = {
         "--insecure-runtime": settings.insecure_runtime,
         "--[no-]observe": args.observe,
-        # Not wired into the service yet (farm.buildflow.run_build there is next).
-        "--check": args.check or None,
-        "--no-cache": args.no_cache or None,
     }
     for flag, value in local_only.items():
         if value is not None:
             raise InputError(f"{flag}: the service decides this; drop it or pass --local")
     client = Client(url, settings.token)
-    view = client.submit(spec.model_dump(mode="json", exclude_unset=True))
+    options = {"check": args.check, "no_cache": args.no_cache}
+    view = client.submit({**spec.model_dump(mode="json", exclude_unset=True), **options})
     build_id, offset = view["id"], 0
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
     with _signals_raise(Interrupted), progress:
@@ -383,7 +381,9 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
         print(f"farm: error: {view['error']}", file=sys.stderr)
         return int(view["farm_exit_code"])
     record = client.report(build_id)
-    _print_record(record, args.json)
+    if record.cached_from:
+        print(f"farm: {record.notes[0]}", file=sys.stderr)
+    _print_record(record, args.json, cached=record.cached_from is not None)
     return _exit_code(record)
 
 

@@ -127,6 +127,8 @@ class BuildRecord(BaseModel):
     #: None when the build was not observed.
     observation: ObservationSummary | None = None
     reproducibility: ReproVerdict | None = None
+    #: Set on a service request served from the cache: the build whose result this is.
+    cached_from: str | None = None
     #: sha256 of the DSSE envelope holding this build's signed provenance (farm.provenance).
     provenance_sha256: str | None = None
 
@@ -146,4 +148,5 @@ class BuildRecord(BaseModel):
                 self.reproducibility.model_dump(mode="json") if self.reproducibility else None
             ),
             "provenance_sha256": self.provenance_sha256,
+            "cached_from": self.cached_from,
         }

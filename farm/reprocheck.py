@@ -54,15 +54,21 @@ def variation(index: int) -> Callable[[SandboxSpec], SandboxSpec] | None:
 
 
 def check(
-    runner: Runner, spec: BuildSpec, runs: int, *, metrics: Metrics | None = None
+    runner: Runner,
+    spec: BuildSpec,
+    runs: int,
+    *,
+    build_id: str | None = None,
+    metrics: Metrics | None = None,
 ) -> BuildRecord:
     """Build ``runs`` times; return the first build's record carrying the verdict.
 
-    Stops at the first run that does not succeed (the verdict is then "error").
+    Run 0 gets ``build_id`` (a queue's id) if given. Stops at the first run that does
+    not succeed (the verdict is then "error").
     """
     records: list[BuildRecord] = []
     for index in range(runs):
-        records.append(runner.build(spec, vary=variation(index)))
+        records.append(runner.build(spec, build_id if index == 0 else None, vary=variation(index)))
         if records[-1].status is not Status.SUCCEEDED:
             break
     primary = records[0]

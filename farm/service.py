@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
 from farm.errors import ExitCode, FarmError, InputError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
@@ -161,10 +162,12 @@ class Service:
 
     # submission
 
-    def submit(self, build_id: str, spec: BuildSpec) -> Entry:
+    def submit(self, build_id: str, spec: BuildSpec, options: BuildOptions | None = None) -> Entry:
         """Raises InputError if the source is outside the allowed directory."""
         self.sources.check(spec)
-        entry = self.queue.submit(build_id, spec.tenant, spec.model_dump(mode="json"))
+        options = options or BuildOptions()
+        stored = {**spec.model_dump(mode="json"), OPTIONS_KEY: options.model_dump()}
+        entry = self.queue.submit(build_id, spec.tenant, stored)
         with self._tenants_lock:
             self._tenants.add(spec.tenant)
         with self._wake:
@@ -234,9 +237,18 @@ class Service:
         self.metrics.queue_wait.labels(entry.tenant).observe(entry.started_at - entry.submitted_at)
         error: FarmError | None = None
         try:
-            spec = build_spec(entry.spec)
+            data = dict(entry.spec)
+            options = take_options(data)
+            spec = build_spec(data)
             self.sources.check(spec)  # again: the tree may have moved since submission
-            worker.runner.build(spec, entry.id)
+            run_build(
+                worker.runner,
+                spec,
+                build_id=entry.id,
+                check_runs=options.check,
+                use_cache=not options.no_cache,
+                metrics=self.metrics,
+            )
         except FarmError as exc:
             error = exc
         record = self._record(entry.id)

@@ -197,8 +197,9 @@ def test_eight_builds_at_concurrency_two_respect_tenant_limits(
         *("--concurrency", "2", "--tenant-limit", "1", "--source-root", str(tmp_path / "src"))
     )
     slow = ["sh", "-c", "sleep 1; echo x > /out/x"]
-    ids = [served.submit(project, slow, tenant="alpha") for _ in range(6)]
-    ids += [served.submit(project, slow, tenant="beta") for _ in range(2)]
+    # Identical builds: bypass the cache, or all but the first would be served from it.
+    ids = [served.submit(project, slow, tenant="alpha", no_cache=True) for _ in range(6)]
+    ids += [served.submit(project, slow, tenant="beta", no_cache=True) for _ in range(2)]
     views = [served.wait_done(b) for b in ids]
     assert [v["result"] for v in views] == ["succeeded"] * 8
     assert all(v["summary"]["artifacts"][0]["path"] == "out/x" for v in views)
@@ -385,3 +386,25 @@ def test_cancel_a_running_and_a_queued_build_and_ctrl_c_through_the_cli(
     assert cli.returncode == 1 and "cancelled in the service" in err, err
     assert farm_containers(client, home) == []
     assert served.json("GET", "/v1/builds")[0]["result"] == "cancelled"
+
+
+def test_the_service_checks_caches_and_counts(serve, project: Path, tmp_path: Path, home) -> None:
+    served = serve("--source-root", str(tmp_path / "src"))
+    first = served.wait_done(served.submit(project, check=2))
+    assert first["result"] == "succeeded", first
+    assert first["summary"]["reproducibility"]["result"] == "reproducible"
+    again = served.wait_done(served.submit(project, check=2))
+    assert again["result"] == "succeeded" and again["summary"]["cached_from"] == first["id"]
+    hit = Store(home).get(again["id"])
+    assert hit.container_id is None and hit.notes[0].startswith("cached: verified 2")
+    _, samples = served.scrape()
+    assert sample(samples, "farm_cache_requests_total", result="hit") == 1
+    assert sample(samples, "farm_cache_requests_total", result="miss") == 1
+    labels = {"tenant": "default", "result": "reproducible"}
+    assert sample(samples, "farm_reproducibility_checks_total", **labels) == 1
+    status, raw = served.call("POST", "/v1/builds", {"source": str(project), "check": 1})
+    assert status == 400 and "give between 2 and 10 runs" in json.loads(raw)["error"]
+    # `farm build --check 2` through the service: the same request, served and said so.
+    flags = ["--check", "2", "--output", "out/x"]
+    done = farm(home, "build", str(project), *flags, "--", *TINY, FARM_SERVER=served.url)
+    assert done.returncode == 0 and "farm: cached: verified 2" in done.stderr, done.stderr

@@ -12,6 +12,7 @@ import pytest
 from farm.cache import Cache, cache_key, cacheable, uncacheable_reason
 from farm.gc import GRACE_SECONDS, collect_garbage
 from farm.policy import BuildDirs, sandbox_for
+from farm.provenance import attest
 from farm.records import Artifact, BuildRecord, ReproVerdict, Status
 from farm.settings import Settings
 from farm.snapshot import digest, snapshot
@@ -34,6 +35,9 @@ def make_record(store: Store, build_id: str, data: bytes = b"artifact", **fields
     }
     record = BuildRecord(**{**base, **fields})
     store.save(record)
+    src = store.home.parent / "src"
+    src.mkdir(exist_ok=True)
+    attest(record, build_spec({"source": str(src), "argv": ["true"]}), store, store.home)
     return record
 
 
@@ -121,6 +125,21 @@ def test_a_clean_result_is_served_until_it_stops_being_clean(cache: Cache) -> No
     assert cache.build_ids() == set()  # and the entry is gone
 
 
+def test_a_record_without_matching_signed_provenance_is_a_miss(cache: Cache) -> None:
+    record = make_record(cache.store, "b1")
+    other = make_record(cache.store, "b2", data=b"another artifact")
+    cache.offer("sha256:k", record)
+    assert cache.lookup("sha256:k") is not None
+    # An index edited to point at a poisoned blob: the signed subjects no longer match.
+    record.artifacts = other.artifacts
+    cache.store.save(record)
+    assert cache.lookup("sha256:k") is None
+    cache.offer("sha256:k", other)
+    other.provenance_sha256 = None  # never attested: never served
+    cache.store.save(other)
+    assert cache.lookup("sha256:k") is None
+
+
 def test_an_altered_blob_is_a_miss_not_a_hit(cache: Cache) -> None:
     record = make_record(cache.store, "b1", data=b"the real artifact")
     cache.offer("sha256:k", record)
@@ -158,3 +177,23 @@ def test_prune_bounds_the_cache_and_gc_keeps_only_what_it_holds(tmp_path: Path) 
     assert [r.id for r in store.list()] == ["new"]  # keep=0, but the cache pins it
     assert store.blob_path(new.artifacts[0].sha256).exists()
     assert not store.blob_path(old.artifacts[0].sha256).exists()
+
+
+def test_farm_gc_bounds_the_cache_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from farm.cli import main
+
+    home = tmp_path / "home"
+    store = Store(home)
+    cache = Cache(home, store)
+    cache.offer("sha256:a", make_record(store, "a", data=b"a" * 1000))
+    monkeypatch.setenv("FARM_HOME", str(home))
+    assert main(["gc", "--keep", "0", "--cache-max-size", "10k"]) == 0
+    assert "dropped 0 entries" in capsys.readouterr().out
+    assert [r.id for r in store.list()] == ["a"]  # pinned by the cache despite --keep 0
+    assert main(["gc", "--keep", "0", "--cache-max-size", "0"]) == 0
+    assert "dropped 1 entries (1000 bytes" in capsys.readouterr().out
+    assert store.list() == [] and cache.build_ids() == set()
+    assert main(["gc", "--cache-max-size", "lots"]) == 2
+    assert "--cache-max-size: 'lots' is not a size" in capsys.readouterr().err
