@@ -1,5 +1,5 @@
 """helm/farm: lint, render with default, non-default and minimal values, and validate
-every rendered object against the official schemas of Kubernetes 1.35 (kubernetes-validate
+every rendered object against the official schemas of Kubernetes 1.37 (kubernetes-validate
 --strict) or, for monitoring.coreos.com objects, prometheus-operator's API schemas."""
 
 from __future__ import annotations
