@@ -67,12 +67,7 @@ def summarize(
     return ObservationSummary(
         mode=policy.mode,
         events=len(seen.events),
-        dropped=seen.dropped,
-        unparseable=seen.unparseable,
-        overflow=seen.overflow,
-        unknown_types=seen.unknown_types,
-        complete=seen.complete,
-        problem=seen.problem,
+        **seen.completeness(),
         actions=len(actions),
         allowed=sum(a.allowed for a in actions),
         quarantine_reasons=quarantine_reasons(actions, seen, policy),
