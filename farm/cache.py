@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import __version__
+from farm.digests import file_sha256
 from farm.errors import FarmError
 from farm.records import BuildRecord, Status
 from farm.sandbox import SandboxSpec
@@ -189,11 +190,8 @@ class Cache:
 
 
 def _file_sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
+    """None when the blob cannot be read: the entry is then treated as corrupt."""
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
