@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import __version__
+from farm.digests import file_sha256
 from farm.errors import FarmError
 from farm.provenance import PAYLOAD_TYPE
 from farm.records import BuildRecord, Status
@@ -209,11 +210,8 @@ class Cache:
 
 
 def _file_sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
+    """None when the blob cannot be read: the entry is then treated as corrupt."""
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()

@@ -19,7 +19,6 @@ Sources, both reached through their ordinary clients:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.digests import file_sha256
 from farm.errors import InfrastructureError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,14 +99,6 @@ def tool(name: str) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _run(argv: list[str], cwd: Path | None = None) -> str:
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -115,7 +107,7 @@ def _run(argv: list[str], cwd: Path | None = None) -> str:
 
 
 def _check_sha(path: Path, want: str) -> None:
-    got = sha256(path)
+    got = file_sha256(path)
     if got != want:
         raise InfrastructureError(
             f"{path.name}: sha256 {got} does not match the pinned {want}; "
@@ -133,7 +125,7 @@ def _current(pin: Pin) -> bool:
     path = BIN / pin.name
     if not path.exists():
         return False
-    return sha256(path) == pin.sha256 if pin.sha256 else True
+    return file_sha256(path) == pin.sha256 if pin.sha256 else True
 
 
 def install_helm_kubectl(work: Path) -> None:

@@ -7,14 +7,12 @@ starts things; it never touches a container it did not create.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +38,6 @@ OBSERVED_RUNTIME = {
     "runtimeArgs": [*RUNSC_RUNTIME["runtimeArgs"], f"--pod-init-config={POD_INIT_CONFIG}"],
 }
 RUNTIMES = {"runsc": RUNSC_RUNTIME, "runsc-observed": OBSERVED_RUNTIME}
-#: promtool lints farm's /metrics output in the tests. Only this binary is taken from
-#: Debian's `prometheus` package: installing the package would start a Prometheus
-#: server on :9090 (its init script runs even without systemd).
-PROMTOOL = Path("/usr/local/bin/promtool")
-PROMTOOL_PACKAGE = ("bookworm", "prometheus", "./usr/bin/promtool")
 
 
 @dataclass(frozen=True)
@@ -116,7 +109,6 @@ def diagnose(settings: Settings) -> list[Check]:
             setup,
         ),
         Check("dockerd running", dockerd_up(), str(DOCKER_SOCKET), setup),
-        Check("promtool (metrics lint)", PROMTOOL.exists(), str(PROMTOOL), setup),
         Check(
             "FARM_HOME writable",
             _writable(settings.home),
@@ -157,8 +149,6 @@ def setup(settings: Settings, log: Callable[[str], None] = print) -> None:
         )
     if (runsc_version() or 0) < RUNSC_MIN_VERSION:
         _install_runsc(settings, log)
-    if not PROMTOOL.exists():
-        _install_promtool(settings, log)
     changed = _configure_runtime(log)
     if not dockerd_up():
         _start_dockerd(settings, log)
@@ -177,25 +167,6 @@ def _install_runsc(settings: Settings, log: Callable[[str], None]) -> None:
     """Install runsc from Debian trixie with dpkg (it is a static binary)."""
     log(f"farm: installing runsc from Debian {RUNSC_SUITE}")
     _check(["dpkg", "-i", str(_download_deb(settings, RUNSC_SUITE, "runsc"))])
-
-
-def _install_promtool(settings: Settings, log: Callable[[str], None]) -> None:
-    """Extract only promtool (a static binary) from Debian's prometheus package."""
-    suite, package, member = PROMTOOL_PACKAGE
-    log(f"farm: installing {PROMTOOL} from Debian {suite}'s {package}")
-    deb = _download_deb(settings, suite, package)
-    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
-    if tar.returncode != 0:
-        raise InfrastructureError(f"dpkg-deb could not read {deb}: {tar.stderr.decode()[-500:]}")
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
-        binary = archive.extractfile(member)
-        if binary is None:
-            raise InfrastructureError(f"{deb} has no {member}")
-        tmp = PROMTOOL.with_suffix(".tmp")
-        PROMTOOL.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(binary.read())
-    tmp.chmod(0o755)
-    tmp.replace(PROMTOOL)
 
 
 def _download_deb(settings: Settings, suite: str, package: str) -> Path:

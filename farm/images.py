@@ -20,6 +20,7 @@ from pathlib import Path
 import docker
 
 from farm.backends.docker_errors import translated
+from farm.digests import file_sha256
 from farm.errors import ImageError
 from farm.settings import MANAGED_LABEL, Settings
 from farm.store import Store
@@ -118,15 +119,7 @@ def build_rootfs(r: Recipe, dest: Path, log: Callable[[str], None] = print) -> s
         done = subprocess.run(argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise ImageError(f"mmdebstrap failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return _sha256(dest)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(dest)
 
 
 def build_image(

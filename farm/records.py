@@ -51,25 +51,41 @@ class Refusal(BaseModel):
     reason: str
 
 
-class ObservationSummary(BaseModel):
-    """How complete gVisor's record of a build is, and what the policy made of it."""
+class TraceCompleteness(BaseModel):
+    """How complete gVisor's record of a sandbox is. Both the spool's ``Observation``
+    (farm/observe/spool.py) and the build record's ``ObservationSummary`` carry these, so
+    the counts and ``lost`` mean the same in both."""
 
-    mode: str
-    events: int = 0
+    #: Events gVisor said it had to drop (from the datagram headers).
     dropped: int = 0
+    #: Datagrams received but not decodable (or torn by a daemon crash).
     unparseable: int = 0
+    #: Datagrams received but not kept: past the spool's per-sandbox cap.
     overflow: int = 0
+    #: Datagrams of a message type farm has no schema for (kept, without fields).
     unknown_types: int = 0
+    #: False when the record is missing or a connection never hung up in time.
     complete: bool = True
     problem: str = ""
-    actions: int = 0
-    allowed: int = 0
-    #: Non-empty exactly when enforce mode quarantined the build.
-    quarantine_reasons: list[str] = Field(default_factory=list)
 
     @property
     def lost(self) -> int:
         return self.dropped + self.unparseable + self.overflow
+
+    def completeness(self) -> dict[str, Any]:
+        """Just these fields, to carry them from one model to the other."""
+        return {name: getattr(self, name) for name in TraceCompleteness.model_fields}
+
+
+class ObservationSummary(TraceCompleteness):
+    """How complete gVisor's record of a build is, and what the policy made of it."""
+
+    mode: str
+    events: int = 0
+    actions: int = 0
+    allowed: int = 0
+    #: Non-empty exactly when enforce mode quarantined the build.
+    quarantine_reasons: list[str] = Field(default_factory=list)
 
 
 class ReproVerdict(BaseModel):

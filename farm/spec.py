@@ -115,9 +115,10 @@ class AllowRule(BaseModel):
     @model_validator(mode="after")
     def _not_everything(self) -> AllowRule:
         if not self.model_dump(exclude_none=True):
+            fields = ", ".join(type(self).model_fields)
             raise ValueError(
-                "an allow rule needs at least one of package, version, role, kind, "
-                'operation, target, executable; to record without quarantine use mode = "audit"'
+                f"an allow rule needs at least one of {fields}; "
+                'to record without quarantine use mode = "audit"'
             )
         return self
 

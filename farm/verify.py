@@ -9,13 +9,13 @@ is one of the subjects, then each ``--require``. Any failure raises Verification
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from farm.digests import file_sha256
 from farm.errors import InputError, VerificationError
 from farm.provenance import (
     BLOCKED_ACTIONS,
@@ -78,14 +78,10 @@ def _statement(payload: bytes) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise InputError(f"artifact {path}: {exc.strerror}") from None
-    return digest.hexdigest()
 
 
 def _require(statement: dict[str, Any], name: str) -> str:

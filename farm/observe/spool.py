@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from farm.observe.events import TraceEvent, to_event
 from farm.observe.wire import DecodeError, split_datagram
+from farm.records import TraceCompleteness
 
 _LEN = struct.Struct("<I")
 #: A container id becomes a file name, so it must be a plain name (Docker's are 64 hex).
@@ -44,7 +45,7 @@ MAX_SPOOL_BYTES = 512 << 20
 STALE_SECONDS = 6 * 3600
 
 
-class Observation(BaseModel):
+class Observation(TraceCompleteness):
     """What gVisor reported about one container, and how complete that record is."""
 
     model_config = ConfigDict(frozen=True)
@@ -52,21 +53,6 @@ class Observation(BaseModel):
     container_id: str
     events: list[TraceEvent] = Field(default_factory=list)
     connections: int = 0
-    #: Events gVisor said it had to drop (from the datagram headers).
-    dropped: int = 0
-    #: Datagrams received but not decodable (or torn by a daemon crash).
-    unparseable: int = 0
-    #: Datagrams received but not kept: past MAX_SPOOL_BYTES for one sandbox.
-    overflow: int = 0
-    #: Datagrams of a message type farm has no schema for (kept, without fields).
-    unknown_types: int = 0
-    #: False when the record is missing or a connection never hung up in time.
-    complete: bool = True
-    problem: str = ""
-
-    @property
-    def lost(self) -> int:
-        return self.dropped + self.unparseable + self.overflow
 
 
 @dataclass

@@ -16,18 +16,12 @@ from farm.spec import AllowRule, ObservePolicy
 
 
 def matches(rule: AllowRule, action: BlockedAction) -> bool:
-    """True if every field the rule sets matches the action (globs for strings)."""
-    checks = {
-        "package": action.package or "",
-        "version": action.version or "",
-        "role": action.role,
-        "kind": action.kind,
-        "operation": action.operation,
-        "target": action.target,
-        "executable": action.executable,
-    }
+    """True if every field the rule sets matches the action's field of the same name
+    (globs; an action's unknown package or version matches as "")."""
     wanted = rule.model_dump(exclude_none=True)
-    return all(fnmatchcase(checks[name], pattern) for name, pattern in wanted.items())
+    return all(
+        fnmatchcase(getattr(action, name) or "", pattern) for name, pattern in wanted.items()
+    )
 
 
 def apply_allow(actions: list[BlockedAction], policy: ObservePolicy) -> list[BlockedAction]:
@@ -67,12 +61,7 @@ def summarize(
     return ObservationSummary(
         mode=policy.mode,
         events=len(seen.events),
-        dropped=seen.dropped,
-        unparseable=seen.unparseable,
-        overflow=seen.overflow,
-        unknown_types=seen.unknown_types,
-        complete=seen.complete,
-        problem=seen.problem,
+        **seen.completeness(),
         actions=len(actions),
         allowed=sum(a.allowed for a in actions),
         quarantine_reasons=quarantine_reasons(actions, seen, policy),

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from farm.backends.hostprocs import runsc_pids
-from farm.host import PROMTOOL
+from farm.devtools import tool
 from farm.queue import Queue, State
 from farm.records import Status
 from farm.settings import BUILD_LABEL
@@ -174,7 +174,7 @@ def test_metrics_by_scrape_and_promtool(serve, project: Path, tmp_path: Path, cl
     assert sample(after, "farm_sandboxes_active") == 0
     assert not any("/" in dict(labels).get("tenant", "") for _, labels in after)
     lint = subprocess.run(
-        [str(PROMTOOL), "check", "metrics"], input=text, capture_output=True, text=True
+        [str(tool("promtool")), "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 

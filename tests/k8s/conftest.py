@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
+from farm.k8s import permissions
 from farm.k8s.artifacts import ArtifactServer
 from farm.k8s.config import ControllerConfig
 from farm.k8s.controller import Controller
@@ -95,6 +96,24 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         if artifacts.socket.fileno() != -1:
             artifacts.stop()
     server.close()
+    assert_within_rbac(api.rbac_calls)
+
+
+def assert_within_rbac(calls: list[tuple[str, str, str, str | None]]) -> None:
+    """Every call farm/k8s made to the fake API server is one farm/k8s/permissions.py
+    lists, so the chart (tested equal to that table) grants enough."""
+    grants = permissions.flatten(
+        permissions.CONTROLLER + permissions.LEADER_ELECTION + permissions.NODE_MONITOR
+    )
+    outside = [
+        call
+        for call in calls
+        if not any(
+            (group, resource, verb) == call[:3] and (not names or call[3] in names)
+            for group, resource, verb, names in grants
+        )
+    ]
+    assert outside == [], "calls the RBAC in farm/k8s/permissions.py does not grant"
 
 
 BuildFactory = Callable[..., dict]

@@ -57,6 +57,15 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def rbac_verb(method: str, name: str | None, query: dict[str, str]) -> str:
+    """The verb the API server's authorizer sees for one request."""
+    if method == "GET" and name is None:
+        return "watch" if query.get("watch") in ("true", "1", "True") else "list"
+    if method == "DELETE" and name is None:
+        return "deletecollection"
+    return {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, "delete")
+
+
 def matches(obj: Obj, selector: str | None) -> bool:
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, (selector or "").split(",")):
@@ -91,6 +100,8 @@ class FakeAPI:
         self.compacted = 0
         self.pod_logs: dict[tuple[str, str, str], bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        #: Each request as RBAC sees it: (API group, resource, verb, object name or None).
+        self.rbac_calls: list[tuple[str, str, str, str | None]] = []
         self.fail_next: dict[tuple[str, str], int] = {}  # (method, plural) -> status
         self.cond = threading.Condition()
 
@@ -280,8 +291,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, ApiError(404, "NotFound", url.path).body())
             return
         plural, ns, name, sub = route["plural"], route["ns"], route["name"], route["sub"]
+        resource = f"{plural}/{sub}" if sub else plural
+        verb = rbac_verb(method, name, query)
         with api.cond:
             api.requests.append((method, url.path))
+            api.rbac_calls.append((route["group"] or "", resource, verb, name))
             injected = api.fail_next.pop((method, plural), None)
         try:
             if injected:

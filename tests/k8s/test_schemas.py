@@ -1,7 +1,8 @@
 """Every object the controller can create, checked against the official Kubernetes
-1.37 schemas (kubernetes-validate --strict, offline) and the kubernetes 37 client's
-models; Build objects checked against the CRD's own schema; the committed CRD and
-manifests kept equal to what the code generates and valid."""
+schemas of tests/k8s/versions.py (kubernetes-validate --strict, offline) and the
+kubernetes 37 client's models; Build objects checked against the CRD's own schema; the
+committed CRD and manifests/ (base, crd, the example Build) kept equal to what the code
+generates and valid."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from farm.k8s.leader import LeaderElector
 from farm.k8s.main import crd_yaml
 from farm.k8s.objects import BuildRef
 from farm.k8s.resource import BuildStatus, cluster_spec, set_condition
+from tests.k8s.versions import K8S_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S_VERSION = "1.37.0"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 SPECS = {
     "default": {"source": {"git": "https://git.test/a.git", "revision": REVISION}},

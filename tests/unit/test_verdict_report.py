@@ -43,6 +43,17 @@ def test_every_field_a_rule_sets_must_match() -> None:
     assert matches(AllowRule(target="/usr/bin/*"), action())
 
 
+def test_each_rule_field_matches_the_action_field_of_that_name() -> None:
+    """matches() reads the action's field named like the rule's, so every rule field
+    must exist on BlockedAction; an action's missing package matches only "" or "*"."""
+    assert set(AllowRule.model_fields) <= set(BlockedAction.model_fields)
+    for name in AllowRule.model_fields:
+        value = "network" if name == "kind" else "build script" if name == "role" else "x"
+        assert matches(AllowRule.model_validate({name: value}), action(**{name: value}))
+    assert matches(AllowRule(package="*"), action(package=None))
+    assert not matches(AllowRule(package="?*"), action(package=None))
+
+
 def test_enforce_quarantines_what_no_rule_allows() -> None:
     policy = ObservePolicy(allow=[AllowRule(package="*-sys")])
     actions = apply_allow([action(), action(package="evil")], policy)

@@ -12,11 +12,9 @@ from typing import Any
 import kubernetes_validate
 
 from farm.devtools import NODE_MODULES
+from tests.k8s.versions import K8S_VERSION
 
 HERE = Path(__file__).resolve().parent
-#: The Kubernetes version the objects are validated against (kubectl from `make tools`
-#: is 1.35 too); the chart's kubeVersion is >=1.28.
-K8S_VERSION = "1.35.0"
 VALUES = {
     "default": [],
     "nondefault": [HERE / "values-nondefault.yaml"],
@@ -34,7 +32,8 @@ def find(objects: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
 
 
 def validate_builtin(obj: Obj) -> None:
-    """kubernetes-validate --strict: raises ValidationError (unknown fields included)."""
+    """kubernetes-validate --strict against tests/k8s/versions.py's version (the chart's
+    kubeVersion is >=1.28): raises ValidationError (unknown fields included)."""
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 

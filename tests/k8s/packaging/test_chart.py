@@ -1,5 +1,5 @@
 """helm/farm: lint, render with default, non-default and minimal values, and validate
-every rendered object against the official schemas of Kubernetes 1.35 (kubernetes-validate
+every rendered object against the official schemas of Kubernetes 1.37 (kubernetes-validate
 --strict) or, for monitoring.coreos.com objects, prometheus-operator's API schemas."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -16,6 +15,7 @@ import yaml
 from farm import chart
 from farm.devtools import tool
 from farm.errors import InfrastructureError
+from farm.k8s import permissions
 from farm.k8s.config import ControllerConfig
 from tests.k8s.packaging.chartlib import VALUES, Obj, find, validate_all, validate_builtin
 
@@ -275,21 +275,27 @@ def test_controller_config_is_a_valid_controller_config(rendered: tuple[str, lis
     assert config.runtime_class in {"gvisor", "gvisor-ptrace"}
 
 
-def test_rbac_grants_exactly_what_the_k8s_manifests_grant(default_objects: list[Obj]) -> None:
-    """farm/k8s's reference RBAC (manifests/rbac) lists the verbs farm/k8s/kube.py calls;
-    the chart grants the same, no more and no less."""
-    reference = [
-        doc
-        for path in sorted((chart.MANIFESTS / "rbac").glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc and doc["kind"] in ("ClusterRole", "Role")
-    ]
+def rules_as_grants(role: Obj) -> set[tuple[str, str, str, frozenset[str]]]:
+    """A Role's rules in permissions.flatten's form."""
+    return {
+        (group, resource, verb, frozenset(rule.get("resourceNames", ())))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_grants_exactly_the_calls_farm_k8s_makes(default_objects: list[Obj]) -> None:
+    """farm/k8s/permissions.py lists the API calls the controller, its leader election
+    and the node monitor make; the chart grants exactly those, no more and no less."""
     roles = find(default_objects, "ClusterRole") + find(default_objects, "Role")
-
-    def rules_of(suffix: str, objects: list[Obj]) -> list[Any]:
-        (role,) = [o for o in objects if o["metadata"]["name"].endswith(suffix)]
-        return role["rules"]
-
-    for suffix in ("-controller", "-node-monitor"):
-        assert rules_of(suffix, roles) == rules_of(suffix, reference), suffix
-    assert rules_of("-leader-election", roles) == rules_of("-leader", reference)
+    expected = {
+        "-controller": permissions.CONTROLLER,
+        "-leader-election": permissions.LEADER_ELECTION,
+        "-node-monitor": permissions.NODE_MONITOR,
+    }
+    for suffix, grants in expected.items():
+        (role,) = [r for r in roles if r["metadata"]["name"].endswith(suffix)]
+        assert rules_as_grants(role) == permissions.flatten(grants), suffix
+    assert len(roles) == len(expected)

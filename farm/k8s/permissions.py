@@ -1,0 +1,64 @@
+"""The Kubernetes API calls farm/k8s makes, as RBAC grants: (API group, resource, verbs).
+
+Callers: none at run time. helm/farm/templates/rbac.yaml grants exactly these (checked by
+tests/k8s/packaging/test_chart.py), so the table is the one reference for what the
+controller (farm/k8s/kube.py via reconcile, teardown, watching, collector), its leader
+election (farm/k8s/leader.py) and the node monitor (farm/k8s/nodemonitor.py) call. A new
+call in farm/k8s means a new row here, and the chart test then says the chart lacks it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from farm.k8s.controller import LEASE_NAME
+from farm.k8s.names import GROUP
+
+
+class Grant(NamedTuple):
+    """One RBAC rule: verbs on one resource of one API group ("" is the core group),
+    optionally only on the named objects."""
+
+    group: str
+    resource: str
+    verbs: frozenset[str]
+    names: frozenset[str] = frozenset()
+
+
+def _grant(group: str, resource: str, *verbs: str, names: tuple[str, ...] = ()) -> Grant:
+    return Grant(group, resource, frozenset(verbs), frozenset(names))
+
+
+#: Cluster-wide: Builds may live in any namespace.
+CONTROLLER: tuple[Grant, ...] = (
+    _grant(GROUP, "builds", "get", "list", "watch", "patch"),
+    _grant(GROUP, "builds/status", "get", "update", "patch"),
+    # Setting blockOwnerDeletion on objects a Build owns needs update on its finalizers.
+    _grant(GROUP, "builds/finalizers", "update"),
+    _grant("batch", "jobs", "create", "get", "list", "watch", "delete"),
+    _grant("", "pods", "get", "list", "watch", "delete"),
+    _grant("", "pods/log", "get"),
+    _grant("", "secrets", "create", "get", "list", "delete"),
+    _grant("", "serviceaccounts", "create", "get", "list", "delete"),
+    _grant("", "persistentvolumeclaims", "create", "get", "list", "delete"),
+    _grant("networking.k8s.io", "networkpolicies", "create", "get", "list", "delete"),
+    _grant("", "events", "create", "patch"),
+)
+
+#: The controller's own namespace only; get/update only on its one Lease.
+LEADER_ELECTION: tuple[Grant, ...] = (
+    _grant("coordination.k8s.io", "leases", "create"),
+    _grant("coordination.k8s.io", "leases", "get", "update", names=(LEASE_NAME,)),
+)
+
+#: Cluster-wide: reads the pods on its node, patches blocked counts into Build status.
+NODE_MONITOR: tuple[Grant, ...] = (
+    _grant("", "pods", "list"),
+    _grant(GROUP, "builds/status", "patch"),
+)
+
+
+def flatten(grants: tuple[Grant, ...]) -> set[tuple[str, str, str, frozenset[str]]]:
+    """(group, resource, verb, names) for each verb: equal sets grant the same, however
+    the rules are split or ordered."""
+    return {(g.group, g.resource, verb, g.names) for g in grants for verb in g.verbs}
