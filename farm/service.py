@@ -200,6 +200,22 @@ class Service:
         for tenant in tenants:
             self.metrics.queued.labels(tenant).set(depth.get(tenant, 0))
         self.metrics.sandboxes_active.set(sum(w.phase == "build" for w in self._workers))
+        try:
+            self.metrics.sandboxes_leaked.set(len(self.leaked_sandboxes()))
+        except FarmError as exc:  # dockerd down: keep the last value, still serve the rest
+            log.warning("could not count leaked sandboxes: %s", exc)
+
+    def leaked_sandboxes(self) -> list[str]:
+        """This home's sandboxes whose build is over (its record final, or no record):
+        the runner tears a sandbox down before it saves the final record, so one still
+        listed after that record was read has outlived its build."""
+        over = {
+            sandbox_id
+            for sandbox_id, build_id in self.backend.list_sandboxes().items()
+            if (record := self._record(build_id)) is None or record.status is not Status.RUNNING
+        }
+        # Listed again: a build whose teardown ended between the listing and the read.
+        return sorted(over & self.backend.list_sandboxes().keys()) if over else []
 
     # workers
 

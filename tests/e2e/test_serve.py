@@ -22,7 +22,7 @@ from farm.backends.hostprocs import runsc_pids
 from farm.devtools import tool
 from farm.queue import Queue, State
 from farm.records import Status
-from farm.settings import BUILD_LABEL
+from farm.settings import BUILD_LABEL, DEFAULT_IMAGE, HOME_LABEL, MANAGED_LABEL
 from farm.store import Store
 
 from .conftest import farm, farm_containers, farm_env, wait_for
@@ -408,3 +408,21 @@ def test_the_service_checks_caches_and_counts(serve, project: Path, tmp_path: Pa
     flags = ["--check", "2", "--output", "out/x"]
     done = farm(home, "build", str(project), *flags, "--", *TINY, FARM_SERVER=served.url)
     assert done.returncode == 0 and "farm: cached: verified 2" in done.stderr, done.stderr
+
+
+def test_a_sandbox_outliving_its_build_counts_as_leaked(
+    serve, project: Path, tmp_path: Path, client, home
+) -> None:
+    served = serve("--source-root", str(tmp_path / "src"))
+    done = served.wait_done(served.submit(project))
+    assert done["result"] == "succeeded"
+    assert sample(served.scrape()[1], "farm_sandboxes_leaked") == 0
+    # A container with farm's labels for that finished build: what a failed teardown
+    # leaves. Created, never started; the `home` fixture fails if it is not removed.
+    labels = {MANAGED_LABEL: "true", HOME_LABEL: str(home.resolve()), BUILD_LABEL: done["id"]}
+    leftover = client.containers.create(DEFAULT_IMAGE, ["true"], labels=labels)
+    try:
+        assert sample(served.scrape()[1], "farm_sandboxes_leaked") == 1
+    finally:
+        leftover.remove(force=True)
+    assert sample(served.scrape()[1], "farm_sandboxes_leaked") == 0
