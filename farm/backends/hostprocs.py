@@ -1,9 +1,9 @@
-"""Find and stop runsc processes that belong to one sandbox, by PID only.
+"""Find and stop the host processes that belong to one sandbox, by PID only.
 
 Callers: ``farm.backends.local`` during teardown. A runsc container whose start failed
-can leave ``runsc-sandbox`` and ``runsc-gofer`` running while Docker shows nothing, so
-teardown checks the processes themselves. Only processes whose command line names the
-sandbox's own container id are ever touched.
+can leave ``runsc-sandbox``, ``runsc-gofer`` and its ``containerd-shim`` running while
+Docker shows nothing, so teardown checks the processes themselves. Only processes whose
+command line names the sandbox's own container id are ever touched.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import signal
 import time
 from pathlib import Path
 
+#: Executables that run on the host on behalf of one sandbox.
+_SANDBOX_PROGRAMS = (b"runsc", b"containerd-shim")
 
-def runsc_pids(container_id: str, proc: Path = Path("/proc")) -> list[int]:
-    """PIDs of runsc processes whose arguments mention ``container_id``."""
+
+def sandbox_pids(container_id: str, proc: Path = Path("/proc")) -> list[int]:
+    """PIDs of runsc and shim processes whose arguments mention ``container_id``."""
     pids = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -24,7 +27,9 @@ def runsc_pids(container_id: str, proc: Path = Path("/proc")) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # exited while we looked
-        if argv and b"runsc" in argv[0] and any(container_id.encode() in a for a in argv):
+        program = argv[0] if argv else b""
+        named = any(container_id.encode() in a for a in argv)
+        if named and any(p in program for p in _SANDBOX_PROGRAMS):
             pids.append(int(entry.name))
     return pids
 

@@ -23,7 +23,7 @@ import docker.types
 import requests.exceptions
 
 from farm.backends.docker_errors import translated
-from farm.backends.hostprocs import kill_pids, runsc_pids
+from farm.backends.hostprocs import kill_pids, sandbox_pids
 from farm.errors import (
     DockerUnavailableError,
     ImageError,
@@ -174,7 +174,7 @@ class LocalBackend:
         all of them if any failed, so a stuck sandbox is never reported as gone."""
         removed: list[str] = []
         failures: list[str] = []
-        for step in (self._remove_container, _containerd_leftovers, _runsc_leftovers):
+        for step in (self._remove_container, _containerd_leftovers, _host_leftovers):
             try:
                 removed += step(sandbox_id)
             except Exception as exc:
@@ -195,8 +195,8 @@ class LocalBackend:
         return [f"container {sandbox_id[:12]}"]
 
 
-def _runsc_leftovers(container_id: str) -> list[str]:
-    return [f"runsc pid {pid}" for pid in kill_pids(runsc_pids(container_id))]
+def _host_leftovers(container_id: str) -> list[str]:
+    return [f"host process {pid}" for pid in kill_pids(sandbox_pids(container_id))]
 
 
 def _close_stream(stream: Any) -> None:

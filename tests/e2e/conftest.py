@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from farm.backends.hostprocs import runsc_pids
+from farm.backends.hostprocs import sandbox_pids
 from farm.settings import DEFAULT_IMAGE, HOME_LABEL, MANAGED_LABEL
 from farm.store import Store
 
@@ -46,7 +46,7 @@ def home(tmp_path: Path, client: docker.DockerClient) -> Iterator[Path]:
     if (home / "index.sqlite").exists():
         for record in Store(home).list():
             if record.container_id:
-                assert runsc_pids(record.container_id) == [], f"runsc left for {record.id}"
+                assert sandbox_pids(record.container_id) == [], f"runsc left for {record.id}"
 
 
 def farm_containers(client: docker.DockerClient, home: Path) -> list:

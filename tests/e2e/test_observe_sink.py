@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.backends.hostprocs import kill_pids, runsc_pids
+from farm.backends.hostprocs import kill_pids, sandbox_pids
 from farm.observe import DEFAULT_POINTS, SockAddr, TraceSink, pod_init_config
 from tests.recorder import Recorder
 
@@ -53,7 +53,7 @@ def state(workdir: Path) -> Iterator[Path]:
     """runsc's --root for this test; afterwards no runsc process may still use it."""
     root = workdir / "state"
     yield root
-    left = runsc_pids(str(root))
+    left = sandbox_pids(str(root))
     kill_pids(left)  # by PID, only ours, then fail: a leak is a bug
     assert not left, f"runsc processes left behind: {left}"
 

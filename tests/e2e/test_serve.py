@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.backends.hostprocs import runsc_pids
+from farm.backends.hostprocs import sandbox_pids
 from farm.devtools import tool
 from farm.queue import Queue, State
 from farm.records import Status
@@ -236,7 +236,7 @@ def test_crash_marks_the_running_build_lost_reaps_it_and_loses_no_queued_build(
     assert lost["state"] == "done" and lost["result"] == "lost" and lost["farm_exit_code"] == 4
     record = Store(home).get(doomed)
     assert record.status is Status.LOST and record.container_id
-    assert runsc_pids(record.container_id) == []
+    assert sandbox_pids(record.container_id) == []
     _, samples = second.scrape()
     assert sample(samples, "farm_sandboxes_reaped_total") == 1
     assert sample(samples, "farm_builds_total", tenant="default", result="lost") == 1
