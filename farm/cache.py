@@ -30,6 +30,7 @@ from farm.reprocheck import REPORT_PATH
 from farm.sandbox import SandboxSpec
 from farm.signing import load_public_key, open_envelope, public_key_path
 from farm.spec import BuildSpec
+from farm.sqlitedb import create_schema
 from farm.store import Store
 
 #: Part of every key: a new farm release may build differently, so it never reuses.
@@ -112,8 +113,7 @@ class Cache:
         self.path = home / "cache.sqlite"
         self.store = store
         home.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        create_schema(self.path, SCHEMA, wal=False)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from farm.errors import NotFoundError
+from farm.sqlitedb import create_schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -87,11 +88,7 @@ class Queue:
         self.path = path
         self.default_limit = default_limit
         self.limits = dict(limits or {})
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.executescript(SCHEMA)  # executescript commits on its own
-        finally:
-            db.close()
+        create_schema(self.path, SCHEMA, wal=True)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -99,7 +96,6 @@ class Queue:
         # isolation_level=None lets BEGIN IMMEDIATE make a claim atomic across them.
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db

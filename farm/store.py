@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from farm.errors import NotFoundError
 from farm.records import BuildRecord, Status
+from farm.sqlitedb import create_schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -47,14 +48,12 @@ class Store:
         self.home = home
         self.blobs = home / "blobs" / "sha256"
         self.blobs.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        create_schema(home / "index.sqlite", SCHEMA, wal=True)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.home / "index.sqlite", timeout=30)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             with db:
                 yield db
         finally:
