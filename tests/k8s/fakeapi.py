@@ -116,10 +116,7 @@ class FakeAPI:
 
     def get(self, plural: str, ns: str, name: str) -> Obj:
         with self.cond:
-            found = self.objects.get((plural, ns, name))
-            if found is None:
-                raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
-            return copy.deepcopy(found)
+            return copy.deepcopy(self._stored((plural, ns, name)))
 
     def list(self, plural: str, ns: str | None = None, selector: str | None = None) -> list[Obj]:
         with self.cond:
@@ -146,6 +143,14 @@ class FakeAPI:
             self._emit("ADDED", plural, obj)
             return copy.deepcopy(obj)
 
+    def _stored(self, key: tuple[str, str, str]) -> Obj:
+        """The stored object (not a copy) at ``key``; 404 as the API server says it."""
+        found = self.objects.get(key)
+        if found is None:
+            plural, _, name = key
+            raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
+        return found
+
     def _check_rv(self, stored: Obj, body: Obj) -> None:
         want = (body.get("metadata") or {}).get("resourceVersion")
         if want and want != stored["metadata"]["resourceVersion"]:
@@ -168,9 +173,7 @@ class FakeAPI:
     def replace(self, plural: str, ns: str, name: str, body: Obj, sub: str | None) -> Obj:
         with self.cond:
             key = (plural, ns, name)
-            stored = self.objects.get(key)
-            if stored is None:
-                raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
+            stored = self._stored(key)
             self._check_rv(stored, body)
             obj = copy.deepcopy(stored)
             if sub == "status":
@@ -192,9 +195,7 @@ class FakeAPI:
     def patch(self, plural: str, ns: str, name: str, body: Obj, sub: str | None) -> Obj:
         with self.cond:
             key = (plural, ns, name)
-            stored = self.objects.get(key)
-            if stored is None:
-                raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
+            stored = self._stored(key)
             self._check_rv(stored, body)
             body = copy.deepcopy(body)
             (body.get("metadata") or {}).pop("resourceVersion", None)
@@ -207,9 +208,7 @@ class FakeAPI:
     def delete(self, plural: str, ns: str, name: str) -> Obj:
         with self.cond:
             key = (plural, ns, name)
-            stored = self.objects.get(key)
-            if stored is None:
-                raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
+            stored = self._stored(key)
             if stored["metadata"].get("finalizers"):
                 if not stored["metadata"].get("deletionTimestamp"):
                     obj = copy.deepcopy(stored)
