@@ -25,7 +25,7 @@ from farm.logs import CappedLog
 from farm.observe.classify import classify, lock_versions
 from farm.observe.daemon import HostObserver
 from farm.observe.spool import Observation
-from farm.observe.verdict import apply_allow, summarize
+from farm.observe.verdict import judge
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -309,26 +309,8 @@ class Runner:
         self, record: BuildRecord, spec: BuildSpec, observer: Observer, wait: float | None
     ) -> None:
         seen = observer.collect(record.container_id or "", wait)
-        actions = apply_allow(classify(seen.events, lock_versions(spec.source)), spec.observe)
-        record.blocked_actions = [a.model_dump() for a in actions]
-        record.observation = summarize(seen, actions, spec.observe)
-        reasons = record.observation.quarantine_reasons
-        record.notes.append(
-            f"observed {len(seen.events)} gVisor events ({seen.dropped} dropped by gVisor, "
-            f"{seen.unparseable + seen.overflow} undecodable or over the cap); "
-            f"{len(actions)} blocked or suspicious actions"
-        )
-        if not seen.complete:
-            record.notes.append(f"observation incomplete: {seen.problem}")
-        # A build that would publish is held back by any reason; a failed one ships
-        # nothing anyway, so only what its dependencies tried marks it quarantined.
-        tried = any(not a.allowed for a in actions)
-        if reasons and (
-            record.status is Status.SUCCEEDED or (record.status is Status.FAILED and tried)
-        ):
-            record.status = Status.QUARANTINED
-            record.notes += [f"quarantined (enforce mode): {r}" for r in reasons]
-            record.notes.append(f"artifacts withheld; see `farm report {record.id}`")
+        actions = classify(seen.events, lock_versions(spec.source))
+        judge(record, seen, len(seen.events), actions, spec.observe)
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

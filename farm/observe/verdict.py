@@ -1,7 +1,8 @@
 """Apply a build's observe policy to its blocked actions: which are allowed, and whether
 the build is quarantined.
 
-Callers: ``farm.runner`` after classification. Pure functions over pydantic models, so
+Callers: ``farm.runner`` after classification, and ``farm.k8s.reconcile`` with the node
+monitor's record of a cluster build. Both go through :func:`judge`, so a local build,
 ``farm serve`` and the Kubernetes controller reach the same verdict for the same record.
 """
 
@@ -10,8 +11,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from farm.observe.classify import BlockedAction
-from farm.observe.spool import Observation
-from farm.records import ObservationSummary
+from farm.records import BuildRecord, ObservationSummary, Status, TraceCompleteness
 from farm.spec import AllowRule, ObservePolicy
 
 
@@ -32,7 +32,7 @@ def apply_allow(actions: list[BlockedAction], policy: ObservePolicy) -> list[Blo
 
 
 def quarantine_reasons(
-    actions: list[BlockedAction], seen: Observation, policy: ObservePolicy
+    actions: list[BlockedAction], seen: TraceCompleteness, policy: ObservePolicy
 ) -> list[str]:
     """Why enforce mode withholds the build's artifacts; [] in audit mode or if clean.
 
@@ -55,14 +55,50 @@ def quarantine_reasons(
 
 
 def summarize(
-    seen: Observation, actions: list[BlockedAction], policy: ObservePolicy
+    seen: TraceCompleteness, events: int, actions: list[BlockedAction], policy: ObservePolicy
 ) -> ObservationSummary:
-    """The build record's summary of its observation, with enforce mode's verdict."""
+    """The build record's summary of its observation, with enforce mode's verdict.
+    ``events`` is how many events the record held (the node monitor ships the count,
+    not the events)."""
     return ObservationSummary(
         mode=policy.mode,
-        events=len(seen.events),
+        events=events,
         **seen.completeness(),
         actions=len(actions),
         allowed=sum(a.allowed for a in actions),
         quarantine_reasons=quarantine_reasons(actions, seen, policy),
     )
+
+
+def judge(
+    record: BuildRecord,
+    seen: TraceCompleteness,
+    events: int,
+    actions: list[BlockedAction],
+    policy: ObservePolicy,
+) -> None:
+    """Put the observation on ``record`` and quarantine it if ``policy`` says so.
+
+    ``record.status`` is the build's own result (succeeded or failed). A build that
+    would publish is held back by any reason; a failed one ships nothing anyway, so only
+    what its dependencies tried marks it quarantined. A quarantined record lists no
+    artifacts: they are withheld.
+    """
+    actions = apply_allow(actions, policy)
+    record.blocked_actions = [a.model_dump() for a in actions]
+    record.observation = summarize(seen, events, actions, policy)
+    record.notes.append(
+        f"observed {events} gVisor events ({seen.dropped} dropped by gVisor, "
+        f"{seen.unparseable + seen.overflow} undecodable or over the cap); "
+        f"{len(actions)} blocked or suspicious actions"
+    )
+    if not seen.complete:
+        record.notes.append(f"observation incomplete: {seen.problem}")
+    reasons = record.observation.quarantine_reasons
+    tried = any(not a.allowed for a in actions)
+    if reasons and (
+        record.status is Status.SUCCEEDED or (record.status is Status.FAILED and tried)
+    ):
+        record.status, record.artifacts = Status.QUARANTINED, []
+        record.notes += [f"quarantined (enforce mode): {r}" for r in reasons]
+        record.notes.append(f"artifacts withheld; see `farm report {record.id}`")

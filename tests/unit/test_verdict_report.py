@@ -10,8 +10,8 @@ import pytest
 from farm.errors import SpecError
 from farm.observe.classify import BlockedAction
 from farm.observe.spool import Observation
-from farm.observe.verdict import apply_allow, matches, quarantine_reasons
-from farm.records import BuildRecord, ObservationSummary, Status
+from farm.observe.verdict import apply_allow, judge, matches, quarantine_reasons
+from farm.records import Artifact, BuildRecord, ObservationSummary, Status, TraceCompleteness
 from farm.report import build_report, render
 from farm.spec import AllowRule, ObservePolicy, build_spec
 
@@ -86,10 +86,14 @@ def test_a_rule_that_matches_everything_is_bad_input(tmp_path: Path) -> None:
     assert build_spec({"source": str(tmp_path)}).observe.mode == "enforce"
 
 
-def record(actions: list[BlockedAction], summary: ObservationSummary | None) -> BuildRecord:
+def record(
+    actions: list[BlockedAction],
+    summary: ObservationSummary | None,
+    status: Status = Status.QUARANTINED,
+) -> BuildRecord:
     return BuildRecord(
         id="b1",
-        status=Status.QUARANTINED,
+        status=status,
         tenant="default",
         image="img",
         runtime="runsc-observed",
@@ -136,3 +140,25 @@ def test_report_aggregates_per_package() -> None:
 def test_report_of_an_unobserved_build_says_so() -> None:
     text = render(build_report(record([], None)))
     assert "not observed" in text
+
+
+def test_judge_withholds_a_succeeded_build_and_blames_a_failed_one_only_for_attempts() -> None:
+    """The one quarantine decision the runner and the Kubernetes controller share."""
+    enforce, clean = ObservePolicy(), TraceCompleteness()
+    ok = record([], None, Status.SUCCEEDED)
+    ok.artifacts = [Artifact(path="out/app", sha256="0" * 64, size=1)]
+    judge(ok, clean, 5, [action()], enforce)
+    assert (ok.status, ok.artifacts, ok.observation.events) == (Status.QUARANTINED, [], 5)
+    assert ok.blocked_actions[0]["package"] == "openssl-sys"
+
+    lossy = TraceCompleteness(complete=False, problem="the node monitor never reported")
+    failed = record([], None, Status.FAILED)
+    judge(failed, lossy, 0, [], enforce)  # nothing tried: its own failure stands
+    assert failed.status is Status.FAILED
+    assert "observation incomplete: the node monitor never reported" in failed.notes
+    judge(failed, clean, 1, [action()], enforce)
+    assert failed.status is Status.QUARANTINED
+
+    audited = record([], None, Status.SUCCEEDED)
+    judge(audited, lossy, 1, [action()], ObservePolicy(mode="audit"))
+    assert audited.status is Status.SUCCEEDED and len(audited.blocked_actions) == 1
