@@ -1,9 +1,9 @@
 """Signed SLSA v1 provenance of a build: an in-toto Statement in a DSSE envelope.
 
 Callers: ``farm.buildflow`` attests every succeeded build (after its reproducibility
-check, so the verdict is in it); ``farm.verify`` reads what this writes; ``farm
-provenance ID`` prints it. Field meanings: https://slsa.dev/spec/v1.0/provenance and
-docs/provenance.md (farm's buildType).
+check, so the verdict is in it), ``farm.k8s.reconcile`` every succeeded cluster build;
+``farm.verify`` reads what this writes; ``farm provenance ID`` prints it. Field
+meanings: https://slsa.dev/spec/v1.0/provenance and docs/provenance.md (farm's buildType).
 """
 
 from __future__ import annotations
@@ -36,10 +36,17 @@ BLOCKED_ACTIONS = "farm/blocked-actions"
 REPRODUCIBILITY = "farm/reproducibility"
 
 
-def attest(record: BuildRecord, spec: BuildSpec, store: Store, home: Path) -> str:
-    """Sign ``record``'s provenance, store the envelope; return and record its sha256."""
+def attest(
+    record: BuildRecord, spec: BuildSpec, store: Store, home: Path, builder_kind: str = "local"
+) -> str:
+    """Sign ``record``'s provenance, store the envelope; return and record its sha256.
+
+    ``builder_kind`` names the kind of installation in the builder id ("local", or
+    "kubernetes" for the controller); the key is the one in ``home``.
+    """
     key = load_or_create_key(home)
-    builder = f"urn:farm:builder:local:{keyid(key.public_key()).removeprefix('sha256:')[:16]}"
+    short = keyid(key.public_key()).removeprefix("sha256:")[:16]
+    builder = f"urn:farm:builder:{builder_kind}:{short}"
     body = json.dumps(statement(record, spec, builder), sort_keys=True).encode()
     envelope = sign(PAYLOAD_TYPE, body, key)
     sha, _ = store.put_bytes(json.dumps(envelope, indent=2).encode() + b"\n")
@@ -89,23 +96,33 @@ def _hex(digest: str | None) -> str:
 
 def _dependencies(record: BuildRecord, spec: BuildSpec) -> list[dict[str, Any]]:
     deps: list[dict[str, Any]] = [
-        {
-            "name": "source",
-            "uri": spec.source.as_uri(),
-            "digest": {"sha256": _hex(record.source_digest)},
-            "annotations": {"digestOf": "farm snapshot manifest (docs/reproducibility.md)"},
-        },
+        _source(record, spec),
         {
             "name": f"image:{record.image}",
             "uri": f"docker-image:{record.image}",
             "digest": {"sha256": _hex(record.image_id)},
         },
     ]
-    # Cargo.lock is read now, so only if the source is still what was built.
-    lockfile = spec.source / "Cargo.lock"
-    if lockfile.is_file() and source_digest(spec.source) == record.source_digest:
+    # Cargo.lock is read now, so only if the source is still what was built; a cluster
+    # build's source is on a volume that is gone, so its crates are not listed.
+    lockfile = spec.source / "Cargo.lock" if isinstance(spec.source, Path) else None
+    if lockfile and lockfile.is_file() and source_digest(spec.source) == record.source_digest:
         deps += crates(lockfile)
     return deps
+
+
+def _source(record: BuildRecord, spec: BuildSpec) -> dict[str, Any]:
+    """The source as the spec names it: a local tree by farm's snapshot digest, or a
+    source that describes itself (a cluster build's git URL and full commit id,
+    ``farm.k8s.resource.GitSource``), so no host path is read for it."""
+    if not isinstance(spec.source, Path):
+        return dict(spec.source.descriptor())
+    return {
+        "name": "source",
+        "uri": spec.source.as_uri(),
+        "digest": {"sha256": _hex(record.source_digest)},
+        "annotations": {"digestOf": "farm snapshot manifest (docs/reproducibility.md)"},
+    }
 
 
 def crates(lockfile: Path) -> list[dict[str, Any]]:

@@ -56,3 +56,7 @@ class ControllerConfig(BaseModel):
     collect_grace_seconds: int = Field(300, ge=30)
     #: Backstop only: the controller deletes Jobs itself as soon as it has recorded them.
     ttl_seconds_after_finished: int = Field(3600, ge=60)
+    #: How long the controller waits, after the build container ended, for the node
+    #: monitor's record before it finishes the build with an incomplete observation
+    #: (which enforce mode quarantines). Teardown waits too, so the pod outlives it.
+    observe_grace_seconds: int = Field(120, ge=1)

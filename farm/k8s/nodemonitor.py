@@ -9,8 +9,10 @@ once the build container has exited. The container id is the one the kubelet rep
 in ``initContainerStatuses[].containerID`` (``containerd://<id>``), which is the id
 runsc names the container by; the pod's ``farm.dev/build-name`` annotation names the
 Build. Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
-and ``blockedByKind`` (a merge patch of just those fields, so it never fights the
-controller's own status writes).
+and ``blockedByKind``; the whole classified record goes into ``status.observation``
+(a merge patch of just those fields, so it never fights the controller's own status
+writes). The controller waits for that record before it finishes the build, and judges
+it by the Build's observe policy; the monitor applies no policy itself.
 
 The observer is behind :class:`ObservationSource`, so this module needs nothing from
 Docker or from a running gVisor to be tested.
@@ -26,13 +28,18 @@ from typing import Protocol
 from farm.errors import KubeNotFoundError, KubernetesError
 from farm.k8s import names
 from farm.k8s.kube import Kube, Obj
-from farm.k8s.reconcile import build_exit_code
+from farm.k8s.reconcile import build_container_id, build_exit_code
+from farm.k8s.resource import MAX_STATUS_ACTIONS, ObservationStatus
 from farm.k8s.teardown import MANAGED
 from farm.metrics import Metrics
-from farm.observe.classify import classify
+from farm.observe.classify import BlockedAction, classify
 from farm.observe.spool import Observation
 
 log = logging.getLogger(__name__)
+#: JSON bytes the listed actions may take in a Build's status (the rest are counted).
+MAX_ACTIONS_BYTES = 256 << 10
+#: A build controls its processes' argv; in the status it is evidence, never matched.
+ARGV_ITEMS, ARGV_CHARS = 32, 256
 
 
 class ObservationSource(Protocol):
@@ -41,11 +48,39 @@ class ObservationSource(Protocol):
     def collect(self, container_id: str) -> Observation: ...
 
 
-def build_container_id(pod: Obj) -> str | None:
-    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        if st.get("name") == "build" and st.get("containerID"):
-            return str(st["containerID"]).split("://", 1)[-1]
-    return None
+def observation_status(
+    container_id: str, seen: Observation, actions: list[BlockedAction]
+) -> ObservationStatus:
+    """What goes into ``status.observation``: the completeness counts and the actions,
+    capped in number and bytes. Leaving any out makes the record incomplete, so an
+    enforce-mode build cannot hide an attempt behind a flood of others."""
+    listed: list[BlockedAction] = []
+    size = 0
+    for action in actions[:MAX_STATUS_ACTIONS]:
+        slim = _slim(action)
+        size += len(slim.model_dump_json())
+        if size > MAX_ACTIONS_BYTES:
+            break
+        listed.append(slim)
+    unlisted = len(actions) - len(listed)
+    completeness = seen.completeness()
+    if unlisted:
+        cap = f"{unlisted} of {len(actions)} actions not listed (over the status's cap)"
+        completeness["complete"] = False
+        completeness["problem"] = "; ".join(p for p in (seen.problem, cap) if p)
+    return ObservationStatus(
+        containerID=container_id,
+        events=len(seen.events),
+        actions=listed,
+        unlisted=unlisted,
+        **completeness,
+    )
+
+
+def _slim(action: BlockedAction) -> BlockedAction:
+    """The action with argv and cwd shortened; allow rules never match those fields."""
+    argv = [arg[:ARGV_CHARS] for arg in action.argv[:ARGV_ITEMS]]
+    return action.model_copy(update={"argv": argv, "cwd": action.cwd[:ARGV_CHARS]})
 
 
 class NodeMonitor:
@@ -75,11 +110,20 @@ class NodeMonitor:
         namespace = meta["namespace"]
         build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
         observation = self.source.collect(container_id)
-        kinds = Counter(a.kind for a in classify(observation.events, {}))
+        # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
+        # compilation gVisor did not see is named without its version.
+        actions = classify(observation.events, {})
+        kinds = Counter(a.kind for a in actions)
         for kind, n in kinds.items():
             self.metrics.blocked_actions.labels(tenant=namespace, kind=kind).inc(n)
         self.metrics.observer_dropped.inc(observation.lost)
-        status = {"blocked": sum(kinds.values()), "blockedByKind": dict(kinds)}
+        status = {
+            "blocked": sum(kinds.values()),
+            "blockedByKind": dict(kinds),
+            "observation": observation_status(container_id, observation, actions).model_dump(
+                mode="json", exclude_none=True
+            ),
+        }
         try:
             if build:
                 self.kube.patch_build_status(namespace, build, status)

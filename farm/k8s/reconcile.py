@@ -8,8 +8,13 @@ deterministic names and a 409 on create means "already there". Status is written
 the Build's resourceVersion; a 409 there means someone else wrote first, and the key is
 simply reconciled again. Returns the delay after which to look again, or None.
 
-Phases: Pending → Fetching → Building → Collecting → Succeeded | Failed. Status is
-recorded *before* teardown, and teardown finishes before ``tornDown`` is set.
+Phases: Pending → Fetching → Building → Collecting → Succeeded | Failed | Quarantined.
+Once the build container has ended, the build is not finished (so not torn down) until
+the node monitor's record of that container is in ``status.observation`` or
+``observe_grace_seconds`` have passed; the record is then judged by the Build's observe
+policy exactly as a local build's (``farm.observe.verdict.judge``), and a succeeded
+build is signed (``farm.provenance``). Status is recorded *before* teardown, and
+teardown finishes before ``tornDown`` is set.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import io
 import logging
 import secrets
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,17 +39,39 @@ from farm.k8s.resource import (
     ArtifactStatus,
     BuildStatus,
     ClusterBuildSpec,
+    ObservationStatus,
     cluster_spec,
     parse_status,
     set_condition,
 )
 from farm.k8s.teardown import Teardown
 from farm.metrics import Metrics
+from farm.observe.verdict import judge
+from farm.provenance import attest
 from farm.records import Artifact, BuildRecord, Refusal, Status
 from farm.store import Store
 
 log = logging.getLogger(__name__)
 POLL = 10.0  # seconds: a safety net; watches normally wake the controller sooner
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a build ends by its own result, before its observation is judged."""
+
+    phase: str
+    reason: str
+    message: str
+    #: The collector's accepted manifest (a succeeded build only).
+    manifest: Manifest | None = None
+    #: The build container's image as the kubelet resolved it (``sha256:…``).
+    image_id: str | None = None
+
+    @property
+    def result(self) -> Status:
+        if self.reason == "BuildTimedOut":
+            return Status.TIMED_OUT
+        return Status.SUCCEEDED if self.phase == "Succeeded" else Status.FAILED
 
 
 class Reconciler:
@@ -87,17 +115,17 @@ class Reconciler:
         try:
             spec = cluster_spec(build.get("spec") or {})
         except SpecError as exc:
-            return self._finish(build, ref, status, "Failed", "InvalidSpec", str(exc))
+            return self._finish(build, ref, status, Ending("Failed", "InvalidSpec", str(exc)))
         sandbox = objects.sandbox_spec(ref, spec)
         token = self._ensure_common(ref, spec)
         fetch = self._ensure(objects.fetch_job(ref, spec, sandbox, self.config))
         if status.startTime is None:
-            status.startTime = datetime.now(UTC).replace(microsecond=0)
+            status.startTime = _now()
         state, why = job_state(fetch)
         if state == "suspended":
             return self._set(build, ref, status, "Pending", "Queued", "waiting for Kueue")
         if state == "failed":
-            return self._finish(build, ref, status, "Failed", "FetchFailed", why)
+            return self._finish(build, ref, status, Ending("Failed", "FetchFailed", why))
         if state != "succeeded":
             return self._set(build, ref, status, "Fetching", "Fetching", "fetch Job running")
         job = self._ensure(objects.build_job(ref, spec, sandbox, self.config))
@@ -117,28 +145,72 @@ class Reconciler:
             status.containerIDs = container_ids(pod)
         exit_code = build_exit_code(pod)
         state, why = job_state(job)
-        if exit_code is None:
+        if pod is None or exit_code is None:
             if state == "failed":  # deadline or eviction before the build ended
-                return self._finish(build, ref, status, "Failed", "BuildTimedOut", why)
+                timed_out = Ending("Failed", "BuildTimedOut", why)
+                return self._finish(build, ref, status, timed_out)
             return self._set(build, ref, status, "Building", "Building", "build running")
         status.exitCode = exit_code
-        if exit_code != 0:
-            self._record_log(ref, spec, status, pod)
-            message = f"the build exited with status {exit_code}"
-            return self._finish(build, ref, status, "Failed", "BuildFailed", message)
+        status.exitTime = status.exitTime or _now()
+        ending = self._ending(ref, spec, status, token, (state, why))
+        if ending is None:
+            return self._set(build, ref, status, "Collecting", "Collecting", "uploading /out")
+        seen = self._observation(status, build_container_id(pod) or "")
+        if seen is None:
+            return self._await_observation(build, ref, status)
+        self._record_log(ref, spec, status, pod)
+        ending = replace(ending, image_id=build_image_id(pod))
+        return self._finish(build, ref, status, ending, spec, seen)
+
+    def _ending(
+        self,
+        ref: BuildRef,
+        spec: ClusterBuildSpec,
+        status: BuildStatus,
+        token: str,
+        job: tuple[str, str],
+    ) -> Ending | None:
+        """The build's own result once it has one; None while the collector uploads.
+        ``job`` is the Job's state and why (``job_state``)."""
+        if status.exitCode != 0:
+            message = f"the build exited with status {status.exitCode}"
+            return Ending("Failed", "BuildFailed", message)
         self._ensure(objects.collect_policy(ref, self.config))
         key = collect_key(ref)
         self.ledger.expect(key, token, spec.limits)
         manifest = self.ledger.result(key)
-        if manifest is None:
-            if state == "failed" or (state == "succeeded"):
-                message = f"the collector ended without delivering a manifest ({why or state})"
-                return self._finish(build, ref, status, "Failed", "CollectionFailed", message)
-            return self._set(build, ref, status, "Collecting", "Collecting", "uploading /out")
-        self._record_log(ref, spec, status, pod)
-        record_artifacts(status, manifest)
-        message = f"{len(manifest.artifacts)} artifacts, {len(manifest.refused)} refused"
-        return self._finish(build, ref, status, "Succeeded", "Succeeded", message)
+        if manifest is not None:
+            message = f"{len(manifest.artifacts)} artifacts, {len(manifest.refused)} refused"
+            return Ending("Succeeded", "Succeeded", message, manifest)
+        state, why = job
+        if state in ("failed", "succeeded"):  # the Job ended without the manifest
+            message = f"the collector ended without delivering a manifest ({why or state})"
+            return Ending("Failed", "CollectionFailed", message)
+        return None
+
+    def _observation(self, status: BuildStatus, container_id: str) -> ObservationStatus | None:
+        """The node monitor's record of the build container; None while it may still
+        come. After the grace, an incomplete record saying it never came, so that a
+        missing monitor (or a pod it never saw) cannot pass for a clean build."""
+        seen = status.observation
+        if seen is not None and seen.containerID == container_id:
+            return seen
+        if self._grace_left(status) > 0:
+            return None
+        grace = self.config.observe_grace_seconds
+        problem = f"the node monitor never reported container {container_id} within {grace}s"
+        return ObservationStatus(containerID=container_id, complete=False, problem=problem)
+
+    def _grace_left(self, status: BuildStatus) -> float:
+        waited = (_now() - (status.exitTime or _now())).total_seconds()
+        return self.config.observe_grace_seconds - waited
+
+    def _await_observation(self, build: Obj, ref: BuildRef, status: BuildStatus) -> float:
+        phase = "Collecting" if status.exitCode == 0 else "Building"
+        message = "waiting for the node monitor's record of the build container"
+        self._set(build, ref, status, phase, "Observing", message)
+        # The monitor's status patch wakes the Build's watch; this bounds the grace.
+        return max(0.5, min(POLL, self._grace_left(status)))
 
     def _teardown_finished(self, build: Obj, ref: BuildRef, status: BuildStatus) -> float | None:
         if status.tornDown:
@@ -218,43 +290,62 @@ class Reconciler:
         return POLL
 
     def _finish(
-        self, build: Obj, ref: BuildRef, status: BuildStatus, phase: str, reason: str, message: str
+        self,
+        build: Obj,
+        ref: BuildRef,
+        status: BuildStatus,
+        ending: Ending,
+        spec: ClusterBuildSpec | None = None,
+        seen: ObservationStatus | None = None,
     ) -> float:
-        status.phase = phase  # type: ignore[assignment]
-        status.message = message
-        status.observedGeneration = ref.generation
-        status.completionTime = datetime.now(UTC).replace(microsecond=0)
-        value = "True" if phase == "Succeeded" else "False"
-        set_condition(status, "Succeeded", value, reason, message, ref.generation)
-        set_condition(status, "TornDown", "False", "Pending", "teardown next", ref.generation)
-        result = {"Succeeded": "succeeded", "Failed": "failed"}[phase]
-        if reason == "BuildTimedOut":
-            result = "timed_out"
+        """Judge, record, sign and write the end of a build; teardown comes next."""
+        status.completionTime = _now()
+        if ending.manifest is not None:
+            record_artifacts(status, ending.manifest)
+        record = build_record(build, ref, status, ending)
+        if spec is not None and seen is not None:
+            judge(record, seen, seen.events, seen.actions, spec.observe)
+        if record.status is Status.QUARANTINED:
+            reasons = record.observation.quarantine_reasons if record.observation else []
+            ending = Ending("Quarantined", "Quarantined", "; ".join(reasons))
+            status.artifacts, status.digest = [], ""  # withheld, as locally
         # The store's record first: once the status says finished, the record exists.
-        record = build_record(build, ref, status, Status(result))
-        self.store.save(record)
-        self._write(build, status)
-        self.kube.event(build, reason, message, warning=phase != "Succeeded")
-        self.metrics.builds.labels(tenant=record.tenant, result=result).inc()
+        if record.status is Status.SUCCEEDED and spec is not None:
+            status.provenance = attest(record, spec, self.store, self.store.home, "kubernetes")
+        else:
+            self.store.save(record)
+        self._write_end(build, ref, status, ending)
+        self.metrics.builds.labels(tenant=record.tenant, result=record.status.value).inc()
         return 0.0  # teardown next, now that the status is recorded
+
+    def _write_end(self, build: Obj, ref: BuildRef, status: BuildStatus, ending: Ending) -> None:
+        status.phase = ending.phase  # type: ignore[assignment]
+        status.message = ending.message
+        status.observedGeneration = ref.generation
+        value = "True" if ending.phase == "Succeeded" else "False"
+        set_condition(status, "Succeeded", value, ending.reason, ending.message, ref.generation)
+        set_condition(status, "TornDown", "False", "Pending", "teardown next", ref.generation)
+        self._write(build, status)
+        self.kube.event(build, ending.reason, ending.message, warning=value != "True")
 
     def _write(self, build: Obj, status: BuildStatus) -> None:
         build.update(self.kube.replace_build_status(build, dump(status)))
 
 
-def build_record(build: Obj, ref: BuildRef, status: BuildStatus, result: Status) -> BuildRecord:
-    """The same record a local build leaves in the store, so ``farm show ID`` and
-    ``farm artifacts ID`` work on the controller's store. The id is the Build's
-    ``<namespace>.<name>.<uid8>``."""
+def build_record(build: Obj, ref: BuildRef, status: BuildStatus, ending: Ending) -> BuildRecord:
+    """The same record a local build leaves in the store, so ``farm show``, ``farm
+    artifacts``, ``farm report`` and ``farm provenance`` work on the controller's store.
+    The id is the Build's ``<namespace>.<name>.<uid8>``."""
     spec = build.get("spec") or {}
     tenant = str(spec.get("tenant") or "default")[:63]
     finished = status.completionTime or datetime.now(UTC)
     started = status.startTime or finished
     return BuildRecord(
         id=f"{ref.namespace}.{ref.name}.{names.short_uid(ref.uid)}",
-        status=result,
+        status=ending.result,
         tenant=tenant,
         image=str(spec.get("image") or ""),
+        image_id=ending.image_id,
         runtime=f"kubernetes RuntimeClass {names.RUNTIME_CLASS}",
         spec=spec,
         created_at=started,
@@ -267,8 +358,12 @@ def build_record(build: Obj, ref: BuildRef, status: BuildStatus, result: Status)
             Refusal(path=r.split(": ", 1)[0], reason=r.split(": ", 1)[-1]) for r in status.refused
         ],
         log_sha256=status.logSha256 or None,
-        notes=[status.message],
+        notes=[ending.message],
     )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def dump(status: BuildStatus) -> dict[str, Any]:
@@ -300,6 +395,23 @@ def build_exit_code(pod: Obj | None) -> int | None:
         terminated = (st.get("state") or {}).get("terminated")
         if st.get("name") == "build" and terminated:
             return int(terminated.get("exitCode", 1))
+    return None
+
+
+def build_container_id(pod: Obj) -> str | None:
+    """The runtime id of the ``build`` init container: the id runsc names its sandbox
+    by, so the node monitor's record and the controller's wait agree on it."""
+    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if st.get("name") == "build" and st.get("containerID"):
+            return str(st["containerID"]).split("://", 1)[-1]
+    return None
+
+
+def build_image_id(pod: Obj) -> str | None:
+    """The build image's digest as the kubelet resolved it (``repo@sha256:…`` → ``sha256:…``)."""
+    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if st.get("name") == "build" and st.get("imageID"):
+            return str(st["imageID"]).rsplit("@", 1)[-1]
     return None
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from farm.errors import SpecError
+from farm.observe.classify import BlockedAction
+from farm.records import TraceCompleteness
 from farm.spec import BuildSpec, _describe
 
 _GIT_URL = re.compile(r"^https://[^\s\0]+$")
@@ -55,6 +57,18 @@ class GitSource(BaseModel):
             raise ValueError(f"{value!r} must be a relative path inside the repository")
         return value
 
+    def descriptor(self) -> dict[str, Any]:
+        """This source as an SLSA ResourceDescriptor (``farm.provenance``): the URL and
+        the commit the fetch phase checked (``HEAD == revision``)."""
+        found: dict[str, Any] = {
+            "name": "source",
+            "uri": f"git+{self.git}@{self.revision}",
+            "digest": {"gitCommit": self.revision},
+        }
+        if self.subdir:
+            found["annotations"] = {"subdir": self.subdir}
+        return found
+
 
 class ClusterBuildSpec(BuildSpec):
     """``Build.spec``: a BuildSpec whose source is git, plus cluster-only scheduling."""
@@ -80,8 +94,13 @@ def cluster_spec(data: dict[str, Any]) -> ClusterBuildSpec:
         raise SpecError([_describe(err) for err in exc.errors()]) from None
 
 
-Phase = Literal["Pending", "Fetching", "Building", "Collecting", "Succeeded", "Failed"]
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
+Phase = Literal[
+    "Pending", "Fetching", "Building", "Collecting", "Succeeded", "Failed", "Quarantined"
+]
+TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Quarantined"})
+#: Actions listed in ``status.observation``: with the byte budget in farm.k8s.nodemonitor
+#: this keeps a Build well under the API server's object size (about 1.5 MiB).
+MAX_STATUS_ACTIONS = 256
 
 
 class Condition(BaseModel):
@@ -105,6 +124,18 @@ class ArtifactStatus(BaseModel):
     size: int
 
 
+class ObservationStatus(TraceCompleteness):
+    """The node monitor's record of one build container: how complete gVisor's record
+    is and every classified action, for the controller to judge by the Build's observe
+    policy (``farm.observe.verdict``). Actions past the cap are counted in ``unlisted``
+    and make the record incomplete, so enforce mode fails closed."""
+
+    containerID: str = Field(description="the build container this record is of")
+    events: int = Field(0, description="events in gVisor's record")
+    actions: list[BlockedAction] = Field(default_factory=list, max_length=MAX_STATUS_ACTIONS)
+    unlisted: int = Field(0, description="actions left out to fit the status")
+
+
 class BuildStatus(BaseModel):
     """``Build.status``: the cluster's copy of the build record (the store keeps blobs)."""
 
@@ -126,6 +157,13 @@ class BuildStatus(BaseModel):
     containerIDs: list[str] = Field(default_factory=list)
     tornDown: bool = False
     conditions: list[Condition] = Field(default_factory=list)
+    exitTime: datetime | None = Field(
+        None, description="when the controller saw the build container end"
+    )
+    observation: ObservationStatus | None = Field(
+        None, description="what gVisor saw (from the node monitor)"
+    )
+    provenance: str = Field("", description="sha256 of the signed provenance in the store")
 
 
 def parse_status(raw: dict[str, Any] | None) -> BuildStatus:

@@ -17,10 +17,12 @@ from farm.k8s.artifacts import ArtifactServer
 from farm.k8s.config import ControllerConfig
 from farm.k8s.controller import Controller
 from farm.k8s.kube import Kube
+from farm.k8s.nodemonitor import NodeMonitor
 from farm.metrics import Metrics
+from farm.observe.spool import Observation
 from farm.store import Store
 from tests.k8s.fakeapi import FakeAPI, FakeServer
-from tests.k8s.kubelet import wait_for
+from tests.k8s.kubelet import BUILD_CID, Spooled, wait_for
 
 NS = "team-a"
 
@@ -34,13 +36,16 @@ class Cluster:
     controllers: list[tuple[Controller, threading.Event, threading.Thread, ArtifactServer]] = field(
         default_factory=list
     )
+    monitors: list[tuple[threading.Event, threading.Thread]] = field(default_factory=list)
 
-    def controller(self, identity: str, **kwargs: object) -> Controller:
+    def controller(
+        self, identity: str, config: ControllerConfig | None = None, **kwargs: object
+    ) -> Controller:
         """Start a controller candidate (with its own store and artifact endpoint)."""
         store = Store(self.tmp / f"home-{identity}")
         ctl = Controller(
             self.kube,
-            ControllerConfig(),
+            config or ControllerConfig(),
             store,
             Metrics(CollectorRegistry()),
             identity,
@@ -58,6 +63,17 @@ class Cluster:
         thread.start()
         self.controllers.append((ctl, stop, thread, artifacts))
         return ctl
+
+    def monitor(self, observations: dict[str, Observation] | None = None) -> NodeMonitor:
+        """Run the real node monitor of node-1 (where tests/k8s/kubelet.py puts pods).
+        By default the build container's record is complete and clean."""
+        seen = observations if observations is not None else {BUILD_CID: clean()}
+        monitor = NodeMonitor(self.kube, Metrics(CollectorRegistry()), Spooled(seen), "node-1")
+        stop = threading.Event()
+        thread = threading.Thread(target=monitor.run, args=(stop, 0.05), daemon=True)
+        thread.start()
+        self.monitors.append((stop, thread))
+        return monitor
 
     def artifact_url(self, ctl: Controller) -> str:
         return next(a.url for c, _, _, a in self.controllers if c is ctl)
@@ -89,6 +105,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     kube = Kube(client.ApiClient(client.Configuration(host=server.url)), request_timeout=10)
     c = Cluster(api, server, kube, tmp_path)
     yield c
+    for stop, thread in c.monitors:
+        stop.set()
+        thread.join(30)
     for _, stop, _, _ in c.controllers:
         stop.set()
     for _, _, thread, artifacts in c.controllers:
@@ -114,6 +133,11 @@ def assert_within_rbac(calls: list[tuple[str, str, str, str | None]]) -> None:
         )
     ]
     assert outside == [], "calls the RBAC in farm/k8s/permissions.py does not grant"
+
+
+def clean() -> Observation:
+    """gVisor's complete record of a build container that tried nothing."""
+    return Observation(container_id=BUILD_CID, connections=1)
 
 
 BuildFactory = Callable[..., dict]

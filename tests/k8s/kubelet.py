@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from farm.k8s import collector, names
+from farm.observe.spool import Observation
 from tests.k8s.fakeapi import FakeAPI
 
 T = TypeVar("T")
 REVISION = "0123456789abcdef0123456789abcdef01234567"
+#: The runtime id :func:`build_pod` gives the ``build`` container (runsc's sandbox id).
+BUILD_CID = "ab" * 32
 
 
 def wait_for(probe: Callable[[], T], what: str, timeout: float = 20.0) -> T:
@@ -113,6 +116,24 @@ def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: byte
     if existing:
         return api.mutate("pods", ns, name, lambda o: o.update(status=pod["status"]))
     return api.create("pods", ns, pod)
+
+
+class Spooled:
+    """Stands in for farm.observe's HostObserver on a node: one recorded Observation
+    per container; a container with no record is incomplete, as the real one says."""
+
+    def __init__(self, observations: dict[str, Observation]) -> None:
+        self.observations = observations
+        self.asked: list[str] = []
+
+    def collect(self, container_id: str) -> Observation:
+        self.asked.append(container_id)
+        missing = Observation(
+            container_id=container_id,
+            complete=False,
+            problem="the observer received no trace connection for this sandbox",
+        )
+        return self.observations.get(container_id, missing)
 
 
 def _status(name: str, fill: str, state: dict, image: str) -> dict:

@@ -37,6 +37,7 @@ def reasons(c: Cluster, build: dict) -> list[str]:
 
 def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_path: Path) -> None:
     ctl = cluster.controller("a")
+    cluster.monitor()
     build = cluster.api.create("builds", NS, build_manifest("hello"))
 
     fetching = cluster.wait_phase("hello", "Fetching")
@@ -81,6 +82,8 @@ def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_
     record = ctl.reconciler.store.get(f"{NS}.hello.{names.short_uid(build['metadata']['uid'])}")
     assert record.status == "succeeded" and record.log_sha256 == status["logSha256"]
     assert {a.path for a in record.artifacts} == {"out/docs/readme.txt", "out/hello"}
+    assert record.observation.complete and record.observation.quarantine_reasons == []
+    assert status["provenance"] == record.provenance_sha256
 
     torn = wait_for(
         lambda: (b := cluster.api.get("builds", NS, "hello"))["status"].get("tornDown") and b,
@@ -105,6 +108,7 @@ def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_
 
 def test_a_failed_build_is_recorded_never_collected_and_torn_down(cluster: Cluster) -> None:
     cluster.controller("a")
+    cluster.monitor()
     build = cluster.api.create("builds", NS, build_manifest("broken"))
     finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
     build_pod(
@@ -176,6 +180,7 @@ def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
     }
 
     cluster.stop(first, crash=True)
+    cluster.monitor()
     assert (
         cluster.api.get("leases", "farm-system", "farm-controller")["spec"]["holderIdentity"]
         == "first"

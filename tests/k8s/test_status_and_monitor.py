@@ -16,7 +16,7 @@ from farm.observe.events import Context, TraceEvent
 from farm.observe.spool import Observation
 from farm.store import Store
 from tests.k8s.conftest import NS, Cluster
-from tests.k8s.kubelet import build_manifest, build_pod, finish_job, job
+from tests.k8s.kubelet import Spooled, build_manifest, build_pod, finish_job, job
 
 
 def reconciler(cluster: Cluster, tmp_path: Path) -> Reconciler:
@@ -82,18 +82,6 @@ def event(kind: str, **fields: object) -> TraceEvent:
     return TraceEvent(
         kind=kind, message_type=0, connection=1, container_id="ab" * 32, context=ctx, fields=fields
     )
-
-
-class Spooled:
-    """Stands in for farm.observe's HostObserver: one recorded Observation per container."""
-
-    def __init__(self, observations: dict[str, Observation]) -> None:
-        self.observations = observations
-        self.asked: list[str] = []
-
-    def collect(self, container_id: str) -> Observation:
-        self.asked.append(container_id)
-        return self.observations.get(container_id, Observation(container_id=container_id))
 
 
 def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
