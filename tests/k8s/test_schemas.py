@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ from farm.k8s.config import ControllerConfig, Mirror
 from farm.k8s.leader import LeaderElector
 from farm.k8s.main import crd_yaml
 from farm.k8s.objects import BuildRef
-from farm.k8s.resource import BuildStatus, cluster_spec, set_condition
+from farm.k8s.resource import (
+    MAX_STATUS_ACTIONS,
+    BuildStatus,
+    ObservationStatus,
+    cluster_spec,
+    set_condition,
+)
 from tests.k8s.versions import K8S_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,8 +246,32 @@ def test_type_and_bound_errors_are_rejected_by_both_the_crd_and_pydantic(change:
 
 
 def test_a_full_status_validates_against_the_crd() -> None:
+    action = {
+        "kind": "network",
+        "operation": "connect",
+        "target": "10.1.2.3:443",
+        "errno": "ENETUNREACH",
+        "time_ns": 1,
+        "pid": 8,
+        "process_name": "build-script-bu",
+        "executable": "/build/target/release/build/evil-0/build-script-build",
+        "argv": ["build-script-build"],
+        "package": "evil",
+        "version": "0.3.1",
+        "role": "build script",
+        "family": "inet",
+        "address": "10.1.2.3",
+        "port": 443,
+        "protocol": "tcp",
+    }
+    observation = ObservationStatus(
+        containerID="ab" * 32, events=40, dropped=1, actions=[action], unlisted=0
+    )
     status = BuildStatus(
-        phase="Succeeded",
+        phase="Quarantined",
+        exitTime=datetime(2026, 11, 29, tzinfo=UTC),
+        observation=observation,
+        provenance="2" * 64,
         exitCode=0,
         blocked=2,
         blockedByKind={"network": 2},
@@ -256,4 +287,8 @@ def test_a_full_status_validates_against_the_crd() -> None:
     jsonschema.validate(doc, build_schema())
     doc["status"]["phase"] = "Exploded"
     with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, build_schema())
+    doc["status"]["phase"] = "Quarantined"
+    doc["status"]["observation"]["actions"] *= MAX_STATUS_ACTIONS + 1
+    with pytest.raises(jsonschema.ValidationError, match="is too long"):
         jsonschema.validate(doc, build_schema())

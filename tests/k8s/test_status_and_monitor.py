@@ -3,20 +3,24 @@ against the fake API over real HTTP (no controller threads: one reconcile at a t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 from prometheus_client import CollectorRegistry
 
 from farm.k8s.artifacts import Ledger
 from farm.k8s.config import ControllerConfig
 from farm.k8s.nodemonitor import NodeMonitor
 from farm.k8s.reconcile import Reconciler
+from farm.k8s.resource import MAX_STATUS_ACTIONS
 from farm.metrics import Metrics
 from farm.observe.events import Context, TraceEvent
 from farm.observe.spool import Observation
 from farm.store import Store
 from tests.k8s.conftest import NS, Cluster
 from tests.k8s.kubelet import Spooled, build_manifest, build_pod, finish_job, job
+from tests.k8s.test_schemas import build_schema
 
 
 def reconciler(cluster: Cluster, tmp_path: Path) -> Reconciler:
@@ -118,6 +122,9 @@ def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
     status = cluster.api.get("builds", NS, "watched")["status"]
     assert status["blocked"] == 3
     assert status["blockedByKind"] == {"sensitive_read": 1, "fs_write_denied": 1, "privilege": 1}
+    shipped = status["observation"]
+    assert (shipped["containerID"], shipped["events"], shipped["dropped"]) == (cid, 3, 3)
+    assert [a["target"] for a in shipped["actions"]] == ["/root/.ssh/id_rsa", "/usr/bin/cc", "/"]
     sample = metrics.registry.get_sample_value
     assert sample("farm_blocked_actions_total", {"tenant": NS, "kind": "privilege"}) == 1
     assert sample("farm_observer_events_dropped_total") == 3
@@ -125,3 +132,31 @@ def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
     settle(r, "watched")
     status = cluster.api.get("builds", NS, "watched")["status"]
     assert (status["phase"], status["blocked"]) == ("Collecting", 3)
+
+
+def test_a_flood_of_actions_is_capped_and_marks_the_record_incomplete(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A build cannot hide one attempt behind thousands, nor blow the Build past what the
+    API server stores: what does not fit is counted, and the record is incomplete."""
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("flood"))
+    settle(r, "flood")
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    settle(r, "flood")
+    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    cid = "ab" * 32
+    long_path = "/root/.ssh/" + "k" * 3000
+    events = [event("open", pathname=long_path, flags=0, exit={"errorno": 2})] * 300
+    source = Spooled({cid: Observation(container_id=cid, events=events)})
+    assert NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-1").scan() == 1
+
+    doc = cluster.api.get("builds", NS, "flood")
+    shipped = doc["status"]["observation"]
+    listed = len(shipped["actions"])
+    assert 0 < listed < MAX_STATUS_ACTIONS and shipped["unlisted"] == 300 - listed
+    assert shipped["complete"] is False
+    assert f"{300 - listed} of 300 actions not listed" in shipped["problem"]
+    assert doc["status"]["blocked"] == 300
+    assert len(json.dumps(doc)) < 1 << 20  # well within etcd's 1.5 MiB per object
+    jsonschema.validate(doc, build_schema())
