@@ -150,8 +150,9 @@ def _byproducts(record: BuildRecord) -> list[dict[str, Any]]:
     obs = record.observation
     blocked = {
         "observed": obs is not None,
-        # A record with lost events cannot prove the absence of an attempt.
-        "complete": obs is not None and obs.complete,
+        # A record with lost events cannot prove the absence of an attempt (audit mode
+        # signs such a build; enforce mode quarantines it).
+        "complete": obs is not None and obs.complete and obs.lost == 0,
         "mode": obs.mode if obs else None,
         "actions": record.blocked_actions,
     }

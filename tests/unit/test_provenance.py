@@ -171,6 +171,20 @@ def test_no_network_needs_a_complete_record(tmp_path: Path, attested) -> None:
         verify(artifact, resigned, key.public_key(), ["no-network"])
 
 
+def test_a_record_that_lost_events_is_signed_as_incomplete(tmp_path: Path, attested) -> None:
+    """An audit-mode build whose record lost events is signed, but cannot claim
+    no-network: the lost events may have been the attempt."""
+    home, artifact, _, envelope = attested
+    store = Store(home)
+    record = store.get(payload(envelope)["predicate"]["runDetails"]["metadata"]["invocationId"])
+    record.observation = ObservationSummary(mode="audit", events=10, dropped=3)
+    spec = build_spec({"source": str(HELLO), "source_date_epoch": 1_700_000_000})
+    lossy = tmp_path / "lossy.json"
+    lossy.write_bytes(store.blob_path(attest(record, spec, store, home)).read_bytes())
+    with pytest.raises(VerificationError, match="lost events"):
+        verify(artifact, lossy, load_public_key(public_key_path(home)), ["no-network"])
+
+
 def test_the_key_is_private_created_once_and_guarded(tmp_path: Path) -> None:
     home = tmp_path / "home"
     first = load_or_create_key(home)
