@@ -51,7 +51,7 @@ LEADER_ELECTION: tuple[Grant, ...] = (
     _grant("coordination.k8s.io", "leases", "get", "update", names=(LEASE_NAME,)),
 )
 
-#: Cluster-wide: reads the pods on its node, patches blocked counts into Build status.
+#: Cluster-wide: reads the pods on its node, patches its record and counts into Build status.
 NODE_MONITOR: tuple[Grant, ...] = (
     _grant("", "pods", "list"),
     _grant(GROUP, "builds/status", "patch"),

@@ -44,6 +44,7 @@ from tests.k8s.kubelet import (
     wait_for,
 )
 from tests.k8s.test_schemas import build_schema
+from tests.k8s.test_status_and_monitor import settle
 from tests.unit.test_classify import EVIL_ENV, SCRIPT, cargo_root, ev, inet, step
 
 BINARY = b"\x7fELF cluster binary"
@@ -176,12 +177,6 @@ def stepped(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[Reconciler, str]
     server = ArtifactServer(ledger, "127.0.0.1", 0).start()
     yield r, server.url
     server.stop()
-
-
-def settle(r: Reconciler, name: str) -> None:
-    for _ in range(20):
-        if r.reconcile(NS, name) != 0.0:
-            return
 
 
 def collected(cluster: Cluster, tmp_path: Path, r: Reconciler, url: str, name: str) -> dict:
