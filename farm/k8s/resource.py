@@ -2,7 +2,8 @@
 
 Callers: ``farm.k8s.crd`` generates the CRD's schema from these; ``farm.k8s.reconcile``
 validates each Build's spec with :func:`cluster_spec` before creating anything, and
-writes :class:`BuildStatus`. ``ClusterBuildSpec`` *is* a ``BuildSpec`` (same fields,
+writes :class:`BuildStatus`; ``farm.k8s.nodemonitor`` writes its
+:class:`ObservationStatus` into it. ``ClusterBuildSpec`` *is* a ``BuildSpec`` (same fields,
 validators and limits) except that the source is a git repository the fetch phase
 checks out, because a cluster has no local directory to mount.
 """
