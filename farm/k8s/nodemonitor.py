@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from farm.errors import KubeNotFoundError, KubernetesError
 from farm.k8s import names
@@ -92,6 +92,8 @@ class NodeMonitor:
         #: Containers already reported; a restarted monitor reports again (status is
         #: set, not added to, so only the Prometheus counter can count twice).
         self.done: set[str] = set()
+        #: Status patches collected but not yet written (the API refused the last try).
+        self.pending: dict[str, dict[str, Any]] = {}
 
     def scan(self) -> int:
         """Report every finished build container on this node not reported yet."""
@@ -109,6 +111,21 @@ class NodeMonitor:
         meta = pod["metadata"]
         namespace = meta["namespace"]
         build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
+        if container_id not in self.pending:
+            # The observer hands a record out once (reading consumes it), so it is kept
+            # until the patch lands: a failed patch must not turn into a missing record.
+            self.pending[container_id] = self._observe(namespace, container_id)
+        try:
+            if build:
+                self.kube.patch_build_status(namespace, build, self.pending[container_id])
+        except KubeNotFoundError:
+            pass  # the Build was deleted meanwhile: nothing to annotate
+        del self.pending[container_id]
+        self.done.add(container_id)
+
+    def _observe(self, namespace: str, container_id: str) -> dict[str, Any]:
+        """Collect and classify one container's record, count it, and return the status
+        patch that carries it."""
         observation = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
         # compilation gVisor did not see is named without its version.
@@ -117,19 +134,12 @@ class NodeMonitor:
         for kind, n in kinds.items():
             self.metrics.blocked_actions.labels(tenant=namespace, kind=kind).inc(n)
         self.metrics.observer_dropped.inc(observation.lost)
-        status = {
+        shipped = observation_status(container_id, observation, actions)
+        return {
             "blocked": sum(kinds.values()),
             "blockedByKind": dict(kinds),
-            "observation": observation_status(container_id, observation, actions).model_dump(
-                mode="json", exclude_none=True
-            ),
+            "observation": shipped.model_dump(mode="json", exclude_none=True),
         }
-        try:
-            if build:
-                self.kube.patch_build_status(namespace, build, status)
-        except KubeNotFoundError:
-            pass  # the Build was deleted meanwhile: nothing to annotate
-        self.done.add(container_id)
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         while not stop.wait(interval):

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 from prometheus_client import CollectorRegistry
 
+from farm.errors import KubernetesError
 from farm.k8s.artifacts import Ledger
 from farm.k8s.config import ControllerConfig
 from farm.k8s.nodemonitor import NodeMonitor
@@ -160,3 +162,31 @@ def test_a_flood_of_actions_is_capped_and_marks_the_record_incomplete(
     assert doc["status"]["blocked"] == 300
     assert len(json.dumps(doc)) < 1 << 20  # well within etcd's 1.5 MiB per object
     jsonschema.validate(doc, build_schema())
+
+
+def test_a_failed_status_patch_is_retried_with_the_record_already_collected(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The observer's record is consumed when read, so a patch the API refuses must be
+    retried with the same record, not with a fresh (now missing) one."""
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("flaky"))
+    settle(r, "flaky")
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    settle(r, "flaky")
+    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    cid = "ab" * 32
+    source = Spooled({cid: Observation(container_id=cid, events=[event("chroot", pathname="/")])})
+    monitor = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-1")
+    real_patch = cluster.kube.patch_build_status
+
+    def unavailable(namespace: str, name: str, status: dict) -> dict:
+        cluster.kube.patch_build_status = real_patch  # type: ignore[method-assign]
+        raise KubernetesError("503 the API server is restarting", 503)
+
+    cluster.kube.patch_build_status = unavailable  # type: ignore[method-assign]
+    with pytest.raises(KubernetesError):
+        monitor.scan()
+    assert monitor.scan() == 1 and source.asked == [cid]
+    shipped = cluster.api.get("builds", NS, "flaky")["status"]["observation"]
+    assert shipped["complete"] and [a["kind"] for a in shipped["actions"]] == ["privilege"]
