@@ -388,31 +388,32 @@ def job_state(job: Obj) -> tuple[str, str]:
     return "running", ""
 
 
+def _build_container(pod: Obj | None) -> dict[str, Any]:
+    """The kubelet's status of the ``build`` init container ({} before it has one)."""
+    for st in ((pod or {}).get("status") or {}).get("initContainerStatuses") or []:
+        if st.get("name") == "build":
+            return dict(st)
+    return {}
+
+
 def build_exit_code(pod: Obj | None) -> int | None:
     """Exit code of the ``build`` init container, None while it has not terminated.
     The kubelet reports it, so the (untrusted) build cannot forge it."""
-    for st in ((pod or {}).get("status") or {}).get("initContainerStatuses") or []:
-        terminated = (st.get("state") or {}).get("terminated")
-        if st.get("name") == "build" and terminated:
-            return int(terminated.get("exitCode", 1))
-    return None
+    terminated = (_build_container(pod).get("state") or {}).get("terminated")
+    return int(terminated.get("exitCode", 1)) if terminated else None
 
 
-def build_container_id(pod: Obj) -> str | None:
+def build_container_id(pod: Obj | None) -> str | None:
     """The runtime id of the ``build`` init container: the id runsc names its sandbox
     by, so the node monitor's record and the controller's wait agree on it."""
-    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        if st.get("name") == "build" and st.get("containerID"):
-            return str(st["containerID"]).split("://", 1)[-1]
-    return None
+    found = _build_container(pod).get("containerID")
+    return str(found).split("://", 1)[-1] if found else None
 
 
-def build_image_id(pod: Obj) -> str | None:
+def build_image_id(pod: Obj | None) -> str | None:
     """The build image's digest as the kubelet resolved it (``repo@sha256:…`` → ``sha256:…``)."""
-    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        if st.get("name") == "build" and st.get("imageID"):
-            return str(st["imageID"]).rsplit("@", 1)[-1]
-    return None
+    found = _build_container(pod).get("imageID")
+    return str(found).rsplit("@", 1)[-1] if found else None
 
 
 def container_ids(pod: Obj) -> list[str]:
