@@ -136,18 +136,23 @@ def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
     assert (status["phase"], status["blocked"]) == ("Collecting", 3)
 
 
+def exited(cluster: Cluster, tmp_path: Path, name: str) -> str:
+    """A Build whose build container on node-1 has exited 0; returns its container id."""
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest(name))
+    settle(r, name)
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    settle(r, name)
+    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    return "ab" * 32
+
+
 def test_a_flood_of_actions_is_capped_and_marks_the_record_incomplete(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """A build cannot hide one attempt behind thousands, nor blow the Build past what the
     API server stores: what does not fit is counted, and the record is incomplete."""
-    r = reconciler(cluster, tmp_path)
-    build = cluster.api.create("builds", NS, build_manifest("flood"))
-    settle(r, "flood")
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    settle(r, "flood")
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
-    cid = "ab" * 32
+    cid = exited(cluster, tmp_path, "flood")
     long_path = "/root/.ssh/" + "k" * 3000
     events = [event("open", pathname=long_path, flags=0, exit={"errorno": 2})] * 300
     source = Spooled({cid: Observation(container_id=cid, events=events)})
@@ -169,13 +174,7 @@ def test_a_failed_status_patch_is_retried_with_the_record_already_collected(
 ) -> None:
     """The observer's record is consumed when read, so a patch the API refuses must be
     retried with the same record, not with a fresh (now missing) one."""
-    r = reconciler(cluster, tmp_path)
-    build = cluster.api.create("builds", NS, build_manifest("flaky"))
-    settle(r, "flaky")
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    settle(r, "flaky")
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
-    cid = "ab" * 32
+    cid = exited(cluster, tmp_path, "flaky")
     source = Spooled({cid: Observation(container_id=cid, events=[event("chroot", pathname="/")])})
     monitor = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-1")
     real_patch = cluster.kube.patch_build_status
