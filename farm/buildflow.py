@@ -23,7 +23,7 @@ from farm.metrics import Metrics
 from farm.policy import BuildDirs, sandbox_for
 from farm.provenance import attest
 from farm.records import BuildRecord, Status
-from farm.reprocheck import MAX_RUNS, check
+from farm.reprocheck import MAX_RUNS, check, validate_check
 from farm.runner import Runner, resolve
 from farm.snapshot import digest
 from farm.spec import BuildSpec
@@ -66,11 +66,6 @@ def take_options(data: dict[str, Any]) -> BuildOptions:
         raise InputError(f"{where}: {err['msg']}") from None
     validate_check(options.check)
     return options
-
-
-def validate_check(runs: int) -> None:
-    if runs and not 2 <= runs <= MAX_RUNS:
-        raise InputError(f"--check {runs}: give between 2 and {MAX_RUNS} runs")
 
 
 def run_build(

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from farm import diffoscope
+from farm.errors import InputError
 from farm.metrics import Metrics
 from farm.records import Artifact, BuildRecord, ReproVerdict, Status
 from farm.runner import Runner
@@ -28,14 +29,27 @@ from farm.sandbox import SandboxSpec
 from farm.spec import BuildSpec
 from farm.store import Store
 
-VARIATIONS = [
-    "hostname",
-    "environment order",
-    "parallel jobs (CARGO_BUILD_JOBS)",
-    "wall clock (sequential runs; SOURCE_DATE_EPOCH fixed)",
-]
+#: What ``variation`` changes: the same wherever the runs are sandboxed (a cluster's
+#: check runs, farm.k8s.reconcile, get these too).
+SANDBOX_VARIATIONS = ["hostname", "environment order", "parallel jobs (CARGO_BUILD_JOBS)"]
+#: Local runs are sequential, so each also starts later; a cluster's run in parallel.
+VARIATIONS = [*SANDBOX_VARIATIONS, "wall clock (sequential runs; SOURCE_DATE_EPOCH fixed)"]
 MAX_RUNS = 10
 REPORT_PATH = "check/diffoscope.txt"
+
+
+def check_problem(runs: int) -> str | None:
+    """Why ``runs`` is not a valid number of check runs (0 means no check), or None.
+    Local ``--check``, ``farm serve``'s option and a Build's ``spec.check`` share it."""
+    if runs and not 2 <= runs <= MAX_RUNS:
+        return f"give between 2 and {MAX_RUNS} runs"
+    return None
+
+
+def validate_check(runs: int) -> None:
+    problem = check_problem(runs)
+    if problem:
+        raise InputError(f"--check {runs}: {problem}")
 
 
 def variation(index: int) -> Callable[[SandboxSpec], SandboxSpec] | None:
@@ -85,8 +99,11 @@ def check(
     return primary
 
 
-def verdict(records: list[BuildRecord], runs: int) -> ReproVerdict:
-    """Compare the runs' artifacts by path and digest."""
+def verdict(
+    records: list[BuildRecord], runs: int, variations: list[str] = VARIATIONS
+) -> ReproVerdict:
+    """Compare the runs' artifacts by path and digest (run 0's record first).
+    ``variations`` says how the runs differed, for the record."""
     maps = [{a.path: a.sha256 for a in r.artifacts} for r in records]
     paths = sorted(set().union(*maps))
     differing = [p for p in paths if len({m.get(p) for m in maps}) > 1]
@@ -97,7 +114,7 @@ def verdict(records: list[BuildRecord], runs: int) -> ReproVerdict:
         result=result,
         runs=runs,
         builds=[r.id for r in records],
-        variations=VARIATIONS,
+        variations=list(variations),
         differing=differing,
         checked_at=datetime.now(UTC),
     )

@@ -52,6 +52,15 @@ PRINTER_COLUMNS = [
 ]
 
 
+#: The provenance the controller signs names the spec in the record: a spec edited while
+#: the build ran would make it describe something that did not run, so the API server
+#: refuses any change (delete and re-create the Build instead).
+IMMUTABLE = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable: delete the Build and create a new one",
+}
+
+
 def structural(model: type[BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of ``model`` (validation mode)."""
     raw = model.model_json_schema(mode="validation")
@@ -129,7 +138,7 @@ def crd() -> dict[str, Any]:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": structural(ClusterBuildSpec),
+            "spec": {**structural(ClusterBuildSpec), "x-kubernetes-validations": [IMMUTABLE]},
             "status": structural(BuildStatus),
         },
         "required": ["spec"],

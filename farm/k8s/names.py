@@ -29,6 +29,12 @@ COLLECTOR_UID = 10002
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 PHASES = ("fetch", "build", "collect")
+#: Label of a build pod (and its Job and collect policy): which run of a
+#: reproducibility check it is ("0" is the build itself, whose record is the Build's).
+RUN_LABEL = f"{GROUP}/run"
+#: Annotation of a build pod: how many runs the Build has, so the node monitor can
+#: share the status's size budget between their records.
+RUNS_ANNOTATION = f"{GROUP}/runs"
 
 
 def short_uid(uid: str) -> str:
@@ -41,6 +47,12 @@ def object_name(build: str, uid: str, role: str) -> str:
     short enough for the ``job-name`` label Kubernetes puts on its pods)."""
     suffix = f"-{short_uid(uid)}-{role}"
     return build[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+def run_role(role: str, run: int) -> str:
+    """The role of run ``run``'s own object: run 0 keeps the plain role (a Build without
+    a check has the same names as before checks existed), run k gets ``<role>-k``."""
+    return role if run == 0 else f"{role}-{run}"
 
 
 def labels(build: str, uid: str, phase: str | None = None) -> dict[str, str]:

@@ -10,9 +10,10 @@ in ``initContainerStatuses[].containerID`` (``containerd://<id>``), which is the
 runsc names the container by; the pod's ``farm.dev/build-name`` annotation names the
 Build. Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
 and ``blockedByKind``; the whole classified record goes into ``status.observation``
-(a merge patch of just those fields, so it never fights the controller's own status
-writes). The controller waits for that record before it finishes the build, and judges
-it by the Build's observe policy; the monitor applies no policy itself.
+(for a check run, those three fields under ``status.checkRuns.<run>``). It is a merge
+patch of just those fields, so it never fights the controller's own status writes.
+The controller waits for that record before it finishes the build, and judges it by
+the Build's observe policy; the monitor applies no policy itself.
 
 The observer is behind :class:`ObservationSource`, so this module needs nothing from
 Docker or from a running gVisor to be tested.
@@ -49,17 +50,18 @@ class ObservationSource(Protocol):
 
 
 def observation_status(
-    container_id: str, seen: Observation, actions: list[BlockedAction]
+    container_id: str, seen: Observation, actions: list[BlockedAction], runs: int = 1
 ) -> ObservationStatus:
     """What goes into ``status.observation``: the completeness counts and the actions,
     capped in number and bytes. Leaving any out makes the record incomplete, so an
-    enforce-mode build cannot hide an attempt behind a flood of others."""
+    enforce-mode build cannot hide an attempt behind a flood of others. The ``runs`` of
+    a reproducibility check share the caps, since all their records are in one Build."""
     listed: list[BlockedAction] = []
     size = 0
-    for action in actions[:MAX_STATUS_ACTIONS]:
+    for action in actions[: MAX_STATUS_ACTIONS // runs]:
         slim = _slim(action)
         size += len(slim.model_dump_json())
-        if size > MAX_ACTIONS_BYTES:
+        if size > MAX_ACTIONS_BYTES // runs:
             break
         listed.append(slim)
     unlisted = len(actions) - len(listed)
@@ -114,7 +116,7 @@ class NodeMonitor:
         if container_id not in self.pending:
             # The observer hands a record out once (reading consumes it), so it is kept
             # until the patch lands: a failed patch must not turn into a missing record.
-            self.pending[container_id] = self._observe(namespace, container_id)
+            self.pending[container_id] = _for_run(pod, self._observe(pod, container_id))
         try:
             if build:
                 self.kube.patch_build_status(namespace, build, self.pending[container_id])
@@ -123,9 +125,11 @@ class NodeMonitor:
         del self.pending[container_id]
         self.done.add(container_id)
 
-    def _observe(self, namespace: str, container_id: str) -> dict[str, Any]:
-        """Collect and classify one container's record, count it, and return the status
-        patch that carries it."""
+    def _observe(self, pod: Obj, container_id: str) -> dict[str, Any]:
+        """Collect and classify one container's record, count it, and return the run's
+        status fields that carry it."""
+        namespace = pod["metadata"]["namespace"]
+        runs = int((pod["metadata"].get("annotations") or {}).get(names.RUNS_ANNOTATION, 1))
         observation = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
         # compilation gVisor did not see is named without its version.
@@ -134,7 +138,7 @@ class NodeMonitor:
         for kind, n in kinds.items():
             self.metrics.blocked_actions.labels(tenant=namespace, kind=kind).inc(n)
         self.metrics.observer_dropped.inc(observation.lost)
-        shipped = observation_status(container_id, observation, actions)
+        shipped = observation_status(container_id, observation, actions, max(1, runs))
         return {
             "blocked": sum(kinds.values()),
             "blockedByKind": dict(kinds),
@@ -147,3 +151,10 @@ class NodeMonitor:
                 self.scan()
             except KubernetesError as exc:
                 log.warning("node monitor: %s", exc)
+
+
+def _for_run(pod: Obj, fields: dict[str, Any]) -> dict[str, Any]:
+    """The status patch placing a run's fields: at the top for run 0 (the build), under
+    ``checkRuns.<k>`` for a check run (a merge patch of a map key leaves other runs be)."""
+    run = (pod["metadata"].get("labels") or {}).get(names.RUN_LABEL, "0")
+    return fields if run == "0" else {"checkRuns": {run: fields}}

@@ -72,6 +72,16 @@ class BuildRef:
             "ownerReferences": [owner_reference(self)],
         }
 
+    def upload_key(self, run: int = 0) -> str:
+        """The artifact endpoint's key of run ``run``'s upload (``ns/name/uid``, the uid
+        suffixed for a check run): each run uploads with its own token."""
+        uid = self.uid if run == 0 else f"{self.uid}-run{run}"
+        return f"{self.namespace}/{self.name}/{uid}"
+
+    def run_labels(self, run: int) -> dict[str, str]:
+        """Labels of run ``run``'s build pod; its collect policy selects exactly these."""
+        return {**self.labels("build"), names.RUN_LABEL: str(run)}
+
 
 def sandbox_spec(ref: BuildRef, spec: ClusterBuildSpec) -> SandboxSpec:
     """The same policy as a local build (``farm.policy.sandbox_for``). A Build without
@@ -122,25 +132,31 @@ def source_claim(ref: BuildRef, config: ControllerConfig) -> dict[str, Any]:
     }
 
 
-def token_secret(ref: BuildRef, token: str) -> dict[str, Any]:
-    """The collector's per-build upload token; mounted only into the collector container."""
+def token_secret(ref: BuildRef, token: str, run: int = 0) -> dict[str, Any]:
+    """The collector's per-run upload token; mounted only into the collector container."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": ref.meta("collector"),
+        "metadata": ref.meta(names.run_role("collector", run)),
         "type": "Opaque",
         "immutable": True,
         "data": {"token": base64.b64encode(token.encode()).decode()},
     }
 
 
-def _policy(ref: BuildRef, role: str, phase: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
+def _policy(
+    ref: BuildRef,
+    role: str,
+    phase: str,
+    egress: list[dict[str, Any]],
+    selector: dict[str, str] | None = None,
+) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": ref.meta(role, phase),
         "spec": {
-            "podSelector": {"matchLabels": ref.labels(phase)},
+            "podSelector": {"matchLabels": selector or ref.labels(phase)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
             "egress": egress,
@@ -176,15 +192,17 @@ def build_policy(ref: BuildRef) -> dict[str, Any]:
     return _policy(ref, "build", "build", [])
 
 
-def collect_policy(ref: BuildRef, config: ControllerConfig) -> dict[str, Any]:
-    """Created only once the build container has terminated: lets the build pod (now
-    running just the trusted collector) reach the controller's artifact port."""
+def collect_policy(ref: BuildRef, config: ControllerConfig, run: int = 0) -> dict[str, Any]:
+    """Created only once run ``run``'s build container has terminated: lets that pod (now
+    running just the trusted collector) reach the controller's artifact port. It selects
+    that run's pod only: another run's build may still be running untrusted code."""
     peer = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.namespace}},
         "podSelector": {"matchLabels": dict(config.controller_labels)},
     }
     rule = {"to": [peer], "ports": [{"protocol": "TCP", "port": config.artifact_port}]}
-    return _policy(ref, "collect", "build", [rule])
+    role = names.run_role("collect", run)
+    return _policy(ref, role, "build", [rule], ref.run_labels(run))
 
 
 def _pod_security(uid: int, gid: int) -> dict[str, Any]:
@@ -223,8 +241,16 @@ def _job(
     deadline: int,
     config: ControllerConfig,
     queue: str | None,
+    template: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A Job named for ``role``; ``template`` is the pod's metadata when it is not just
+    the phase's labels (a build run's)."""
     meta = ref.meta(role, role)
+    pod_meta = template or {
+        "labels": ref.labels(role),
+        "annotations": {f"{names.GROUP}/build-name": ref.name},
+    }
+    meta["labels"] = {**meta["labels"], **pod_meta["labels"]}
     if queue:
         meta["labels"][names.KUEUE_QUEUE_LABEL] = queue
     return {
@@ -237,13 +263,7 @@ def _job(
             "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
             # Kueue admits a suspended Job by unsuspending it; without Kueue it runs now.
             "suspend": bool(queue),
-            "template": {
-                "metadata": {
-                    "labels": ref.labels(role),
-                    "annotations": {f"{names.GROUP}/build-name": ref.name},
-                },
-                "spec": pod,
-            },
+            "template": {"metadata": pod_meta, "spec": pod},
         },
     }
 
@@ -298,9 +318,15 @@ def fetch_job(
 
 
 def build_job(
-    ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, config: ControllerConfig
+    ref: BuildRef,
+    spec: ClusterBuildSpec,
+    sandbox: SandboxSpec,
+    config: ControllerConfig,
+    run: int = 0,
 ) -> dict[str, Any]:
-    """The untrusted build (init container ``build``) then the collector container."""
+    """The untrusted build (init container ``build``) then the collector container.
+    ``run`` is the run of a reproducibility check (0: the build itself); ``sandbox``
+    carries that run's variation."""
     uid, gid = _ids(sandbox)
     tmp_size = sandbox.tmpfs.get(policy.TMP, spec.resources.scratch)
     volumes = [
@@ -314,18 +340,29 @@ def build_job(
         {"name": COLLECTOR_TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
         {
             "name": TOKEN_VOLUME,
-            "secret": {"secretName": ref.object_name("collector"), "defaultMode": 0o440},
+            "secret": {
+                "secretName": ref.object_name(names.run_role("collector", run)),
+                "defaultMode": 0o440,
+            },
         },
     ]
     pod = {
         **_pod_base(ref, config, uid, gid),
         "hostname": sandbox.hostname,
         "initContainers": [_build_container(spec, sandbox)],
-        "containers": [_collector_container(ref, spec, config)],
+        "containers": [_collector_container(ref, spec, config, run)],
         "volumes": volumes,
     }
     deadline = sandbox.deadline_seconds + config.collect_grace_seconds
-    return _job(ref, "build", pod, deadline, config, spec.queue)
+    template = {
+        "labels": ref.run_labels(run),
+        "annotations": {
+            f"{names.GROUP}/build-name": ref.name,
+            names.RUNS_ANNOTATION: str(max(1, spec.check)),
+        },
+    }
+    role = names.run_role("build", run)
+    return _job(ref, role, pod, deadline, config, spec.queue, template)
 
 
 def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, Any]:
@@ -353,7 +390,8 @@ def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, 
         "name": "build",
         "image": sandbox.image,
         "command": list(sandbox.argv),
-        "env": _env(sandbox.env),
+        # In the policy's order (not sorted): a check run's variation reorders it.
+        "env": [{"name": k, "value": v} for k, v in sandbox.env.items()],
         "workingDir": sandbox.workdir,
         "securityContext": _container_security(),
         "resources": _resources(sandbox.cpus, sandbox.memory),
@@ -362,11 +400,11 @@ def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, 
 
 
 def _collector_container(
-    ref: BuildRef, spec: ClusterBuildSpec, config: ControllerConfig
+    ref: BuildRef, spec: ClusterBuildSpec, config: ControllerConfig, run: int
 ) -> dict[str, Any]:
     env = {
         "FARM_ARTIFACT_URL": config.artifact_url,
-        "FARM_BUILD": f"{ref.namespace}/{ref.name}/{ref.uid}",
+        "FARM_BUILD": ref.upload_key(run),
         "FARM_TOKEN_FILE": f"{TOKEN_DIR}/token",
         "FARM_OUTPUTS": ",".join(spec.outputs or []),
         "FARM_LIMITS": spec.limits.model_dump_json(),

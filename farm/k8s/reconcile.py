@@ -15,6 +15,11 @@ the node monitor's record of that container is in ``status.observation`` or
 policy exactly as a local build's (``farm.observe.verdict.judge``), and a succeeded
 build is signed (``farm.provenance``). Status is recorded *before* teardown, and
 teardown finishes before ``tornDown`` is set.
+
+With ``spec.check`` N the build runs as N build Jobs in parallel (run k varied by
+``farm.reprocheck.variation(k)``, as a local ``--check``); once every run has ended and
+been observed, each is judged as above, and if all succeeded their artifacts are
+compared by ``farm.reprocheck.verdict``. Run 0's record is the Build's.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from farm import reprocheck
 from farm.errors import ConflictError, KubeNotFoundError, KubernetesError, SpecError
 from farm.k8s import names, objects
 from farm.k8s.artifacts import Ledger, Manifest
@@ -40,15 +46,18 @@ from farm.k8s.resource import (
     BuildStatus,
     ClusterBuildSpec,
     ObservationStatus,
+    RunStatus,
     cluster_spec,
     parse_status,
+    run_status,
     set_condition,
 )
 from farm.k8s.teardown import Teardown
 from farm.metrics import Metrics
 from farm.observe.verdict import judge
 from farm.provenance import attest
-from farm.records import Artifact, BuildRecord, Refusal, Status
+from farm.records import BuildRecord, Status
+from farm.sandbox import SandboxSpec
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +81,23 @@ class Ending:
         if self.reason == "BuildTimedOut":
             return Status.TIMED_OUT
         return Status.SUCCEEDED if self.phase == "Succeeded" else Status.FAILED
+
+
+@dataclass
+class Run:
+    """Where one build run (the build, or a check run) stands in this reconcile."""
+
+    index: int
+    #: Its progress in the Build's status (``resource.run_status``).
+    state: RunStatus
+    #: Its own result, once it has ended and (unless it timed out) been observed.
+    ending: Ending | None = None
+    #: The node monitor's record of it (or the grace's incomplete one).
+    seen: ObservationStatus | None = None
+    #: While not done: the phase, reason and message it holds the Build in.
+    wait: tuple[str, str, str] | None = None
+    #: When to look again while waiting.
+    delay: float = POLL
 
 
 class Reconciler:
@@ -115,9 +141,10 @@ class Reconciler:
         try:
             spec = cluster_spec(build.get("spec") or {})
         except SpecError as exc:
-            return self._finish(build, ref, status, Ending("Failed", "InvalidSpec", str(exc)))
+            invalid = [Run(0, status, failed("InvalidSpec", str(exc)))]
+            return self._finish(build, ref, status, invalid)
         sandbox = objects.sandbox_spec(ref, spec)
-        token = self._ensure_common(ref, spec)
+        self._ensure_common(ref)
         fetch = self._ensure(objects.fetch_job(ref, spec, sandbox, self.config))
         if status.startTime is None:
             status.startTime = _now()
@@ -125,58 +152,81 @@ class Reconciler:
         if state == "suspended":
             return self._set(build, ref, status, "Pending", "Queued", "waiting for Kueue")
         if state == "failed":
-            return self._finish(build, ref, status, Ending("Failed", "FetchFailed", why))
+            return self._finish(build, ref, status, [Run(0, status, failed("FetchFailed", why))])
         if state != "succeeded":
             return self._set(build, ref, status, "Fetching", "Fetching", "fetch Job running")
-        job = self._ensure(objects.build_job(ref, spec, sandbox, self.config))
-        return self._building(build, ref, status, spec, job, token)
+        runs = [self._run(ref, spec, sandbox, status, k) for k in range(max(1, spec.check))]
+        waiting = [r for r in runs if r.wait is not None]
+        if waiting:
+            return self._wait(build, ref, status, waiting, len(runs))
+        return self._finish(build, ref, status, runs, spec)
 
-    def _building(
+    def _run(
         self,
-        build: Obj,
         ref: BuildRef,
-        status: BuildStatus,
         spec: ClusterBuildSpec,
-        job: Obj,
-        token: str,
-    ) -> float | None:
-        pod = self._pod(ref, "build")
+        sandbox: SandboxSpec,
+        status: BuildStatus,
+        k: int,
+    ) -> Run:
+        """Create run ``k``'s build Job (if needed) and see where it stands."""
+        vary = reprocheck.variation(k)
+        job = self._ensure(
+            objects.build_job(ref, spec, vary(sandbox) if vary else sandbox, self.config, k)
+        )
+        token = self._token(ref, k)
+        state = run_status(status, k)
+        pod = self._pod(ref, k)
         if pod is not None:
-            status.containerIDs = container_ids(pod)
+            state.containerIDs = container_ids(pod)
         exit_code = build_exit_code(pod)
-        state, why = job_state(job)
+        job_is, why = job_state(job)
         if pod is None or exit_code is None:
-            if state == "failed":  # deadline or eviction before the build ended
-                timed_out = Ending("Failed", "BuildTimedOut", why)
-                return self._finish(build, ref, status, timed_out)
-            return self._set(build, ref, status, "Building", "Building", "build running")
-        status.exitCode = exit_code
-        status.exitTime = status.exitTime or _now()
-        ending = self._ending(ref, spec, status, token, (state, why))
+            if job_is == "failed":  # deadline or eviction before the build ended
+                return Run(k, state, failed("BuildTimedOut", why))
+            return Run(k, state, wait=("Building", "Building", "build running"))
+        state.exitCode = exit_code
+        state.exitTime = state.exitTime or _now()
+        ending = self._ending(ref, spec, state, token, (job_is, why), k)
         if ending is None:
-            return self._set(build, ref, status, "Collecting", "Collecting", "uploading /out")
-        seen = self._observation(status, build_container_id(pod) or "")
+            return Run(k, state, wait=("Collecting", "Collecting", "uploading /out"))
+        seen = self._observation(state, build_container_id(pod) or "")
         if seen is None:
-            return self._await_observation(build, ref, status)
-        self._record_log(ref, spec, status, pod)
-        ending = replace(ending, image_id=build_image_id(pod))
-        return self._finish(build, ref, status, ending, spec, seen)
+            phase = "Collecting" if exit_code == 0 else "Building"
+            message = "waiting for the node monitor's record of the build container"
+            # The monitor's status patch wakes the Build's watch; this bounds the grace.
+            delay = max(0.5, min(POLL, self._grace_left(state)))
+            return Run(k, state, wait=(phase, "Observing", message), delay=delay)
+        self._record_log(ref, spec, state, pod)
+        return Run(k, state, replace(ending, image_id=build_image_id(pod)), seen)
+
+    def _wait(
+        self, build: Obj, ref: BuildRef, status: BuildStatus, waiting: list[Run], runs: int
+    ) -> float:
+        """Hold the Build in the phase of its least advanced run."""
+        order = ("Building", "Collecting")
+        first = min(waiting, key=lambda r: (order.index(r.wait[0]), r.index))  # type: ignore[index]
+        phase, reason, message = first.wait  # type: ignore[misc]
+        if runs > 1:
+            message = f"run {first.index}: {message} ({len(waiting)} of {runs} runs not done)"
+        self._set(build, ref, status, phase, reason, message)
+        return min(r.delay for r in waiting)
 
     def _ending(
         self,
         ref: BuildRef,
         spec: ClusterBuildSpec,
-        status: BuildStatus,
+        state: RunStatus,
         token: str,
         job: tuple[str, str],
+        run: int,
     ) -> Ending | None:
-        """The build's own result once it has one; None while the collector uploads.
+        """The run's own result once it has one; None while the collector uploads.
         ``job`` is the Job's state and why (``job_state``)."""
-        if status.exitCode != 0:
-            message = f"the build exited with status {status.exitCode}"
-            return Ending("Failed", "BuildFailed", message)
-        self._ensure(objects.collect_policy(ref, self.config))
-        key = collect_key(ref)
+        if state.exitCode != 0:
+            return failed("BuildFailed", f"the build exited with status {state.exitCode}")
+        self._ensure(objects.collect_policy(ref, self.config, run))
+        key = ref.upload_key(run)
         self.ledger.expect(key, token, spec.limits)
         manifest = self.ledger.result(key)
         if manifest is not None:
@@ -185,10 +235,10 @@ class Reconciler:
         state, why = job
         if state in ("failed", "succeeded"):  # the Job ended without the manifest
             message = f"the collector ended without delivering a manifest ({why or state})"
-            return Ending("Failed", "CollectionFailed", message)
+            return failed("CollectionFailed", message)
         return None
 
-    def _observation(self, status: BuildStatus, container_id: str) -> ObservationStatus | None:
+    def _observation(self, status: RunStatus, container_id: str) -> ObservationStatus | None:
         """The node monitor's record of the build container; None while it may still
         come. After the grace, an incomplete record saying it never came, so that a
         missing monitor (or a pod it never saw) cannot pass for a clean build."""
@@ -201,23 +251,16 @@ class Reconciler:
         problem = f"the node monitor never reported container {container_id} within {grace}s"
         return ObservationStatus(containerID=container_id, complete=False, problem=problem)
 
-    def _grace_left(self, status: BuildStatus) -> float:
+    def _grace_left(self, status: RunStatus) -> float:
         waited = (_now() - (status.exitTime or _now())).total_seconds()
         return self.config.observe_grace_seconds - waited
-
-    def _await_observation(self, build: Obj, ref: BuildRef, status: BuildStatus) -> float:
-        phase = "Collecting" if status.exitCode == 0 else "Building"
-        message = "waiting for the node monitor's record of the build container"
-        self._set(build, ref, status, phase, "Observing", message)
-        # The monitor's status patch wakes the Build's watch; this bounds the grace.
-        return max(0.5, min(POLL, self._grace_left(status)))
 
     def _teardown_finished(self, build: Obj, ref: BuildRef, status: BuildStatus) -> float | None:
         if status.tornDown:
             return None
         if not self.teardown.step(ref.namespace, names.short_uid(ref.uid)):
             return 1.0
-        self.ledger.forget(collect_key(ref))
+        self._forget_uploads(ref)
         status.tornDown = True
         set_condition(status, "TornDown", "True", "Deleted", "all objects removed", ref.generation)
         self._write(build, status)
@@ -230,10 +273,15 @@ class Reconciler:
             return None
         if not self.teardown.step(ref.namespace, names.short_uid(ref.uid)):
             return 1.0
-        self.ledger.forget(collect_key(ref))
+        self._forget_uploads(ref)
         rest = [f for f in meta["finalizers"] if f != names.FINALIZER]
         self.kube.patch_build_metadata(build, {"finalizers": rest})
         return None
+
+    def _forget_uploads(self, ref: BuildRef) -> None:
+        # Every run a check may have had: the spec may be unreadable by now.
+        for run in range(reprocheck.MAX_RUNS):
+            self.ledger.forget(ref.upload_key(run))
 
     # --- objects ----------------------------------------------------------------------
     def _ensure(self, obj: Obj) -> Obj:
@@ -247,21 +295,26 @@ class Reconciler:
                 "kind": obj["kind"],
             }
 
-    def _ensure_common(self, ref: BuildRef, spec: ClusterBuildSpec) -> str:
+    def _ensure_common(self, ref: BuildRef) -> None:
         self._ensure(objects.service_account(ref))
         self._ensure(objects.source_claim(ref, self.config))
         self._ensure(objects.fetch_policy(ref, self.config))
         self._ensure(objects.build_policy(ref))
-        secret = self._ensure(objects.token_secret(ref, secrets.token_urlsafe(32)))
+        self._token(ref, 0)  # before any Job, as it has always been
+
+    def _token(self, ref: BuildRef, run: int) -> str:
+        """Run ``run``'s upload token (its own Secret, so one run's collector cannot
+        upload as another)."""
+        secret = self._ensure(objects.token_secret(ref, secrets.token_urlsafe(32), run))
         return base64.b64decode(secret["data"]["token"]).decode()
 
-    def _pod(self, ref: BuildRef, phase: str) -> Obj | None:
-        sel = f"{names.BUILD_LABEL}={names.short_uid(ref.uid)},{names.PHASE_LABEL}={phase}"
+    def _pod(self, ref: BuildRef, run: int) -> Obj | None:
+        sel = ",".join(f"{k}={v}" for k, v in ref.run_labels(run).items())
         pods = self.kube.list("Pod", ref.namespace, sel)
         return max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
 
     def _record_log(
-        self, ref: BuildRef, spec: ClusterBuildSpec, status: BuildStatus, pod: Obj | None
+        self, ref: BuildRef, spec: ClusterBuildSpec, status: RunStatus, pod: Obj | None
     ) -> None:
         if pod is None or status.logSha256:
             return
@@ -294,29 +347,63 @@ class Reconciler:
         build: Obj,
         ref: BuildRef,
         status: BuildStatus,
-        ending: Ending,
+        runs: list[Run],
         spec: ClusterBuildSpec | None = None,
-        seen: ObservationStatus | None = None,
     ) -> float:
-        """Judge, record, sign and write the end of a build; teardown comes next."""
+        """Judge, compare, record, sign and write the end of a build; teardown comes
+        next. ``runs`` have all ended (``spec`` is None when the build never ran)."""
         status.completionTime = _now()
-        if ending.manifest is not None:
-            record_artifacts(status, ending.manifest)
-        record = build_record(build, ref, status, ending)
-        if spec is not None and seen is not None:
-            judge(record, seen, seen.events, seen.actions, spec.observe)
-        if record.status is Status.QUARANTINED:
-            reasons = record.observation.quarantine_reasons if record.observation else []
-            ending = Ending("Quarantined", "Quarantined", "; ".join(reasons))
+        records = [self._judged(build, ref, status, run, spec) for run in runs]
+        primary, ending = records[0], outcome(runs, records)
+        if runs[0].ending and runs[0].ending.manifest is not None:
+            record_artifacts(status, runs[0].ending.manifest)
+        if len(runs) > 1:
+            self._compare(status, records)
+        if primary.status is Status.QUARANTINED:
             status.artifacts, status.digest = [], ""  # withheld, as locally
         # The store's record first: once the status says finished, the record exists.
-        if record.status is Status.SUCCEEDED and spec is not None:
-            status.provenance = attest(record, spec, self.store, self.store.home, "kubernetes")
+        if primary.status is Status.SUCCEEDED and spec is not None:
+            status.provenance = attest(primary, spec, self.store, self.store.home, "kubernetes")
         else:
-            self.store.save(record)
+            self.store.save(primary)
         self._write_end(build, ref, status, ending)
-        self.metrics.builds.labels(tenant=record.tenant, result=record.status.value).inc()
+        self.metrics.builds.labels(tenant=primary.tenant, result=primary.status.value).inc()
         return 0.0  # teardown next, now that the status is recorded
+
+    def _judged(
+        self,
+        build: Obj,
+        ref: BuildRef,
+        status: BuildStatus,
+        run: Run,
+        spec: ClusterBuildSpec | None,
+    ) -> BuildRecord:
+        """Run ``run``'s record, judged by the Build's observe policy if it was observed."""
+        assert run.ending is not None
+        record = build_record(build, ref, status, run.index, run.ending)
+        if spec is not None and run.seen is not None:
+            seen = run.seen
+            judge(record, seen, seen.events, seen.actions, spec.observe)
+        return record
+
+    def _compare(self, status: BuildStatus, records: list[BuildRecord]) -> None:
+        """The check's verdict, on run 0's record and in the status, as ``farm build
+        --check`` leaves it; the other runs' records are stored for ``farm show``. A
+        quarantined run quarantines the build: its artifacts came from the same code."""
+        primary = records[0]
+        verdict = reprocheck.verdict(records, len(records), reprocheck.SANDBOX_VARIATIONS)
+        primary.reproducibility = verdict
+        primary.notes.append(verdict.line())
+        tainted = [r for r in records[1:] if r.status is Status.QUARANTINED]
+        if tainted and primary.status is not Status.QUARANTINED:
+            primary.status, primary.artifacts = Status.QUARANTINED, []
+            primary.notes.append(f"check run {tainted[0].id} was quarantined")
+        status.reproducible = None if verdict.result == "error" else verdict.reproducible
+        status.differing = verdict.differing
+        for index, other in enumerate(records[1:], start=1):
+            other.notes.append(f"check run {index + 1} of {len(records)} for build {primary.id}")
+            self.store.save(other)
+        self.metrics.repro_checks.labels(primary.tenant, verdict.result).inc()
 
     def _write_end(self, build: Obj, ref: BuildRef, status: BuildStatus, ending: Ending) -> None:
         status.phase = ending.phase  # type: ignore[assignment]
@@ -332,16 +419,21 @@ class Reconciler:
         build.update(self.kube.replace_build_status(build, dump(status)))
 
 
-def build_record(build: Obj, ref: BuildRef, status: BuildStatus, ending: Ending) -> BuildRecord:
+def build_record(
+    build: Obj, ref: BuildRef, status: BuildStatus, run: int, ending: Ending
+) -> BuildRecord:
     """The same record a local build leaves in the store, so ``farm show``, ``farm
     artifacts``, ``farm report`` and ``farm provenance`` work on the controller's store.
-    The id is the Build's ``<namespace>.<name>.<uid8>``."""
+    The id is the Build's ``<namespace>.<name>.<uid8>`` (``….run<k>`` for check run k)."""
     spec = build.get("spec") or {}
     tenant = str(spec.get("tenant") or "default")[:63]
+    state = run_status(status, run)
     finished = status.completionTime or datetime.now(UTC)
     started = status.startTime or finished
+    manifest = ending.manifest or Manifest(artifacts=[])
+    suffix = f".run{run}" if run else ""
     return BuildRecord(
-        id=f"{ref.namespace}.{ref.name}.{names.short_uid(ref.uid)}",
+        id=f"{ref.namespace}.{ref.name}.{names.short_uid(ref.uid)}{suffix}",
         status=ending.result,
         tenant=tenant,
         image=str(spec.get("image") or ""),
@@ -351,15 +443,41 @@ def build_record(build: Obj, ref: BuildRef, status: BuildStatus, ending: Ending)
         created_at=started,
         finished_at=finished,
         duration_seconds=(finished - started).total_seconds(),
-        exit_code=status.exitCode,
-        container_id=status.containerIDs[0] if status.containerIDs else None,
-        artifacts=[Artifact(**a.model_dump()) for a in status.artifacts],
-        refused=[
-            Refusal(path=r.split(": ", 1)[0], reason=r.split(": ", 1)[-1]) for r in status.refused
-        ],
-        log_sha256=status.logSha256 or None,
+        exit_code=state.exitCode,
+        container_id=state.containerIDs[0] if state.containerIDs else None,
+        artifacts=list(manifest.artifacts),
+        refused=list(manifest.refused),
+        log_sha256=state.logSha256 or None,
         notes=[ending.message],
     )
+
+
+def failed(reason: str, message: str) -> Ending:
+    return Ending("Failed", reason, message)
+
+
+def outcome(runs: list[Run], records: list[BuildRecord]) -> Ending:
+    """How the Build ends: quarantined if any run was, else failed if any run failed,
+    else (a check) failed if the runs' artifacts differ, else as run 0 ended. A check
+    run's problem is named with its run."""
+    named = len(runs) > 1
+    for run, record in zip(runs, records, strict=True):
+        if record.status is Status.QUARANTINED:
+            reasons = record.observation.quarantine_reasons if record.observation else []
+            return Ending("Quarantined", "Quarantined", _of(run, "; ".join(reasons), named))
+    for run, record in zip(runs, records, strict=True):
+        if record.status is not Status.SUCCEEDED:
+            assert run.ending is not None
+            return replace(run.ending, message=_of(run, run.ending.message, named))
+    verdict = records[0].reproducibility
+    if verdict is not None and not verdict.reproducible:
+        return failed("Unreproducible", verdict.line())
+    assert runs[0].ending is not None
+    return runs[0].ending
+
+
+def _of(run: Run, message: str, named: bool) -> str:
+    return f"run {run.index}: {message}" if named else message
 
 
 def _now() -> datetime:
@@ -368,10 +486,6 @@ def _now() -> datetime:
 
 def dump(status: BuildStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", exclude_none=True)
-
-
-def collect_key(ref: BuildRef) -> str:
-    return f"{ref.namespace}/{ref.name}/{ref.uid}"
 
 
 def job_state(job: Obj) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from farm.errors import SpecError
 from farm.observe.classify import BlockedAction
 from farm.records import TraceCompleteness
+from farm.reprocheck import MAX_RUNS, check_problem
 from farm.spec import BuildSpec, _describe
 
 _GIT_URL = re.compile(r"^https://[^\s\0]+$")
@@ -80,10 +81,25 @@ class ClusterBuildSpec(BuildSpec):
         pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
         description="Kueue LocalQueue; the Jobs start suspended and Kueue admits them",
     )
+    check: int = Field(
+        0,
+        ge=0,
+        le=MAX_RUNS,
+        description="runs of a reproducibility check (0: none; else 2 or more, in parallel)",
+    )
 
     @field_validator("source")
     @classmethod
     def _source_is_dir(cls, value: Any) -> Any:  # replaces BuildSpec's local-dir check
+        return value
+
+    @field_validator("check")
+    @classmethod
+    def _runs(cls, value: int) -> int:
+        # The rule of local `--check`, so a Build cannot ask for a 1-run "check".
+        problem = check_problem(value)
+        if problem:
+            raise ValueError(f"{problem} (not {value})")
         return value
 
 
@@ -137,34 +153,58 @@ class ObservationStatus(TraceCompleteness):
     unlisted: int = Field(0, description="actions left out to fit the status")
 
 
-class BuildStatus(BaseModel):
-    """``Build.status``: the cluster's copy of the build record (the store keeps blobs)."""
+class RunStatus(BaseModel):
+    """One build run's own progress: the build itself (run 0, these fields at the top of
+    ``Build.status``) or a reproducibility-check run (``status.checkRuns["<k>"]``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    exitCode: int | None = None
+    exitTime: datetime | None = Field(
+        None, description="when the controller saw the build container end"
+    )
+    containerIDs: list[str] = Field(default_factory=list)
+    logSha256: str = Field("", description="the build log in the controller's store")
+    blocked: int = Field(0, description="actions the sandbox blocked (from the node monitor)")
+    blockedByKind: dict[str, int] = Field(default_factory=dict)
+    observation: ObservationStatus | None = Field(
+        None, description="what gVisor saw (from the node monitor)"
+    )
+
+
+class BuildStatus(RunStatus):
+    """``Build.status``: the cluster's copy of the build record (the store keeps blobs).
+    Its run fields are run 0's, the build whose artifacts and record are the Build's."""
 
     phase: Phase = "Pending"
     message: str = ""
     observedGeneration: int | None = None
     startTime: datetime | None = None
     completionTime: datetime | None = None
-    exitCode: int | None = None
-    blocked: int = Field(0, description="actions the sandbox blocked (from the node monitor)")
-    blockedByKind: dict[str, int] = Field(default_factory=dict)
-    reproducible: bool | None = None
+    reproducible: bool | None = Field(
+        None, description="the check's verdict (spec.check); unset without a complete check"
+    )
+    differing: list[str] = Field(
+        default_factory=list, description="artifact paths whose digest differed between runs"
+    )
     digest: str = Field("", description="sha256 over the artifact list")
     artifacts: list[ArtifactStatus] = Field(default_factory=list)
     refused: list[str] = Field(default_factory=list)
-    logSha256: str = Field("", description="the build log in the controller's store")
-    containerIDs: list[str] = Field(default_factory=list)
     tornDown: bool = False
     conditions: list[Condition] = Field(default_factory=list)
-    exitTime: datetime | None = Field(
-        None, description="when the controller saw the build container end"
-    )
-    observation: ObservationStatus | None = Field(
-        None, description="what gVisor saw (from the node monitor)"
-    )
     provenance: str = Field("", description="sha256 of the signed provenance in the store")
+    #: Keyed by the run's number as a string (a map, so node monitors on different
+    #: nodes can merge-patch their runs' records without overwriting each other).
+    checkRuns: dict[str, RunStatus] = Field(
+        default_factory=dict, description="runs 1.. of a reproducibility check"
+    )
+
+
+def run_status(status: BuildStatus, run: int) -> RunStatus:
+    """Where run ``run``'s progress lives in ``status`` (created empty on first use)."""
+    if run == 0:
+        return status
+    return status.checkRuns.setdefault(str(run), RunStatus())
 
 
 def parse_status(raw: dict[str, Any] | None) -> BuildStatus:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from farm import reprocheck
 from farm.k8s import names, objects
 from farm.k8s.config import ControllerConfig
 from farm.k8s.objects import BuildRef
@@ -83,7 +84,7 @@ def test_the_build_pod_is_denied_all_traffic_and_fetch_reaches_only_mirrors_and_
     deny = objects.build_policy(REF)["spec"]
     assert deny["policyTypes"] == ["Ingress", "Egress"]
     assert deny["ingress"] == [] and deny["egress"] == []
-    assert deny["podSelector"]["matchLabels"] == POD_LABELS
+    assert deny["podSelector"]["matchLabels"].items() <= POD_LABELS.items()
     config = ControllerConfig(mirrors=[{"cidr": "10.9.0.0/16", "ports": [443]}])  # type: ignore[list-item]
     fetch = objects.fetch_policy(REF, config)["spec"]
     peers = [peer for rule in fetch["egress"] for peer in rule["to"]]
@@ -101,3 +102,36 @@ def test_names_are_deterministic_dns_labels_and_uid_qualified() -> None:
         name = long.object_name(role)
         assert len(name) <= 63 and name == long.object_name(role)
     assert BuildRef("ns", "app", "uid-2").object_name("build") != REF.object_name("build")
+
+
+def selects(policy: dict, job: dict) -> bool:
+    wanted = policy["spec"]["podSelector"]["matchLabels"].items()
+    return wanted <= job["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens() -> None:
+    spec = SPEC.model_copy(update={"check": 3})
+    runs = [objects.build_job(REF, spec, SANDBOX, CONFIG, k) for k in range(3)]
+    names_ = [j["metadata"]["name"] for j in runs]
+    assert names_ == [REF.object_name(r) for r in ("build", "build-1", "build-2")]
+    deny = objects.build_policy(REF)
+    for k, job in enumerate(runs):
+        # The deny-all policy covers every run; a run's collect policy only that run,
+        # so opening run 0's window never gives a still-running run 1 the network.
+        assert selects(deny, job)
+        collect = objects.collect_policy(REF, CONFIG, k)
+        assert [selects(collect, other) for other in runs] == [i == k for i in range(3)]
+        pod = job["spec"]["template"]["spec"]
+        assert pod["volumes"][-1]["secret"]["secretName"] == REF.object_name(
+            names.run_role("collector", k)
+        )
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert env["FARM_BUILD"] == REF.upload_key(k)
+    assert len({REF.upload_key(k) for k in range(3)}) == 3
+
+    varied = reprocheck.variation(1)(SANDBOX)  # type: ignore[misc]
+    pod = objects.build_job(REF, spec, varied, CONFIG, 1)["spec"]["template"]["spec"]
+    build_env = [(e["name"], e["value"]) for e in pod["initContainers"][0]["env"]]
+    assert build_env == list(varied.env.items()) != list(SANDBOX.env.items())
+    assert pod["hostname"] == "farm-check-1" != SANDBOX.hostname
+    assert ("CARGO_BUILD_JOBS", "1") in build_env
