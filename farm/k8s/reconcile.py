@@ -354,13 +354,19 @@ class Reconciler:
         next. ``runs`` have all ended (``spec`` is None when the build never ran)."""
         status.completionTime = _now()
         records = [self._judged(build, ref, status, run, spec) for run in runs]
-        primary, ending = records[0], outcome(runs, records)
+        primary = records[0]
         if runs[0].ending and runs[0].ending.manifest is not None:
             record_artifacts(status, runs[0].ending.manifest)
         if len(runs) > 1:
             self._compare(status, records)
-        if primary.status is Status.QUARANTINED:
-            status.artifacts, status.digest = [], ""  # withheld, as locally
+        ending = outcome(runs, records)  # after the comparison: it may fail the build
+        if ending.phase == "Quarantined":
+            # Withheld, as locally; a check run's attempt taints run 0's artifacts too,
+            # since they came from the same code.
+            if primary.status is not Status.QUARANTINED:
+                primary.status, primary.artifacts = Status.QUARANTINED, []
+                primary.notes.append(f"artifacts withheld: {ending.message}")
+            status.artifacts, status.digest = [], ""
         # The store's record first: once the status says finished, the record exists.
         if primary.status is Status.SUCCEEDED and spec is not None:
             status.provenance = attest(primary, spec, self.store, self.store.home, "kubernetes")
@@ -388,16 +394,11 @@ class Reconciler:
 
     def _compare(self, status: BuildStatus, records: list[BuildRecord]) -> None:
         """The check's verdict, on run 0's record and in the status, as ``farm build
-        --check`` leaves it; the other runs' records are stored for ``farm show``. A
-        quarantined run quarantines the build: its artifacts came from the same code."""
+        --check`` leaves it; the other runs' records are stored for ``farm show``."""
         primary = records[0]
         verdict = reprocheck.verdict(records, len(records), reprocheck.SANDBOX_VARIATIONS)
         primary.reproducibility = verdict
         primary.notes.append(verdict.line())
-        tainted = [r for r in records[1:] if r.status is Status.QUARANTINED]
-        if tainted and primary.status is not Status.QUARANTINED:
-            primary.status, primary.artifacts = Status.QUARANTINED, []
-            primary.notes.append(f"check run {tainted[0].id} was quarantined")
         status.reproducible = None if verdict.result == "error" else verdict.reproducible
         status.differing = verdict.differing
         for index, other in enumerate(records[1:], start=1):
@@ -424,16 +425,18 @@ def build_record(
 ) -> BuildRecord:
     """The same record a local build leaves in the store, so ``farm show``, ``farm
     artifacts``, ``farm report`` and ``farm provenance`` work on the controller's store.
-    The id is the Build's ``<namespace>.<name>.<uid8>`` (``….run<k>`` for check run k)."""
+    The id is the Build's ``<namespace>.<name>.<uid8>``; check run k's is
+    ``<namespace>.<name>.run<k>-<uid8>``, not an extension of the Build's, since the
+    store accepts a unique prefix of an id."""
     spec = build.get("spec") or {}
     tenant = str(spec.get("tenant") or "default")[:63]
     state = run_status(status, run)
     finished = status.completionTime or datetime.now(UTC)
     started = status.startTime or finished
     manifest = ending.manifest or Manifest(artifacts=[])
-    suffix = f".run{run}" if run else ""
+    run_of = f"run{run}-" if run else ""
     return BuildRecord(
-        id=f"{ref.namespace}.{ref.name}.{names.short_uid(ref.uid)}{suffix}",
+        id=f"{ref.namespace}.{ref.name}.{run_of}{names.short_uid(ref.uid)}",
         status=ending.result,
         tenant=tenant,
         image=str(spec.get("image") or ""),

@@ -84,7 +84,8 @@ class ClusterBuildSpec(BuildSpec):
     check: int = Field(
         0,
         ge=0,
-        le=MAX_RUNS,
+        # For the CRD, so the API server refuses it too; the controller's rule is _runs.
+        json_schema_extra={"maximum": MAX_RUNS},
         description="runs of a reproducibility check (0: none; else 2 or more, in parallel)",
     )
 

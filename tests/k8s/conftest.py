@@ -134,9 +134,9 @@ def assert_within_rbac(calls: list[tuple[str, str, str, str | None]]) -> None:
     assert outside == [], "calls the RBAC in farm/k8s/permissions.py does not grant"
 
 
-def clean() -> Observation:
+def clean(container_id: str = BUILD_CID) -> Observation:
     """gVisor's complete record of a build container that tried nothing."""
-    return Observation(container_id=BUILD_CID, connections=1)
+    return Observation(container_id=container_id, connections=1)
 
 
 BuildFactory = Callable[..., dict]

@@ -24,6 +24,11 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 BUILD_CID = "ab" * 32
 
 
+def run_cid(run: int) -> str:
+    """The ``build`` container's runtime id in run ``run`` of a check (run 0: BUILD_CID)."""
+    return BUILD_CID if run == 0 else f"{run:02x}" * 32
+
+
 def wait_for(probe: Callable[[], T], what: str, timeout: float = 20.0) -> T:
     """Poll ``probe`` until truthy. The timeout only bounds a hang; it asserts no speed."""
     deadline = time.monotonic() + timeout
@@ -79,6 +84,7 @@ def finish_job(api: FakeAPI, ns: str, job: dict, ok: bool = True, reason: str = 
 def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: bytes = b"") -> dict:
     """The Job's pod, with the ``build`` init container terminated (or running)."""
     template = job["spec"]["template"]
+    run = int(template["metadata"]["labels"].get(names.RUN_LABEL, "0"))
     name = f"{job['metadata']['name']}-x7k2p"
     state = {"terminated": {"exitCode": exit_code}} if exit_code is not None else {"running": {}}
     pod = {
@@ -102,7 +108,9 @@ def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: byte
         "status": {
             "phase": "Running",
             "initContainerStatuses": [
-                _status("build", "ab", state, template["spec"]["initContainers"][0]["image"])
+                _status(
+                    "build", run_cid(run)[:2], state, template["spec"]["initContainers"][0]["image"]
+                )
             ],
             "containerStatuses": [
                 _status(
@@ -148,19 +156,20 @@ def _status(name: str, fill: str, state: dict, image: str) -> dict:
     }
 
 
-def run_collector(api: FakeAPI, ns: str, build: dict, url: str, root: Path) -> int:
-    """Run farm's collector as the collector container would, against ``root``."""
-    secret_name = names.object_name(
-        build["metadata"]["name"], build["metadata"]["uid"], "collector"
-    )
+def run_collector(api: FakeAPI, ns: str, build: dict, url: str, root: Path, run: int = 0) -> int:
+    """Run farm's collector as run ``run``'s collector container would, against
+    ``root``: with the upload key and token Secret its Job gives it."""
+    pod = job(api, ns, build, names.run_role("build", run))["spec"]["template"]["spec"]
+    given = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    [secret_name] = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
     secret = api.get("secrets", ns, secret_name)
     token_file = root / "token"
     token_file.write_bytes(base64.b64decode(secret["data"]["token"]))
     env = {
         "FARM_ARTIFACT_URL": url,
-        "FARM_BUILD": f"{ns}/{build['metadata']['name']}/{build['metadata']['uid']}",
+        "FARM_BUILD": given["FARM_BUILD"],
         "FARM_TOKEN_FILE": str(token_file),
-        "FARM_OUTPUTS": ",".join(build["spec"].get("outputs") or []),
+        "FARM_OUTPUTS": given["FARM_OUTPUTS"],
     }
     return collector.run(env, root=root, attempts=1)
 

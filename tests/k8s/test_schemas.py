@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from farm import reprocheck
 from farm.errors import SpecError
 from farm.k8s import crd, kube, names, objects
 from farm.k8s.config import ControllerConfig, Mirror
@@ -28,6 +29,7 @@ from farm.k8s.resource import (
     MAX_STATUS_ACTIONS,
     BuildStatus,
     ObservationStatus,
+    RunStatus,
     cluster_spec,
     set_condition,
 )
@@ -49,6 +51,7 @@ SPECS = {
         "source_date_epoch": 0,
         "queue": "farm-builds",
     },
+    "check": {"source": {"git": "https://git.test/a.git", "revision": REVISION}, "check": 3},
 }
 CONFIG = ControllerConfig(mirrors=[Mirror(cidr="10.20.0.0/24", ports=[443, 9418])])
 
@@ -63,15 +66,17 @@ def created_objects(spec_name: str) -> list[dict[str, Any]]:
         "kind": names.KIND,
         "metadata": {"name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
     }
+    runs = range(max(1, spec.check))
+    varied = [vary(sandbox) if (vary := reprocheck.variation(k)) else sandbox for k in runs]
     return [
         objects.service_account(ref),
         objects.source_claim(ref, CONFIG),
-        objects.token_secret(ref, "s3cret-token"),
+        *(objects.token_secret(ref, "s3cret-token", k) for k in runs),
         objects.fetch_policy(ref, CONFIG),
         objects.build_policy(ref),
-        objects.collect_policy(ref, CONFIG),
+        *(objects.collect_policy(ref, CONFIG, k) for k in runs),
         objects.fetch_job(ref, spec, sandbox, CONFIG),
-        objects.build_job(ref, spec, sandbox, CONFIG),
+        *(objects.build_job(ref, spec, varied[k], CONFIG, k) for k in runs),
         kube.event_body(build, "Building", "build running"),
         LeaderElector(None, "farm-system", "farm-controller", "pod-1").lease_body(),  # type: ignore[arg-type]
     ]
@@ -233,6 +238,8 @@ BAD = {
     "timeout too long": {"timeout_seconds": 90_000},
     "missing revision": {"source": {"git": "https://git.test/a.git"}},
     "bad queue name": {"queue": "Not_A_Name"},
+    "check past the maximum": {"check": reprocheck.MAX_RUNS + 1},
+    "negative check": {"check": -1},
 }
 
 
@@ -282,6 +289,8 @@ def test_a_full_status_validates_against_the_crd() -> None:
         logSha256="1" * 64,
         tornDown=True,
     )
+    status.differing = ["out/app"]
+    status.checkRuns["1"] = RunStatus(exitCode=0, observation=observation, blocked=2)
     set_condition(status, "Succeeded", "True", "Succeeded", "1 artifact", 3)
     doc = build(SPECS["default"], status.model_dump(mode="json", exclude_none=True))
     jsonschema.validate(doc, build_schema())
@@ -292,3 +301,12 @@ def test_a_full_status_validates_against_the_crd() -> None:
     doc["status"]["observation"]["actions"] *= MAX_STATUS_ACTIONS + 1
     with pytest.raises(jsonschema.ValidationError, match="is too long"):
         jsonschema.validate(doc, build_schema())
+
+
+def test_the_crd_makes_spec_immutable_with_a_cel_rule() -> None:
+    """The signed provenance names the spec in the record: the API server must refuse an
+    edit of a Build's spec (the rule is checked here only for its shape; no API server
+    evaluates CEL in these tests)."""
+    spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    [rule] = spec["x-kubernetes-validations"]
+    assert rule["rule"] == "self == oldSelf" and "immutable" in rule["message"]

@@ -13,15 +13,17 @@ from prometheus_client import CollectorRegistry
 from farm.errors import KubernetesError
 from farm.k8s.artifacts import Ledger
 from farm.k8s.config import ControllerConfig
+from farm.k8s.names import run_role
 from farm.k8s.nodemonitor import NodeMonitor
 from farm.k8s.reconcile import Reconciler
 from farm.k8s.resource import MAX_STATUS_ACTIONS
 from farm.metrics import Metrics
 from farm.observe.events import Context, TraceEvent
 from farm.observe.spool import Observation
+from farm.reprocheck import MAX_RUNS
 from farm.store import Store
 from tests.k8s.conftest import NS, Cluster
-from tests.k8s.kubelet import Spooled, build_manifest, build_pod, finish_job, job
+from tests.k8s.kubelet import Spooled, build_manifest, build_pod, finish_job, job, run_cid
 from tests.k8s.test_schemas import build_schema
 
 
@@ -166,6 +168,32 @@ def test_a_flood_of_actions_is_capped_and_marks_the_record_incomplete(
     assert f"{300 - listed} of 300 actions not listed" in shipped["problem"]
     assert doc["status"]["blocked"] == 300
     assert len(json.dumps(doc)) < 1 << 20  # well within etcd's 1.5 MiB per object
+    jsonschema.validate(doc, build_schema())
+
+
+def test_the_runs_of_a_full_check_share_the_status_budget(cluster: Cluster, tmp_path: Path) -> None:
+    """Each check run's record lands under its own key, and even a flood in every one of
+    MAX_RUNS runs keeps the Build within what the API server stores."""
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("flood10", check=MAX_RUNS))
+    settle(r, "flood10")
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    settle(r, "flood10")
+    events = [event("open", pathname="/root/.ssh/" + "k" * 3000, flags=0, exit={"errorno": 2})]
+    seen = {}
+    for run in range(MAX_RUNS):
+        build_pod(cluster.api, NS, job(cluster.api, NS, build, run_role("build", run)), 0)
+        seen[run_cid(run)] = Observation(container_id=run_cid(run), events=events * 300)
+    monitor = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), Spooled(seen), "node-1")
+    assert monitor.scan() == MAX_RUNS
+
+    doc = cluster.api.get("builds", NS, "flood10")
+    records = [doc["status"]["observation"]] + [
+        doc["status"]["checkRuns"][str(k)]["observation"] for k in range(1, MAX_RUNS)
+    ]
+    assert [o["containerID"] for o in records] == [run_cid(k) for k in range(MAX_RUNS)]
+    assert all(o["actions"] and not o["complete"] for o in records)
+    assert len(json.dumps(doc)) < 1_400_000  # under etcd's 1.5 MiB per object
     jsonschema.validate(doc, build_schema())
 
 
