@@ -89,7 +89,7 @@ class Metrics:
         )
         self.repro_checks = Counter(
             "farm_reproducibility_checks",
-            "Reproducibility checks (farm build --check N), by verdict.",
+            "Reproducibility checks (farm build --check N, a Build's spec.check), by verdict.",
             ["tenant", "result"],
             registry=registry,
         )

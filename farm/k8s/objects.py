@@ -31,6 +31,7 @@ SRC_VOLUME, TARGET_VOLUME, OUT_VOLUME, TMP_VOLUME = "src", "target", "out", "tmp
 TOKEN_VOLUME, COLLECTOR_TMP_VOLUME = "collector-token", "collector-tmp"
 TOKEN_DIR = "/var/run/farm/collector"
 VENDOR_DIR = "/vendor"
+HOSTNAME_KEY = "kubernetes.io/hostname"
 #: Mount point of the sources PVC in the fetch pod; the build sees parts of it.
 WORK_DIR = "/work"
 FETCH_SCRIPT = r"""set -eu
@@ -353,6 +354,8 @@ def build_job(
         "containers": [_collector_container(ref, spec, config, run)],
         "volumes": volumes,
     }
+    if run:
+        pod["affinity"] = _beside_run0(ref)
     deadline = sandbox.deadline_seconds + config.collect_grace_seconds
     template = {
         "labels": ref.run_labels(run),
@@ -363,6 +366,13 @@ def build_job(
     }
     role = names.run_role("build", run)
     return _job(ref, role, pod, deadline, config, spec.queue, template)
+
+
+def _beside_run0(ref: BuildRef) -> dict[str, Any]:
+    """A check run shares the sources volume, which is ReadWriteOnce (one node at a
+    time), so it is scheduled onto the node of run 0's pod."""
+    term = {"labelSelector": {"matchLabels": ref.run_labels(0)}, "topologyKey": HOSTNAME_KEY}
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
 
 
 def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, Any]:

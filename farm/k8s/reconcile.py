@@ -156,10 +156,8 @@ class Reconciler:
         if state != "succeeded":
             return self._set(build, ref, status, "Fetching", "Fetching", "fetch Job running")
         runs = [self._run(ref, spec, sandbox, status, k) for k in range(max(1, spec.check))]
-        waiting = [r for r in runs if r.wait is not None]
-        if waiting:
-            return self._wait(build, ref, status, waiting, len(runs))
-        return self._finish(build, ref, status, runs, spec)
+        delay = self._wait(build, ref, status, runs)
+        return delay if delay is not None else self._finish(build, ref, status, runs, spec)
 
     def _run(
         self,
@@ -170,12 +168,18 @@ class Reconciler:
         k: int,
     ) -> Run:
         """Create run ``k``'s build Job (if needed) and see where it stands."""
-        vary = reprocheck.variation(k)
+        vary = reprocheck.variation(k)  # as local --check's run k
         job = self._ensure(
             objects.build_job(ref, spec, vary(sandbox) if vary else sandbox, self.config, k)
         )
         token = self._token(ref, k)
-        state = run_status(status, k)
+        return self._progress(ref, spec, Run(k, run_status(status, k)), job, token)
+
+    def _progress(
+        self, ref: BuildRef, spec: ClusterBuildSpec, run: Run, job: Obj, token: str
+    ) -> Run:
+        """``run`` with its ending and observation, or with what it still waits for."""
+        k, state = run.index, run.state
         pod = self._pod(ref, k)
         if pod is not None:
             state.containerIDs = container_ids(pod)
@@ -190,9 +194,16 @@ class Reconciler:
         ending = self._ending(ref, spec, state, token, (job_is, why), k)
         if ending is None:
             return Run(k, state, wait=("Collecting", "Collecting", "uploading /out"))
+        return self._observed(ref, spec, run, pod, ending)
+
+    def _observed(
+        self, ref: BuildRef, spec: ClusterBuildSpec, run: Run, pod: Obj, ending: Ending
+    ) -> Run:
+        """``run`` judged-ready once the node monitor's record is in (or the grace over)."""
+        k, state = run.index, run.state
         seen = self._observation(state, build_container_id(pod) or "")
         if seen is None:
-            phase = "Collecting" if exit_code == 0 else "Building"
+            phase = "Collecting" if state.exitCode == 0 else "Building"
             message = "waiting for the node monitor's record of the build container"
             # The monitor's status patch wakes the Build's watch; this bounds the grace.
             delay = max(0.5, min(POLL, self._grace_left(state)))
@@ -201,16 +212,20 @@ class Reconciler:
         return Run(k, state, replace(ending, image_id=build_image_id(pod)), seen)
 
     def _wait(
-        self, build: Obj, ref: BuildRef, status: BuildStatus, waiting: list[Run], runs: int
-    ) -> float:
-        """Hold the Build in the phase of its least advanced run."""
+        self, build: Obj, ref: BuildRef, status: BuildStatus, runs: list[Run]
+    ) -> float | None:
+        """Hold the Build in the phase of its least advanced run; None once all are done."""
+        waiting = [(r.wait, r) for r in runs if r.wait is not None]
+        if not waiting:
+            return None
         order = ("Building", "Collecting")
-        first = min(waiting, key=lambda r: (order.index(r.wait[0]), r.index))  # type: ignore[index]
-        phase, reason, message = first.wait  # type: ignore[misc]
-        if runs > 1:
-            message = f"run {first.index}: {message} ({len(waiting)} of {runs} runs not done)"
+        (phase, reason, message), first = min(
+            waiting, key=lambda w: (order.index(w[0][0]), w[1].index)
+        )
+        if len(runs) > 1:
+            message = f"run {first.index}: {message} ({len(waiting)} of {len(runs)} runs not done)"
         self._set(build, ref, status, phase, reason, message)
-        return min(r.delay for r in waiting)
+        return min(r.delay for _, r in waiting)
 
     def _ending(
         self,
@@ -232,9 +247,9 @@ class Reconciler:
         if manifest is not None:
             message = f"{len(manifest.artifacts)} artifacts, {len(manifest.refused)} refused"
             return Ending("Succeeded", "Succeeded", message, manifest)
-        state, why = job
-        if state in ("failed", "succeeded"):  # the Job ended without the manifest
-            message = f"the collector ended without delivering a manifest ({why or state})"
+        job_is, why = job
+        if job_is in ("failed", "succeeded"):  # the Job ended without the manifest
+            message = f"the collector ended without delivering a manifest ({why or job_is})"
             return failed("CollectionFailed", message)
         return None
 

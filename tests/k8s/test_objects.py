@@ -128,6 +128,17 @@ def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens(
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
         assert env["FARM_BUILD"] == REF.upload_key(k)
     assert len({REF.upload_key(k) for k in range(3)}) == 3
+    # The runs share the ReadWriteOnce sources volume: runs 1.. go to run 0's node.
+    assert "affinity" not in runs[0]["spec"]["template"]["spec"]
+    for job in runs[1:]:
+        [term] = job["spec"]["template"]["spec"]["affinity"]["podAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert (
+            term["labelSelector"]["matchLabels"]
+            == runs[0]["spec"]["template"]["metadata"]["labels"]
+        )
 
     varied = reprocheck.variation(1)(SANDBOX)  # type: ignore[misc]
     pod = objects.build_job(REF, spec, varied, CONFIG, 1)["spec"]["template"]["spec"]
