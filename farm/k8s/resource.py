@@ -86,7 +86,7 @@ class ClusterBuildSpec(BuildSpec):
         ge=0,
         # For the CRD, so the API server refuses it too; the controller's rule is _runs.
         json_schema_extra={"maximum": MAX_RUNS},
-        description="runs of a reproducibility check (0: none; else 2 or more, in parallel)",
+        description="runs of a reproducibility check: 0 for none, else 2 to 10 (in parallel)",
     )
 
     @field_validator("source")

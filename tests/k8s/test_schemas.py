@@ -116,7 +116,8 @@ def manifest_docs() -> list[tuple[str, dict]]:
     tests/k8s/packaging validates those (the kustomize renders, prometheus-operator's
     schemas)."""
     docs = []
-    for path in [*sorted((ROOT / "manifests").rglob("*.yaml")), ROOT / "examples/k8s/build.yaml"]:
+    examples = sorted((ROOT / "examples/k8s").glob("*.yaml"))
+    for path in [*sorted((ROOT / "manifests").rglob("*.yaml")), *examples]:
         if path.name == "kustomization.yaml" or "overlays" in path.parts:
             continue
         docs += [
