@@ -388,7 +388,11 @@ class Reconciler:
         else:
             self.store.save(primary)
         self._write_end(build, ref, status, ending)
+        # Counted once the status is written: a 409 above redoes this whole step.
         self.metrics.builds.labels(tenant=primary.tenant, result=primary.status.value).inc()
+        if primary.reproducibility is not None:
+            result = primary.reproducibility.result
+            self.metrics.repro_checks.labels(primary.tenant, result).inc()
         return 0.0  # teardown next, now that the status is recorded
 
     def _judged(
@@ -419,7 +423,6 @@ class Reconciler:
         for index, other in enumerate(records[1:], start=1):
             other.notes.append(f"check run {index + 1} of {len(records)} for build {primary.id}")
             self.store.save(other)
-        self.metrics.repro_checks.labels(primary.tenant, verdict.result).inc()
 
     def _write_end(self, build: Obj, ref: BuildRef, status: BuildStatus, ending: Ending) -> None:
         status.phase = ending.phase  # type: ignore[assignment]
