@@ -25,6 +25,7 @@ from farm import __version__, wheelhouse
 from farm.backends.docker_errors import translated
 from farm.digests import file_sha256
 from farm.errors import ImageError
+from farm.k8s.names import COLLECTOR_UID
 from farm.settings import MANAGED_LABEL, Settings
 from farm.store import Store
 
@@ -41,9 +42,10 @@ directory = "/usr/share/cargo/registry"
 offline = true
 """
 DEBIAN = "http://deb.debian.org/debian"
-#: The venv of the farm image, and its user (the controller's uid in the chart).
+#: The venv of the farm image, and its user: build pods run the collector from this
+#: image as COLLECTOR_UID, and the chart runs the controller with the same uid.
 FARM_PREFIX = "/opt/farm"
-FARM_UID = 10002
+FARM_UID = COLLECTOR_UID
 
 
 @dataclasses.dataclass(frozen=True)
