@@ -21,9 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from farm import __version__
 from farm.errors import ExitCode, FarmError, InputError
-from farm.images import RECIPES
+from farm.images import RECIPES, VERSION
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
@@ -60,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="farm", description="Run untrusted builds in a gVisor sandbox with no network."
     )
-    p.add_argument("--version", action="version", version=f"farm {__version__}")
+    p.add_argument("--version", action="version", version=f"farm {VERSION}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     b = sub.add_parser(

@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import docker
 
-from farm import __version__, wheelhouse
+from farm import wheelhouse
 from farm.backends.docker_errors import translated
 from farm.digests import file_sha256
 from farm.errors import ImageError
@@ -42,6 +43,10 @@ directory = "/usr/share/cargo/registry"
 offline = true
 """
 DEBIAN = "http://deb.debian.org/debian"
+#: The installed distribution's version (== farm.__version__), read from its metadata
+#: because ``from farm import __version__`` breaks when a directory named farm sits in
+#: the cwd (it shadows the package as a namespace package, e.g. with cwd=/ on CI hosts).
+VERSION = metadata.version("farm")
 #: The venv of the farm image, and its user: build pods run the collector from this
 #: image as COLLECTOR_UID, and the chart runs the controller with the same uid.
 FARM_PREFIX = "/opt/farm"
@@ -116,7 +121,7 @@ RECIPES = {
     # the same package and dependencies, told apart only by the command.
     "farm": Recipe(
         name="farm",
-        tag=f"farm/farm:{__version__}",
+        tag=f"farm/farm:{VERSION}",
         suite="bookworm",
         mirror=DEBIAN,
         packages=("python3", "python3-venv", "ca-certificates"),
@@ -301,7 +306,7 @@ def labels(r: Recipe, rootfs: str, settings: Settings) -> dict[str, str]:
         "io.farm.recipe": r.digest,
         "io.farm.rootfs": rootfs,
         "org.opencontainers.image.title": r.title or f"farm {r.name} builder",
-        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.version": VERSION,
         "org.opencontainers.image.licenses": "Apache-2.0",
         "org.opencontainers.image.base.name": f"debian:{r.suite} (mmdebstrap, {r.mirror})",
     }

@@ -14,13 +14,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-import farm
 from farm.errors import ImageError
 
 
 def source_tree() -> Path:
     """farm's source checkout (an editable or in-tree install), or ImageError."""
-    root = Path(farm.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
         raise ImageError(
             "farm is not installed from a source tree, so it cannot build its own wheels; "
