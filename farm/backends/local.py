@@ -166,7 +166,11 @@ class LocalBackend:
     def list_sandboxes(self) -> dict[str, str]:
         labels = [f"{MANAGED_LABEL}=true", f"{HOME_LABEL}={self.settings.home}"]
         with translated("list farm containers"):
-            found = self.client.containers.list(all=True, filters={"label": labels})
+            # A build ending meanwhile removes its container between docker-py's list and
+            # its per-container inspect; that container is simply not live any more.
+            found = self.client.containers.list(
+                all=True, filters={"label": labels}, ignore_removed=True
+            )
         return {c.id: c.labels.get(BUILD_LABEL, "") for c in found}
 
     def teardown(self, sandbox_id: str) -> list[str]:

@@ -19,7 +19,7 @@ from farm.k8s import names
 from farm.k8s.artifacts import Ledger
 from farm.k8s.config import ControllerConfig
 from farm.k8s.kube import Kube, Obj
-from farm.k8s.leader import LeaderElector
+from farm.k8s.leader import DEFAULT_LEASE, LeaderElector, LeaseTiming
 from farm.k8s.reconcile import Reconciler
 from farm.k8s.teardown import MANAGED
 from farm.k8s.watching import Informer
@@ -42,9 +42,7 @@ class Controller:
         *,
         workers: int = 2,
         watch_timeout: int = 60,
-        lease_seconds: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_seconds: float = 2.0,
+        lease: LeaseTiming = DEFAULT_LEASE,
         reap_seconds: float = 300.0,
     ) -> None:
         self.kube, self.config, self.metrics = kube, config, metrics
@@ -56,9 +54,7 @@ class Controller:
             config.namespace,
             LEASE_NAME,
             identity,
-            lease_seconds=lease_seconds,
-            renew_deadline=renew_deadline,
-            retry_seconds=retry_seconds,
+            lease,
         )
         self.workers = workers
         self.watch_timeout = watch_timeout

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,18 @@ def _micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class LeaseTiming:
+    """client-go's defaults; tests shrink them to keep handovers quick."""
+
+    lease_seconds: float = 15.0
+    renew_deadline: float = 10.0
+    retry_seconds: float = 2.0
+
+
+DEFAULT_LEASE = LeaseTiming()
+
+
 class LeaderElector:
     def __init__(
         self,
@@ -38,15 +51,10 @@ class LeaderElector:
         namespace: str,
         name: str,
         identity: str,
-        *,
-        lease_seconds: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_seconds: float = 2.0,
+        timing: LeaseTiming = DEFAULT_LEASE,
     ) -> None:
         self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
-        self.lease_seconds = lease_seconds
-        self.renew_deadline = renew_deadline
-        self.retry_seconds = retry_seconds
+        self.timing = timing
         self._observed: tuple[Any, float] = (None, 0.0)
         self.leading = threading.Event()
 
@@ -54,7 +62,7 @@ class LeaderElector:
         record = (spec.get("holderIdentity"), spec.get("renewTime"))
         if record != self._observed[0]:
             self._observed = (record, time.monotonic())
-        return time.monotonic() - self._observed[1] > self.lease_seconds
+        return time.monotonic() - self._observed[1] > self.timing.lease_seconds
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this candidate holds the Lease afterwards."""
@@ -70,7 +78,7 @@ class LeaderElector:
         new = {
             **spec,
             "holderIdentity": self.identity,
-            "leaseDurationSeconds": max(1, round(self.lease_seconds)),
+            "leaseDurationSeconds": max(1, round(self.timing.lease_seconds)),
             "renewTime": now,
         }
         if holder != self.identity:
@@ -91,7 +99,7 @@ class LeaderElector:
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": {
                 "holderIdentity": self.identity,
-                "leaseDurationSeconds": max(1, round(self.lease_seconds)),
+                "leaseDurationSeconds": max(1, round(self.timing.lease_seconds)),
                 "acquireTime": now,
                 "renewTime": now,
                 "leaseTransitions": 0,
@@ -129,17 +137,17 @@ class LeaderElector:
     def run(self, stop: threading.Event, on_started: Callable[[], None]) -> None:
         """Block until leading, call ``on_started``, renew until ``stop`` or loss."""
         while not stop.is_set() and not self._attempt():
-            stop.wait(self.retry_seconds)
+            stop.wait(self.timing.retry_seconds)
         if stop.is_set():
             return
         self.leading.set()
         log.info("%s is the leader", self.identity)
         on_started()
         last_renew = time.monotonic()
-        while not stop.wait(self.retry_seconds):
+        while not stop.wait(self.timing.retry_seconds):
             if self._attempt():
                 last_renew = time.monotonic()
-            elif time.monotonic() - last_renew > self.renew_deadline:
+            elif time.monotonic() - last_renew > self.timing.renew_deadline:
                 log.error("lost the Lease; stopping")
                 self.leading.clear()
                 return

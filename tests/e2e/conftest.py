@@ -51,7 +51,24 @@ def home(tmp_path: Path, client: docker.DockerClient) -> Iterator[Path]:
 
 def farm_containers(client: docker.DockerClient, home: Path) -> list:
     labels = [f"{MANAGED_LABEL}=true", f"{HOME_LABEL}={home.resolve()}"]
-    return client.containers.list(all=True, filters={"label": labels})
+    # ignore_removed: docker-py inspects each listed container, and one may go in between.
+    return client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
+
+
+def created(client: docker.DockerClient, home: Path, since: float) -> list[str]:
+    """Ids of containers this FARM_HOME created since ``since``, from dockerd's events."""
+    labels = [f"{MANAGED_LABEL}=true", f"{HOME_LABEL}={home.resolve()}"]
+    events = client.events(
+        since=int(since) - 1,
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": "create", "label": labels},
+        decode=True,
+    )
+    try:
+        # The API's `since` has whole seconds; timeNano keeps events from before ``since`` out.
+        return [e["id"] for e in events if e["timeNano"] >= since * 1e9]
+    finally:
+        events.close()
 
 
 def farm_env(home: Path, **extra: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import docker
 import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,32 +18,16 @@ from farm.backends.local import LocalBackend
 from farm.buildflow import run_build
 from farm.metrics import Metrics
 from farm.runner import Runner
-from farm.settings import HOME_LABEL, MANAGED_LABEL, Settings
+from farm.settings import Settings
 from farm.spec import build_spec
 from farm.store import Store
 
-from .conftest import EXAMPLES, farm, farm_json
+from .conftest import EXAMPLES, created, farm, farm_json
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "schemas" / "slsa-provenance-v1.schema.json").read_text())
 #: Writes the time with nanoseconds: two runs can never agree.
 STAMP = ["sh", "-c", "cp input.txt /out/copy && date +%s%N > /out/stamp"]
-
-
-def created(client: docker.DockerClient, home: Path, since: float) -> list[str]:
-    """Ids of containers this FARM_HOME created since ``since``, from dockerd's events."""
-    labels = [f"{MANAGED_LABEL}=true", f"{HOME_LABEL}={home.resolve()}"]
-    events = client.events(
-        since=int(since) - 1,
-        until=int(time.time()) + 1,
-        filters={"type": "container", "event": "create", "label": labels},
-        decode=True,
-    )
-    try:
-        # The API's `since` has whole seconds; timeNano keeps events from before ``since`` out.
-        return [e["id"] for e in events if e["timeNano"] >= since * 1e9]
-    finally:
-        events.close()
 
 
 def project(tmp_path: Path) -> Path:

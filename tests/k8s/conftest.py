@@ -17,6 +17,7 @@ from farm.k8s.artifacts import ArtifactServer
 from farm.k8s.config import ControllerConfig
 from farm.k8s.controller import Controller
 from farm.k8s.kube import Kube
+from farm.k8s.leader import LeaseTiming
 from farm.metrics import Metrics
 from farm.store import Store
 from tests.k8s.fakeapi import FakeAPI, FakeServer
@@ -46,9 +47,7 @@ class Cluster:
             identity,
             workers=2,
             watch_timeout=2,
-            lease_seconds=1.0,
-            renew_deadline=0.8,
-            retry_seconds=0.1,
+            lease=LeaseTiming(lease_seconds=1.0, renew_deadline=0.8, retry_seconds=0.1),
             **kwargs,  # type: ignore[arg-type]
         )
         artifacts = ArtifactServer(ctl.ledger, "127.0.0.1", 0, ready=ctl.elector.leading.is_set)

@@ -17,7 +17,14 @@ from farm.devtools import tool
 from farm.errors import InfrastructureError
 from farm.k8s import permissions
 from farm.k8s.config import ControllerConfig
-from tests.k8s.packaging.chartlib import VALUES, Obj, find, validate_all, validate_builtin
+from tests.k8s.packaging.chartlib import (
+    VALUES,
+    Obj,
+    find,
+    validate_all,
+    validate_builtin,
+    validate_monitoring,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -48,6 +55,22 @@ def test_strict_validation_rejects_an_unknown_field(default_objects: list[Obj]) 
     monitor = copy.deepcopy(find(default_objects, "ServiceMonitor")[0])
     monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
     assert "interval" in validate_all([monitor])["ServiceMonitor/farm"]
+
+
+def test_unknown_fields_in_monitoring_objects_are_rejected(default_objects: list[Obj]) -> None:
+    """A misspelt field in a ServiceMonitor or PrometheusRule would be pruned silently
+    by the API server; the TypeScript check names it (the JSON schemas let it through)."""
+    monitor = copy.deepcopy(find(default_objects, "ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["scrapeIntervall"] = "30s"
+    rule = copy.deepcopy(find(default_objects, "PrometheusRule")[0])
+    rule["spec"]["groups"][0]["rules"][0]["fore"] = "5m"
+    assert validate_monitoring([monitor, rule]) == {
+        "ServiceMonitor/farm": [],
+        f"PrometheusRule/{rule['metadata']['name']}": [],
+    }
+    failures = validate_all([monitor, rule])
+    assert "'\"scrapeIntervall\"' does not exist" in failures["ServiceMonitor/farm"]
+    assert "'\"fore\"' does not exist" in failures[f"PrometheusRule/{rule['metadata']['name']}"]
 
 
 def test_values_schema_rejects_bad_values() -> None:
