@@ -134,6 +134,7 @@ RECIPES = {
             "ENV PYTHONDONTWRITEBYTECODE=1",
             "ENV PYTHONUNBUFFERED=1",
             f"USER {FARM_UID}:{FARM_UID}",
+            "EXPOSE 8443 9090 9091",
             'ENTRYPOINT ["farm"]',
             'CMD ["controller"]',
         ),
