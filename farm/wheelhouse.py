@@ -9,8 +9,10 @@ needs PyPI (or the pip index configured on this host) for the dependencies.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -28,10 +30,26 @@ def source_tree() -> Path:
     return root
 
 
+#: What setuptools needs to build farm's wheel (pyproject.toml names the readme).
+WHEEL_INPUTS = ("pyproject.toml", "README.md", "farm")
+
+
 def build_wheels(dest: Path) -> Path:
-    """``pip wheel`` farm's source tree and its dependencies into ``dest``."""
-    argv = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest)]
-    done = subprocess.run([*argv, str(source_tree())], capture_output=True, text=True)
+    """``pip wheel`` farm and its dependencies into ``dest``.
+
+    From a clean copy of the inputs: setuptools builds in-tree and packs whatever its
+    ``build/lib`` holds, so a module deleted since the last build would reach the image.
+    """
+    root = source_tree()
+    with tempfile.TemporaryDirectory(prefix="farm-src-") as tmp:
+        for name in WHEEL_INPUTS:
+            src, copy = root / name, Path(tmp) / name
+            if src.is_dir():
+                shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, copy)
+        argv = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest), tmp]
+        done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise ImageError(f"pip wheel failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return dest

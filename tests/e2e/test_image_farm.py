@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from farm import __version__
+from farm import __version__, wheelhouse
 from farm.images import FARM_UID, build_image, recipe
 from farm.k8s.names import COLLECTOR_UID
 from farm.settings import MANAGED_LABEL, Settings
@@ -107,8 +107,12 @@ def farm_cli(home: Path, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-def test_build_again_is_a_no_op(image, tmp_path: Path) -> None:
-    assert farm_cli(tmp_path / "home", "image", "build", "farm") == image
+def test_a_rebuilt_wheelhouse_of_the_same_source_is_up_to_date(image, tmp_path: Path) -> None:
+    """As an air-gapped site runs it (--wheelhouse); freshly built wheels carry new zip
+    timestamps, yet the recipe digest (their RECORDs) is unchanged: no rebuild."""
+    wheels = wheelhouse.build_wheels(tmp_path / "wheels")
+    again = farm_cli(tmp_path / "home", "image", "build", "farm", "--wheelhouse", str(wheels))
+    assert again == image
 
 
 def test_exported_tarball_loads_with_its_tag_and_labels(client, image, tmp_path: Path) -> None:
