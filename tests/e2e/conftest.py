@@ -193,3 +193,12 @@ def remove_built(client: docker.DockerClient, ids: list[str], before: set[str]) 
     ]
     for image in sorted(leftovers, key=lambda i: i.attrs["Created"], reverse=True):
         client.images.remove(image.id, force=True)
+
+
+@pytest.fixture(scope="session")
+def farm_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """farm and its dependencies as wheels (what `make wheels` makes), built once for
+    the image tests."""
+    from farm.wheelhouse import build_wheels
+
+    return build_wheels(tmp_path_factory.mktemp("wheels"))

@@ -8,9 +8,8 @@ setup` builds (the same suite)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -33,12 +32,12 @@ def built(client: docker.DockerClient) -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def farm_image(tmp_path_factory: pytest.TempPathFactory, built: list[str]) -> str:
+def farm_image(
+    tmp_path_factory: pytest.TempPathFactory, farm_wheels: Path, built: list[str]
+) -> str:
     """Built from a context holding only dist/wheels, as `make wheels` makes it."""
     ctx = tmp_path_factory.mktemp("image-context")
-    wheels = ctx / "dist" / "wheels"
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)]
-    subprocess.run(pip, check=True, capture_output=True)
+    shutil.copytree(farm_wheels, ctx / "dist" / "wheels")
     shutil.copy(CONTAINERS / "farm" / "Dockerfile", ctx / "Dockerfile")
     built.append(docker_build(ctx / "Dockerfile", ctx))
     return built[-1]

@@ -28,9 +28,12 @@ LABELS = {MANAGED_LABEL: "true"}
 
 
 @pytest.fixture(scope="module")
-def image(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def image(
+    client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory, farm_wheels: Path
+) -> dict:
     home = tmp_path_factory.mktemp("farm-home")
-    return build_image("farm", Settings(home=home), Store(home), client, log=lambda _: None)
+    settings, store = Settings(home=home), Store(home)
+    return build_image("farm", settings, store, client, wheels=farm_wheels, log=lambda _: None)
 
 
 def run(client: docker.DockerClient, image: dict, argv: list[str], **kw) -> str:
