@@ -31,6 +31,14 @@ class Mirror(BaseModel):
             raise ValueError(f"mirror cidr {value!r}: {exc}") from None
 
 
+def _image_tag(name: str) -> str:
+    # Imported here: farm.images pulls in the Docker SDK, which a controller that only
+    # reads its config does not otherwise need at import time.
+    from farm.images import recipe
+
+    return recipe(name).tag
+
+
 class ControllerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,11 +66,3 @@ class ControllerConfig(BaseModel):
     collect_grace_seconds: int = Field(300, ge=30)
     #: Backstop only: the controller deletes Jobs itself as soon as it has recorded them.
     ttl_seconds_after_finished: int = Field(3600, ge=60)
-
-
-def _image_tag(name: str) -> str:
-    # Imported here: farm.images pulls in the Docker SDK, which a controller that only
-    # reads its config does not otherwise need at import time.
-    from farm.images import recipe
-
-    return recipe(name).tag
