@@ -25,7 +25,7 @@ import docker
 from farm import wheelhouse
 from farm.backends.docker_errors import translated
 from farm.digests import file_sha256
-from farm.errors import ImageError
+from farm.errors import ImageError, InputError
 from farm.k8s.names import COLLECTOR_UID
 from farm.settings import MANAGED_LABEL, Settings
 from farm.store import Store
@@ -246,6 +246,8 @@ def build_image(
     Returns ``{tag, image_id, rootfs_sha256, recipe}``. Raises ImageError.
     """
     r = recipe(name)
+    if wheels is not None and not r.python:
+        raise InputError(f"--wheelhouse is for the farm image; the {name} image has no Python")
     if mirror:
         r = dataclasses.replace(r, mirror=mirror)
     with tempfile.TemporaryDirectory(prefix="farm-wheels-") as tmp:

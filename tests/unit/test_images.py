@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from farm import wheelhouse
-from farm.errors import ImageError
-from farm.images import build_rootfs, recipe
+from farm.errors import ImageError, InputError
+from farm.images import build_image, build_rootfs, recipe
 from farm.k8s.config import ControllerConfig
+from farm.settings import Settings
+from farm.store import Store
 
 #: The rust recipe's digest before Recipe grew fields for the farm image. Every host
 #: has an image labelled with it; a change here rebuilds farm/rust:bookworm everywhere.
@@ -77,3 +79,10 @@ def test_a_python_recipe_needs_a_wheelhouse_before_mmdebstrap_runs(tmp_path: Pat
     with pytest.raises(ImageError, match="give a wheelhouse"):
         build_rootfs(recipe("farm"), tmp_path / "rootfs.tar", log=lambda _: None)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_wheelhouse_for_an_image_without_python_is_bad_input(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with pytest.raises(InputError, match="--wheelhouse is for the farm image"):
+        build_image("rust", Settings(home=home), Store(home), None, wheels=tmp_path)  # type: ignore[arg-type]
+    assert not (home / "images").exists()  # where a rootfs would have been made
