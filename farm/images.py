@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -220,7 +221,7 @@ def _python_hooks(r: Recipe, wheels: Path | None) -> list[str]:
     pip = f"{FARM_PREFIX}/bin/pip install -q --no-index --no-cache-dir --no-compile"
     return [
         f'--customize-hook=chroot "$1" python3 -m venv {FARM_PREFIX}',
-        f'--customize-hook=cp -r {wheels} "$1{inside}"',
+        f'--customize-hook=cp -r {shlex.quote(str(wheels))} "$1{inside}"',
         f'--customize-hook=chroot "$1" {pip} --find-links {inside} {" ".join(r.python)}',
         f'--customize-hook=chroot "$1" {FARM_PREFIX}/bin/python -m compileall -q'
         f" --invalidation-mode unchecked-hash {FARM_PREFIX}",
