@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from farm import chart
+from farm import chart, cli
 from farm.devtools import tool
 from farm.errors import InfrastructureError
 from farm.k8s import permissions
@@ -313,6 +313,23 @@ def test_controller_config_is_a_valid_controller_config(rendered: tuple[str, lis
         controller_config(objects, deployment["metadata"]["name"])
     )
     assert config.runtime_class in {"gvisor", "gvisor-ptrace"}
+
+
+def test_every_farm_container_command_parses_with_farms_own_cli(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """The chart's `farm controller` and `farm node-monitor` flags are the CLI's: a flag
+    renamed in farm/cli.py breaks this test, not a cluster's pods at start."""
+    _, objects = rendered
+    seen = []
+    for obj in find(objects, "Deployment") + find(objects, "DaemonSet"):
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            command = [*container.get("command", []), *container.get("args", [])]
+            if command[:1] == ["farm"]:
+                args = cli._parser().parse_args(command[1:])  # exits on an unknown flag
+                seen.append((command[1], args))
+    wanted = ["controller"] + (["node-monitor"] if find(objects, "DaemonSet") else [])
+    assert sorted(name for name, _ in seen) == wanted
 
 
 def rules_as_grants(role: Obj) -> set[tuple[str, str, str, frozenset[str]]]:
