@@ -25,8 +25,9 @@ tools: $(VENV)/.installed
 manifests: tools
 	$(VENV)/bin/python -m farm.chart
 
-# farm and its dependencies as wheels: the controller and node-monitor images install
-# from these, so their build needs no PyPI access (air-gapped: copy dist/wheels over).
+# farm and its dependencies as wheels: the farm image (controller, node monitor,
+# collector) installs from these, so its build needs no PyPI access (air-gapped: copy
+# dist/wheels over, or pass it to `farm image build farm --wheelhouse dist/wheels`).
 wheels: $(VENV)/.installed
 	rm -rf dist/wheels
 	$(VENV)/bin/pip wheel --quiet --wheel-dir dist/wheels .
@@ -36,9 +37,11 @@ dashboard-png: setup tools
 	FARM_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png $(VENV)/bin/pytest -q tests/e2e/test_prometheus_live.py
 
 VERSION ?= 0.1.0
+# The cluster's images from a registry base; without a registry use `farm image build
+# farm|fetch|rust` and `farm image export` instead (docs/packaging.md).
 images: wheels
-	docker build -f containers/controller/Dockerfile -t farm/controller:$(VERSION) .
-	docker build -f containers/node-monitor/Dockerfile -t farm/node-monitor:$(VERSION) .
+	docker build -f containers/farm/Dockerfile -t farm/farm:$(VERSION) .
+	docker build --target fetch -t farm/fetch:bookworm containers/rust-builder
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py

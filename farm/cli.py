@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ExitCode, FarmError, InputError
+from farm.images import RECIPES, VERSION
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="farm", description="Run untrusted builds in a gVisor sandbox with no network."
     )
+    p.add_argument("--version", action="version", version=f"farm {VERSION}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     b = sub.add_parser(
@@ -223,11 +225,19 @@ def _parser() -> argparse.ArgumentParser:
     host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
     hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
     hs.set_defaults(func=cmd_host_setup)
-    image = sub.add_parser("image", help="builder images").add_subparsers(required=True)
-    ib = image.add_parser("build", help="build a builder image offline with mmdebstrap")
-    ib.add_argument("name", choices=["rust"])
+    image = sub.add_parser("image", help="farm's images").add_subparsers(required=True)
+    ib = image.add_parser("build", help="build an image offline with mmdebstrap")
+    ib.add_argument("name", choices=list(RECIPES))
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
+    ib.add_argument(
+        "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
+    )
     ib.set_defaults(func=cmd_image_build)
+    ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
+    ie.add_argument("name", choices=list(RECIPES))
+    ie.add_argument("-o", "--output", type=Path, required=True)
+    ie.set_defaults(func=cmd_image_export)
     return p
 
 
@@ -635,8 +645,19 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         Store(settings.home),
         client,
         force=args.force,
+        wheels=args.wheelhouse,
+        mirror=args.mirror,
         log=lambda m: print(m, file=sys.stderr),
     )
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_image_export(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.backends.local import LocalBackend
+    from farm.images import export_image
+
+    info = export_image(args.name, args.output, LocalBackend(settings).client)
     print(json.dumps(info, indent=2))
     return 0
 

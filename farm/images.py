@@ -1,27 +1,33 @@
-"""Build farm's builder images offline: mmdebstrap a Debian rootfs, then `docker import`.
+"""Build farm's images offline: mmdebstrap a Debian rootfs, then `docker import`.
 
-Callers: ``farm image build`` and the bootstrap. No registry is reachable, so images are
-made from Debian packages. SOURCE_DATE_EPOCH makes the rootfs tarball reproducible for a
-given mirror state; its sha256 is recorded next to the Docker image id.
+Callers: ``farm image build`` / ``farm image export`` and the bootstrap. No registry is
+reachable, so images are made from Debian packages (plus, for the ``farm`` image, a
+wheelhouse: ``farm.wheelhouse``). SOURCE_DATE_EPOCH makes the rust builder's rootfs
+tarball reproducible for a given mirror state; its sha256 is recorded next to the Docker
+image id. Each image is labelled with its recipe's digest, which makes builds idempotent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 import docker
 
+from farm import wheelhouse
 from farm.backends.docker_errors import translated
 from farm.digests import file_sha256
-from farm.errors import ImageError
+from farm.errors import ImageError, InputError
+from farm.k8s.names import COLLECTOR_UID
 from farm.settings import MANAGED_LABEL, Settings
 from farm.store import Store
 
@@ -37,9 +43,18 @@ directory = "/usr/share/cargo/registry"
 [net]
 offline = true
 """
+DEBIAN = "http://deb.debian.org/debian"
+#: The installed distribution's version (== farm.__version__), read from its metadata
+#: because ``from farm import __version__`` breaks when a directory named farm sits in
+#: the cwd (it shadows the package as a namespace package, e.g. with cwd=/ on CI hosts).
+VERSION = metadata.version("farm")
+#: The venv of the farm image, and its user: build pods run the collector from this
+#: image as COLLECTOR_UID, and the chart runs the controller with the same uid.
+FARM_PREFIX = "/opt/farm"
+FARM_UID = COLLECTOR_UID
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str
     tag: str
@@ -48,33 +63,85 @@ class Recipe:
     packages: tuple[str, ...]
     epoch: int
     files: tuple[tuple[str, str], ...] = ()
+    #: Python distributions pip installs into FARM_PREFIX, only from a wheelhouse.
+    python: tuple[str, ...] = ()
+    #: (wheel file, sha256 of its RECORD): filled in at build time from the wheelhouse.
+    wheels: tuple[tuple[str, str], ...] = ()
+    #: A non-root uid (= gid) created in the rootfs, owning /var/lib/farm; 0: none.
+    user: int = 0
+    #: Dockerfile instructions applied by `docker import --change` (USER, ENTRYPOINT...).
+    config: tuple[str, ...] = ()
+    title: str = ""
+    description: str = ""
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        # Fields at their default are left out, so adding a field to Recipe does not
+        # change an existing recipe's digest (which would force every host to rebuild).
+        fields = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+RUST = Recipe(
+    name="rust",
+    tag="farm/rust:bookworm",
+    suite="bookworm",
+    mirror=DEBIAN,
+    packages=(
+        "cargo",
+        "rustc",
+        "gcc",
+        "libc6-dev",
+        "pkg-config",
+        "ca-certificates",
+        "librust-serde-dev",
+        "librust-serde-derive-dev",
+        "librust-serde-json-dev",
+        "librust-regex-dev",
+    ),
+    epoch=1_700_000_000,
+    files=(("/.cargo/config.toml", CARGO_CONFIG),),
+)
 RECIPES = {
-    "rust": Recipe(
-        name="rust",
-        tag="farm/rust:bookworm",
+    "rust": RUST,
+    # The Kubernetes fetch phase (farm.k8s.objects.FETCH_SCRIPT): git, plus the same
+    # cargo and crates, whose Debian directory registry is the site's crates mirror.
+    "fetch": dataclasses.replace(
+        RUST,
+        name="fetch",
+        tag="farm/fetch:bookworm",
+        packages=(*RUST.packages, "git"),
+        title="farm fetch",
+        description="git and cargo vendor for the fetch phase of farm Builds",
+    ),
+    # One image for the controller, the node monitor and the build pods' collector:
+    # the same package and dependencies, told apart only by the command.
+    "farm": Recipe(
+        name="farm",
+        tag=f"farm/farm:{VERSION}",
         suite="bookworm",
-        mirror="http://deb.debian.org/debian",
-        packages=(
-            "cargo",
-            "rustc",
-            "gcc",
-            "libc6-dev",
-            "pkg-config",
-            "ca-certificates",
-            "librust-serde-dev",
-            "librust-serde-derive-dev",
-            "librust-serde-json-dev",
-            "librust-regex-dev",
-        ),
+        mirror=DEBIAN,
+        packages=("python3", "python3-venv", "ca-certificates"),
         epoch=1_700_000_000,
-        files=(("/.cargo/config.toml", CARGO_CONFIG),),
-    )
+        python=("farm",),
+        user=FARM_UID,
+        config=(
+            f"ENV PATH={FARM_PREFIX}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV FARM_HOME=/var/lib/farm",
+            "ENV PYTHONDONTWRITEBYTECODE=1",
+            "ENV PYTHONUNBUFFERED=1",
+            f"USER {FARM_UID}:{FARM_UID}",
+            "EXPOSE 8443 9090 9091",
+            'ENTRYPOINT ["farm"]',
+            'CMD ["controller"]',
+        ),
+        title="farm",
+        description="farm's controller, node monitor and artifact collector",
+    ),
 }
 
 
@@ -85,20 +152,18 @@ def recipe(name: str) -> Recipe:
         raise ImageError(f"no image recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
 
 
-def build_rootfs(r: Recipe, dest: Path, log: Callable[[str], None] = print) -> str:
+def build_rootfs(
+    r: Recipe, dest: Path, log: Callable[[str], None] = print, wheels: Path | None = None
+) -> str:
     """Create the rootfs tarball ``dest`` with mmdebstrap; return its sha256.
 
-    Raises ImageError when mmdebstrap is missing or fails.
+    ``wheels`` is the wheelhouse a recipe with ``python`` installs from. Raises
+    ImageError when mmdebstrap is missing or fails.
     """
     if not shutil.which("mmdebstrap"):
         raise ImageError("mmdebstrap is not installed; run `farm host setup`")
     with tempfile.TemporaryDirectory(prefix="farm-recipe-") as tmp:
-        hooks = []
-        for i, (path, content) in enumerate(r.files):
-            local = Path(tmp) / f"file{i}"
-            local.write_text(content)
-            parent = os.path.dirname(path)
-            hooks.append(f'--customize-hook=mkdir -p "$1{parent}" && cp {local} "$1{path}"')
+        hooks = [*_file_hooks(r, Path(tmp)), *_user_hooks(r), *_python_hooks(r, wheels)]
         argv = [
             "mmdebstrap",
             "--variant=minbase",
@@ -115,11 +180,53 @@ def build_rootfs(r: Recipe, dest: Path, log: Callable[[str], None] = print) -> s
             r.mirror,
         ]
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(r.epoch)}
-        log(f"farm: building the {r.name} rootfs with mmdebstrap ({r.suite})")
+        log(f"farm: building the {r.name} rootfs with mmdebstrap ({r.suite}, {r.mirror})")
         done = subprocess.run(argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise ImageError(f"mmdebstrap failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return file_sha256(dest)
+
+
+def _file_hooks(r: Recipe, tmp: Path) -> list[str]:
+    hooks = []
+    for i, (path, content) in enumerate(r.files):
+        local = tmp / f"file{i}"
+        local.write_text(content)
+        parent = os.path.dirname(path)
+        hooks.append(f'--customize-hook=mkdir -p "$1{parent}" && cp {local} "$1{path}"')
+    return hooks
+
+
+def _user_hooks(r: Recipe) -> list[str]:
+    if not r.user:
+        return []
+    uid = r.user
+    return [
+        f'--customize-hook=echo "farm:x:{uid}:{uid}:farm:/var/lib/farm:/usr/sbin/nologin"'
+        ' >> "$1/etc/passwd"',
+        f'--customize-hook=echo "farm:x:{uid}:" >> "$1/etc/group"',
+        f'--customize-hook=install -d -o {uid} -g {uid} -m 0750 "$1/var/lib/farm"',
+    ]
+
+
+def _python_hooks(r: Recipe, wheels: Path | None) -> list[str]:
+    """A venv with ``r.python`` installed from the wheelhouse only (``--no-index``): the
+    rootfs build reaches nothing but the Debian mirror. Bytecode is compiled now because
+    the root is read-only at run time."""
+    if not r.python:
+        return []
+    if wheels is None:
+        raise ImageError(f"the {r.name} image installs {', '.join(r.python)}: give a wheelhouse")
+    inside = "/tmp/farm-wheels"
+    pip = f"{FARM_PREFIX}/bin/pip install -q --no-index --no-cache-dir --no-compile"
+    return [
+        f'--customize-hook=chroot "$1" python3 -m venv {FARM_PREFIX}',
+        f'--customize-hook=cp -r {shlex.quote(str(wheels))} "$1{inside}"',
+        f'--customize-hook=chroot "$1" {pip} --find-links {inside} {" ".join(r.python)}',
+        f'--customize-hook=chroot "$1" {FARM_PREFIX}/bin/python -m compileall -q'
+        f" --invalidation-mode unchecked-hash {FARM_PREFIX}",
+        f'--customize-hook=rm -rf "$1{inside}"',
+    ]
 
 
 def build_image(
@@ -129,13 +236,43 @@ def build_image(
     client: docker.DockerClient,
     *,
     force: bool = False,
+    wheels: Path | None = None,
+    mirror: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Build and import the named image unless an identical one exists (idempotent).
 
+    ``mirror`` replaces the recipe's Debian mirror (an air-gapped site's own);
+    ``wheels`` is a wheelhouse for the farm image (default: built from farm's source).
     Returns ``{tag, image_id, rootfs_sha256, recipe}``. Raises ImageError.
     """
     r = recipe(name)
+    if wheels is not None and not r.python:
+        raise InputError(f"--wheelhouse is for the farm image; the {name} image has no Python")
+    if mirror:
+        r = dataclasses.replace(r, mirror=mirror)
+    with tempfile.TemporaryDirectory(prefix="farm-wheels-") as tmp:
+        if r.python:
+            wheels = wheels or _built_wheels(Path(tmp), log)
+            r = dataclasses.replace(r, wheels=wheelhouse.digests(wheels))
+        return _build(r, settings, store, client, force=force, wheels=wheels, log=log)
+
+
+def _built_wheels(tmp: Path, log: Callable[[str], None]) -> Path:
+    log("farm: building wheels of farm and its dependencies (pip wheel)")
+    return wheelhouse.build_wheels(tmp)
+
+
+def _build(
+    r: Recipe,
+    settings: Settings,
+    store: Store,
+    client: docker.DockerClient,
+    *,
+    force: bool,
+    wheels: Path | None,
+    log: Callable[[str], None],
+) -> dict[str, str]:
     existing = _existing(client, r)
     if existing and not force:
         log(f"farm: image {r.tag} is up to date ({existing['image_id'][:19]})")
@@ -145,7 +282,7 @@ def build_image(
     images.mkdir(parents=True, exist_ok=True)
     tar = images / f"{r.name}-{r.digest[:12]}.tar"
     try:
-        rootfs = build_rootfs(r, tar, log)
+        rootfs = build_rootfs(r, tar, log, wheels)
         image_id = _import(client, r, tar, rootfs, settings)
     finally:
         tar.unlink(missing_ok=True)
@@ -166,22 +303,48 @@ def _existing(client: docker.DockerClient, r: Recipe) -> dict[str, str] | None:
     return {"image_id": str(image.id), "rootfs_sha256": labels.get("io.farm.rootfs", "")}
 
 
-def _import(
-    client: docker.DockerClient, r: Recipe, tar: Path, rootfs: str, settings: Settings
-) -> str:
-    labels = {
+def labels(r: Recipe, rootfs: str, settings: Settings) -> dict[str, str]:
+    """farm's labels (io.farm.managed, the recipe digest) and the OCI ones."""
+    values = {
         **settings.base_labels,
         "io.farm.recipe": r.digest,
         "io.farm.rootfs": rootfs,
-        "org.opencontainers.image.title": f"farm {r.name} builder",
+        "org.opencontainers.image.title": r.title or f"farm {r.name} builder",
+        "org.opencontainers.image.version": VERSION,
+        "org.opencontainers.image.licenses": "Apache-2.0",
+        "org.opencontainers.image.base.name": f"debian:{r.suite} (mmdebstrap, {r.mirror})",
     }
-    labels.pop("io.farm.home", None)  # images are shared by every FARM_HOME on a host
-    changes = [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
+    if r.description:
+        values["org.opencontainers.image.description"] = r.description
+    values.pop("io.farm.home", None)  # images are shared by every FARM_HOME on a host
+    return values
+
+
+def _import(
+    client: docker.DockerClient, r: Recipe, tar: Path, rootfs: str, settings: Settings
+) -> str:
+    changes = [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels(r, rootfs, settings).items())]
     changes.append('ENV PATH="/usr/local/bin:/usr/bin:/bin"')
+    changes.extend(r.config)
     repo, tag = r.tag.rsplit(":", 1)
     with translated(f"import {r.tag}"):
         client.api.import_image_from_file(str(tar), repository=repo, tag=tag, changes=changes)
         return str(client.images.get(r.tag).id)
 
 
-__all__ = ["MANAGED_LABEL", "RECIPES", "build_image", "build_rootfs", "recipe"]
+def export_image(name: str, dest: Path, client: docker.DockerClient) -> dict[str, str]:
+    """`docker save` the named image to ``dest``, for nodes without a registry:
+    ``ctr -n k8s.io images import`` or ``docker load`` reads it. Raises ImageError."""
+    tag = recipe(name).tag
+    with translated(f"export {tag}"):
+        try:
+            image = client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            raise ImageError(f"no image {tag}; run `farm image build {name}` first") from None
+        with dest.open("wb") as out:
+            for chunk in image.save(named=True):
+                out.write(chunk)
+    return {"tag": tag, "image_id": str(image.id), "file": str(dest), "sha256": file_sha256(dest)}
+
+
+__all__ = ["MANAGED_LABEL", "RECIPES", "build_image", "build_rootfs", "export_image", "recipe"]

@@ -31,6 +31,14 @@ class Mirror(BaseModel):
             raise ValueError(f"mirror cidr {value!r}: {exc}") from None
 
 
+def _image_tag(name: str) -> str:
+    # Imported here: farm.images pulls in the Docker SDK, which a controller that only
+    # reads its config does not otherwise need at import time.
+    from farm.images import recipe
+
+    return recipe(name).tag
+
+
 class ControllerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,8 +50,10 @@ class ControllerConfig(BaseModel):
     #: URL the collector uploads to (the controller's Service) and the port it listens on.
     artifact_url: str = "http://farm-controller.farm-system.svc:8443"
     artifact_port: int = 8443
-    fetch_image: str = "ghcr.io/farm-dev/farm-fetch:0.1.0"
-    collector_image: str = "ghcr.io/farm-dev/farm:0.1.0"
+    #: farm's own images (farm.images): the fetch phase's git + cargo, and the farm
+    #: image whose collector runs in build pods. Helm sets both from its values.
+    fetch_image: str = Field(default_factory=lambda: _image_tag("fetch"))
+    collector_image: str = Field(default_factory=lambda: _image_tag("farm"))
     mirrors: list[Mirror] = Field(default_factory=list)
     #: Extra environment of the fetch phase, e.g. git insteadOf or a cargo registry mirror.
     fetch_env: dict[str, str] = Field(default_factory=dict)

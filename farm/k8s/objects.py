@@ -32,6 +32,12 @@ TOKEN_VOLUME, COLLECTOR_TMP_VOLUME = "collector-token", "collector-tmp"
 TOKEN_DIR = "/var/run/farm/collector"
 VENDOR_DIR = "/vendor"
 HOSTNAME_KEY = "kubernetes.io/hostname"
+#: Where the build container sees the fetch phase's source replacement (vendored crates).
+#: Not $CARGO_HOME/config.toml: cargo ranks a config in an ancestor of the cwd above
+#: that one, and farm's builder images configure Debian's registry in /.cargo (for local
+#: builds), which would silently win over /vendor (tests/e2e/test_k8s_phases.py). This
+#: mount replaces the image's file instead.
+VENDOR_CONFIG = "/.cargo/config.toml"
 #: Mount point of the sources PVC in the fetch pod; the build sees parts of it.
 WORK_DIR = "/work"
 FETCH_SCRIPT = r"""set -eu
@@ -44,7 +50,8 @@ mkdir -p /work/cargo-home
 : > /work/cargo-home/config.toml
 cd "/work/repo/$FARM_SUBDIR"
 if [ -f Cargo.toml ]; then
-  cargo vendor --locked --versioned-dirs /vendor > /work/cargo-home/config.toml
+  cargo vendor --locked --versioned-dirs --respect-source-config /vendor \
+    > /work/cargo-home/config.toml
 fi
 """
 
@@ -383,7 +390,7 @@ def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, 
         {"name": SRC_VOLUME, "mountPath": VENDOR_DIR, "subPath": "vendor", "readOnly": True},
         {
             "name": SRC_VOLUME,
-            "mountPath": f"{sandbox.env['CARGO_HOME']}/config.toml",
+            "mountPath": VENDOR_CONFIG,
             "subPath": "cargo-home/config.toml",
             "readOnly": True,
         },

@@ -164,3 +164,41 @@ class Listener:
         self._thread.join()
         self.tcp.close()
         self.udp.close()
+
+
+def docker_build(
+    dockerfile: Path, context: Path, *, target: str | None = None, base: str = DEFAULT_IMAGE
+) -> str:
+    """`docker build` one of containers/'s Dockerfiles; returns the image id. BASE is
+    swapped for the offline bookworm image (no registry is reachable here: same suite).
+    The image is labelled farm-managed; remove it with ``remove_built``."""
+    argv = ["docker", "build", "-q", "--force-rm", "-f", str(dockerfile)]
+    argv += ["--build-arg", f"BASE={base}", "--label", f"{MANAGED_LABEL}=true"]
+    if target:
+        argv += ["--target", target]
+    done = subprocess.run([*argv, str(context)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def remove_built(client: docker.DockerClient, ids: list[str], before: set[str]) -> None:
+    """Remove the built images by id, then the untagged intermediate images the builds
+    left (labelled by their first stage), newest first so children go before parents."""
+    for image_id in ids:
+        client.images.remove(image_id, force=True)
+    leftovers = [
+        i
+        for i in client.images.list(all=True, filters={"dangling": True})
+        if i.id not in before and (i.labels or {}).get(MANAGED_LABEL) == "true"
+    ]
+    for image in sorted(leftovers, key=lambda i: i.attrs["Created"], reverse=True):
+        client.images.remove(image.id, force=True)
+
+
+@pytest.fixture(scope="session")
+def farm_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """farm and its dependencies as wheels (what `make wheels` makes), built once for
+    the image tests."""
+    from farm.wheelhouse import build_wheels
+
+    return build_wheels(tmp_path_factory.mktemp("wheels"))

@@ -1,101 +1,81 @@
-"""containers/: the controller and node-monitor Dockerfiles build (from farm's wheels,
-with no PyPI access inside the build) and the images run farm as their non-root user
-with a read-only root. The registry base cannot be pulled here, so BASE is swapped for
-the offline Debian bookworm image `make setup` builds (the same suite)."""
+"""containers/: the farm Dockerfile builds (from farm's wheels, with no PyPI access
+inside the build) and the one image runs the controller, the node monitor and the
+collector's Python as its non-root user on a read-only root. (The rust-builder
+Dockerfile's `fetch` target is built and used by test_k8s_phases.py.) The registry base
+cannot be pulled here, so BASE is swapped for the offline Debian bookworm image `make
+setup` builds (the same suite)."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from farm.settings import DEFAULT_IMAGE, MANAGED_LABEL
+from farm.k8s.names import COLLECTOR_UID
+from farm.settings import MANAGED_LABEL
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import ROOT, docker_build, remove_built
 
-
-@pytest.fixture(scope="module")
-def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A build context holding only dist/wheels, as `make wheels` makes it."""
-    ctx = tmp_path_factory.mktemp("image-context")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(ctx / "dist" / "wheels"), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
-    return ctx
+CONTAINERS = ROOT / "containers"
 
 
 @pytest.fixture(scope="module")
 def built(client: docker.DockerClient) -> Iterator[list[str]]:
-    """The built images' ids; after the module they and the untagged intermediate images
-    the builds left (their shared stages, labelled by the base) are removed by id. One
-    cleanup per module, so the second image reuses the first one's cached stages."""
+    """Ids of the images this module builds, removed by id after it."""
     before = {i.id for i in client.images.list(all=True)}
     ids: list[str] = []
     yield ids
-    for image_id in ids:
-        client.images.remove(image_id, force=True)
-    leftovers = [
-        i
-        for i in client.images.list(all=True, filters={"dangling": True})
-        if i.id not in before and (i.labels or {}).get(MANAGED_LABEL) == "true"
-    ]
-    for image in sorted(leftovers, key=lambda i: i.attrs["Created"], reverse=True):
-        client.images.remove(image.id, force=True)
+    remove_built(client, ids, before)
 
 
-@pytest.mark.parametrize(("name", "uid"), [("controller", "10002"), ("node-monitor", "10003")])
-def test_image_builds_and_runs_farm_as_non_root(
-    name: str, uid: str, context: Path, client: docker.DockerClient, built: list[str]
-) -> None:
-    dockerfile = context / f"{name}.Dockerfile"
-    shutil.copy(ROOT / "containers" / name / "Dockerfile", dockerfile)
-    done = subprocess.run(
-        [
-            "docker",
-            "build",
-            "-q",
-            "--force-rm",  # a failed step leaves no container behind
-            "-f",
-            str(dockerfile),
-            "--build-arg",
-            f"BASE={DEFAULT_IMAGE}",
-            "--label",
-            f"{MANAGED_LABEL}=true",
-            str(context),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    image_id = done.stdout.strip().splitlines()[-1]
-    built.append(image_id)
-    image = client.images.get(image_id)
-    assert image.attrs["Config"]["User"] == f"{uid}:{uid}"
-    assert image.labels["org.opencontainers.image.title"].startswith("farm ")
+@pytest.fixture(scope="module")
+def farm_image(
+    tmp_path_factory: pytest.TempPathFactory, farm_wheels: Path, built: list[str]
+) -> str:
+    """Built from a context holding only dist/wheels, as `make wheels` makes it."""
+    ctx = tmp_path_factory.mktemp("image-context")
+    shutil.copytree(farm_wheels, ctx / "dist" / "wheels")
+    shutil.copy(CONTAINERS / "farm" / "Dockerfile", ctx / "Dockerfile")
+    built.append(docker_build(ctx / "Dockerfile", ctx))
+    return built[-1]
+
+
+def run(client: docker.DockerClient, image: str, argv: list[str], **kw) -> str:
     out = client.containers.run(
-        image_id,
-        ["--help"],
+        image,
+        argv,
         read_only=True,
         network_mode="none",
         cap_drop=["ALL"],
         labels={MANAGED_LABEL: "true"},
         remove=True,
+        **kw,
     )
-    assert b"usage: farm" in out
-    whoami = client.containers.run(
-        image_id,
-        ["-c", "import os; print(os.getuid(), os.environ['PATH'].split(':')[0])"],
-        entrypoint="python3",
-        read_only=True,
-        network_mode="none",
-        labels={MANAGED_LABEL: "true"},
-        remove=True,
-    )
-    assert whoami.decode().split() == [uid, "/opt/farm/bin"]
+    return out.decode()
+
+
+def test_farm_image_runs_farm_as_the_collector_uid(client, farm_image: str) -> None:
+    image = client.images.get(farm_image)
+    assert image.attrs["Config"]["User"] == f"{COLLECTOR_UID}:{COLLECTOR_UID}"
+    assert image.attrs["Config"]["Entrypoint"] == ["farm"]
+    assert image.labels["org.opencontainers.image.title"] == "farm"
+    probe = "import os; print(os.getuid(), os.environ['PATH'].split(':')[0])"
+    whoami = run(client, farm_image, ["-c", probe], entrypoint="python3")
+    assert whoami.split() == [str(COLLECTOR_UID), "/opt/farm/bin"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["controller", "--help"],
+        ["node-monitor", "--help"],
+        # The collector container's command (farm.k8s.objects): the module must import.
+        ["-c", "import farm.k8s.collector"],
+    ],
+)
+def test_one_image_serves_every_role(client, farm_image: str, argv: list[str]) -> None:
+    entry = {"entrypoint": "python3"} if argv[0] == "-c" else {}
+    run(client, farm_image, argv, **entry)  # raises ContainerError on a non-zero exit

@@ -19,7 +19,26 @@ def test_rust_dockerfile_matches_the_offline_recipe() -> None:
     assert "USER 10001:10001" in text
 
 
-DOCKERFILES = ("controller", "node-monitor", "rust-builder")
+def test_fetch_target_is_the_offline_fetch_recipe() -> None:
+    """The Dockerfile's fetch stage adds to the builder what the fetch recipe adds."""
+    text = (CONTAINERS / "rust-builder" / "Dockerfile").read_text()
+    stage = text.split("FROM rust AS fetch", 1)[1].split("\nFROM ", 1)[0]
+    block = stage.split("--no-install-recommends", 1)[1].split("&&", 1)[0]
+    added = set(re.findall(r"^\s+([a-z0-9][a-z0-9.+-]+)", block, re.MULTILINE))
+    assert added == set(recipe("fetch").packages) - set(recipe("rust").packages) == {"git"}
+    assert recipe("fetch").files == recipe("rust").files
+
+
+def test_farm_dockerfile_configures_the_image_as_the_offline_recipe() -> None:
+    text = (CONTAINERS / "farm" / "Dockerfile").read_text()
+    for line in recipe("farm").config:
+        if not line.startswith("ENV "):  # the Dockerfile sets its ENV in one instruction
+            assert f"\n{line}\n" in text, line
+        else:
+            assert line.removeprefix("ENV ") in text, line
+
+
+DOCKERFILES = ("farm", "rust-builder")
 OCI_LABELS = ("title", "description", "version", "licenses", "base.name", "base.digest")
 
 

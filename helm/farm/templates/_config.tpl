@@ -8,6 +8,7 @@
       "artifact_url" (printf "http://%s-controller.%s.svc:%d" (include "farm.fullname" .) .Release.Namespace (int $c.artifactPort))
       "artifact_port" (int $c.artifactPort)
       "runtime_class" .Values.runtimeClass.name
-      "collector_image" (default (include "farm.image" (dict "root" . "image" $c.image)) $c.collectorImage) -}}
+      "fetch_image" (include "farm.image" (dict "root" . "image" .Values.fetchImage))
+      "collector_image" (default (include "farm.image" (dict "root" . "image" .Values.image)) $c.collectorImage) -}}
 {{- toYaml (merge $fixed (deepCopy $c.config)) -}}
 {{- end -}}

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from farm import chart
+from farm import chart, cli
 from farm.devtools import tool
 from farm.errors import InfrastructureError
 from farm.k8s import permissions
@@ -76,8 +76,10 @@ def test_unknown_fields_in_monitoring_objects_are_rejected(default_objects: list
 def test_values_schema_rejects_bad_values() -> None:
     with pytest.raises(InfrastructureError, match="additional properties 'replica' not allowed"):
         chart.render(sets=["controller.replica=2"])
-    with pytest.raises(InfrastructureError, match="/controller/image/digest"):
-        chart.render(sets=["controller.image.digest=latest"])
+    with pytest.raises(InfrastructureError, match="/image/digest"):
+        chart.render(sets=["image.digest=latest"])
+    with pytest.raises(InfrastructureError, match="/controller/config/fetch_image"):
+        chart.render(sets=["controller.config.fetch_image=elsewhere"])
     with pytest.raises(InfrastructureError, match="/prometheusRule/failureRate/threshold"):
         chart.render(sets=["prometheusRule.failureRate.threshold=2"])
     # The chart owns where builds upload to; a user value cannot silently override it.
@@ -163,6 +165,19 @@ def test_controller_config_points_builds_at_this_install(
         assert config["runtime_class"] == runtime[0]["metadata"]["name"]
 
 
+def test_default_images_are_farm_images_from_one_source(default_objects: list[Obj]) -> None:
+    """By default the controller, node monitor and collector run the one farm image, and
+    the chart's image names agree with ControllerConfig's (farm.images' recipe tags)."""
+    (deployment,) = find(default_objects, "Deployment")
+    (monitor,) = find(default_objects, "DaemonSet")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert monitor["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    config = controller_config(default_objects, deployment["metadata"]["name"])
+    defaults = ControllerConfig()
+    assert config["collector_image"] == image == defaults.collector_image
+    assert config["fetch_image"] == defaults.fetch_image
+
+
 def test_build_namespaces_get_default_deny(nondefault_objects: list[Obj]) -> None:
     policies = find(nondefault_objects, "NetworkPolicy")
     deny = [p for p in policies if p["metadata"]["name"].endswith("-build-default-deny")]
@@ -220,16 +235,18 @@ def test_non_default_values_take_effect(nondefault_objects: list[Obj]) -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "farm-ctl"
     (container,) = pod["containers"]
-    assert container["image"].endswith("@sha256:" + "1" * 64)
+    farm_image = "registry.example.com/farm/farm@sha256:" + "1" * 64
+    assert container["image"] == farm_image and container["imagePullPolicy"] == "Always"
     assert "--metrics-port=9100" in container["args"]
     config = controller_config(objects, "acme-farm-controller")
     assert config["mirrors"] == [{"cidr": "10.20.0.0/24", "ports": [443]}]
     assert config["storage_class"] == "fast"
     assert config["collector_image"] == "registry.example.com/farm/collector:0.1.0"
+    assert config["fetch_image"] == "registry.example.com/farm/fetch@sha256:" + "3" * 64
     assert config["artifact_url"] == "http://acme-farm-controller.farm-system.svc:9443"
     (monitor,) = find(objects, "DaemonSet", "acme-farm-node-monitor")
     pod = monitor["spec"]["template"]["spec"]
-    assert pod["containers"][0]["image"] == "registry.example.com/farm/node-monitor:0.1.0-rc1"
+    assert pod["containers"][0]["image"] == farm_image  # one image for every component
     assert "--metrics-port=9200" in pod["containers"][0]["args"]
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host == {"run": "/var/run/farm-observer", "spool": "/var/lib/farm-spool"}
@@ -296,6 +313,23 @@ def test_controller_config_is_a_valid_controller_config(rendered: tuple[str, lis
         controller_config(objects, deployment["metadata"]["name"])
     )
     assert config.runtime_class in {"gvisor", "gvisor-ptrace"}
+
+
+def test_every_farm_container_command_parses_with_farms_own_cli(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """The chart's `farm controller` and `farm node-monitor` flags are the CLI's: a flag
+    renamed in farm/cli.py breaks this test, not a cluster's pods at start."""
+    _, objects = rendered
+    seen = []
+    for obj in find(objects, "Deployment") + find(objects, "DaemonSet"):
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            command = [*container.get("command", []), *container.get("args", [])]
+            if command[:1] == ["farm"]:
+                args = cli._parser().parse_args(command[1:])  # exits on an unknown flag
+                seen.append((command[1], args))
+    wanted = ["controller"] + (["node-monitor"] if find(objects, "DaemonSet") else [])
+    assert sorted(name for name, _ in seen) == wanted
 
 
 def rules_as_grants(role: Obj) -> set[tuple[str, str, str, frozenset[str]]]:
