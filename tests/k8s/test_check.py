@@ -166,3 +166,30 @@ def test_a_quarantined_check_run_quarantines_the_build(cluster: Cluster, tmp_pat
     assert repro_checks(ctl, "error") == 1
     torn_down(cluster, "half-evil")
     assert leftovers(cluster, build) == {}
+
+
+def test_a_failed_check_run_fails_the_build_as_a_local_check_does(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Run 1 exits 1: the Build fails naming that run; run 0 succeeded, so (as with a
+    local `--check` whose second run failed) its record is signed with the verdict
+    "error", which `--require reproducible` refuses."""
+    ctl = cluster.controller("a")
+    cluster.monitor({run_cid(k): clean(run_cid(k)) for k in range(2)})
+    build = cluster.api.create("builds", NS, build_manifest("flaky", check=2))
+    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build-1"), exit_code=1)
+    cluster.wait_phase("flaky", "Collecting")
+    root = sandbox_tree(tmp_path / "flaky", {"app": BINARY})
+    assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root) == 0
+
+    done = cluster.wait_phase("flaky", "Failed")
+    assert done["status"]["message"] == "run 1: the build exited with status 1"
+    assert done["status"].get("reproducible") is None
+    assert_valid(done)
+    record = ctl.reconciler.store.get(record_id(build))
+    assert record.status is Status.SUCCEEDED and record.reproducibility.result == "error"
+    code, said = verify(cluster, ctl, tmp_path, record_id(build))
+    assert code == 1 and "requirement reproducible not met" in said, said
+    assert repro_checks(ctl, "error") == 1
