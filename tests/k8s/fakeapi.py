@@ -100,6 +100,8 @@ class FakeAPI:
         self.compacted = 0
         self.pod_logs: dict[tuple[str, str, str], bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        #: (plural, namespace, name) of every object ever created; never compacted.
+        self.created: list[tuple[str, str, str]] = []
         #: Each request as RBAC sees it: (API group, resource, verb, object name or None).
         self.rbac_calls: list[tuple[str, str, str, str | None]] = []
         self.fail_next: dict[tuple[str, str], int] = {}  # (method, plural) -> status
@@ -140,6 +142,7 @@ class FakeAPI:
             obj.setdefault("kind", KINDS[plural])
             self._bump(obj)
             self.objects[key] = obj
+            self.created.append(key)
             self._emit("ADDED", plural, obj)
             return copy.deepcopy(obj)
 
