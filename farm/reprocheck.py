@@ -87,6 +87,7 @@ def check(
             break
     primary = records[0]
     primary.reproducibility = verdict(records, runs)
+    _quarantine_with_runs(primary, records[1:])
     if primary.reproducibility.result == "unreproducible":
         _attach_report(runner.store, primary, records)
     for index, other in enumerate(records[1:], start=1):
@@ -97,6 +98,21 @@ def check(
     if metrics:
         metrics.repro_checks.labels(spec.tenant, primary.reproducibility.result).inc()
     return primary
+
+
+def _quarantine_with_runs(primary: BuildRecord, others: list[BuildRecord]) -> None:
+    """A dependency that misbehaves only under some variation (another hostname, more
+    jobs) must not get run 0's artifacts out: a quarantined run quarantines the build,
+    as on a cluster (farm.k8s.reconcile)."""
+    held = next((r for r in others if r.status is Status.QUARANTINED), None)
+    if held is None or primary.status is not Status.SUCCEEDED:
+        return
+    primary.status = Status.QUARANTINED
+    primary.artifacts = []  # withheld, as for a quarantined single build
+    primary.notes.append(
+        f"quarantined (enforce mode): check run {held.id} was quarantined; artifacts "
+        f"withheld; see `farm report {held.id}`"
+    )
 
 
 def verdict(

@@ -103,6 +103,30 @@ def test_malicious_dep_is_reproducible_too(home: Path) -> None:
     assert "blocked or suspicious actions were observed" in done.stderr
 
 
+#: Behaves only when the hostname is a check run's (farm-check-N): reads a secret there.
+SLEEPER = [
+    "sh",
+    "-c",
+    'echo x > /out/x; case "$(hostname)" in farm-check-*) cat /root/.ssh/id_rsa;; esac',
+]
+
+
+def test_a_check_run_that_misbehaves_quarantines_the_whole_build(
+    home: Path, tmp_path: Path
+) -> None:
+    """Run 0 is clean, run 1 reads a secret: run 0's artifacts must not get out."""
+    src = project(tmp_path)
+    code, out = farm_json(home, "build", str(src), "--check", "2", "--", *SLEEPER)
+    assert (code, out["status"], out["artifacts"]) == (3, "quarantined", []), out
+    assert out["reproducibility"]["result"] == "error"
+    run1 = Store(home).get(out["reproducibility"]["builds"][1])
+    assert run1.status.value == "quarantined"
+    assert [a["kind"] for a in run1.blocked_actions] == ["sensitive_read"]
+    assert out["provenance_sha256"] is None  # nothing is signed for a quarantined build
+    assert farm(home, "artifacts", out["id"], "--dest", str(tmp_path / "a")).returncode == 0
+    assert not [f for f in (tmp_path / "a").rglob("*") if f.is_file()]
+
+
 def test_time_in_the_output_is_caught_with_a_diffoscope_report(
     home: Path, client, tmp_path: Path
 ) -> None:
