@@ -47,7 +47,8 @@ def attest(
     key = load_or_create_key(home)
     short = keyid(key.public_key()).removeprefix("sha256:")[:16]
     builder = f"urn:farm:builder:{builder_kind}:{short}"
-    body = json.dumps(statement(record, spec, builder), sort_keys=True).encode()
+    lock = lockfile(record, spec, store)
+    body = json.dumps(statement(record, spec, builder, lock), sort_keys=True).encode()
     envelope = sign(PAYLOAD_TYPE, body, key)
     sha, _ = store.put_bytes(json.dumps(envelope, indent=2).encode() + b"\n")
     record.provenance_sha256 = sha
@@ -55,7 +56,10 @@ def attest(
     return sha
 
 
-def statement(record: BuildRecord, spec: BuildSpec, builder_id: str) -> dict[str, Any]:
+def statement(
+    record: BuildRecord, spec: BuildSpec, builder_id: str, lock: str | None = None
+) -> dict[str, Any]:
+    """``lock`` is the text of the Cargo.lock that was built (``lockfile``), if any."""
     subjects = [a for a in record.artifacts if a.path != REPORT_PATH]
     return {
         "_type": STATEMENT_TYPE,
@@ -71,7 +75,7 @@ def statement(record: BuildRecord, spec: BuildSpec, builder_id: str) -> dict[str
                     "hostname": HOSTNAME,
                     "environment": baseline_env(spec),
                 },
-                "resolvedDependencies": _dependencies(record, spec),
+                "resolvedDependencies": _dependencies(record, spec, lock),
             },
             "runDetails": {
                 "builder": {"id": builder_id, "version": {"farm": __version__}},
@@ -94,7 +98,7 @@ def _hex(digest: str | None) -> str:
     return (digest or "").removeprefix("sha256:")
 
 
-def _dependencies(record: BuildRecord, spec: BuildSpec) -> list[dict[str, Any]]:
+def _dependencies(record: BuildRecord, spec: BuildSpec, lock: str | None) -> list[dict[str, Any]]:
     deps: list[dict[str, Any]] = [
         _source(record, spec),
         {
@@ -103,12 +107,20 @@ def _dependencies(record: BuildRecord, spec: BuildSpec) -> list[dict[str, Any]]:
             "digest": {"sha256": _hex(record.image_id)},
         },
     ]
-    # Cargo.lock is read now, so only if the source is still what was built; a cluster
-    # build's source is on a volume that is gone, so its crates are not listed.
-    lockfile = spec.source / "Cargo.lock" if isinstance(spec.source, Path) else None
-    if lockfile and lockfile.is_file() and source_digest(spec.source) == record.source_digest:
-        deps += crates(lockfile)
-    return deps
+    return deps + (crates(lock) if lock else [])
+
+
+def lockfile(record: BuildRecord, spec: BuildSpec, store: Store) -> str | None:
+    """The Cargo.lock that was built: a cluster build's as its collector uploaded it, a
+    local build's read now from its source, so only if that is still what was built."""
+    if record.lockfile_sha256:
+        return store.blob_path(record.lockfile_sha256).read_text(errors="replace")
+    if not isinstance(spec.source, Path):
+        return None
+    path = spec.source / "Cargo.lock"
+    if path.is_file() and source_digest(spec.source) == record.source_digest:
+        return path.read_text()
+    return None
 
 
 def _source(record: BuildRecord, spec: BuildSpec) -> dict[str, Any]:
@@ -125,12 +137,16 @@ def _source(record: BuildRecord, spec: BuildSpec) -> dict[str, Any]:
     }
 
 
-def crates(lockfile: Path) -> list[dict[str, Any]]:
-    """Each registry or git package in Cargo.lock; local packages are part of the source."""
-    packages = tomllib.loads(lockfile.read_text()).get("package", [])
+def crates(lock: str) -> list[dict[str, Any]]:
+    """Each registry or git package in Cargo.lock's text; local packages are part of the
+    source. A lockfile that is not TOML lists none (it did not build with cargo anyway)."""
+    try:
+        packages = tomllib.loads(lock).get("package", [])
+    except tomllib.TOMLDecodeError:
+        return []
     out = []
-    for p in packages:
-        if "source" not in p:
+    for p in packages if isinstance(packages, list) else []:
+        if not _registry_package(p):
             continue
         entry: dict[str, Any] = {
             "name": p["name"],
@@ -144,6 +160,13 @@ def crates(lockfile: Path) -> list[dict[str, Any]]:
             entry["annotations"]["checksum"] = checksum
         out.append(entry)
     return out
+
+
+def _registry_package(entry: object) -> bool:
+    """A well-formed ``[[package]]`` with a source. A cluster build's lockfile comes from
+    the repository: a malformed entry is skipped rather than stop the controller signing."""
+    keys = ("name", "version", "source")
+    return isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in keys)
 
 
 def _byproducts(record: BuildRecord) -> list[dict[str, Any]]:

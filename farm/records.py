@@ -147,6 +147,9 @@ class BuildRecord(BaseModel):
     cached_from: str | None = None
     #: sha256 of the DSSE envelope holding this build's signed provenance (farm.provenance).
     provenance_sha256: str | None = None
+    #: sha256 of the Cargo.lock a cluster build's collector uploaded (in the store), so its
+    #: provenance lists the crates; a local build's is read from its source instead.
+    lockfile_sha256: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

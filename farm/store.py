@@ -155,7 +155,8 @@ class Store:
         refs = set()
         for record in self.list(limit=1 << 30):
             refs.update(a.sha256 for a in record.artifacts)
-            refs.update(s for s in (record.log_sha256, record.provenance_sha256) if s)
+            kept = (record.log_sha256, record.provenance_sha256, record.lockfile_sha256)
+            refs.update(s for s in kept if s)
         return refs
 
     def all_blobs(self) -> Iterator[tuple[str, Path]]:
