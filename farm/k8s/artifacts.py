@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from farm.store import Store, TooLarge
 class Manifest(BaseModel):
     artifacts: list[Artifact]
     refused: list[Refusal] = []
+    #: The source's Cargo.lock (path "Cargo.lock"), uploaded like an artifact but not
+    #: one: the provenance lists its crates (farm.provenance.lockfile).
+    lockfile: Artifact | None = None
 
 
 @dataclass
@@ -106,7 +110,7 @@ class Ledger:
         """Accept the manifest, or return why not."""
         if len(manifest.artifacts) > session.limits.max_files:
             return f"more than {session.limits.max_files} artifacts"
-        for art in manifest.artifacts:
+        for art in [*manifest.artifacts, *([manifest.lockfile] if manifest.lockfile else [])]:
             if session.blobs.get(art.sha256) != art.size:
                 return f"{art.path}: no uploaded blob with that digest and size"
         with self._lock:
@@ -216,6 +220,13 @@ class ArtifactServer(ThreadingHTTPServer):
         self.ledger = ledger
         self.ready = ready
         super().__init__((host, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A collector that hangs up mid-request (a refused oversized upload, a retry) is
+        # the client's doing: no traceback on the controller's stderr for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

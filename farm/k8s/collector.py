@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import stat
 import sys
 import time
 import urllib.parse
@@ -23,6 +24,7 @@ from typing import BinaryIO
 from farm import cargo, policy
 from farm.collect import collect
 from farm.errors import FarmError
+from farm.records import Artifact
 from farm.spec import OutputLimits
 from farm.store import TooLarge
 
@@ -64,10 +66,11 @@ class Uploader:
         reply = self._request("PUT", "/blobs", src, size)
         return str(reply["sha256"]), int(reply["size"])
 
-    def finish(self, artifacts: list, refused: list) -> None:
+    def finish(self, artifacts: list, refused: list, lockfile: Artifact | None = None) -> None:
         manifest = {
             "artifacts": [a.model_dump() for a in artifacts],
             "refused": [r.model_dump() for r in refused],
+            "lockfile": lockfile.model_dump() if lockfile else None,
         }
         body = json.dumps(manifest).encode()
         self._request("POST", "/done", body, len(body))
@@ -81,6 +84,29 @@ def outputs(declared: str, source: Path) -> list[str]:
     return globs
 
 
+#: A Cargo.lock past this is not listed (real ones are far smaller).
+MAX_LOCKFILE = 4 << 20
+
+
+def upload_lockfile(uploader: Uploader, src: Path) -> Artifact | None:
+    """Upload the source's Cargo.lock, for the provenance's crate list. The fetch phase
+    wrote it and the build saw it read-only, but the repository chose what it is: a
+    link, a non-file or an oversized file is not uploaded (O_NOFOLLOW, fstat)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(src / "Cargo.lock", flags)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        try:
+            sha, size = uploader.put_stream(fh, limit=MAX_LOCKFILE)
+        except TooLarge:
+            return None
+    return Artifact(path="Cargo.lock", sha256=sha, size=size)
+
+
 def run(environ: dict[str, str], root: Path = Path("/"), attempts: int = 5) -> int:
     token = Path(environ["FARM_TOKEN_FILE"]).read_text().strip()
     uploader = Uploader(environ["FARM_ARTIFACT_URL"], environ["FARM_BUILD"], token)
@@ -90,7 +116,7 @@ def run(environ: dict[str, str], root: Path = Path("/"), attempts: int = 5) -> i
     for attempt in range(attempts):
         try:
             found = collect(dirs, globs, limits, uploader)  # type: ignore[arg-type]
-            uploader.finish(found.artifacts, found.refused)
+            uploader.finish(found.artifacts, found.refused, upload_lockfile(uploader, dirs.src))
             return 0
         except UploadError as exc:
             print(f"collector: {exc}", file=sys.stderr)

@@ -469,6 +469,7 @@ def build_record(
         artifacts=list(manifest.artifacts),
         refused=list(manifest.refused),
         log_sha256=state.logSha256 or None,
+        lockfile_sha256=manifest.lockfile.sha256 if manifest.lockfile else None,
         notes=[ending.message],
     )
 

@@ -119,3 +119,37 @@ def test_the_controller_enforces_the_caps_itself(endpoint: tuple[ArtifactServer,
     assert request(server, "PUT", "blobs", b"x" * 65, TOKEN) == 413  # over max_file
     assert request(server, "PUT", "blobs", b"y" * 60, TOKEN) == 200
     assert request(server, "PUT", "blobs", b"z" * 60, TOKEN) == 413  # over max_total
+
+
+def test_the_sources_cargo_lock_goes_up_but_never_through_a_link(
+    endpoint: tuple[ArtifactServer, Ledger], tmp_path: Path
+) -> None:
+    """The lockfile feeds the provenance's crate list; the repository chose it, so a
+    link to something else in the collector's view (its token) is not uploaded."""
+    server, ledger = endpoint
+    root = sandbox_tree(tmp_path / "pod", {"a.txt": b"alpha"})
+    (root / "src/Cargo.lock").write_bytes(b"version = 3\n")
+    assert run(server, root) == 0
+    manifest = ledger.result(KEY)
+    assert manifest is not None and manifest.lockfile is not None
+    assert manifest.lockfile.sha256 == hashlib.sha256(b"version = 3\n").hexdigest()
+    assert manifest.artifacts[0].path == "out/a.txt" and len(manifest.artifacts) == 1
+
+    ledger.forget(KEY)
+    ledger.expect(KEY, TOKEN, OutputLimits(max_file=64, max_total=100, max_files=3))
+    linked = sandbox_tree(tmp_path / "pod2", {"a.txt": b"alpha"})
+    os.symlink(linked / "token", linked / "src/Cargo.lock")
+    assert run(server, linked, token=TOKEN) == 0
+    manifest = ledger.result(KEY)
+    assert manifest is not None and manifest.lockfile is None
+    token_sha = hashlib.sha256(TOKEN.encode()).hexdigest()
+    assert not ledger.store.blob_path(token_sha).exists()
+
+
+def test_a_manifest_naming_a_lockfile_never_uploaded_is_refused(
+    endpoint: tuple[ArtifactServer, Ledger],
+) -> None:
+    server, ledger = endpoint
+    forged = {"artifacts": [], "lockfile": {"path": "Cargo.lock", "sha256": "0" * 64, "size": 5}}
+    assert request(server, "POST", "done", json.dumps(forged).encode(), TOKEN) == 409
+    assert ledger.result(KEY) is None

@@ -73,13 +73,38 @@ def record_id(build: dict) -> str:
     return f"{NS}.{build['metadata']['name']}.{names.short_uid(build['metadata']['uid'])}"
 
 
-def run_build(cluster: Cluster, tmp_path: Path, ctl: Controller, name: str, **spec: object) -> dict:
-    """Fetch, build (exit 0), collect one binary; returns the Build as created."""
+#: The source's Cargo.lock: one local package (not listed) and one registry crate.
+LOCK = b"""version = 3
+
+[[package]]
+name = "app"
+version = "0.1.0"
+
+[[package]]
+name = "itoa"
+version = "1.0.1"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "%s"
+""" % (b"1b" * 32)
+
+
+def run_build(
+    cluster: Cluster,
+    tmp_path: Path,
+    ctl: Controller,
+    name: str,
+    lock: bytes | None = None,
+    **spec: object,
+) -> dict:
+    """Fetch, build (exit 0), collect one binary (and ``lock`` as /src/Cargo.lock);
+    returns the Build as created."""
     build = cluster.api.create("builds", NS, build_manifest(name, **spec))
     finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
     build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0, log=b"ok\n")
     cluster.wait_phase(name, "Collecting")
     root = sandbox_tree(tmp_path / name, {"app": BINARY})
+    if lock is not None:
+        (root / "src" / "Cargo.lock").write_bytes(lock)
     assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root) == 0
     return build
 
@@ -241,7 +266,7 @@ def test_a_succeeded_cluster_build_verifies_with_the_controllers_key(
 ) -> None:
     ctl = cluster.controller("a")
     cluster.monitor()
-    build = run_build(cluster, tmp_path, ctl, "signed")
+    build = run_build(cluster, tmp_path, ctl, "signed", lock=LOCK)
     done = cluster.wait_phase("signed", "Succeeded")
     assert_valid(done)
     home, rid = ctl.reconciler.store.home, record_id(build)
@@ -263,6 +288,9 @@ def test_a_succeeded_cluster_build_verifies_with_the_controllers_key(
         "uri": f"git+https://git.example.test/app.git@{REVISION}",
         "digest": {"gitCommit": REVISION},
     }
+    # The crates of the Cargo.lock the collector uploaded, as a local build lists them.
+    assert deps["itoa"]["uri"] == "pkg:cargo/itoa@1.0.1"
+    assert deps["itoa"]["digest"] == {"sha256": "1b" * 32} and "app" not in deps
     assert farm(home, "artifacts", rid, "--dest", str(tmp_path / "got")).returncode == 0
     artifact = tmp_path / "got" / "out" / "app"
     ok = farm(
