@@ -142,7 +142,7 @@ def crates(lock: str) -> list[dict[str, Any]]:
     source. A lockfile that is not TOML lists none (it did not build with cargo anyway)."""
     try:
         packages = tomllib.loads(lock).get("package", [])
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # deep nesting recurses in tomllib
         return []
     out = []
     for p in packages if isinstance(packages, list) else []:

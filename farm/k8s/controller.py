@@ -149,10 +149,15 @@ class Controller:
         namespace, name = key.split("/", 1)
         try:
             delay = self.reconciler.reconcile(namespace, name)
-        except (FarmError, OSError) as exc:
+        except Exception as exc:
+            # Any error, a bug included, backs this key off: one Build (or hostile input
+            # in it) must never end a worker and so stall every other Build.
             self._failures[key] += 1
             delay = min(60.0, 0.5 * 2 ** self._failures[key])
-            log.warning("reconcile %s failed (%s); retrying in %.1fs", key, exc, delay)
+            unexpected = not isinstance(exc, FarmError | OSError)
+            log.warning(
+                "reconcile %s failed (%s); retrying in %.1fs", key, exc, delay, exc_info=unexpected
+            )
             return delay
         self._failures.pop(key, None)
         return delay

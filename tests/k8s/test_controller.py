@@ -139,6 +139,29 @@ def test_an_invalid_spec_fails_before_anything_is_created(cluster: Cluster) -> N
     assert leftovers(cluster, build) == {}
 
 
+def test_an_unexpected_error_in_one_build_never_stalls_the_others(cluster: Cluster) -> None:
+    """More crashing Builds than workers (a bug, or input no check foresaw): each is
+    backed off and retried, and a later Build still gets reconciled."""
+    ctl = cluster.controller("a")
+    real = ctl.reconciler.reconcile
+    crashed: list[str] = []
+
+    def crash_some(namespace: str, name: str) -> float | None:
+        if name.startswith("crash"):
+            crashed.append(name)
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(namespace, name)
+
+    ctl.reconciler.reconcile = crash_some  # type: ignore[method-assign]
+    for i in range(3):  # two workers
+        cluster.api.create("builds", NS, build_manifest(f"crash{i}"))
+    wait_for(lambda: len(set(crashed)) == 3, "every crashing Build to be tried")
+    bad = build_manifest("later", env={"PATH": "/evil"})
+    cluster.api.create("builds", NS, bad)
+    assert "PATH" in cluster.wait_phase("later", "Failed")["status"]["message"]
+    wait_for(lambda: crashed.count("crash0") >= 2, "a crashed Build to be retried")
+
+
 def test_deleting_a_build_mid_build_tears_everything_down_before_it_goes(cluster: Cluster) -> None:
     cluster.controller("a")
     build = cluster.api.create("builds", NS, build_manifest("doomed"))

@@ -199,3 +199,27 @@ def test_the_key_is_private_created_once_and_guarded(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(InfrastructureError, match="chmod 600"):
         load_or_create_key(home)
+
+
+def test_a_hostile_lockfile_lists_no_crates_and_raises_nothing() -> None:
+    """A cluster build's Cargo.lock comes from the repository: deep nesting (tomllib
+    recurses) or malformed entries must not stop the controller from signing."""
+    assert crates("a = " + "[" * 5000) == []
+    assert crates("not toml") == []
+    odd = """
+package = "x"
+[[x]]
+"""
+    assert crates(odd) == []
+    mixed = """
+[[package]]
+name = 3
+version = "1"
+source = "registry+x"
+
+[[package]]
+name = "ok"
+version = "1.0.0"
+source = "registry+x"
+"""
+    assert [c["name"] for c in crates(mixed)] == ["ok"]
