@@ -35,6 +35,7 @@ from farm.k8s.teardown import MANAGED
 from farm.metrics import Metrics
 from farm.observe.classify import BlockedAction, classify
 from farm.observe.spool import Observation
+from farm.reprocheck import MAX_RUNS
 
 log = logging.getLogger(__name__)
 #: JSON bytes the listed actions may take in a Build's status (the rest are counted).
@@ -105,7 +106,11 @@ class NodeMonitor:
         for pod in pods:
             cid = build_container_id(pod)
             if cid and cid not in self.done and build_exit_code(pod) is not None:
-                self.report(pod, cid)
+                try:
+                    self.report(pod, cid)
+                except Exception as exc:  # the next pod must not wait on this one
+                    log.warning("node monitor: pod %s: %s", pod["metadata"]["name"], exc)
+                    continue
                 reported += 1
         return reported
 
@@ -129,7 +134,7 @@ class NodeMonitor:
         """Collect and classify one container's record, count it, and return the run's
         status fields that carry it."""
         namespace = pod["metadata"]["namespace"]
-        runs = int((pod["metadata"].get("annotations") or {}).get(names.RUNS_ANNOTATION, 1))
+        runs = _runs(pod)
         observation = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
         # compilation gVisor did not see is named without its version.
@@ -149,8 +154,18 @@ class NodeMonitor:
         while not stop.wait(interval):
             try:
                 self.scan()
-            except KubernetesError as exc:
-                log.warning("node monitor: %s", exc)
+            except Exception as exc:  # keep monitoring: a missed scan is retried next tick
+                log.warning("node monitor: %s", exc, exc_info=not isinstance(exc, KubernetesError))
+
+
+def _runs(pod: Obj) -> int:
+    """How many check runs share the status budget (the controller's pod annotation),
+    read defensively: a bad value counts as the most runs, the smallest share."""
+    raw = (pod["metadata"].get("annotations") or {}).get(names.RUNS_ANNOTATION, "1")
+    try:
+        return min(max(int(raw), 1), MAX_RUNS)
+    except ValueError:
+        return MAX_RUNS
 
 
 def _for_run(pod: Obj, fields: dict[str, Any]) -> dict[str, Any]:

@@ -169,10 +169,10 @@ class Reconciler:
     ) -> Run:
         """Create run ``k``'s build Job (if needed) and see where it stands."""
         vary = reprocheck.variation(k)  # as local --check's run k
+        token = self._token(ref, k)  # before the Job: its pod mounts the token Secret
         job = self._ensure(
             objects.build_job(ref, spec, vary(sandbox) if vary else sandbox, self.config, k)
         )
-        token = self._token(ref, k)
         return self._progress(ref, spec, Run(k, run_status(status, k)), job, token)
 
     def _progress(
@@ -419,7 +419,8 @@ class Reconciler:
         primary.reproducibility = verdict
         primary.notes.append(verdict.line())
         status.reproducible = None if verdict.result == "error" else verdict.reproducible
-        status.differing = verdict.differing
+        # With a failed run every path "differs"; only a real comparison names paths.
+        status.differing = verdict.differing if verdict.result == "unreproducible" else []
         for index, other in enumerate(records[1:], start=1):
             other.notes.append(f"check run {index + 1} of {len(records)} for build {primary.id}")
             self.store.save(other)

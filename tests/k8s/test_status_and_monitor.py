@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 import jsonschema
-import pytest
 from prometheus_client import CollectorRegistry
 
 from farm.errors import KubernetesError
+from farm.k8s import names
 from farm.k8s.artifacts import Ledger
 from farm.k8s.config import ControllerConfig
 from farm.k8s.names import run_role
 from farm.k8s.nodemonitor import NodeMonitor
-from farm.k8s.reconcile import Reconciler
+from farm.k8s.reconcile import Reconciler, build_container_id
 from farm.k8s.resource import MAX_STATUS_ACTIONS
 from farm.metrics import Metrics
 from farm.observe.events import Context, TraceEvent
@@ -25,6 +25,8 @@ from farm.store import Store
 from tests.k8s.conftest import NS, Cluster
 from tests.k8s.kubelet import Spooled, build_manifest, build_pod, finish_job, job, run_cid
 from tests.k8s.test_schemas import build_schema
+
+BUILD_NAME = f"{names.GROUP}/build-name"
 
 
 def reconciler(cluster: Cluster, tmp_path: Path) -> Reconciler:
@@ -145,8 +147,10 @@ def exited(cluster: Cluster, tmp_path: Path, name: str) -> str:
     settle(r, name)
     finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
     settle(r, name)
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
-    return "ab" * 32
+    pod = build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    cid = build_container_id(pod)
+    assert cid is not None
+    return cid
 
 
 def test_a_flood_of_actions_is_capped_and_marks_the_record_incomplete(
@@ -212,8 +216,38 @@ def test_a_failed_status_patch_is_retried_with_the_record_already_collected(
         raise KubernetesError("503 the API server is restarting", 503)
 
     cluster.kube.patch_build_status = unavailable  # type: ignore[method-assign]
-    with pytest.raises(KubernetesError):
-        monitor.scan()
+    assert monitor.scan() == 0  # refused: logged, kept pending, not raised
     assert monitor.scan() == 1 and source.asked == [cid]
     shipped = cluster.api.get("builds", NS, "flaky")["status"]["observation"]
     assert shipped["complete"] and [a["kind"] for a in shipped["actions"]] == ["privilege"]
+
+
+def test_a_pod_the_monitor_cannot_report_does_not_hold_up_the_others(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A Build whose status patch the API keeps refusing, and a pod with a garbled runs
+    annotation, must not stop the monitor reporting the rest of its node."""
+    stuck = exited(cluster, tmp_path, "stuck")
+    exited(cluster, tmp_path, "fine")
+    (fine_pod,) = [
+        o
+        for (plural, _, _), o in cluster.api.objects.items()
+        if plural == "pods" and o["metadata"]["annotations"].get(BUILD_NAME) == "fine"
+    ]
+    fine = "cd" * 32  # its own container id, as on a real node
+    fine_pod["status"]["initContainerStatuses"][0]["containerID"] = f"containerd://{fine}"
+    fine_pod["metadata"]["annotations"][names.RUNS_ANNOTATION] = "lots"
+    source = Spooled({c: Observation(container_id=c, events=[]) for c in (stuck, fine)})
+    monitor = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-1")
+    real_patch = cluster.kube.patch_build_status
+
+    def refuse_stuck(namespace: str, name: str, status: dict) -> dict:
+        if name == "stuck":
+            raise KubernetesError("422 the status is invalid", 422)
+        return real_patch(namespace, name, status)
+
+    cluster.kube.patch_build_status = refuse_stuck  # type: ignore[method-assign]
+    assert monitor.scan() == 1
+    assert cluster.api.get("builds", NS, "fine")["status"]["observation"]["containerID"] == fine
+    assert "observation" not in (cluster.api.get("builds", NS, "stuck").get("status") or {})
+    assert stuck in monitor.pending and fine in monitor.done
