@@ -31,7 +31,6 @@ SRC_VOLUME, TARGET_VOLUME, OUT_VOLUME, TMP_VOLUME = "src", "target", "out", "tmp
 TOKEN_VOLUME, COLLECTOR_TMP_VOLUME = "collector-token", "collector-tmp"
 TOKEN_DIR = "/var/run/farm/collector"
 VENDOR_DIR = "/vendor"
-HOSTNAME_KEY = "kubernetes.io/hostname"
 #: Where the build container sees the fetch phase's source replacement (vendored crates).
 #: Not $CARGO_HOME/config.toml: cargo ranks a config in an ancestor of the cwd above
 #: that one, and farm's builder images configure Debian's registry in /.cargo (for local
@@ -331,10 +330,11 @@ def build_job(
     sandbox: SandboxSpec,
     config: ControllerConfig,
     run: int = 0,
+    node: str | None = None,
 ) -> dict[str, Any]:
     """The untrusted build (init container ``build``) then the collector container.
     ``run`` is the run of a reproducibility check (0: the build itself); ``sandbox``
-    carries that run's variation."""
+    carries that run's variation; ``node`` (required for runs 1..) is run 0's node."""
     uid, gid = _ids(sandbox)
     tmp_size = sandbox.tmpfs.get(policy.TMP, spec.resources.scratch)
     volumes = [
@@ -362,7 +362,7 @@ def build_job(
         "volumes": volumes,
     }
     if run:
-        pod["affinity"] = _beside_run0(ref)
+        pod["affinity"] = _on_node(node)
     deadline = sandbox.deadline_seconds + config.collect_grace_seconds
     template = {
         "labels": ref.run_labels(run),
@@ -375,11 +375,18 @@ def build_job(
     return _job(ref, role, pod, deadline, config, spec.queue, template)
 
 
-def _beside_run0(ref: BuildRef) -> dict[str, Any]:
+def _on_node(node: str | None) -> dict[str, Any]:
     """A check run shares the sources volume, which is ReadWriteOnce (one node at a
-    time), so it is scheduled onto the node of run 0's pod."""
-    term = {"labelSelector": {"matchLabels": ref.run_labels(0)}, "topologyKey": HOSTNAME_KEY}
-    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    time), so it must run on run 0's node. By node name, not by pod affinity: affinity
+    stops matching once run 0's pod has ended, which would leave the run unschedulable."""
+    if not node:
+        raise ValueError("a check run's Job needs run 0's node")
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
 
 
 def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, Any]:

@@ -168,12 +168,34 @@ class Reconciler:
         k: int,
     ) -> Run:
         """Create run ``k``'s build Job (if needed) and see where it stands."""
-        vary = reprocheck.variation(k)  # as local --check's run k
         token = self._token(ref, k)  # before the Job: its pod mounts the token Secret
-        job = self._ensure(
-            objects.build_job(ref, spec, vary(sandbox) if vary else sandbox, self.config, k)
-        )
+        job = self._run_job(ref, spec, sandbox, k)
+        if job is None:
+            waiting = ("Building", "Building", f"check run {k} waits for run 0's node")
+            return Run(k, run_status(status, k), wait=waiting)
         return self._progress(ref, spec, Run(k, run_status(status, k)), job, token)
+
+    def _run_job(
+        self, ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, k: int
+    ) -> Obj | None:
+        """Run ``k``'s Job, created if needed. Runs 1.. share run 0's ReadWriteOnce
+        sources volume, so they are pinned to its node and wait (None) until run 0's pod
+        has one, unless their Job exists already (made before a controller restart)."""
+        node = None
+        if k:
+            node = ((self._pod(ref, 0) or {}).get("spec") or {}).get("nodeName")
+            if not node:
+                name = ref.object_name(names.run_role("build", k))
+                return self._existing("Job", ref.namespace, name)
+        vary = reprocheck.variation(k)  # as local --check's run k
+        varied = vary(sandbox) if vary else sandbox
+        return self._ensure(objects.build_job(ref, spec, varied, self.config, k, node))
+
+    def _existing(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return {**self.kube.get(kind, namespace, name), "kind": kind}
+        except KubeNotFoundError:
+            return None
 
     def _progress(
         self, ref: BuildRef, spec: ClusterBuildSpec, run: Run, job: Obj, token: str

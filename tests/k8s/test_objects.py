@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from farm import reprocheck
 from farm.k8s import names, objects
 from farm.k8s.config import ControllerConfig
@@ -111,7 +113,7 @@ def selects(policy: dict, job: dict) -> bool:
 
 def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens() -> None:
     spec = SPEC.model_copy(update={"check": 3})
-    runs = [objects.build_job(REF, spec, SANDBOX, CONFIG, k) for k in range(3)]
+    runs = [objects.build_job(REF, spec, SANDBOX, CONFIG, k, "node-7") for k in range(3)]
     names_ = [j["metadata"]["name"] for j in runs]
     assert names_ == [REF.object_name(r) for r in ("build", "build-1", "build-2")]
     deny = objects.build_policy(REF)
@@ -131,17 +133,18 @@ def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens(
     # The runs share the ReadWriteOnce sources volume: runs 1.. go to run 0's node.
     assert "affinity" not in runs[0]["spec"]["template"]["spec"]
     for job in runs[1:]:
-        [term] = job["spec"]["template"]["spec"]["affinity"]["podAffinity"][
+        # By node name: pod affinity to run 0 would stop matching once run 0 has ended.
+        [term] = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
             "requiredDuringSchedulingIgnoredDuringExecution"
-        ]
-        assert term["topologyKey"] == "kubernetes.io/hostname"
-        assert (
-            term["labelSelector"]["matchLabels"]
-            == runs[0]["spec"]["template"]["metadata"]["labels"]
-        )
+        ]["nodeSelectorTerms"]
+        assert term == {
+            "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-7"]}]
+        }
+    with pytest.raises(ValueError, match="run 0's node"):
+        objects.build_job(REF, spec, SANDBOX, CONFIG, 1)
 
     varied = reprocheck.variation(1)(SANDBOX)  # type: ignore[misc]
-    pod = objects.build_job(REF, spec, varied, CONFIG, 1)["spec"]["template"]["spec"]
+    pod = objects.build_job(REF, spec, varied, CONFIG, 1, "node-7")["spec"]["template"]["spec"]
     build_env = [(e["name"], e["value"]) for e in pod["initContainers"][0]["env"]]
     assert build_env == list(varied.env.items()) != list(SANDBOX.env.items())
     assert pod["hostname"] == "farm-check-1" != SANDBOX.hostname

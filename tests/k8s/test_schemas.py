@@ -76,7 +76,7 @@ def created_objects(spec_name: str) -> list[dict[str, Any]]:
         objects.build_policy(ref),
         *(objects.collect_policy(ref, CONFIG, k) for k in runs),
         objects.fetch_job(ref, spec, sandbox, CONFIG),
-        *(objects.build_job(ref, spec, varied[k], CONFIG, k) for k in runs),
+        *(objects.build_job(ref, spec, varied[k], CONFIG, k, "node-1") for k in runs),
         kube.event_body(build, "Building", "build running"),
         LeaderElector(None, "farm-system", "farm-controller", "pod-1").lease_body(),  # type: ignore[arg-type]
     ]

@@ -183,11 +183,16 @@ def test_the_runs_of_a_full_check_share_the_status_budget(cluster: Cluster, tmp_
     settle(r, "flood10")
     finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
     settle(r, "flood10")
+    # Runs 1.. are pinned to run 0's node, so they wait for run 0's pod to have one.
+    jobs = {j["metadata"]["name"].rsplit("-", 1)[-1] for j in cluster.api.list("jobs", NS)}
+    assert "1" not in jobs and "build" in jobs
     events = [event("open", pathname="/root/.ssh/" + "k" * 3000, flags=0, exit={"errorno": 2})]
     seen = {}
     for run in range(MAX_RUNS):
         build_pod(cluster.api, NS, job(cluster.api, NS, build, run_role("build", run)), 0)
         seen[run_cid(run)] = Observation(container_id=run_cid(run), events=events * 300)
+        if run == 0:
+            settle(r, "flood10")  # runs 1.. are created once run 0's pod has a node
     monitor = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), Spooled(seen), "node-1")
     assert monitor.scan() == MAX_RUNS
 
