@@ -1,8 +1,9 @@
 """Collect a finished build's declared outputs into the store, never following links.
 
-Callers: ``farm.runner`` after the sandbox has exited. The build controlled every byte
-of its target/ and out/ dirs, so each match is checked with lstat, opened with
-O_NOFOLLOW, re-checked with fstat, and capped in size. A symlink, FIFO, device or
+Callers: ``farm.runner`` after the sandbox has exited, and ``farm.k8s.collector`` in a
+build pod (which also opens the source's Cargo.lock with :func:`open_no_follow`). The
+build controlled every byte of its target/ and out/ dirs, so each match is checked with
+lstat, opened with O_NOFOLLOW, re-checked with fstat, and capped in size. A symlink, FIFO, device or
 socket is refused with a reason, and so is a hard link to anything outside the build.
 """
 
@@ -14,6 +15,7 @@ import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from farm.errors import CollectionError
 from farm.policy import BuildDirs
@@ -126,6 +128,13 @@ def _refusal(
     return None
 
 
+def open_no_follow(path: Path) -> BinaryIO:
+    """Open ``path`` for reading without following a final symlink or blocking on a
+    FIFO; raises OSError. Callers fstat the result: what was opened is what counts."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    return os.fdopen(fd, "rb")
+
+
 def _store_one(
     host: Path,
     path: str,
@@ -135,11 +144,11 @@ def _store_one(
     result: Collected,
 ) -> None:
     try:
-        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        fh = open_no_follow(host)
     except OSError as exc:
         result.refused.append(Refusal(path=path, reason=f"cannot open: {exc.strerror}"))
         return
-    with os.fdopen(fd, "rb") as fh:
+    with fh:
         now = os.fstat(fh.fileno())
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
             result.refused.append(Refusal(path=path, reason="changed while being collected"))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from farm import cargo, policy
-from farm.collect import collect
+from farm.collect import collect, open_no_follow
 from farm.errors import FarmError
 from farm.records import Artifact
 from farm.spec import OutputLimits
@@ -92,12 +92,11 @@ def upload_lockfile(uploader: Uploader, src: Path) -> Artifact | None:
     """Upload the source's Cargo.lock, for the provenance's crate list. The fetch phase
     wrote it and the build saw it read-only, but the repository chose what it is: a
     link, a non-file or an oversized file is not uploaded (O_NOFOLLOW, fstat)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        fd = os.open(src / "Cargo.lock", flags)
+        fh = open_no_follow(src / "Cargo.lock")
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as fh:
+    with fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             return None
         try:
