@@ -155,7 +155,8 @@ class Reconciler:
             return self._finish(build, ref, status, [Run(0, status, failed("FetchFailed", why))])
         if state != "succeeded":
             return self._set(build, ref, status, "Fetching", "Fetching", "fetch Job running")
-        runs = [self._run(ref, spec, sandbox, status, k) for k in range(max(1, spec.check))]
+        node = self._run0_node(ref) if spec.check > 1 else None
+        runs = [self._run(ref, spec, sandbox, status, k, node) for k in range(max(1, spec.check))]
         delay = self._wait(build, ref, status, runs)
         return delay if delay is not None else self._finish(build, ref, status, runs, spec)
 
@@ -166,30 +167,33 @@ class Reconciler:
         sandbox: SandboxSpec,
         status: BuildStatus,
         k: int,
+        node: str | None,
     ) -> Run:
-        """Create run ``k``'s build Job (if needed) and see where it stands."""
+        """Create run ``k``'s build Job (if needed) and see where it stands. ``node`` is
+        run 0's node, once its pod has one (runs 1.. need it)."""
         token = self._token(ref, k)  # before the Job: its pod mounts the token Secret
-        job = self._run_job(ref, spec, sandbox, k)
+        job = self._run_job(ref, spec, sandbox, k, node)
         if job is None:
             waiting = ("Building", "Building", f"check run {k} waits for run 0's node")
             return Run(k, run_status(status, k), wait=waiting)
         return self._progress(ref, spec, Run(k, run_status(status, k)), job, token)
 
     def _run_job(
-        self, ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, k: int
+        self, ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, k: int, node: str | None
     ) -> Obj | None:
         """Run ``k``'s Job, created if needed. Runs 1.. share run 0's ReadWriteOnce
         sources volume, so they are pinned to its node and wait (None) until run 0's pod
         has one, unless their Job exists already (made before a controller restart)."""
-        node = None
-        if k:
-            node = ((self._pod(ref, 0) or {}).get("spec") or {}).get("nodeName")
-            if not node:
-                name = ref.object_name(names.run_role("build", k))
-                return self._existing("Job", ref.namespace, name)
+        if k and not node:
+            name = ref.object_name(names.run_role("build", k))
+            return self._existing("Job", ref.namespace, name)
         vary = reprocheck.variation(k)  # as local --check's run k
         varied = vary(sandbox) if vary else sandbox
         return self._ensure(objects.build_job(ref, spec, varied, self.config, k, node))
+
+    def _run0_node(self, ref: BuildRef) -> str | None:
+        """The node of run 0's pod, once the scheduler has given it one."""
+        return ((self._pod(ref, 0) or {}).get("spec") or {}).get("nodeName")
 
     def _existing(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
