@@ -181,8 +181,9 @@ class Api:
             data["tenant"] = tenant
         try:
             options = take_options(data)  # check, no_cache: how to run it, not the spec
-            spec = resolve(build_spec(data))
-            entry = self.service.submit(new_build_id(), spec, options)
+            spec = build_spec(data)
+            self.service.admit(spec)  # before resolve reads anything of the source
+            entry = self.service.submit(new_build_id(), resolve(spec), options)
         except SpecError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None
         except InputError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from farm.admission import check_local_image
 from farm.cache import Cache, cache_key, uncacheable_reason
 from farm.errors import InputError
 from farm.metrics import Metrics
@@ -82,8 +83,11 @@ def run_build(
 
     ``build_id`` is the queue's id for this request: the build's record gets it, and a
     cache hit is recorded under it as a copy naming the original in ``cached_from``.
+    Raises NotAdmittedError, before anything else, for an image the host does not allow.
     """
     validate_check(check_runs)
+    # Before the cache too: a result built from an image no longer allowed is not served.
+    check_local_image(runner.settings, spec)
     started = time.monotonic()
     spec = resolve(spec)
     cache = Cache(runner.settings.home, runner.store)

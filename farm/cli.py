@@ -152,6 +152,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="record what gVisor saw in every build (default: on)",
     )
+    sv.add_argument(
+        "--ceiling",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the most a spec may ask for, e.g. memory=8g, timeout_seconds=3600 "
+        "(repeatable; defaults in docs/serve.md)",
+    )
+    sv.add_argument(
+        "--allow-image",
+        action="append",
+        metavar="PATTERN",
+        help="an image builds may run, e.g. farm/rust:bookworm or name@sha256:... "
+        "(repeatable; default $FARM_ALLOWED_IMAGES, else farm/rust:bookworm)",
+    )
     sv.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="list builds")
@@ -603,6 +618,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.admission import Ceilings
     from farm.serve import ServeOptions, serve
 
     limits = {}
@@ -621,6 +637,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limits=limits,
         tokens_file=args.tokens,
         source_root=(args.source_root or Path.cwd()).resolve(),
+        ceilings=Ceilings.parse_items(args.ceiling, "--ceiling"),
+        allowed_images=tuple(args.allow_image) if args.allow_image else None,
     )
     logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
     serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))

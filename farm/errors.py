@@ -6,6 +6,7 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     FarmError                      exit 4 unless a subclass says otherwise
     ├── InputError                 exit 2: the user must change a flag, spec or path
     │   └── SpecError              a field of the BuildSpec is invalid (names the field)
+    │       └── NotAdmittedError   valid, but above the operator's ceilings or image list
     ├── InfrastructureError        exit 4: the host is not ready or broke mid-build
     │   ├── RuntimeMissingError    the gVisor runtime is not configured in dockerd
     │   ├── DockerUnavailableError dockerd cannot be reached
@@ -50,6 +51,17 @@ class SpecError(InputError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid build spec:\n  " + "\n  ".join(problems))
+
+
+class NotAdmittedError(SpecError):
+    """The spec is valid, but this installation's operator does not allow it (farm.admission):
+    ``problems`` as for SpecError, ``hint`` says who can change the limits and how."""
+
+    def __init__(self, problems: list[str], hint: str) -> None:
+        super().__init__(problems)
+        self.hint = hint
+        lines = "\n  ".join(problems)
+        self.args = (f"refused by this installation's limits:\n  {lines}\n{hint}",)
 
 
 class NotFoundError(InputError):

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from farm import cargo
+from farm.admission import check_local_image
 from farm.collect import Collected, collect
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
@@ -164,7 +165,9 @@ class Runner:
     ) -> BuildRecord:
         """Run ``spec`` to a final record. ``build_id`` is given when a queue chose it;
         ``vary`` alters the sandbox for a reproducibility check run (farm.reprocheck),
-        after the policy's own checks have passed on the original."""
+        after the policy's own checks have passed on the original. Raises
+        NotAdmittedError for an image the host does not allow."""
+        check_local_image(self.settings, spec)
         spec = resolve(spec)
         build_id = build_id or new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)

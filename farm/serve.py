@@ -9,6 +9,7 @@ and returns once every sandbox is torn down.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from farm.admission import Admission, Ceilings, ImageAllowlist
 from farm.api import Api, check_bind, make_server
 from farm.errors import InfrastructureError
 from farm.logs import CappedLog
@@ -41,6 +43,10 @@ class ServeOptions:
     limits: dict[str, int] = field(default_factory=dict)
     tokens_file: Path | None = None
     source_root: Path = Path("/nonexistent")
+    #: The most a submitted spec may ask for (``--ceiling``); defaults in farm.admission.
+    ceilings: Ceilings = field(default_factory=Ceilings)
+    #: Image patterns builds may run (``--allow-image``); None: FARM_ALLOWED_IMAGES.
+    allowed_images: tuple[str, ...] | None = None
 
 
 @contextlib.contextmanager
@@ -64,8 +70,15 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
     when dockerd or the port is unavailable."""
     tokens = load_tokens(options.tokens_file) if options.tokens_file else None
     check_bind(options.bind, tokens)
+    origin = "FARM_ALLOWED_IMAGES"
+    if options.allowed_images is not None:
+        # The workers' runners check the image again, against the same list.
+        settings = dataclasses.replace(settings, allowed_images=options.allowed_images)
+        origin = "--allow-image"
+    images = ImageAllowlist.parse(settings.allowed_images, origin)
+    admission = Admission(ceilings=options.ceilings, allowed_images=images)
     with _serve_lock(settings.home):
-        service = _service(settings, options, tokens is not None)
+        service = _service(settings, options, tokens is not None, admission)
         api = Api(service, service.store, settings.work_dir, tokens)
         try:
             server = make_server(api, options.bind, options.port)
@@ -87,7 +100,9 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         say("stopped")
 
 
-def _service(settings: Settings, options: ServeOptions, tenants: bool) -> Service:
+def _service(
+    settings: Settings, options: ServeOptions, tenants: bool, admission: Admission
+) -> Service:
     from farm.backends.local import LocalBackend
 
     store = Store(settings.home)
@@ -106,6 +121,7 @@ def _service(settings: Settings, options: ServeOptions, tenants: bool) -> Servic
         metrics=Metrics(CollectorRegistry()),
         sources=SourcePolicy(options.source_root, per_tenant=tenants),
         concurrency=options.concurrency,
+        admission=admission,
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.admission import Admission
 from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
 from farm.errors import ExitCode, FarmError, InputError, NotFoundError
 from farm.logs import CappedLog
@@ -33,6 +34,12 @@ from farm.spec import BuildSpec, build_spec
 from farm.store import Store
 
 log = logging.getLogger("farm.serve")
+
+#: Who changes what a refused spec ran into.
+SERVE_HINT = (
+    "this service's operator sets the ceilings with `farm serve --ceiling NAME=VALUE` and "
+    "the images with `--allow-image PATTERN` (docs/serve.md)"
+)
 
 
 class CancelledError(FarmError):
@@ -86,6 +93,7 @@ class Service:
         metrics: Metrics,
         sources: SourcePolicy,
         concurrency: int,
+        admission: Admission | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -93,6 +101,8 @@ class Service:
         self.runner_factory = runner_factory
         self.metrics = metrics
         self.sources = sources
+        #: The operator's ceilings and images (farm.admission); default: their defaults.
+        self.admission = admission if admission is not None else Admission()
         self._workers = [_Worker() for _ in range(concurrency)]
         self._wake = threading.Condition()
         self._stopping = threading.Event()
@@ -162,8 +172,15 @@ class Service:
 
     # submission
 
+    def admit(self, spec: BuildSpec) -> None:
+        """Raises NotAdmittedError (a SpecError) naming every field above its ceiling and
+        an image the operator does not allow. Nothing reads the source before this."""
+        self.admission.enforce(spec, SERVE_HINT)
+
     def submit(self, build_id: str, spec: BuildSpec, options: BuildOptions | None = None) -> Entry:
-        """Raises InputError if the source is outside the allowed directory."""
+        """Raises NotAdmittedError for a spec the operator does not allow, InputError if
+        the source is outside the allowed directory."""
+        self.admit(spec)
         self.sources.check(spec)
         options = options or BuildOptions()
         stored = {**spec.model_dump(mode="json"), OPTIONS_KEY: options.model_dump()}
@@ -256,6 +273,7 @@ class Service:
             data = dict(entry.spec)
             options = take_options(data)
             spec = build_spec(data)
+            self.admit(spec)  # again: the operator may have lowered a ceiling since
             self.sources.check(spec)  # again: the tree may have moved since submission
             run_build(
                 worker.runner,

@@ -7,6 +7,7 @@ nothing reads the environment anywhere else, so tests make their own ``Settings`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class Settings:
     #: building in-process. FARM_TOKEN is its bearer token, if it needs one.
     server: str | None = None
     token: str | None = None
+    #: The images builds may run (farm.admission, farm.imageref patterns), from
+    #: FARM_ALLOWED_IMAGES (comma- or space-separated); default farm's builder image.
+    allowed_images: tuple[str, ...] = (DEFAULT_IMAGE,)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -49,8 +53,10 @@ class Settings:
             "docker_url": env.get("DOCKER_HOST"),
             "server": env.get("FARM_SERVER") or None,
             "token": env.get("FARM_TOKEN") or None,
+            "allowed_images": _words(env.get("FARM_ALLOWED_IMAGES")),
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property
@@ -71,3 +77,9 @@ class Settings:
     @property
     def base_labels(self) -> dict[str, str]:
         return {MANAGED_LABEL: "true", HOME_LABEL: str(self.home), **self.labels}
+
+
+def _words(value: str | None) -> tuple[str, ...] | None:
+    """The operator's list; None (the default) when unset or empty."""
+    words = tuple(w for w in re.split(r"[\s,]+", value or "") if w)
+    return words or None

@@ -15,7 +15,7 @@ from farm.backends.local import LocalBackend
 from farm.errors import RuntimeMissingError
 from farm.records import Status
 from farm.runner import Runner
-from farm.settings import Settings
+from farm.settings import DEFAULT_IMAGE, Settings
 from farm.spec import build_spec
 from farm.store import Store
 
@@ -269,7 +269,17 @@ def test_memory_bomb_is_contained(home: Path, project: Path, client) -> None:
 def test_missing_image_is_a_clear_error_before_anything_exists(
     home: Path, project: Path, client
 ) -> None:
-    done = farm(home, "build", str(project), "--image", "farm/not-built:1", "--", "true")
+    allowed = f"{DEFAULT_IMAGE},farm/not-built:1"  # allowed, so that dockerd is asked
+    done = farm(
+        home,
+        "build",
+        str(project),
+        "--image",
+        "farm/not-built:1",
+        "--",
+        "true",
+        FARM_ALLOWED_IMAGES=allowed,
+    )
     assert done.returncode == 2
     assert "image: 'farm/not-built:1' is not in dockerd; check --image" in done.stderr
     assert farm_containers(client, home) == []
