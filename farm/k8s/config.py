@@ -11,6 +11,7 @@ import ipaddress
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from farm.admission import Admission, Ceilings, ImageAllowlist
 from farm.k8s import names
 
 
@@ -70,3 +71,12 @@ class ControllerConfig(BaseModel):
     #: monitor's record before it finishes the build with an incomplete observation
     #: (which enforce mode quarantines). Teardown waits too, so the pod outlives it.
     observe_grace_seconds: int = Field(120, ge=1)
+    #: The most a Build's spec may ask for, keyed by spec field (farm.admission has the
+    #: defaults); a Build above one fails with reason ExceedsLimits, creating nothing.
+    ceilings: Ceilings = Field(default_factory=Ceilings)
+    #: Images a Build may run (farm.imageref patterns); others fail with reason
+    #: ImageNotAllowed, creating nothing. Default: farm's builder image only.
+    allowed_images: ImageAllowlist = Field(default_factory=ImageAllowlist)
+
+    def admission(self) -> Admission:
+        return Admission(ceilings=self.ceilings, allowed_images=self.allowed_images)

@@ -9,6 +9,9 @@ the Build's resourceVersion; a 409 there means someone else wrote first, and the
 simply reconciled again. Returns the delay after which to look again, or None.
 
 Phases: Pending → Fetching → Building → Collecting → Succeeded | Failed | Quarantined.
+A Build whose spec is invalid (InvalidSpec) or above the operator's ceilings or image
+allowlist (ExceedsLimits, ImageNotAllowed: ``farm.admission``) fails before any object
+of it is created.
 Once the build container has ended, the build is not finished (so not torn down) until
 the node monitor's record of that container is in ``status.observation`` or
 ``observe_grace_seconds`` have passed; the record is then judged by the Build's observe
@@ -62,6 +65,11 @@ from farm.store import Store
 
 log = logging.getLogger(__name__)
 POLL = 10.0  # seconds: a safety net; watches normally wake the controller sooner
+#: Who changes what a refused Build ran into (docs/kubernetes.md).
+CLUSTER_HINT = (
+    "the cluster operator sets ceilings and allowed_images in the controller's config, "
+    "helm values controller.config"
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,9 @@ class Reconciler:
         except SpecError as exc:
             invalid = [Run(0, status, failed("InvalidSpec", str(exc)))]
             return self._finish(build, ref, status, invalid)
+        refused = self._refusal(spec)
+        if refused is not None:
+            return self._finish(build, ref, status, [Run(0, status, refused)])
         sandbox = objects.sandbox_spec(ref, spec)
         self._ensure_common(ref)
         fetch = self._ensure(objects.fetch_job(ref, spec, sandbox, self.config))
@@ -159,6 +170,15 @@ class Reconciler:
         runs = [self._run(ref, spec, sandbox, status, k, node) for k in range(max(1, spec.check))]
         delay = self._wait(build, ref, status, runs)
         return delay if delay is not None else self._finish(build, ref, status, runs, spec)
+
+    def _refusal(self, spec: ClusterBuildSpec) -> Ending | None:
+        """How a valid spec the operator does not allow ends (farm.admission), before
+        anything is created; None if it is admitted."""
+        problems = self.config.admission().check(spec)
+        if not problems:
+            return None
+        reason = "ExceedsLimits" if self.config.ceilings.check(spec) else "ImageNotAllowed"
+        return failed(reason, "; ".join(problems) + f" ({CLUSTER_HINT})")
 
     def _run(
         self,
