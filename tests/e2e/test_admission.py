@@ -140,8 +140,15 @@ def test_local_build_refuses_a_host_image_outside_the_allowlist(
     other_image: str,
 ) -> None:
     since = time.time()
-    short_id = client.images.get(other_image).id.removeprefix("sha256:")[:12]
-    for image in (other_image, f"docker.io/{other_image}", short_id):
+    image_id = client.images.get(other_image).id
+    for image in (
+        other_image,
+        f"docker.io/{other_image}",
+        image_id,  # dockerd runs an image by id or id prefix: never admitted
+        image_id.removeprefix("sha256:")[:12],
+        f"{DEFAULT_IMAGE}@{image_id}",  # the allowed tag, but the digest decides
+        f"localhost/{DEFAULT_IMAGE}",
+    ):
         done = farm(home, "build", str(project), "--image", image, "--", "true")
         assert done.returncode == 2, (image, done.stderr)
         assert "allowed: farm/rust:bookworm" in done.stderr, done.stderr
