@@ -152,6 +152,26 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="record what gVisor saw in every build (default: on)",
     )
+    sv.add_argument(
+        "--http-timeout",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="a client's time to send its request head, and per read/write after (default 30)",
+    )
+    sv.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="requests handled at once; beyond it 503 (default 64)",
+    )
+    sv.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="connections still sending their request head; beyond it the oldest is closed "
+        "(default 256)",
+    )
     sv.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="list builds")
@@ -603,6 +623,9 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from farm.httpserver import HttpLimits
     from farm.serve import ServeOptions, serve
 
     limits = {}
@@ -613,6 +636,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limits[tenant] = int(value)
     if args.concurrency < 1 or (args.tenant_limit is not None and args.tenant_limit < 1):
         raise InputError("--concurrency and --tenant-limit must be at least 1")
+    try:
+        http = HttpLimits(
+            timeout_seconds=args.http_timeout,
+            max_connections=args.max_connections,
+            max_waiting=args.max_waiting,
+        )
+    except ValidationError as exc:
+        flags = {
+            "timeout_seconds": "--http-timeout",
+            "max_connections": "--max-connections",
+            "max_waiting": "--max-waiting",
+        }
+        bad = [f"{flags[str(e['loc'][0])]}: {e['msg']}" for e in exc.errors()]
+        raise InputError("; ".join(bad)) from None
     options = ServeOptions(
         bind=args.bind,
         port=args.port,
@@ -621,6 +658,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limits=limits,
         tokens_file=args.tokens,
         source_root=(args.source_root or Path.cwd()).resolve(),
+        http=http,
     )
     logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
     serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))

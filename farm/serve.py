@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from farm.api import Api, check_bind, make_server
 from farm.errors import InfrastructureError
+from farm.httpserver import HttpLimits
 from farm.logs import CappedLog
 from farm.metrics import Metrics
 from farm.observe.daemon import HostObserver
@@ -41,6 +42,7 @@ class ServeOptions:
     limits: dict[str, int] = field(default_factory=dict)
     tokens_file: Path | None = None
     source_root: Path = Path("/nonexistent")
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @contextlib.contextmanager
@@ -68,7 +70,7 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         service = _service(settings, options, tokens is not None)
         api = Api(service, service.store, settings.work_dir, tokens)
         try:
-            server = make_server(api, options.bind, options.port)
+            server = make_server(api, options.bind, options.port, options.http)
         except OSError as exc:
             where = f"{options.bind}:{options.port}"
             raise InfrastructureError(f"cannot listen on {where}: {exc}") from None
@@ -83,6 +85,7 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         _wait_for_signal()
         say("stopping: running builds are cancelled and requeued")
         server.shutdown()
+        server.server_close()
         service.stop()
         say("stopped")
 

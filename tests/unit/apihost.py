@@ -7,11 +7,14 @@ the host side and see exactly what a request changed. Run as::
 
     python -m tests.unit.apihost HOME SOURCE_ROOT [TOKENS_FILE]
 
+with the server's HttpLimits as JSON in $FARM_TEST_HTTP_LIMITS (default: the defaults).
+
 It prints ``listening on http://HOST:PORT`` on stdout once it accepts connections.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from farm.api import Api, make_server
 from farm.backends.local import LocalBackend
+from farm.httpserver import HttpLimits
 from farm.metrics import Metrics
 from farm.queue import Queue
 from farm.runner import Runner
@@ -51,7 +55,8 @@ def main(argv: list[str]) -> None:
         sources=SourcePolicy(source_root.resolve(), per_tenant=tokens is not None),
         concurrency=0,
     )
-    server = make_server(Api(service, store, home / "work", tokens), "127.0.0.1", 0)
+    limits = HttpLimits.model_validate_json(os.environ.get("FARM_TEST_HTTP_LIMITS") or "{}")
+    server = make_server(Api(service, store, home / "work", tokens), "127.0.0.1", 0, limits)
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}", flush=True)
     server.serve_forever()
@@ -99,11 +104,15 @@ class Host:
             self.proc.stdout.close()
 
 
-def start(home: Path, source_root: Path, tokens: Path | None = None, *extra: str) -> Host:
-    args = [str(home), str(source_root), *([str(tokens)] if tokens else []), *extra]
+def start(
+    home: Path, source_root: Path, tokens: Path | None = None, limits: HttpLimits | None = None
+) -> Host:
+    args = [str(home), str(source_root), *([str(tokens)] if tokens else [])]
+    env = {**os.environ, "FARM_TEST_HTTP_LIMITS": (limits or HttpLimits()).model_dump_json()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.unit.apihost", *args],
         cwd=Path(__file__).resolve().parents[2],
+        env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
