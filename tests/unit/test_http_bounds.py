@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,35 +20,12 @@ import pytest
 from farm.httpserver import HttpLimits
 from farm.records import Artifact, BuildRecord, Status
 from farm.store import Store
+from tests import sockets
+from tests.sockets import closed, poll, proc_status
 
 from .apihost import Host, start
 
 GIB = 1 << 30
-
-
-def poll(check: Callable[[], bool], what: str, bound: float = 120, step: float = 0.1) -> None:
-    """Until ``check()``; the bound only stops a broken server hanging the suite."""
-    end = time.monotonic() + bound
-    while not check():
-        assert time.monotonic() < end, f"still not {what} after {bound} s"
-        time.sleep(step)
-
-
-def closed(sock: socket.socket) -> bool:
-    """True once the server closed ``sock`` (EOF or reset), without blocking."""
-    try:
-        return sock.recv(1 << 16, socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionError:
-        return True
-
-
-def status_of(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 @pytest.fixture
@@ -67,7 +43,7 @@ def served(tmp_path: Path) -> Iterator[Callable[..., Host]]:
 
 
 def connect(host: Host, n: int) -> list[socket.socket]:
-    return [socket.create_connection((host.host, host.port)) for _ in range(n)]
+    return sockets.connect(host.host, host.port, n)
 
 
 def test_idle_and_trickling_connections_are_closed_and_healthz_answers_meanwhile(
@@ -84,7 +60,7 @@ def test_idle_and_trickling_connections_are_closed_and_healthz_answers_meanwhile
         # All 200 open: /healthz still answers, and no connection holds a thread.
         assert host.call("GET", "/healthz")[0] == 200
         assert not any(closed(s) for s in idle + trickling)
-        assert status_of(host.proc.pid, "Threads") < 10
+        assert proc_status(host.proc.pid, "Threads") < 10
 
         def all_closed() -> bool:
             nonlocal sent
@@ -187,10 +163,10 @@ def test_a_1_gib_artifact_and_log_stream_with_flat_server_memory(
         )
     )
     assert host.call("GET", f"/v1/builds/{build_id}/artifacts")[0] == 200
-    before = status_of(host.proc.pid, "VmHWM")  # peak RSS so far, in KiB
+    before = proc_status(host.proc.pid, "VmHWM")  # peak RSS so far, in KiB
     assert download(host, f"/v1/builds/{build_id}/artifacts/out/big") == GIB
     assert download(host, f"/v1/builds/{build_id}/logs?offset=1000") == GIB - 1000
-    grown = status_of(host.proc.pid, "VmHWM") - before
+    grown = proc_status(host.proc.pid, "VmHWM") - before
     assert grown < 64 << 10, f"peak RSS grew by {grown} KiB while serving 2 GiB"
     assert os.path.getsize(store.blob_path(artifact)) == GIB
 
