@@ -200,12 +200,14 @@ class BoundedServer:
         self._slots = threading.BoundedSemaphore(self.limits.max_connections)
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = threading.Event()
+        self._running = threading.Event()
         self._stopped = threading.Event()
         self._waiting: dict[socket.socket, _Waiting] = {}  # in accept order: oldest first
 
     # the accept loop
 
     def serve_forever(self) -> None:
+        self._running.set()
         sel = selectors.DefaultSelector()
         sel.register(self.socket, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
@@ -310,11 +312,12 @@ class BoundedServer:
     # lifecycle
 
     def shutdown(self) -> None:
-        """Stop the accept loop (from another thread) and wait for it."""
+        """Stop the accept loop (from another thread) and wait for it if it runs."""
         self._stop.set()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        self._stopped.wait()
+        if self._running.is_set():
+            self._stopped.wait()
 
     def server_close(self) -> None:
         for sock in (self.socket, self._wake_r, self._wake_w):

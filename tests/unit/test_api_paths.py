@@ -90,7 +90,19 @@ def spellings(path: str) -> set[str]:
         for enc in (f"%{ord(c):02X}", f"%{ord(c):02x}", f"%25{ord(c):02X}", f"%2525{ord(c):02x}"):
             out.add(path[:i] + enc + path[i + 1 :])
     for i in [i for i, c in enumerate(path) if c == "/"]:
-        for alt in ("//", "/./", "/x/../", "\\", "/\\", "/%2E/", "/%2e%2E/../", "/.%2e/x/", ";/"):
+        for alt in (
+            "//",
+            "/./",
+            "/x/../",
+            "\\",
+            "/\\",
+            "/%2E/",
+            "/%2e%2E/../",
+            "/.%2e/x/",
+            ";/",
+            "%C0%AF",
+            "%E2%88%95",
+        ):
             out.add(path[:i] + alt + path[i + 1 :])
         out.add(path[:i] + ";p=1" + path[i:])
     out |= {
