@@ -4,6 +4,7 @@ without blocking, and read a server process's /proc status (threads, peak RSS)."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -38,3 +39,35 @@ def proc_status(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def poll_closed(socks: list[socket.socket], feed: Callable[[], None] = lambda: None) -> float:
+    """Poll until the server closed every socket, calling ``feed`` each round (to keep
+    trickling bytes); the monotonic time the first one was seen closed."""
+    first: float | None = None
+
+    def check() -> bool:
+        nonlocal first
+        feed()
+        done = [closed(s) for s in socks]
+        if any(done) and first is None:
+            first = time.monotonic()
+        return all(done)
+
+    poll(check, "closed by the server", step=0.2)
+    assert first is not None
+    return first
+
+
+def trickle(socks: list[socket.socket], data: bytes) -> Callable[[], None]:
+    """A ``feed`` for :func:`poll_closed`: the next byte of ``data`` to each open socket."""
+    sent = 0
+
+    def feed() -> None:
+        nonlocal sent
+        sent += 1
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.send(data[sent : sent + 1])
+
+    return feed

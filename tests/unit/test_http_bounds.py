@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from farm.httpserver import HttpLimits
 from farm.records import Artifact, BuildRecord, Status
 from farm.store import Store
 from tests import sockets
-from tests.sockets import closed, poll, proc_status
+from tests.sockets import closed, poll, poll_closed, proc_status, trickle
 
 from .apihost import Host, start
 
@@ -49,28 +50,21 @@ def connect(host: Host, n: int) -> list[socket.socket]:
 def test_idle_and_trickling_connections_are_closed_and_healthz_answers_meanwhile(
     served: Callable[..., Host],
 ) -> None:
-    host = served(timeout_seconds=10)
+    timeout = 10
+    host = served(timeout_seconds=timeout)
+    opened = time.monotonic()
     idle = connect(host, 180)
     trickling = connect(host, 20)  # slowloris: one byte of a request head at a time
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
-    sent = 0
     try:
         for sock in trickling:
             sock.send(head[:1])
-        # All 200 open: /healthz still answers, and no connection holds a thread.
+        # 200 connections open: /healthz still answers, and none holds a thread.
         assert host.call("GET", "/healthz")[0] == 200
-        assert not any(closed(s) for s in idle + trickling)
         assert proc_status(host.proc.pid, "Threads") < 10
-
-        def all_closed() -> bool:
-            nonlocal sent
-            sent += 1
-            for sock in trickling:
-                if not closed(sock):
-                    sock.send(head[sent : sent + 1])
-            return all(closed(s) for s in idle + trickling)
-
-        poll(all_closed, "closed", step=0.2)
+        assert not any(closed(s) for s in idle + trickling)
+        first = poll_closed(idle + trickling, trickle(trickling, head))
+        assert first >= opened + timeout, "closed before the timeout"
         assert host.call("GET", "/healthz")[0] == 200
     finally:
         for sock in idle + trickling:
