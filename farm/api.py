@@ -264,7 +264,8 @@ class Api:
         else:  # still running: the live, size-capped log file of the build
             path = self.work_dir / entry.id / "build.log"
         headers = {"X-Farm-State": entry.state.value}
-        return Response(200, _file_from(path, offset), "text/plain; charset=utf-8", headers)
+        body = _file_from(path, offset) or b""  # not started yet: no log
+        return Response(200, body, "text/plain; charset=utf-8", headers)
 
     def artifacts(self, tenant: str | None, id: str, **_: Any) -> Response:
         record = self._record(self._entry(id, tenant))
@@ -276,17 +277,19 @@ class Api:
         for a in record.artifacts if record else []:
             if a.path == path:
                 body = _file_from(self.store.blob_path(a.sha256), 0)
+                if body is None:  # removed by `farm gc` since the record was read
+                    raise ApiError(HTTPStatus.NOT_FOUND, f"artifact {path!r} is gone")
                 return Response(200, body, "application/octet-stream")
         raise ApiError(HTTPStatus.NOT_FOUND, f"build {id!r} has no artifact {path!r}")
 
 
-def _file_from(path: Path, offset: int) -> FileBody | bytes:
+def _file_from(path: Path, offset: int) -> FileBody | None:
     """The file's bytes from ``offset`` to its size now, to be streamed (a live log
-    may grow meanwhile; what was there when asked is sent)."""
+    may grow meanwhile; what was there when asked is sent); None if it is missing."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
-        return b""
+        return None
     size = os.fstat(fh.fileno()).st_size
     fh.seek(min(offset, size))
     return FileBody(fh, max(size - offset, 0))
@@ -298,13 +301,17 @@ class _Handler(BoundedHandler):
 
     def _serve(self, method: str) -> None:
         resp = self.api.handle(method, self.target, self.headers, self._read_body)
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(body_length(resp.body)))
-        for name, value in resp.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.write_body(resp.body)
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Content-Length", str(body_length(resp.body)))
+            for name, value in resp.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.write_body(resp.body)
+        finally:  # the client may have gone before the body was written
+            if isinstance(resp.body, FileBody):
+                resp.body.file.close()
 
     def _read_body(self) -> bytes:
         try:

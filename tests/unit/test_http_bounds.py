@@ -132,18 +132,14 @@ def download(host: Host, target: str) -> int:
     return size
 
 
-def test_a_1_gib_artifact_and_log_stream_with_flat_server_memory(
-    served: Callable[..., Host], tmp_path: Path
-) -> None:
-    host = served()
-    (tmp_path / "src" / "p").mkdir(parents=True)
+def queued_build_with(host: Host, tmp_path: Path, **record: object) -> str:
+    """A build submitted over HTTP, with a stored record carrying ``record``'s fields."""
+    (tmp_path / "src" / "p").mkdir(parents=True, exist_ok=True)
     data = {"source": str(tmp_path / "src" / "p"), "argv": ["true"], "source_date_epoch": 0}
     status, body = host.call("POST", "/v1/builds", None, json.dumps(data).encode())
     assert status == 202, body
     build_id = json.loads(body)["id"]
-    store = Store(tmp_path / "home")
-    artifact, log = sparse_blob(store, "a", GIB), sparse_blob(store, "b", GIB)
-    store.save(
+    Store(tmp_path / "home").save(
         BuildRecord(
             id=build_id,
             status=Status.SUCCEEDED,
@@ -152,9 +148,23 @@ def test_a_1_gib_artifact_and_log_stream_with_flat_server_memory(
             runtime="runsc",
             spec={},
             created_at=datetime.now(UTC),
-            artifacts=[Artifact(path="out/big", sha256=artifact, size=GIB)],
-            log_sha256=log,
+            **record,  # type: ignore[arg-type]
         )
+    )
+    return build_id
+
+
+def test_a_1_gib_artifact_and_log_stream_with_flat_server_memory(
+    served: Callable[..., Host], tmp_path: Path
+) -> None:
+    host = served()
+    store = Store(tmp_path / "home")
+    artifact, log = sparse_blob(store, "a", GIB), sparse_blob(store, "b", GIB)
+    build_id = queued_build_with(
+        host,
+        tmp_path,
+        artifacts=[Artifact(path="out/big", sha256=artifact, size=GIB)],
+        log_sha256=log,
     )
     assert host.call("GET", f"/v1/builds/{build_id}/artifacts")[0] == 200
     before = proc_status(host.proc.pid, "VmHWM")  # peak RSS so far, in KiB
@@ -163,6 +173,14 @@ def test_a_1_gib_artifact_and_log_stream_with_flat_server_memory(
     grown = proc_status(host.proc.pid, "VmHWM") - before
     assert grown < 64 << 10, f"peak RSS grew by {grown} KiB while serving 2 GiB"
     assert os.path.getsize(store.blob_path(artifact)) == GIB
+
+
+def test_an_artifact_whose_blob_is_gone_is_404(served: Callable[..., Host], tmp_path: Path) -> None:
+    host = served()
+    gone = Artifact(path="out/gone", sha256="c" * 64, size=3)
+    build_id = queued_build_with(host, tmp_path, artifacts=[gone])
+    status, body = host.call("GET", f"/v1/builds/{build_id}/artifacts/out/gone")
+    assert status == 404 and b"'out/gone' is gone" in body
 
 
 @pytest.mark.parametrize(
