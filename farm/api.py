@@ -13,8 +13,12 @@ Callers: ``farm.cli`` (``farm serve`` builds the server with :func:`make_server`
     GET  /metrics                         Prometheus text format
     GET  /healthz                         200 while every worker is alive
 
-With tokens, every /v1 request needs ``Authorization: Bearer TOKEN`` and a tenant sees
-only its own builds: another tenant's build is 404, exactly like one that never existed.
+Each request target is reduced once to its canonical path
+(:func:`farm.httpserver.canonical_path`; anything ambiguous is 400) and routes match only
+that. Each route says whether it is public: only /metrics and /healthz are. With tokens,
+every other route needs ``Authorization: Bearer TOKEN``, checked before the body is read,
+and a tenant sees only its own builds: another tenant's build is 404, exactly like one
+that never existed. The server itself (timeouts, connection caps) is farm.httpserver's.
 """
 
 from __future__ import annotations
@@ -22,19 +26,28 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from farm.buildflow import take_options
 from farm.errors import InputError, NotFoundError, SpecError
+from farm.httpserver import (
+    BoundedHandler,
+    BoundedServer,
+    FileBody,
+    HttpLimits,
+    PathError,
+    body_length,
+    canonical_path,
+)
 from farm.queue import Entry, State
 from farm.records import BuildRecord
 from farm.runner import new_build_id, resolve
@@ -52,9 +65,24 @@ JSON = "application/json"
 @dataclass
 class Response:
     status: int
-    body: bytes
+    body: bytes | FileBody
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
+
+
+#: Reads the request body once the route and the token allow it; raises ApiError.
+BodyReader = Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Callable[..., Response]
+    #: Answered without a token even when tokens are configured.
+    public: bool = False
+    #: Only these routes read a request body (after the token check).
+    takes_body: bool = False
 
 
 class ApiError(Exception):
@@ -91,34 +119,45 @@ class Api:
         self.work_dir = work_dir
         self.tokens = tokens
         build = r"/v1/builds/(?P<id>[A-Za-z0-9-]{1,64})"
-        self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
-            ("GET", re.compile(r"/healthz"), self.healthz),
-            ("GET", re.compile(r"/metrics"), self.metrics),
-            ("POST", re.compile(r"/v1/builds"), self.submit),
-            ("GET", re.compile(r"/v1/builds"), self.list_builds),
-            ("GET", re.compile(build), self.status),
-            ("GET", re.compile(build + "/report"), self.report),
-            ("POST", re.compile(build + "/cancel"), self.cancel),
-            ("GET", re.compile(build + "/logs"), self.logs),
-            ("GET", re.compile(build + "/artifacts"), self.artifacts),
-            ("GET", re.compile(build + "/artifacts/(?P<path>.+)"), self.artifact),
+        self.routes = [
+            Route("GET", re.compile(r"/healthz"), self.healthz, public=True),
+            Route("GET", re.compile(r"/metrics"), self.metrics, public=True),
+            Route("POST", re.compile(r"/v1/builds"), self.submit, takes_body=True),
+            Route("GET", re.compile(r"/v1/builds"), self.list_builds),
+            Route("GET", re.compile(build), self.status),
+            Route("GET", re.compile(build + "/report"), self.report),
+            Route("POST", re.compile(build + "/cancel"), self.cancel),
+            Route("GET", re.compile(build + "/logs"), self.logs),
+            Route("GET", re.compile(build + "/artifacts"), self.artifacts),
+            Route("GET", re.compile(build + "/artifacts/(?P<path>.+)"), self.artifact),
         ]
 
-    def handle(self, method: str, target: str, headers: Any, body: bytes) -> Response:
-        url = urlsplit(target)
+    def handle(self, method: str, target: str, headers: Any, read_body: BodyReader) -> Response:
+        """Answer one request; ``read_body`` is called only for a route that takes a body,
+        after the token check, so an anonymous client never makes the server read one."""
         try:
-            for verb, pattern, route in self.routes:
-                match = pattern.fullmatch(unquote(url.path))
-                if match and verb == method:
-                    tenant = self._tenant(headers) if url.path.startswith("/v1/") else None
-                    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                    return route(tenant=tenant, body=body, query=query, **match.groupdict())
-            raise ApiError(HTTPStatus.NOT_FOUND, f"no route {method} {url.path}")
+            try:
+                path, raw_query = canonical_path(target)
+            except PathError as exc:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"request path: {exc}") from None
+            route, params = self._match(method, path)
+            # The route, not the spelling of the path, decides whether a token is needed.
+            tenant = None if route.public else self._tenant(headers)
+            body = read_body() if route.takes_body else b""
+            query = {k: v[-1] for k, v in parse_qs(raw_query).items()}
+            return route.handler(tenant=tenant, body=body, query=query, **params)
         except ApiError as exc:
             resp = _json(exc.status, {"error": str(exc), **exc.extra})
             if exc.status == HTTPStatus.UNAUTHORIZED:
                 resp.headers["WWW-Authenticate"] = "Bearer"
             return resp
+
+    def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
+            if match and route.method == method:
+                return route, match.groupdict()
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no route {method} {path}")
 
     def _tenant(self, headers: Any) -> str | None:
         """The caller's tenant; None when the service runs without tokens (no tenancy)."""
@@ -183,6 +222,8 @@ class Api:
             options = take_options(data)  # check, no_cache: how to run it, not the spec
             spec = build_spec(data)
             self.service.admit(spec)  # before resolve reads anything of the source
+            # Confine the source before resolve() reads anything in it (git, Cargo.toml).
+            self.service.sources.check(spec)
             entry = self.service.submit(new_build_id(), resolve(spec), options)
         except SpecError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None
@@ -223,14 +264,9 @@ class Api:
             path = self.store.blob_path(record.log_sha256)
         else:  # still running: the live, size-capped log file of the build
             path = self.work_dir / entry.id / "build.log"
-        try:
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
         headers = {"X-Farm-State": entry.state.value}
-        return Response(200, data, "text/plain; charset=utf-8", headers)
+        body = _file_from(path, offset) or b""  # not started yet: no log
+        return Response(200, body, "text/plain; charset=utf-8", headers)
 
     def artifacts(self, tenant: str | None, id: str, **_: Any) -> Response:
         record = self._record(self._entry(id, tenant))
@@ -241,42 +277,60 @@ class Api:
         # Matched against the record's own list: a request path never touches the disk.
         for a in record.artifacts if record else []:
             if a.path == path:
-                body = self.store.blob_path(a.sha256).read_bytes()
+                body = _file_from(self.store.blob_path(a.sha256), 0)
+                if body is None:  # removed by `farm gc` since the record was read
+                    raise ApiError(HTTPStatus.NOT_FOUND, f"artifact {path!r} is gone")
                 return Response(200, body, "application/octet-stream")
         raise ApiError(HTTPStatus.NOT_FOUND, f"build {id!r} has no artifact {path!r}")
 
 
-def make_server(api: Api, host: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "farm"
+def _file_from(path: Path, offset: int) -> FileBody | None:
+    """The file's bytes from ``offset`` to its size now, to be streamed (a live log
+    may grow meanwhile; what was there when asked is sent); None if it is missing."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return None
+    size = os.fstat(fh.fileno()).st_size
+    fh.seek(min(offset, size))
+    return FileBody(fh, max(size - offset, 0))
 
-        def _serve(self, method: str) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY:
-                resp = _json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length: 0 to 1 MiB"})
-            else:
-                body = self.rfile.read(length) if length else b""
-                resp = api.handle(method, self.path, self.headers, body)
+
+class _Handler(BoundedHandler):
+    server_version = "farm"
+    api: Api
+
+    def _serve(self, method: str) -> None:
+        resp = self.api.handle(method, self.target, self.headers, self._read_body)
+        try:
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(resp.body)))
+            self.send_header("Content-Length", str(body_length(resp.body)))
             for name, value in resp.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(resp.body)
+            self.write_body(resp.body)
+        finally:  # the client may have gone before the body was written
+            if isinstance(resp.body, FileBody):
+                resp.body.file.close()
 
-        def do_GET(self) -> None:
-            self._serve("GET")
+    def _read_body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length: 0 to 1 MiB")
+        return self.rfile.read(length) if length else b""
 
-        def do_POST(self) -> None:
-            self._serve("POST")
+    def do_GET(self) -> None:
+        self._serve("GET")
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
+    def do_POST(self) -> None:
+        self._serve("POST")
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+
+def make_server(api: Api, host: str, port: int, limits: HttpLimits | None = None) -> BoundedServer:
+    """Raises OSError when it cannot listen."""
+    handler = type("Handler", (_Handler,), {"api": api})
+    return BoundedServer((host, port), handler, limits)

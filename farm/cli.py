@@ -167,6 +167,26 @@ def _parser() -> argparse.ArgumentParser:
         help="an image builds may run, e.g. farm/rust:bookworm or name@sha256:... "
         "(repeatable; default $FARM_ALLOWED_IMAGES, else farm/rust:bookworm)",
     )
+    sv.add_argument(
+        "--http-timeout",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="a client's time to send its request head, and per read/write after (default 30)",
+    )
+    sv.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="requests handled at once; beyond it 503 (default 64)",
+    )
+    sv.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="connections still sending their request head; beyond it the oldest is closed "
+        "(default 256)",
+    )
     sv.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="list builds")
@@ -618,7 +638,10 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
     from farm.admission import Ceilings
+    from farm.httpserver import HttpLimits
     from farm.serve import ServeOptions, serve
 
     limits = {}
@@ -629,6 +652,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limits[tenant] = int(value)
     if args.concurrency < 1 or (args.tenant_limit is not None and args.tenant_limit < 1):
         raise InputError("--concurrency and --tenant-limit must be at least 1")
+    try:
+        http = HttpLimits(
+            timeout_seconds=args.http_timeout,
+            max_connections=args.max_connections,
+            max_waiting=args.max_waiting,
+        )
+    except ValidationError as exc:
+        flags = {
+            "timeout_seconds": "--http-timeout",
+            "max_connections": "--max-connections",
+            "max_waiting": "--max-waiting",
+        }
+        bad = [f"{flags[str(e['loc'][0])]}: {e['msg']}" for e in exc.errors()]
+        raise InputError("; ".join(bad)) from None
     options = ServeOptions(
         bind=args.bind,
         port=args.port,
@@ -639,6 +676,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         source_root=(args.source_root or Path.cwd()).resolve(),
         ceilings=Ceilings.parse_items(args.ceiling, "--ceiling"),
         allowed_images=tuple(args.allow_image) if args.allow_image else None,
+        http=http,
     )
     logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
     serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))

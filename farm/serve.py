@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from farm.admission import Admission, Ceilings, ImageAllowlist
 from farm.api import Api, check_bind, make_server
 from farm.errors import InfrastructureError
+from farm.httpserver import HttpLimits
 from farm.logs import CappedLog
 from farm.metrics import Metrics
 from farm.observe.daemon import HostObserver
@@ -47,6 +48,7 @@ class ServeOptions:
     ceilings: Ceilings = field(default_factory=Ceilings)
     #: Image patterns builds may run (``--allow-image``); None: FARM_ALLOWED_IMAGES.
     allowed_images: tuple[str, ...] | None = None
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @contextlib.contextmanager
@@ -81,7 +83,7 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         service = _service(settings, options, tokens is not None, admission)
         api = Api(service, service.store, settings.work_dir, tokens)
         try:
-            server = make_server(api, options.bind, options.port)
+            server = make_server(api, options.bind, options.port, options.http)
         except OSError as exc:
             where = f"{options.bind}:{options.port}"
             raise InfrastructureError(f"cannot listen on {where}: {exc}") from None
@@ -96,6 +98,7 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         _wait_for_signal()
         say("stopping: running builds are cancelled and requeued")
         server.shutdown()
+        server.server_close()
         service.stop()
         say("stopped")
 

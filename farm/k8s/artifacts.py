@@ -11,6 +11,11 @@ names a blob this upload session delivered with that exact digest and size.
 
     PUT  /v1/builds/<ns>/<name>/<uid>/blobs   body: one file   -> {"sha256", "size"}
     POST /v1/builds/<ns>/<name>/<uid>/done    body: manifest   -> 204
+
+The server is farm.httpserver's: request heads arrive within a timeout, connections and
+handler threads are capped (``ControllerConfig.artifact_http``), paths are read in one
+canonical form, the token is checked before any body is read, and a blob goes to disk
+in 1 MiB pieces as it arrives, never whole in memory.
 """
 
 from __future__ import annotations
@@ -19,16 +24,15 @@ import hashlib
 import hmac
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from farm.httpserver import BoundedHandler, BoundedServer, HttpLimits, PathError, canonical_path
 from farm.records import Artifact, Refusal
 from farm.spec import OutputLimits
 from farm.store import Store, TooLarge
@@ -138,7 +142,7 @@ class _Exact:
         return data
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: ArtifactServer
     protocol_version = "HTTP/1.1"
 
@@ -153,8 +157,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _length(self) -> int:
+        """The request's Content-Length, or -1 when it is missing or not a number."""
+        value = self.headers.get("Content-Length") or ""
+        return int(value) if value.isascii() and value.isdigit() else -1
+
     def _route(self) -> tuple[str, _Session, str] | None:
-        parts = self.path.strip("/").split("/")
+        try:
+            path, _ = canonical_path(self.target)
+        except PathError as exc:
+            self._reply(400, {"error": f"request path: {exc}"})
+            return None
+        parts = path.split("/")[1:]
         if len(parts) != 6 or parts[:2] != ["v1", "builds"]:
             self._reply(404, {"error": "unknown path"})
             return None
@@ -167,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
         return key, session, parts[5]
 
     def do_GET(self) -> None:
-        if self.path == "/readyz":  # the Service routes uploads only to the leader
+        if self.target == "/readyz":  # the Service routes uploads only to the leader
             self._reply(200 if self.server.ready() else 503, {})
         else:
             self._reply(404, {"error": "unknown path"})
@@ -177,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         if routed is None:
             return
         _, session, action = routed
-        length = int(self.headers.get("Content-Length") or -1)
+        length = self._length()
         if action != "blobs" or length < 0:
             self._reply(400, {"error": "PUT …/blobs with a Content-Length"})
             return
@@ -194,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
         if routed is None:
             return
         key, session, action = routed
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
         if action != "done" or not 0 < length <= 16 << 20:
             self._reply(400, {"error": "POST …/done with a manifest of at most 16 MiB"})
             return
@@ -207,26 +221,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(409 if problem else 204, {"error": problem} if problem else None)
 
 
-class ArtifactServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ArtifactServer(BoundedServer):
     def __init__(
         self,
         ledger: Ledger,
         host: str = "0.0.0.0",
         port: int = 8443,
         ready: Callable[[], bool] = lambda: True,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.ledger = ledger
         self.ready = ready
-        super().__init__((host, port), _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A collector that hangs up mid-request (a refused oversized upload, a retry) is
-        # the client's doing: no traceback on the controller's stderr for it.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
+        super().__init__((host, port), _Handler, limits)
 
     @property
     def url(self) -> str:

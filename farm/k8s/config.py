@@ -12,6 +12,7 @@ import ipaddress
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from farm.admission import Admission, Ceilings, ImageAllowlist
+from farm.httpserver import HttpLimits
 from farm.k8s import names
 
 
@@ -51,6 +52,8 @@ class ControllerConfig(BaseModel):
     #: URL the collector uploads to (the controller's Service) and the port it listens on.
     artifact_url: str = "http://farm-controller.farm-system.svc:8443"
     artifact_port: int = 8443
+    #: Timeout and connection caps of that endpoint (farm.httpserver).
+    artifact_http: HttpLimits = Field(default_factory=HttpLimits)
     #: farm's own images (farm.images): the fetch phase's git + cargo, and the farm
     #: image whose collector runs in build pods. Helm sets both from its values.
     fetch_image: str = Field(default_factory=lambda: _image_tag("fetch"))

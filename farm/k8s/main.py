@@ -76,7 +76,12 @@ def run_controller(args: Any, settings: Settings) -> int:
     metrics = Metrics(registry)
     start_http_server(args.metrics_port, registry=registry)
     ctl = Controller(kube, cfg, Store(settings.home), metrics, args.identity)
-    artifacts = ArtifactServer(ctl.ledger, port=cfg.artifact_port, ready=ctl.elector.leading.is_set)
+    artifacts = ArtifactServer(
+        ctl.ledger,
+        port=cfg.artifact_port,
+        ready=ctl.elector.leading.is_set,
+        limits=cfg.artifact_http,
+    )
     artifacts.start()
     stop = _stop_on_signals()
     try:
