@@ -37,9 +37,8 @@ from farm.buildflow import take_options
 from farm.errors import InputError, NotFoundError, SpecError
 from farm.queue import Entry, State
 from farm.records import BuildRecord
-from farm.runner import new_build_id, resolve
+from farm.runner import new_build_id
 from farm.service import Service
-from farm.spec import build_spec
 from farm.store import Store
 from farm.tokens import Tokens
 
@@ -181,7 +180,7 @@ class Api:
             data["tenant"] = tenant
         try:
             options = take_options(data)  # check, no_cache: how to run it, not the spec
-            spec = resolve(build_spec(data))
+            spec = self.service.admit(data)  # the source is confined before it is read
             entry = self.service.submit(new_build_id(), spec, options)
         except SpecError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None

@@ -85,10 +85,12 @@ def run_build(
     """
     validate_check(check_runs)
     started = time.monotonic()
-    spec = resolve(spec)
+    within = runner.within(spec)
+    spec = resolve(spec, within=within)
     cache = Cache(runner.settings.home, runner.store)
     if use_cache:
-        hit = cache.lookup(_key(runner, spec, digest(spec.source), None), min_runs=check_runs)
+        source_digest = digest(spec.source, within=within)
+        hit = cache.lookup(_key(runner, spec, source_digest, None), min_runs=check_runs)
         _count(metrics, "hit" if hit else "miss")
         if hit:
             said = hit_line(hit)

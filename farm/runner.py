@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from farm import cargo
 from farm.collect import Collected, collect
+from farm.confine import SourcePolicy
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
@@ -65,12 +67,14 @@ class Interrupted(BaseException):
     """Raised in the main thread by farm's SIGINT/SIGTERM handler."""
 
 
-def resolve(spec: BuildSpec) -> BuildSpec:
+def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
     """Fill cargo defaults for ``argv`` and ``outputs``, and SOURCE_DATE_EPOCH from the
-    source's last git commit. Raises SpecError if it cannot."""
+    source's last git commit (read by farm.epoch, which runs no program). ``within``:
+    the directory the source was checked to lie beneath (``farm serve``); the git
+    repository is not looked for above it. Raises SpecError if it cannot."""
     updates: dict[str, object] = {}
     if spec.source_date_epoch is None:
-        updates["source_date_epoch"] = commit_epoch(spec.source)
+        updates["source_date_epoch"] = commit_epoch(spec.source, within)
     is_cargo = cargo.is_cargo_project(spec.source)
     if spec.argv is None:
         if not is_cargo:
@@ -109,8 +113,11 @@ class Runner:
         echo: Callable[[bytes], None] | None = None,
         on_phase: Callable[[str, CappedLog | None], None] | None = None,
         observer: Observer | None = None,
+        sources: SourcePolicy | None = None,
     ) -> None:
         self.settings = settings
+        #: farm serve's policy: every read of a source goes beneath its directory.
+        self.sources = sources
         self.backend = backend
         self.store = store
         self.echo = echo
@@ -118,6 +125,10 @@ class Runner:
         if observer is None and settings.observing:
             observer = HostObserver()
         self.observer = observer if settings.observing else None
+
+    def within(self, spec: BuildSpec) -> Path | None:
+        """The directory ``spec.source`` must be opened beneath, if this runner serves."""
+        return self.sources.allowed(spec.tenant) if self.sources else None
 
     def reap_leftovers(self) -> list[str]:
         """Tear down sandboxes of builds whose farm process died; says what it removed."""
@@ -165,7 +176,7 @@ class Runner:
         """Run ``spec`` to a final record. ``build_id`` is given when a queue chose it;
         ``vary`` alters the sandbox for a reproducibility check run (farm.reprocheck),
         after the policy's own checks have passed on the original."""
-        spec = resolve(spec)
+        spec = resolve(spec, within=self.within(spec))
         build_id = build_id or new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)
         sandbox = sandbox_for(spec, build_id, dirs, self.settings)
@@ -211,7 +222,9 @@ class Runner:
         result: SandboxResult | None = None
         try:
             self._make_dirs(dirs)
-            record.source_digest = snapshot(spec.source, dirs.src, source_date_epoch(spec))
+            record.source_digest = snapshot(
+                spec.source, dirs.src, source_date_epoch(spec), within=self.within(spec)
+            )
             log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
             result = self.backend.run(
@@ -301,15 +314,24 @@ class Runner:
             # When run() raised, the sandbox may never have started (so never connected);
             # its teardown is done, so a record that exists is already complete.
             wait = None if result is not None else NO_RESULT_WAIT
-            self._observe(record, spec, self.observer, wait)
+            self._observe(record, spec, dirs, self.observer, wait)
         if record.status is Status.SUCCEEDED:
             self._collect(record, spec, dirs)
 
     def _observe(
-        self, record: BuildRecord, spec: BuildSpec, observer: Observer, wait: float | None
+        self,
+        record: BuildRecord,
+        spec: BuildSpec,
+        dirs: BuildDirs,
+        observer: Observer,
+        wait: float | None,
     ) -> None:
         seen = observer.collect(record.container_id or "", wait)
-        actions = classify(seen.events, lock_versions(spec.source))
+        # The snapshot's Cargo.lock is what was built, in a directory only farm writes;
+        # the user's tree may have changed since, and a symlink there is not followed.
+        lock = dirs.src / "Cargo.lock"
+        versions = {} if lock.is_symlink() else lock_versions(dirs.src)
+        actions = classify(seen.events, versions)
         judge(record, seen, len(seen.events), actions, spec.observe)
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:

@@ -19,15 +19,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
-from farm.errors import ExitCode, FarmError, InputError, NotFoundError
+from farm.confine import SourcePolicy
+from farm.errors import ExitCode, FarmError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
 from farm.queue import Entry, Queue, State
 from farm.records import BuildRecord, Status
-from farm.runner import Runner
+from farm.runner import Runner, resolve
 from farm.sandbox import Backend
 from farm.spec import BuildSpec, build_spec
 from farm.store import Store
@@ -46,25 +46,6 @@ _CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
 
 #: Given a worker's phase callback, make the Runner that worker uses.
 RunnerFactory = Callable[[Callable[[str, CappedLog | None], None]], Runner]
-
-
-@dataclass
-class SourcePolicy:
-    """Where submitted sources may live on this host. With tenants (tokens), each tenant
-    is confined to ``root/<tenant>``, so no tenant can build another's tree."""
-
-    root: Path
-    per_tenant: bool = False
-
-    def check(self, spec: BuildSpec) -> None:
-        """Raises InputError naming the allowed directory."""
-        allowed = (self.root / spec.tenant if self.per_tenant else self.root).resolve()
-        source = spec.source.resolve()
-        if not source.is_relative_to(allowed):
-            raise InputError(
-                f"source: {str(spec.source)!r} is outside this service's source directory "
-                f"{str(allowed)!r}; put the project there"
-            )
 
 
 @dataclass
@@ -162,6 +143,14 @@ class Service:
 
     # submission
 
+    def admit(self, data: dict[str, object]) -> BuildSpec:
+        """A submitted spec, its source confined before anything reads it, then resolved
+        (cargo defaults, SOURCE_DATE_EPOCH). Raises SpecError or InputError; a source
+        outside gets the same answer whether or not it exists."""
+        spec = build_spec(data, service=True)
+        self.sources.check(spec)
+        return resolve(spec, within=self.sources.allowed(spec.tenant))
+
     def submit(self, build_id: str, spec: BuildSpec, options: BuildOptions | None = None) -> Entry:
         """Raises InputError if the source is outside the allowed directory."""
         self.sources.check(spec)
@@ -255,7 +244,7 @@ class Service:
         try:
             data = dict(entry.spec)
             options = take_options(data)
-            spec = build_spec(data)
+            spec = build_spec(data, service=True)
             self.sources.check(spec)  # again: the tree may have moved since submission
             run_build(
                 worker.runner,
