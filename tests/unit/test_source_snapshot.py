@@ -1,0 +1,233 @@
+"""The snapshot copies what lies beneath the source, even while its owner changes it
+(issue 11, item 3), and farm serve's confinement gives no oracle (item 13).
+
+Races are made deterministic through snapshot's ``hook`` seam: the test swaps a
+directory for a symlink exactly between two steps of the walk, then checks from the
+outside that nothing outside the tree changed and nothing from outside was copied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from farm.confine import SourcePolicy
+from farm.errors import InputError
+from farm.snapshot import digest, snapshot
+from farm.spec import build_spec
+
+
+def _tree(root: Path) -> Path:
+    src = root / "src"
+    (src / "sub" / "inner").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("attacker bytes\n")
+    (src / "sub" / "inner" / "b.txt").write_text("more attacker bytes\n")
+    (src / "top.txt").write_text("top\n")
+    return src
+
+
+def _outside(root: Path) -> tuple[Path, dict[str, tuple[float, bytes]]]:
+    """A directory outside the tree, shaped like `sub`, holding a 'secret'."""
+    decoy = root / "decoy"
+    (decoy / "inner").mkdir(parents=True)
+    (decoy / "a.txt").write_text("root-only secret\n")
+    (decoy / "a.txt").chmod(0o600)
+    (decoy / "inner" / "b.txt").write_text("another secret\n")
+    return decoy, _state(decoy)
+
+
+def _state(path: Path) -> dict[str, tuple[float, bytes]]:
+    out = {}
+    for p in sorted(path.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(path))] = (st.st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+    st = path.lstat()
+    out["."] = (st.st_mtime_ns, b"")
+    return out
+
+
+def _swap(
+    src: Path, name: str, target: Path, moment: tuple[str, str]
+) -> Callable[[str, str], None]:
+    """At ``moment`` (the hook's ``(event, rel)``): move directory ``name`` away and put
+    a symlink to ``target`` in its place, once."""
+    done: list[bool] = []
+
+    def hook(event: str, rel: str) -> None:
+        if (event, rel) == moment and not done:
+            done.append(True)
+            (src / name).rename(src.parent / f"moved-{name.replace('/', '-')}")
+            (src / name).symlink_to(target)
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [("listed", "."), ("created", "sub"), ("listed", "sub"), ("created", "sub/inner")],
+    ids=["after-walk", "after-copy-created", "after-subdir-listed", "after-deeper-copy"],
+)
+@pytest.mark.parametrize("goal", ["read-secret", "write-outside"])
+def test_a_directory_swapped_for_a_symlink_mid_copy(
+    tmp_path: Path, moment: tuple[str, str], goal: str
+) -> None:
+    src = _tree(tmp_path)
+    decoy, before = _outside(tmp_path)
+    swapped = "sub" if moment[1] in (".", "sub") else "sub/inner"
+    target = decoy if swapped == "sub" else decoy / "inner"
+    if goal == "write-outside":
+        # The swapped name points at where the copy is being written: a walker that
+        # followed it would write the tree's bytes into a directory outside.
+        target = tmp_path / "watched"
+        target.mkdir()
+    hook = _swap(src, swapped, target, moment)
+    watched_before = _state(target)
+    with pytest.raises(InputError, match=r"source: sub.* changed while being copied; try again"):
+        snapshot(src, tmp_path / "copy", 1_700_000_000, hook=hook)
+    assert _state(decoy) == before
+    assert _state(target) == watched_before
+    copied = b"".join(p.read_bytes() for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert b"secret" not in copied
+    assert not any(p.is_symlink() for p in (tmp_path / "copy").rglob("*"))
+
+
+def test_a_directory_swapped_after_it_was_opened_is_noticed(tmp_path: Path) -> None:
+    """Moved away while its listing is being copied: the fd still reads the original
+    (the tenant's own bytes), and the check when leaving it fails the snapshot."""
+    src = _tree(tmp_path)
+    decoy, before = _outside(tmp_path)
+    hook = _swap(src, "sub", decoy, ("listed", "sub/inner"))
+    with pytest.raises(InputError, match="changed while being copied"):
+        snapshot(src, tmp_path / "copy", 0, hook=hook)
+    assert _state(decoy) == before
+
+
+def test_a_file_swapped_for_a_symlink_or_another_file(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("root-only secret\n")
+
+    def to_link(event: str, rel: str) -> None:
+        if (event, rel) == ("listed", "."):
+            (src / "top.txt").unlink()
+            (src / "top.txt").symlink_to(secret)
+
+    with pytest.raises(InputError, match=r"top\.txt changed"):
+        snapshot(src, tmp_path / "c1", 0, hook=to_link)
+    src2 = _tree(tmp_path / "two")
+
+    def to_hardlink(event: str, rel: str) -> None:  # same name, another inode
+        if (event, rel) == ("listed", "."):
+            (src2 / "top.txt").unlink()
+            os.link(secret, src2 / "top.txt")
+
+    with pytest.raises(InputError, match=r"top\.txt changed"):
+        snapshot(src2, tmp_path / "c2", 0, hook=to_hardlink)
+    assert not any(b"secret" in p.read_bytes() for p in tmp_path.glob("c?/**/*") if p.is_file())
+
+
+def test_symlinks_are_copied_last_and_never_written_through(tmp_path: Path) -> None:
+    """A tree whose symlink `a` sorts before `a/…` would-be entries and points outside:
+    the copy holds the link as a link, and nothing is written where it points."""
+    src = tmp_path / "src"
+    src.mkdir()
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    (src / "0link").symlink_to(watched)
+    (src / "1dir").mkdir()
+    (src / "1dir" / "x").write_text("x")
+    (src / "1dir" / "up").symlink_to("../0link")
+    sha = snapshot(src, tmp_path / "copy", 5)
+    assert sha == digest(src)
+    assert os.readlink(tmp_path / "copy" / "0link") == str(watched)
+    assert list(watched.iterdir()) == []
+    assert (tmp_path / "copy" / "1dir").stat().st_mtime == 5
+    assert os.lstat(tmp_path / "copy" / "0link").st_mtime == 5
+
+
+def test_deep_trees_are_copied_iteratively(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.mkdir("src", dir_fd=fd)
+    current = os.open("src", os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    for _ in range(300):  # deeper than Python's default recursion would like
+        os.mkdir("d", dir_fd=current)
+        nxt = os.open("d", os.O_RDONLY, dir_fd=current)
+        os.close(current)
+        current = nxt
+    os.close(current)
+    assert snapshot(src, tmp_path / "copy", 0) == digest(src)
+
+
+# farm serve's confinement
+
+
+def _policy(tmp_path: Path, per_tenant: bool = True) -> tuple[SourcePolicy, Path]:
+    root = tmp_path / "sources"
+    (root / "alice" / "proj" / "src").mkdir(parents=True)
+    (root / "alice" / "proj" / "src" / "main.rs").write_text("fn main() {}\n")
+    (root / "bob" / "proj").mkdir(parents=True)
+    (root / "bob" / "proj" / "secret.txt").write_text("bob's secret\n")
+    return SourcePolicy(root, per_tenant=per_tenant), root
+
+
+def _spec(source: Path | str, tenant: str = "alice"):
+    return build_spec({"source": str(source), "tenant": tenant, "argv": ["true"]}, service=True)
+
+
+def test_a_component_swapped_after_the_check_is_refused(tmp_path: Path) -> None:
+    policy, root = _policy(tmp_path)
+    spec = _spec(root / "alice" / "proj")
+    policy.check(spec)
+    # Between the check and the snapshot: alice's project becomes a link to bob's.
+    (root / "alice" / "proj").rename(root / "alice" / "old")
+    (root / "alice" / "proj").symlink_to(root / "bob" / "proj")
+    with pytest.raises(InputError, match="without following a symlink"):
+        snapshot(spec.source, tmp_path / "copy", 0, within=policy.allowed("alice"))
+    with pytest.raises(InputError, match="without following a symlink"):
+        digest(spec.source, within=policy.allowed("alice"))
+    assert not (tmp_path / "copy" / "secret.txt").exists()
+    # A parent component swapped works no better.
+    (root / "alice" / "proj").unlink()
+    (root / "alice" / "old").rename(root / "alice" / "real")
+    (root / "alice" / "deep").symlink_to(root / "bob")
+    with pytest.raises(InputError):
+        snapshot(root / "alice" / "deep" / "proj", tmp_path / "c2", 0, within=root / "alice")
+
+
+def test_outside_gets_one_answer_whether_or_not_it_exists(tmp_path: Path) -> None:
+    policy, root = _policy(tmp_path)
+    (root / "alice" / "to-bob").symlink_to(root / "bob" / "proj")
+    (root / "alice" / "to-nowhere").symlink_to(root / "bob" / "nothing")
+    (root / "alice" / "to-root").symlink_to("/root")
+    (root / "alice" / "to-missing").symlink_to("/root/no-such-dir")
+    answers = {}
+    for name, source in {
+        "bob-exists": root / "bob" / "proj",
+        "bob-missing": root / "bob" / "nothing",
+        "host-exists": Path("/etc"),
+        "host-missing": Path("/etc/no-such-dir"),
+        "dotdot-exists": root / "alice" / ".." / "bob" / "proj",
+        "dotdot-missing": root / "alice" / ".." / "bob" / "nothing",
+    }.items():
+        with pytest.raises(InputError) as err:
+            policy.check(_spec(source))
+        answers[name] = str(err.value).replace(str(source), "SOURCE")
+    assert len(set(answers.values())) == 1, answers
+    assert "outside this service's source directory" in answers["bob-exists"]
+    links = {}
+    for name in ("to-bob", "to-nowhere", "to-root", "to-missing"):
+        source = root / "alice" / name
+        for below in ("", "x"):
+            with pytest.raises(InputError) as err:
+                policy.check(_spec(source / below if below else source))
+            links[name + below] = str(err.value).replace(str(source), "SOURCE")
+    assert links["to-bob"] == links["to-nowhere"] == links["to-root"] == links["to-missing"]
+    assert links["to-bobx"] == links["to-nowherex"] == links["to-rootx"] == links["to-missingx"]
+    policy.check(_spec(root / "alice" / "proj"))  # the real path is fine
+    with pytest.raises(InputError, match="does not exist"):
+        policy.check(_spec(root / "alice" / "nothing"))  # inside: the tenant's own business
