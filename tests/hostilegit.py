@@ -111,8 +111,9 @@ class Hostile:
 
 
 def hostile_repo(root: Path, markers: Path, *, packed: bool = False) -> Hostile:
-    """A repository at ``root`` with a crate in ``crate/``, three commits (the last one
-    signed, touching only README), then every program-running knob set."""
+    """A repository at ``root`` with a crate in ``crate/`` and three commits: the second
+    (signed) touches the crate, the third (signed) only README. Then every
+    program-running knob is set, so `git log` on the root or on crate/ would run them."""
     markers.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True)
     clean_git(root, "init", "-q", "-b", "main")
@@ -122,14 +123,15 @@ def hostile_repo(root: Path, markers: Path, *, packed: bool = False) -> Hostile:
     (root / ".gitattributes").write_text("* filter=evil diff=evil merge=evil\n")
     commit_all(root, "first", 1_500_000_000)
     (crate / "data.txt").write_text("two\n")
-    commit_all(root, "touch the crate", 1_600_000_000)
+    clean_git(root, "add", "-A")
+    signed_commit(root, "touch the crate, signed", 1_600_000_000)
     (root / "README").write_text("docs\n")
     clean_git(root, "add", "-A")
-    signed_commit(root, "signed, README only", 1_700_000_000)
+    signed_commit(root, "signed, README only", 1_650_000_000)
     if packed:
         clean_git(root, "gc", "-q", "--aggressive", "--prune=now")
     write_hostile_config(root / ".git", markers)
-    return Hostile(root, markers, 1_700_000_000, 1_600_000_000)
+    return Hostile(root, markers, 1_650_000_000, 1_600_000_000)
 
 
 def write_hostile_config(git_dir: Path, markers: Path) -> None:
