@@ -16,8 +16,12 @@ import pytest
 
 from farm.confine import SourcePolicy
 from farm.errors import InputError
+from farm.records import Status
+from farm.runner import Runner
+from farm.settings import Settings
 from farm.snapshot import digest, snapshot
 from farm.spec import build_spec
+from farm.store import Store
 
 
 def _tree(root: Path) -> Path:
@@ -231,3 +235,46 @@ def test_outside_gets_one_answer_whether_or_not_it_exists(tmp_path: Path) -> Non
     policy.check(_spec(root / "alice" / "proj"))  # the real path is fine
     with pytest.raises(InputError, match="does not exist"):
         policy.check(_spec(root / "alice" / "nothing"))  # inside: the tenant's own business
+
+
+class _SwappingBackend:
+    """A backend whose preflight (after farm serve's check and resolve, before the
+    snapshot) turns alice's project into a link to bob's; run() must never be reached."""
+
+    name = "fake"
+
+    def __init__(self, swap: Callable[[], None]) -> None:
+        self.swap, self.ran = swap, False
+
+    def preflight(self, spec: object) -> str:
+        self.swap()
+        return "sha256:image"
+
+    def run(self, spec: object, **_: object) -> object:
+        self.ran = True
+        raise AssertionError("the sandbox must not start")
+
+    def list_sandboxes(self) -> dict[str, str]:
+        return {}
+
+    def teardown(self, sandbox_id: str) -> list[str]:
+        return []
+
+
+def test_the_runner_snapshots_beneath_the_service_root(tmp_path: Path) -> None:
+    policy, root = _policy(tmp_path)
+    spec = _spec(root / "alice" / "proj")
+    policy.check(spec)
+
+    def swap() -> None:
+        (root / "alice" / "proj").rename(root / "alice" / "old")
+        (root / "alice" / "proj").symlink_to(root / "bob" / "proj")
+
+    backend = _SwappingBackend(swap)
+    settings = Settings(home=tmp_path / "home", observe=False)
+    runner = Runner(settings, backend, Store(settings.home), sources=policy)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="without following a symlink"):
+        runner.build(spec, "b1")
+    record = Store(settings.home).get("b1")
+    assert record.status is Status.FAILED and not backend.ran
+    assert any("without following a symlink" in note for note in record.notes)
