@@ -167,6 +167,26 @@ def test_deep_trees_are_copied_iteratively(tmp_path: Path) -> None:
     assert snapshot(src, tmp_path / "copy", 0) == digest(src)
 
 
+def test_the_manifest_format_is_unchanged(tmp_path: Path) -> None:
+    """The digest of a fixed tree, as the path-based snapshot of before computed it:
+    cache keys and provenance made before the descriptor walk still match."""
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a-b").mkdir()
+    (src / "target").mkdir()
+    (src / "target" / "junk").write_text("left out")
+    (src / "x" / "target").mkdir(parents=True)
+    (src / "x" / "target" / "kept").write_text("kept: only the top target is left out")
+    (src / "a" / "b" / "run.sh").write_text("#!/bin/sh\n")
+    (src / "a" / "b" / "run.sh").chmod(0o750)
+    (src / "a-b" / "g").write_text("g\n")
+    (src / "a-b" / "l").symlink_to("../a")
+    (src / "new\nline").write_text("n\n")
+    (src / "\u00e9t\u00e9").write_text("unicode\n")
+    pinned = "sha256:e7d02f8d4689670b3e52c8a4d8041f3f1e12ce634c6a4ac68838872274aabc43"
+    assert digest(src) == pinned == snapshot(src, tmp_path / "copy", 0)
+
+
 # farm serve's confinement
 
 
