@@ -35,6 +35,7 @@ from farm.gitread import GitError, Repo
 log = logging.getLogger("farm.epoch")
 
 MAX_COMMITS = 50_000
+MAX_MEMO = 1 << 16
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _TREE_MODE = 0o40000
 
@@ -115,15 +116,16 @@ def _find_git(base: int, parts: tuple[str, ...]) -> tuple[int, tuple[str, ...]] 
 def _newest_touching(repo: Repo, path: tuple[str, ...]) -> Epoch:
     commit = repo.commit(repo.head())
     head_time = commit.time
+    memo: dict[tuple[str, int], str | None] = {}
     try:
-        sub = _subtree(repo, commit.tree, path)
+        sub = _subtree(repo, commit.tree, path, memo)
         for _ in range(MAX_COMMITS):
             if not commit.parents:
                 return Epoch(commit.time if sub not in (None, EMPTY_TREE) else None)
             same = None
             for parent_id in commit.parents:
                 parent = repo.commit(parent_id)
-                if _subtree(repo, parent.tree, path) == sub:
+                if _subtree(repo, parent.tree, path, memo) == sub:
                     same = parent
                     break
             if same is None:
@@ -134,10 +136,25 @@ def _newest_touching(repo: Repo, path: tuple[str, ...]) -> Epoch:
         return Epoch(head_time, f"{exc}; using HEAD's commit time instead")
 
 
-def _subtree(repo: Repo, tree: str, path: tuple[str, ...]) -> str | None:
-    for name in path:
-        found = repo.entry(tree, name)
-        if found is None or found[0] != _TREE_MODE:
-            return None
-        tree = found[1]
-    return tree
+def _subtree(
+    repo: Repo, tree: str, path: tuple[str, ...], memo: dict[tuple[str, int], str | None]
+) -> str | None:
+    """The id of the tree at ``path`` below ``tree``, or None. ``memo`` remembers the
+    answer for every tree passed on the way, so a directory that did not change between
+    two commits is not read again."""
+    passed = []
+    found: str | None = tree
+    for depth, name in enumerate(path):
+        if (tree, depth) in memo:
+            found = memo[(tree, depth)]
+            break
+        passed.append((tree, depth))
+        entry = repo.entry(tree, name)
+        if entry is None or entry[0] != _TREE_MODE:
+            found = None
+            break
+        tree = found = entry[1]
+    if len(memo) > MAX_MEMO:
+        memo.clear()
+    memo.update(dict.fromkeys(passed, found))
+    return found

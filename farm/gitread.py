@@ -25,6 +25,7 @@ import re
 import stat
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.confine import FILE_FLAGS, open_beneath
@@ -39,6 +40,11 @@ MAX_PACKED_REFS = 64 << 20
 #: A delta chain longer than git's own maximum (--depth 4095) is not a real pack.
 MAX_CHAIN = 4096
 MAX_SYMREFS = 5
+#: Packs read (two descriptors each); git's own gc repacks at 50.
+MAX_PACKS = 128
+#: Delta opcodes applied per question: each is a step of Python, a hostile delta of
+#: one-byte inserts must not buy minutes of CPU.
+MAX_DELTA_OPS = 8_000_000
 #: REF deltas whose base lives in another pack, one inside the other (Python recursion).
 MAX_NESTED = 50
 
@@ -65,6 +71,7 @@ class Repo:
     def __init__(self, git_fd: int) -> None:
         self.fd = git_fd
         self.inflated = 0
+        self.ops = 0  # delta opcodes applied
         self._nested = 0  # REF deltas whose base is in another pack or loose
         self._packs: list[_Pack] | None = None
         self._shallow: set[str] | None = None
@@ -152,26 +159,23 @@ class Repo:
         if not _HEX40.fullmatch(oid.encode()):
             raise GitError(f"not an object id: {oid!r}")
         try:
-            raw = self._read(f"objects/{oid[:2]}/{oid[2:]}", MAX_OBJECT + 1024)
+            fd = _open_file(self.fd, f"objects/{oid[:2]}/{oid[2:]}")
         except FileNotFoundError:
             return self._packed(oid)
-        return self._loose(oid, raw)
-
-    def _loose(self, oid: str, raw: bytes) -> tuple[bytes, bytes]:
-        """Inflate the header first: a declared size over the cap is refused before any
-        of it is inflated, and the body never inflates past its declared size."""
         try:
-            inflater = zlib.decompressobj()
-            head = inflater.decompress(raw, 64)
-            header, nul, body = head.partition(b"\0")
-            kind, _, size = header.partition(b" ")
-            if not nul or not size.isdigit() or int(size) > MAX_OBJECT:
-                raise GitError(f"object {oid} is corrupt or larger than {MAX_OBJECT} bytes")
-            want = int(size)
-            rest = inflater.decompress(inflater.unconsumed_tail, want + 1 - len(body))
-        except zlib.error as exc:
-            raise GitError(f"object {oid}: bad zlib data ({exc})") from None
-        body += rest
+            return self._loose(oid, _Stream(lambda n: os.read(fd, n), oid))
+        finally:
+            os.close(fd)
+
+    def _loose(self, oid: str, stream: _Stream) -> tuple[bytes, bytes]:
+        """The header is inflated first: a declared size over the cap is refused before
+        any of the body is inflated, and the body never inflates past its declared size."""
+        header, nul, body = stream.take(64).partition(b"\0")
+        kind, _, size = header.partition(b" ")
+        if not nul or not size.isdigit() or int(size) > MAX_OBJECT:
+            raise GitError(f"object {oid} is corrupt or larger than {MAX_OBJECT} bytes")
+        want = int(size)
+        body += stream.take(want + 1 - len(body))
         if len(body) != want:
             raise GitError(f"object {oid} is not the size it declares")
         self._count(want)
@@ -195,8 +199,7 @@ class Repo:
             if kind in _TYPES:
                 out = data
                 for delta in reversed(deltas):
-                    out = _apply(out, delta)
-                    self._count(len(out))
+                    out = self._patch(out, delta)
                 return _TYPES[kind], out
             deltas.append(data)
             if kind == _OFS_DELTA:
@@ -206,8 +209,7 @@ class Repo:
             if found is None:  # a REF delta whose base is loose or in another pack
                 kind_name, out = self._nested_object(str(base))
                 for delta in reversed(deltas):
-                    out = _apply(out, delta)
-                    self._count(len(out))
+                    out = self._patch(out, delta)
                 return kind_name, out
             offset = found
         raise GitError(f"delta chain longer than {MAX_CHAIN}")
@@ -230,7 +232,7 @@ class Repo:
                 return self._packs
             try:
                 for name in sorted(os.listdir(pack_dir)):
-                    if name.endswith(".idx") and len(self._packs) < 256:
+                    if name.endswith(".idx") and len(self._packs) < MAX_PACKS:
                         self._packs.append(_Pack.open(pack_dir, name[:-4]))
             finally:
                 os.close(pack_dir)
@@ -251,28 +253,24 @@ class Repo:
             os.close(fd)
 
     def _inflate_at(self, pack: _Pack, start: int, size: int) -> bytes:
-        inflater = zlib.decompressobj()
-        out = bytearray()
-        pos = start
-        try:
-            while not inflater.eof:
-                chunk = os.pread(pack.pack_fd, 1 << 16, pos)
-                if not chunk:
-                    raise GitError(f"pack {pack.name} is truncated")
-                pos += len(chunk)
-                out += inflater.decompress(chunk, size + 1 - len(out))
-                if len(out) > size:
-                    raise GitError(f"pack {pack.name}: object larger than declared")
-                while inflater.unconsumed_tail and not inflater.eof:
-                    out += inflater.decompress(inflater.unconsumed_tail, size + 1 - len(out))
-                    if len(out) > size:
-                        raise GitError(f"pack {pack.name}: object larger than declared")
-        except zlib.error as exc:
-            raise GitError(f"pack {pack.name}: bad zlib data ({exc})") from None
-        if len(out) != size:
-            raise GitError(f"pack {pack.name}: object smaller than declared")
+        position = [start]
+
+        def read(n: int) -> bytes:
+            chunk = os.pread(pack.pack_fd, n, position[0])
+            position[0] += len(chunk)
+            return chunk
+
+        data = _Stream(read, f"in pack {pack.name}").take(size + 1)
+        if len(data) != size:
+            raise GitError(f"pack {pack.name}: an object is not the size it declares")
         self._count(size)
-        return bytes(out)
+        return data
+
+    def _patch(self, base: bytes, delta: bytes) -> bytes:
+        out, ops = _apply(base, delta, MAX_DELTA_OPS - self.ops)
+        self.ops += ops
+        self._count(len(out))
+        return out
 
     def _count(self, n: int) -> None:
         self.inflated += n
@@ -281,61 +279,65 @@ class Repo:
 
 
 class _Pack:
-    """One ``pack-X.idx`` (version 2) and its ``pack-X.pack``."""
+    """One ``pack-X.idx`` (version 2) and its ``pack-X.pack``, both read with ``pread``
+    as needed: an index of any size costs a few small reads per lookup, not memory."""
 
-    def __init__(self, name: str, idx: bytes, pack_fd: int) -> None:
-        self.name, self.pack_fd = name, pack_fd
-        if idx[:8] != b"\377tOc\0\0\0\2":
+    def __init__(self, name: str, idx_fd: int, pack_fd: int) -> None:
+        self.name, self.idx_fd, self.pack_fd = name, idx_fd, pack_fd
+        head = os.pread(idx_fd, 8 + 1024, 0)
+        if len(head) != 8 + 1024 or head[:8] != b"\377tOc\0\0\0\2":
             raise GitError(f"{name}.idx is not a version 2 index")
-        self.fanout = struct.unpack(">256I", idx[8 : 8 + 1024])
+        self.fanout = struct.unpack(">256I", head[8:])
         self.count = self.fanout[255]
-        names_at = 8 + 1024
-        self.offsets_at = names_at + self.count * 24
+        if any(a > b for a, b in zip(self.fanout, self.fanout[1:], strict=False)):
+            raise GitError(f"{name}.idx has a bad fan-out table")
+        self.names_at = 8 + 1024
+        self.offsets_at = self.names_at + self.count * 24
         self.large_at = self.offsets_at + self.count * 4
-        if len(idx) < self.large_at + 40:
+        self.size = os.fstat(idx_fd).st_size
+        if self.size < self.large_at + 40:
             raise GitError(f"{name}.idx is truncated")
-        self.names_at, self.idx = names_at, idx
 
     @classmethod
     def open(cls, pack_dir: int, stem: str) -> _Pack:
         idx_fd = _open_file(pack_dir, f"{stem}.idx")
         try:
-            size = os.fstat(idx_fd).st_size
-            if size > 1 << 30:
-                raise GitError(f"{stem}.idx is larger than 1 GiB")
-            idx = _read_fd(idx_fd, size)
-        finally:
-            os.close(idx_fd)
-        pack_fd = _open_file(pack_dir, f"{stem}.pack")
-        try:
-            return cls(stem, idx, pack_fd)
+            pack_fd = _open_file(pack_dir, f"{stem}.pack")
         except BaseException:
+            os.close(idx_fd)
+            raise
+        try:
+            return cls(stem, idx_fd, pack_fd)
+        except BaseException:
+            os.close(idx_fd)
             os.close(pack_fd)
             raise
 
     def close(self) -> None:
+        os.close(self.idx_fd)
         os.close(self.pack_fd)
+
+    def _at(self, offset: int, size: int) -> bytes:
+        data = os.pread(self.idx_fd, size, offset)
+        if len(data) != size:
+            raise GitError(f"{self.name}.idx is truncated")
+        return data
 
     def find(self, oid: str) -> int | None:
         key = bytes.fromhex(oid)
         lo = self.fanout[key[0] - 1] if key[0] else 0
         hi = self.fanout[key[0]]
-        while lo < hi:  # binary search over the sorted 20-byte names, in place
+        while lo < hi:  # binary search over the sorted 20-byte names
             mid = (lo + hi) // 2
-            at = self.names_at + 20 * mid
-            name = self.idx[at : at + 20]
+            name = self._at(self.names_at + 20 * mid, 20)
             if name == key:
                 break
             lo, hi = (mid + 1, hi) if name < key else (lo, mid)
         else:
             return None
-        i = mid
-        (offset,) = struct.unpack_from(">I", self.idx, self.offsets_at + 4 * i)
+        (offset,) = struct.unpack(">I", self._at(self.offsets_at + 4 * mid, 4))
         if offset & 0x80000000:
-            at = self.large_at + 8 * (offset & 0x7FFFFFFF)
-            if at + 8 > len(self.idx):
-                raise GitError(f"{self.name}.idx: bad large offset")
-            (offset,) = struct.unpack_from(">Q", self.idx, at)
+            (offset,) = struct.unpack(">Q", self._at(self.large_at + 8 * (offset & 0x7FFFFFFF), 8))
         return offset
 
     def header(self, offset: int) -> tuple[int, int, int | str | None, int]:
@@ -372,15 +374,41 @@ class _Pack:
         return kind, size, base, offset + i
 
 
-def _apply(base: bytes, delta: bytes) -> bytes:
-    """git's delta format: source size, target size, then copy and insert opcodes."""
+class _Stream:
+    """zlib inflation of a file read piece by piece, handing out at most what is asked."""
+
+    def __init__(self, read: Callable[[int], bytes], what: str) -> None:
+        self.read, self.what = read, what
+        self.inflater = zlib.decompressobj()
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` more bytes (fewer only at the end of the stream)."""
+        out = bytearray()
+        try:
+            while len(out) < n and not self.inflater.eof:
+                data = self.inflater.unconsumed_tail or self.read(1 << 16)
+                if not data:
+                    raise GitError(f"object {self.what} is truncated")
+                out += self.inflater.decompress(data, n - len(out))
+        except zlib.error as exc:
+            raise GitError(f"object {self.what}: bad zlib data ({exc})") from None
+        return bytes(out)
+
+
+def _apply(base: bytes, delta: bytes, max_ops: int) -> tuple[bytes, int]:
+    """git's delta format: source size, target size, then copy and insert opcodes.
+    Returns the result and the number of opcodes, at most ``max_ops``."""
     src_size, i = _varint(delta, 0)
     dst_size, i = _varint(delta, i)
     if src_size != len(base) or dst_size > MAX_OBJECT:
         raise GitError("delta does not fit its base")
     out = bytearray()
+    ops = 0
     try:
         while i < len(delta):
+            ops += 1
+            if ops > max_ops:
+                raise GitError(f"more than {MAX_DELTA_OPS} delta opcodes")
             op, i = delta[i], i + 1
             if op & 0x80:
                 offset = size = 0
@@ -407,7 +435,7 @@ def _apply(base: bytes, delta: bytes) -> bytes:
         raise GitError("delta is truncated") from None
     if len(out) != dst_size:
         raise GitError("delta result smaller than declared")
-    return bytes(out)
+    return bytes(out), ops
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:

@@ -191,3 +191,16 @@ def test_resolve_refuses_nothing_new_and_runs_nothing(tmp_path: Path) -> None:
     with pytest.raises(SpecError):  # no binary: outputs must be declared
         resolve(build_spec({"source": str(hostile.repo / "crate")}))
     assert hostile.fired() == []
+
+
+def test_a_history_past_the_commit_cap_falls_back_to_head_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _history(repo)
+    head_time = int(clean_git(repo, "log", "-1", "--format=%ct"))  # the empty commit's
+    monkeypatch.setattr("farm.epoch.MAX_COMMITS", 3)
+    epoch = read_epoch(repo / "a" / "deep")
+    assert epoch.value == head_time != git_log_epoch(repo / "a" / "deep")
+    assert "longer than 3 commits" in (epoch.note or "") and "HEAD" in (epoch.note or "")
