@@ -26,6 +26,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,25 +78,22 @@ def digest(source: Path, *, within: Path | None = None) -> str:
         return _run(src_fd, None, None)
 
 
-class _opened:
+@contextmanager
+def _opened(source: Path, within: Path | None) -> Iterator[int]:
     """The source's descriptor, with open errors turned into InputError."""
-
-    def __init__(self, source: Path, within: Path | None) -> None:
-        self.source, self.within = source, within
-
-    def __enter__(self) -> int:
-        try:
-            self.fd = open_dir(self.source, self.within)
-        except (Outside, OSError) as exc:
-            where = f" beneath {str(self.within)!r}" if self.within else ""
-            raise InputError(
-                f"source: cannot open {str(self.source)!r}{where} without following a "
-                f"symlink ({exc.__class__.__name__}); name the project's real directory"
-            ) from None
-        return self.fd
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+    try:
+        fd = open_dir(source, within)
+    except (Outside, OSError) as exc:
+        if within is None:
+            raise InputError(f"source: cannot open {str(source)!r}: {exc}") from None
+        raise InputError(
+            f"source: cannot open {str(source)!r} beneath {str(within)!r} without following "
+            "a symlink; name the project's real directory"
+        ) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _run(src_fd: int, copy: _Copy | None, hook: Hook | None) -> str:
