@@ -70,18 +70,19 @@ class Interrupted(BaseException):
 def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
     """Fill cargo defaults for ``argv`` and ``outputs``, and SOURCE_DATE_EPOCH from the
     source's last git commit (read by farm.epoch, which runs no program). ``within``:
-    the directory the source was checked to lie beneath (``farm serve``); the git
+    the directory the source was checked to lie beneath (``farm serve``): the source
+    and its manifests are opened beneath it following no symlink, and the git
     repository is not looked for above it. Raises SpecError if it cannot."""
     updates: dict[str, object] = {}
     if spec.source_date_epoch is None:
         updates["source_date_epoch"] = commit_epoch(spec.source, within)
-    is_cargo = cargo.is_cargo_project(spec.source)
+    is_cargo = cargo.is_cargo_project(spec.source, within)
     if spec.argv is None:
         if not is_cargo:
             raise SpecError(["argv: required for a project without Cargo.toml; pass `-- CMD…`"])
         updates["argv"] = cargo.DEFAULT_ARGV
     if spec.outputs is None:
-        updates["outputs"] = cargo.binary_outputs(spec.source) if is_cargo else ["out/**"]
+        updates["outputs"] = cargo.binary_outputs(spec.source, within) if is_cargo else ["out/**"]
         if not updates["outputs"]:
             raise SpecError(["outputs: the cargo project has no binary; declare outputs"])
     return spec.model_copy(update=updates)
