@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from farm import cargo
-from farm.collect import Collected, collect
+from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
@@ -34,8 +35,10 @@ from farm.sandbox import Backend, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
 from farm.spec import BuildSpec
-from farm.store import Store
+from farm.store import Store, TooLarge
 
+#: A Cargo.lock larger than this is not kept for provenance.
+MAX_LOCKFILE = 16 << 20
 #: Seconds to wait for gVisor's record of a sandbox whose run() raised.
 NO_RESULT_WAIT = 5.0
 
@@ -226,6 +229,7 @@ class Runner:
             record.source_digest = snapshot(
                 spec.source, dirs.src, source_date_epoch(spec), within=self.within(spec)
             )
+            record.lockfile_sha256 = self._keep_lockfile(dirs)
             log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
             result = self.backend.run(
@@ -251,6 +255,19 @@ class Runner:
                 log.close()
             self._finish(record, spec, dirs, log, result, started)
         return record
+
+    def _keep_lockfile(self, dirs: BuildDirs) -> str | None:
+        """The snapshot's Cargo.lock, kept in the store: provenance then lists exactly the
+        crates that were built, without reading the user's tree again after the build.
+        The copy is farm's own; a Cargo.lock that is a link there is not followed."""
+        try:
+            with open_no_follow(dirs.src / "Cargo.lock") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    return None
+                sha, _ = self.store.put_stream(fh, limit=MAX_LOCKFILE)
+        except (OSError, TooLarge):
+            return None
+        return sha
 
     def _make_dirs(self, dirs: BuildDirs) -> None:
         dirs.root.mkdir(parents=True, mode=0o700)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from farm.confine import SourcePolicy
 from farm.errors import InputError
+from farm.provenance import lockfile
 from farm.records import Status
 from farm.runner import Runner
+from farm.sandbox import SandboxResult
 from farm.settings import Settings
 from farm.snapshot import digest, snapshot
 from farm.spec import build_spec
@@ -298,3 +301,43 @@ def test_the_runner_snapshots_beneath_the_service_root(tmp_path: Path) -> None:
     record = Store(settings.home).get("b1")
     assert record.status is Status.FAILED and not backend.ran
     assert any("without following a symlink" in note for note in record.notes)
+
+
+class _RunningBackend(_SwappingBackend):
+    """Runs nothing, succeeds, and lets the test change the source while 'building'."""
+
+    def run(self, spec: object, **_: object) -> SandboxResult:
+        self.swap()
+        now = datetime.now(UTC)
+        return SandboxResult(
+            container_id="c1", runtime="fake", exit_code=0, started_at=now, finished_at=now
+        )
+
+    def preflight(self, spec: object) -> str:
+        return "sha256:image"
+
+
+def test_provenance_gets_the_snapshots_cargo_lock_not_the_tree_of_later(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Cargo.lock").write_text('[[package]]\nname = "built"\nversion = "1.0.0"\n')
+    secret = tmp_path / "secret.toml"
+    secret.write_text('[[package]]\nname = "root-only"\nversion = "6.6.6"\n')
+
+    def change() -> None:  # during the build: the tree's Cargo.lock now points at a secret
+        (src / "Cargo.lock").unlink()
+        (src / "Cargo.lock").symlink_to(secret)
+
+    settings = Settings(home=tmp_path / "home", observe=False)
+    store = Store(settings.home)
+    runner = Runner(settings, _RunningBackend(change), store)  # type: ignore[arg-type]
+    spec = build_spec({"source": str(src), "argv": ["true"], "outputs": ["out/**"]})
+    record = runner.build(spec, "b1")
+    assert record.status is Status.SUCCEEDED and record.lockfile_sha256
+    assert lockfile(record, spec, store) == '[[package]]\nname = "built"\nversion = "1.0.0"\n'
+
+    # A Cargo.lock that is a link when snapshotted is copied as a link and not kept.
+    runner = Runner(settings, _RunningBackend(lambda: None), store)  # type: ignore[arg-type]
+    record = runner.build(spec, "b2")
+    assert record.lockfile_sha256 is None
+    assert "root-only" not in (lockfile(record, spec, store) or "")
