@@ -50,9 +50,8 @@ from farm.httpserver import (
 )
 from farm.queue import Entry, State
 from farm.records import BuildRecord
-from farm.runner import new_build_id, resolve
+from farm.runner import new_build_id
 from farm.service import Service
-from farm.spec import build_spec
 from farm.store import Store
 from farm.tokens import Tokens
 
@@ -220,11 +219,8 @@ class Api:
             data["tenant"] = tenant
         try:
             options = take_options(data)  # check, no_cache: how to run it, not the spec
-            spec = build_spec(data)
-            self.service.admit(spec)  # before resolve reads anything of the source
-            # Confine the source before resolve() reads anything in it (git, Cargo.toml).
-            self.service.sources.check(spec)
-            entry = self.service.submit(new_build_id(), resolve(spec), options)
+            spec = self.service.admit(data)  # the source is confined before it is read
+            entry = self.service.submit(new_build_id(), spec, options)
         except SpecError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None
         except InputError as exc:

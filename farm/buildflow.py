@@ -89,10 +89,12 @@ def run_build(
     # Before the cache too: a result built from an image no longer allowed is not served.
     check_local_image(runner.settings, spec)
     started = time.monotonic()
-    spec = resolve(spec)
+    within = runner.within(spec)
+    spec = resolve(spec, within=within)
     cache = Cache(runner.settings.home, runner.store)
     if use_cache:
-        hit = cache.lookup(_key(runner, spec, digest(spec.source), None), min_runs=check_runs)
+        source_digest = digest(spec.source, within=within)
+        hit = cache.lookup(_key(runner, spec, source_digest, None), min_runs=check_runs)
         _count(metrics, "hit" if hit else "miss")
         if hit:
             said = hit_line(hit)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from farm import __version__
+from farm.collect import open_no_follow
 from farm.policy import HOSTNAME, baseline_env
 from farm.records import BuildRecord
 from farm.reprocheck import REPORT_PATH
@@ -30,6 +33,8 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 BUILD_TYPE = "urn:farm:buildtype:sandboxed-build:v1"
+#: A Cargo.lock read from a source tree is cut here (as the runner keeps at most 16 MiB).
+MAX_LOCK_TEXT = 16 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Names of farm's byproducts; ``farm verify --require`` reads them.
 BLOCKED_ACTIONS = "farm/blocked-actions"
@@ -111,16 +116,25 @@ def _dependencies(record: BuildRecord, spec: BuildSpec, lock: str | None) -> lis
 
 
 def lockfile(record: BuildRecord, spec: BuildSpec, store: Store) -> str | None:
-    """The Cargo.lock that was built: a cluster build's as its collector uploaded it, a
-    local build's read now from its source, so only if that is still what was built."""
+    """The Cargo.lock that was built, from the store: a cluster build's as its collector
+    uploaded it, a local build's as the runner kept it from the snapshot. A record made
+    before the runner kept it falls back to the source, only if that is still what was
+    built and never through a link."""
     if record.lockfile_sha256:
         return store.blob_path(record.lockfile_sha256).read_text(errors="replace")
     if not isinstance(spec.source, Path):
         return None
-    path = spec.source / "Cargo.lock"
-    if path.is_file() and source_digest(spec.source) == record.source_digest:
-        return path.read_text()
-    return None
+    # A record from before the runner kept the snapshot's: read the tree, never through
+    # a link (a tenant's Cargo.lock may point at a file only root can read).
+    if source_digest(spec.source) != record.source_digest:
+        return None
+    try:
+        with open_no_follow(spec.source / "Cargo.lock") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            return fh.read(MAX_LOCK_TEXT).decode(errors="replace")
+    except OSError:
+        return None
 
 
 def _source(record: BuildRecord, spec: BuildSpec) -> dict[str, Any]:

@@ -147,8 +147,9 @@ class BuildRecord(BaseModel):
     cached_from: str | None = None
     #: sha256 of the DSSE envelope holding this build's signed provenance (farm.provenance).
     provenance_sha256: str | None = None
-    #: sha256 of the Cargo.lock a cluster build's collector uploaded (in the store), so its
-    #: provenance lists the crates; a local build's is read from its source instead.
+    #: sha256 of the Cargo.lock that was built, in the store, so provenance lists the
+    #: crates: a cluster build's as its collector uploaded it, a local build's from its
+    #: snapshot (records made before that have none; theirs is read from the source).
     lockfile_sha256: str | None = None
 
     def summary(self) -> dict[str, Any]:

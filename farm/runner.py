@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from farm import cargo
 from farm.admission import check_local_image
-from farm.collect import Collected, collect
+from farm.collect import Collected, collect, open_no_follow
+from farm.confine import SourcePolicy
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
@@ -33,8 +36,10 @@ from farm.sandbox import Backend, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
 from farm.spec import BuildSpec
-from farm.store import Store
+from farm.store import Store, TooLarge
 
+#: A Cargo.lock larger than this is not kept for provenance.
+MAX_LOCKFILE = 16 << 20
 #: Seconds to wait for gVisor's record of a sandbox whose run() raised.
 NO_RESULT_WAIT = 5.0
 
@@ -66,19 +71,22 @@ class Interrupted(BaseException):
     """Raised in the main thread by farm's SIGINT/SIGTERM handler."""
 
 
-def resolve(spec: BuildSpec) -> BuildSpec:
+def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
     """Fill cargo defaults for ``argv`` and ``outputs``, and SOURCE_DATE_EPOCH from the
-    source's last git commit. Raises SpecError if it cannot."""
+    source's last git commit (read by farm.epoch, which runs no program). ``within``:
+    the directory the source was checked to lie beneath (``farm serve``): the source
+    and its manifests are opened beneath it following no symlink, and the git
+    repository is not looked for above it. Raises SpecError if it cannot."""
     updates: dict[str, object] = {}
     if spec.source_date_epoch is None:
-        updates["source_date_epoch"] = commit_epoch(spec.source)
-    is_cargo = cargo.is_cargo_project(spec.source)
+        updates["source_date_epoch"] = commit_epoch(spec.source, within)
+    is_cargo = cargo.is_cargo_project(spec.source, within)
     if spec.argv is None:
         if not is_cargo:
             raise SpecError(["argv: required for a project without Cargo.toml; pass `-- CMD…`"])
         updates["argv"] = cargo.DEFAULT_ARGV
     if spec.outputs is None:
-        updates["outputs"] = cargo.binary_outputs(spec.source) if is_cargo else ["out/**"]
+        updates["outputs"] = cargo.binary_outputs(spec.source, within) if is_cargo else ["out/**"]
         if not updates["outputs"]:
             raise SpecError(["outputs: the cargo project has no binary; declare outputs"])
     return spec.model_copy(update=updates)
@@ -110,8 +118,11 @@ class Runner:
         echo: Callable[[bytes], None] | None = None,
         on_phase: Callable[[str, CappedLog | None], None] | None = None,
         observer: Observer | None = None,
+        sources: SourcePolicy | None = None,
     ) -> None:
         self.settings = settings
+        #: farm serve's policy: every read of a source goes beneath its directory.
+        self.sources = sources
         self.backend = backend
         self.store = store
         self.echo = echo
@@ -119,6 +130,10 @@ class Runner:
         if observer is None and settings.observing:
             observer = HostObserver()
         self.observer = observer if settings.observing else None
+
+    def within(self, spec: BuildSpec) -> Path | None:
+        """The directory ``spec.source`` must be opened beneath, if this runner serves."""
+        return self.sources.allowed(spec.tenant) if self.sources else None
 
     def reap_leftovers(self) -> list[str]:
         """Tear down sandboxes of builds whose farm process died; says what it removed."""
@@ -168,7 +183,7 @@ class Runner:
         after the policy's own checks have passed on the original. Raises
         NotAdmittedError for an image the host does not allow."""
         check_local_image(self.settings, spec)
-        spec = resolve(spec)
+        spec = resolve(spec, within=self.within(spec))
         build_id = build_id or new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)
         sandbox = sandbox_for(spec, build_id, dirs, self.settings)
@@ -214,7 +229,10 @@ class Runner:
         result: SandboxResult | None = None
         try:
             self._make_dirs(dirs)
-            record.source_digest = snapshot(spec.source, dirs.src, source_date_epoch(spec))
+            record.source_digest = snapshot(
+                spec.source, dirs.src, source_date_epoch(spec), within=self.within(spec)
+            )
+            record.lockfile_sha256 = self._keep_lockfile(dirs)
             log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
             result = self.backend.run(
@@ -240,6 +258,19 @@ class Runner:
                 log.close()
             self._finish(record, spec, dirs, log, result, started)
         return record
+
+    def _keep_lockfile(self, dirs: BuildDirs) -> str | None:
+        """The snapshot's Cargo.lock, kept in the store: provenance then lists exactly the
+        crates that were built, without reading the user's tree again after the build.
+        The copy is farm's own; a Cargo.lock that is a link there is not followed."""
+        try:
+            with open_no_follow(dirs.src / "Cargo.lock") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    return None
+                sha, _ = self.store.put_stream(fh, limit=MAX_LOCKFILE)
+        except (OSError, TooLarge):
+            return None
+        return sha
 
     def _make_dirs(self, dirs: BuildDirs) -> None:
         dirs.root.mkdir(parents=True, mode=0o700)
@@ -304,15 +335,24 @@ class Runner:
             # When run() raised, the sandbox may never have started (so never connected);
             # its teardown is done, so a record that exists is already complete.
             wait = None if result is not None else NO_RESULT_WAIT
-            self._observe(record, spec, self.observer, wait)
+            self._observe(record, spec, dirs, self.observer, wait)
         if record.status is Status.SUCCEEDED:
             self._collect(record, spec, dirs)
 
     def _observe(
-        self, record: BuildRecord, spec: BuildSpec, observer: Observer, wait: float | None
+        self,
+        record: BuildRecord,
+        spec: BuildSpec,
+        dirs: BuildDirs,
+        observer: Observer,
+        wait: float | None,
     ) -> None:
         seen = observer.collect(record.container_id or "", wait)
-        actions = classify(seen.events, lock_versions(spec.source))
+        # The snapshot's Cargo.lock is what was built, in a directory only farm writes;
+        # the user's tree may have changed since, and a symlink there is not followed.
+        lock = dirs.src / "Cargo.lock"
+        versions = {} if lock.is_symlink() else lock_versions(dirs.src)
+        actions = classify(seen.events, versions)
         judge(record, seen, len(seen.events), actions, spec.observe)
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:

@@ -113,8 +113,13 @@ def _service(
     # daemon on demand.
     observer = HostObserver() if settings.observing else None
 
+    sources = SourcePolicy(options.source_root, per_tenant=tenants)
+
     def runner(on_phase: Callable[[str, CappedLog | None], None]) -> Runner:
-        return Runner(settings, LocalBackend(settings), store, on_phase=on_phase, observer=observer)
+        backend = LocalBackend(settings)
+        return Runner(
+            settings, backend, store, on_phase=on_phase, observer=observer, sources=sources
+        )
 
     return Service(
         queue=Queue(settings.home / "index.sqlite", options.tenant_limit, options.limits),
@@ -122,7 +127,7 @@ def _service(
         backend=LocalBackend(settings),
         runner_factory=runner,
         metrics=Metrics(CollectorRegistry()),
-        sources=SourcePolicy(options.source_root, per_tenant=tenants),
+        sources=sources,
         concurrency=options.concurrency,
         admission=admission,
     )

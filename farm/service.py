@@ -19,16 +19,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from farm.admission import Admission
 from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
-from farm.errors import ExitCode, FarmError, InputError, NotFoundError
+from farm.confine import SourcePolicy
+from farm.errors import ExitCode, FarmError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
 from farm.queue import Entry, Queue, State
 from farm.records import BuildRecord, Status
-from farm.runner import Runner
+from farm.runner import Runner, resolve
 from farm.sandbox import Backend
 from farm.spec import BuildSpec, build_spec
 from farm.store import Store
@@ -53,25 +53,6 @@ _CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
 
 #: Given a worker's phase callback, make the Runner that worker uses.
 RunnerFactory = Callable[[Callable[[str, CappedLog | None], None]], Runner]
-
-
-@dataclass
-class SourcePolicy:
-    """Where submitted sources may live on this host. With tenants (tokens), each tenant
-    is confined to ``root/<tenant>``, so no tenant can build another's tree."""
-
-    root: Path
-    per_tenant: bool = False
-
-    def check(self, spec: BuildSpec) -> None:
-        """Raises InputError naming the allowed directory."""
-        allowed = (self.root / spec.tenant if self.per_tenant else self.root).resolve()
-        source = spec.source.resolve()
-        if not source.is_relative_to(allowed):
-            raise InputError(
-                f"source: {str(spec.source)!r} is outside this service's source directory "
-                f"{str(allowed)!r}; put the project there"
-            )
 
 
 @dataclass
@@ -172,16 +153,25 @@ class Service:
 
     # submission
 
-    def admit(self, spec: BuildSpec) -> None:
-        """Raises NotAdmittedError (a SpecError) naming every field above its ceiling and
-        an image the operator does not allow. Nothing reads the source before this."""
+    def admit(self, data: dict[str, object]) -> BuildSpec:
+        """A submitted spec, checked against the operator's ceilings and images and its
+        source confined before anything reads it, then resolved (cargo defaults,
+        SOURCE_DATE_EPOCH). Raises NotAdmittedError (a SpecError) naming every field above
+        its ceiling and an image the operator does not allow, SpecError or InputError; a
+        source outside gets the same answer whether or not it exists."""
+        spec = build_spec(data, service=True)
+        self.check(spec)
+        return resolve(spec, within=self.sources.allowed(spec.tenant))
+
+    def check(self, spec: BuildSpec) -> None:
+        """The operator's admission, then the source's confinement; raises as ``admit``."""
         self.admission.enforce(spec, SERVE_HINT)
+        self.sources.check(spec)
 
     def submit(self, build_id: str, spec: BuildSpec, options: BuildOptions | None = None) -> Entry:
         """Raises NotAdmittedError for a spec the operator does not allow, InputError if
         the source is outside the allowed directory."""
-        self.admit(spec)
-        self.sources.check(spec)
+        self.check(spec)
         options = options or BuildOptions()
         stored = {**spec.model_dump(mode="json"), OPTIONS_KEY: options.model_dump()}
         entry = self.queue.submit(build_id, spec.tenant, stored)
@@ -272,9 +262,9 @@ class Service:
         try:
             data = dict(entry.spec)
             options = take_options(data)
-            spec = build_spec(data)
-            self.admit(spec)  # again: the operator may have lowered a ceiling since
-            self.sources.check(spec)  # again: the tree may have moved since submission
+            spec = build_spec(data, service=True)
+            # Again: the operator may have lowered a ceiling, the tree may have moved.
+            self.check(spec)
             run_build(
                 worker.runner,
                 spec,

@@ -18,12 +18,16 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from farm.errors import SpecError
 from farm.settings import DEFAULT_IMAGE
+
+#: Validation context key: the spec came to farm serve (see ``build_spec``).
+SERVICE_SOURCE = "service_source"
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -156,7 +160,14 @@ class BuildSpec(BaseModel):
 
     @field_validator("source")
     @classmethod
-    def _source_is_dir(cls, value: Path) -> Path:
+    def _source_is_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        if (info.context or {}).get(SERVICE_SOURCE):
+            # farm serve: the tree is a tenant's. It is not looked at here (that would
+            # follow its symlinks and tell apart what exists outside the tenant's
+            # directory); farm.confine.SourcePolicy opens it, following nothing.
+            if not value.is_absolute():
+                raise ValueError(f"{str(value)!r} is not an absolute path")
+            return value
         path = value.expanduser().resolve()
         if not path.is_dir():
             raise ValueError(f"{str(value)!r} is not a directory; pass the project's root")
@@ -217,10 +228,14 @@ def _glob_problem(index: int, pattern: str) -> str | None:
     return None
 
 
-def build_spec(data: dict[str, Any]) -> BuildSpec:
-    """Validate ``data`` into a BuildSpec. Raises SpecError naming each bad field."""
+def build_spec(data: dict[str, Any], *, service: bool = False) -> BuildSpec:
+    """Validate ``data`` into a BuildSpec. Raises SpecError naming each bad field.
+
+    ``service``: the spec came to ``farm serve``; its source is taken as spelled, not
+    resolved or checked here (``farm.confine.SourcePolicy.check`` does that).
+    """
     try:
-        return BuildSpec.model_validate(data)
+        return BuildSpec.model_validate(data, context={SERVICE_SOURCE: service})
     except ValidationError as exc:
         raise SpecError([_describe(err) for err in exc.errors()]) from None
 
