@@ -195,6 +195,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["reproducible", "no-network"],
         help="also require this of the build (repeatable)",
     )
+    ver.add_argument(
+        "--allow-insecure-runtime",
+        action="store_true",
+        help="accept a build made WITHOUT gVisor (farm build --insecure-runtime)",
+    )
     ver.set_defaults(func=cmd_verify)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
@@ -563,7 +568,14 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from farm.verify import verify
 
     key = load_public_key(args.key or public_key_path(settings.home))
-    for line in verify(args.artifact, args.provenance, key, args.require):
+    lines = verify(
+        args.artifact,
+        args.provenance,
+        key,
+        args.require,
+        allow_insecure_runtime=args.allow_insecure_runtime,
+    )
+    for line in lines:
         print(line)
     return 0
 
