@@ -175,7 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     arts.add_argument("--dest", type=Path, required=True)
     arts.set_defaults(func=cmd_artifacts)
     gc = sub.add_parser("gc", help="prune old builds and unreferenced blobs")
-    gc.add_argument("--keep", type=int, default=100, help="newest builds to keep")
+    gc.add_argument(
+        "--keep", type=int, default=100, help="newest builds to keep per tenant (default 100)"
+    )
     gc.add_argument(
         "--cache-max-size", default="10g", help="bound on cached artifacts (e.g. 500m, 10g)"
     )
@@ -537,6 +539,8 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     from farm.gc import collect_garbage
     from farm.spec import parse_size
 
+    if args.keep < 0:
+        raise InputError(f"--keep {args.keep}: give 0 or more records to keep per tenant")
     try:
         bound = parse_size(args.cache_max_size)
     except ValueError as exc:
