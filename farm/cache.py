@@ -6,8 +6,8 @@ each names a build record in the index. On every hit the record's signed provena
 verify with this installation's key and name exactly its artifacts, and the artifact
 blobs are re-hashed, so an altered record or blob is a miss, never served. Only results
 that pass ``cacheable`` are ever stored, and a hit re-checks it: nothing failed,
-quarantined, observed doing something blocked, unreproducible or built without gVisor is
-served (SLSA Build L3: no cache poisoning).
+quarantined, observed doing something blocked, observed incompletely (lost events),
+unreproducible or built without gVisor is served (SLSA Build L3: no cache poisoning).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from farm import __version__
 from farm.digests import file_sha256
 from farm.errors import FarmError
-from farm.provenance import PAYLOAD_TYPE
+from farm.provenance import BLOCKED_ACTIONS, PAYLOAD_TYPE, byproduct
 from farm.records import BuildRecord, Status
 from farm.reprocheck import REPORT_PATH
 from farm.sandbox import SandboxSpec
@@ -61,8 +61,11 @@ def uncacheable_reason(record: BuildRecord) -> str | None:
     if blocked:
         # Audit mode lets such a build succeed; its result is still not trusted for reuse.
         return f"{len(blocked)} blocked or suspicious actions were observed"
-    if record.observation is not None and not record.observation.complete:
-        return "gVisor's record of the build is incomplete, so a clean result is unproven"
+    obs = record.observation
+    if obs is not None and (not obs.complete or obs.lost):
+        # The same test as provenance's "complete": a lost event may have been the attempt.
+        lost = f" (lost {obs.lost} events)" if obs.lost else ""
+        return f"gVisor's record of the build is incomplete{lost}, so a clean result is unproven"
     verdict = record.reproducibility
     if verdict is not None and not verdict.reproducible:
         return f"the reproducibility check said {verdict.result}"
@@ -162,10 +165,11 @@ class Cache:
             statement = json.loads(open_envelope(envelope, key, PAYLOAD_TYPE))
             subjects = {(s["name"], s["digest"]["sha256"]) for s in statement["subject"]}
             build = statement["predicate"]["runDetails"]["metadata"]["invocationId"]
+            clean = _signed_clean(statement)
         except (FarmError, OSError, ValueError, KeyError, TypeError):
             return False
         artifacts = {(a.path, a.sha256) for a in record.artifacts if a.path != REPORT_PATH}
-        return build == record.id and subjects == artifacts
+        return build == record.id and subjects == artifacts and clean
 
     def offer(self, key: str, record: BuildRecord) -> bool:
         """Store ``record`` under ``key`` if it is clean; says whether it did.
@@ -207,6 +211,15 @@ class Cache:
                     db.execute("DELETE FROM entries WHERE key = ?", (key,))
                     dropped, freed = dropped + 1, freed + size
         return dropped, freed
+
+
+def _signed_clean(statement: dict[str, Any]) -> bool:
+    """What the signed statement says agrees with a clean record, whatever the index says:
+    gVisor, and an observation (if any) that lost nothing."""
+    params = statement["predicate"]["buildDefinition"].get("internalParameters", {})
+    blocked = byproduct(statement, BLOCKED_ACTIONS) or {}
+    complete = not blocked.get("observed") or blocked.get("complete") is True
+    return params.get("insecureRuntime") is False and complete
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -210,7 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     arts.add_argument("--dest", type=Path, required=True)
     arts.set_defaults(func=cmd_artifacts)
     gc = sub.add_parser("gc", help="prune old builds and unreferenced blobs")
-    gc.add_argument("--keep", type=int, default=100, help="newest builds to keep")
+    gc.add_argument(
+        "--keep", type=int, default=100, help="newest builds to keep per tenant (default 100)"
+    )
     gc.add_argument(
         "--cache-max-size", default="10g", help="bound on cached artifacts (e.g. 500m, 10g)"
     )
@@ -229,6 +231,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         choices=["reproducible", "no-network"],
         help="also require this of the build (repeatable)",
+    )
+    ver.add_argument(
+        "--allow-insecure-runtime",
+        action="store_true",
+        help="accept a build made WITHOUT gVisor (farm build --insecure-runtime)",
     )
     ver.set_defaults(func=cmd_verify)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
@@ -567,6 +574,8 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     from farm.gc import collect_garbage
     from farm.spec import parse_size
 
+    if args.keep < 0:
+        raise InputError(f"--keep {args.keep}: give 0 or more records to keep per tenant")
     try:
         bound = parse_size(args.cache_max_size)
     except ValueError as exc:
@@ -598,7 +607,14 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from farm.verify import verify
 
     key = load_public_key(args.key or public_key_path(settings.home))
-    for line in verify(args.artifact, args.provenance, key, args.require):
+    lines = verify(
+        args.artifact,
+        args.provenance,
+        key,
+        args.require,
+        allow_insecure_runtime=args.allow_insecure_runtime,
+    )
+    for line in lines:
         print(line)
     return 0
 

@@ -2,8 +2,12 @@
 
 Callers: ``farm.reprocheck`` after a mismatch. The artifacts come from an untrusted
 build, so they are only ever read: diffoscope parses files (ELF sections, archives,
-text) and never executes them. It runs on the host as ``nobody`` with no new privileges,
-a timeout and a report cap, over copies in a private temporary directory.
+text) and never executes them, but a parser bug must not give a hostile artifact the
+host. So diffoscope runs confined (``confined``): in a new network namespace (only a
+loopback that is down: no network at all), under an address-space limit, as ``nobody``
+with no supplementary groups and no new privileges, with a timeout and a report cap. It
+reads copies in a private temporary directory that only root and group ``nogroup`` can
+enter, so no other host user sees a tenant's artifacts either.
 """
 
 from __future__ import annotations
@@ -17,11 +21,37 @@ from pathlib import Path
 #: Enough for a readable report; the rest is cut (diffoscope says so in the report).
 REPORT_CAP = 4 << 20
 TIMEOUT_SECONDS = 600
+#: RLIMIT_AS of diffoscope and every tool it starts (readelf, objdump, …): a hostile
+#: artifact that makes a parser balloon fails that comparison, not the host.
+MEMORY_LIMIT = 2 << 30
 NOBODY = 65534
+NOGROUP = 65534
 
 
 def available() -> bool:
     return shutil.which("diffoscope") is not None
+
+
+def confined(argv: list[str], memory: int = MEMORY_LIMIT) -> list[str]:
+    """``argv`` run with no network, at most ``memory`` bytes of address space, as
+    nobody:nogroup with no other groups and no-new-privs (util-linux tools; farm runs as
+    root). The order matters: the namespace and the limit need root, so they come before
+    ``setpriv`` drops it; all three are inherited by everything ``argv`` starts."""
+    return [
+        "unshare",
+        "--net",
+        "--",
+        "prlimit",
+        f"--as={memory}",
+        "--",
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOGROUP}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--",
+        *argv,
+    ]
 
 
 def compare(left: tuple[str, dict[str, Path]], right: tuple[str, dict[str, Path]]) -> bytes:
@@ -31,14 +61,9 @@ def compare(left: tuple[str, dict[str, Path]], right: tuple[str, dict[str, Path]
     """
     with tempfile.TemporaryDirectory(prefix="farm-diffoscope-") as tmp:
         root = Path(tmp)
-        root.chmod(0o755)  # nobody must read the copies, and nothing else may write them
+        _private(root)
         sides = [_lay_out(root / name, files) for name, files in (left, right)]
         argv = [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            "--no-new-privs",
             "diffoscope",
             "--no-progress",
             "--text",
@@ -51,7 +76,7 @@ def compare(left: tuple[str, dict[str, Path]], right: tuple[str, dict[str, Path]
         env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LC_ALL": "C.UTF-8"}
         try:
             done = subprocess.run(
-                argv, capture_output=True, timeout=TIMEOUT_SECONDS, env=env, cwd=root
+                confined(argv), capture_output=True, timeout=TIMEOUT_SECONDS, env=env, cwd=root
             )
         except subprocess.TimeoutExpired:
             return f"diffoscope did not finish within {TIMEOUT_SECONDS} s\n".encode()
@@ -61,14 +86,25 @@ def compare(left: tuple[str, dict[str, Path]], right: tuple[str, dict[str, Path]
     return report
 
 
+def _private(path: Path, mode: int = 0o750) -> None:
+    """root:nogroup: diffoscope (group nogroup) reads, cannot write or chmod it, and no
+    other host user can enter."""
+    os.chown(path, 0, NOGROUP, follow_symlinks=False)
+    path.chmod(mode)
+
+
 def _lay_out(side: Path, files: dict[str, Path]) -> Path:
     """Copy each artifact to ``side/<its path>``, readable, not executable, same mtime."""
-    side.mkdir(mode=0o755)
+    side.mkdir()
+    _private(side)
     for rel, blob in files.items():
         dest = side / rel
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        for parent in reversed(dest.relative_to(side).parents[:-1]):
+            if not (side / parent).exists():
+                (side / parent).mkdir()
+                _private(side / parent)
         shutil.copyfile(blob, dest)
-        dest.chmod(0o644)
+        _private(dest, 0o640)
     for path in [side, *side.rglob("*")]:
         os.utime(path, (0, 0), follow_symlinks=False)
     return side

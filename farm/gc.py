@@ -1,5 +1,7 @@
-"""``farm gc``: keep the newest builds, drop older records, delete unreferenced blobs
-and work directories no running build owns, leaving anything younger than an hour.
+"""``farm gc``: keep the newest builds of each tenant, drop older records, delete
+unreferenced blobs and work directories no running build owns, leaving anything younger
+than an hour. ``keep`` counts per tenant, so one tenant's many builds never evict
+another tenant's history.
 
 Callers: ``farm.cli``.
 """
@@ -7,8 +9,9 @@ Callers: ``farm.cli``.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
-from farm.records import Status
+from farm.records import BuildRecord, Status
 from farm.settings import Settings
 from farm.snapshot import remove_tree
 from farm.store import Store
@@ -21,11 +24,12 @@ GRACE_SECONDS = 3600
 def collect_garbage(
     store: Store, settings: Settings, keep: int, pinned: set[str] | frozenset[str] = frozenset()
 ) -> str:
-    """``pinned`` builds (the cache's entries, farm.cache) keep their records and blobs."""
+    """Keep the newest ``keep`` records of each tenant; ``pinned`` builds (the cache's
+    entries, farm.cache) keep their records and blobs too."""
     records = store.list(limit=1 << 30)  # newest first
     # Running records are never dropped: their container id is what `farm reap` needs.
     live = {r.id for r in records if r.status is Status.RUNNING}
-    dropped = [r for r in records[keep:] if r.id not in live and r.id not in pinned]
+    dropped = [r for r in _beyond_keep(records, keep) if r.id not in live | pinned]
     for record in dropped:
         store.delete(record.id)
     referenced = store.referenced_blobs()
@@ -42,3 +46,14 @@ def collect_garbage(
                 remove_tree(work)
                 stale += 1
     return f"removed {len(dropped)} builds, {freed} bytes of blobs, {stale} stale work dirs"
+
+
+def _beyond_keep(records: list[BuildRecord], keep: int) -> list[BuildRecord]:
+    """Each tenant's records after its newest ``keep`` (``records`` is newest first)."""
+    seen: Counter[str] = Counter()
+    beyond = []
+    for record in records:
+        seen[record.tenant] += 1
+        if seen[record.tenant] > keep:
+            beyond.append(record)
+    return beyond

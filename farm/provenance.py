@@ -76,6 +76,8 @@ def statement(
                 "externalParameters": record.spec,
                 "internalParameters": {
                     "runtime": record.runtime,
+                    # Signed, so `farm verify` can refuse a build that ran without gVisor.
+                    "insecureRuntime": record.insecure_runtime,
                     "network": "none",
                     "hostname": HOSTNAME,
                     "environment": baseline_env(spec),

@@ -3,8 +3,9 @@ did its build meet the consumer's policy?
 
 Callers: ``farm.cli``. Checks, in order: the DSSE signature against the installation's
 public key (or ``--key``), the statement and predicate types, that the artifact's sha256
-is one of the subjects, then each ``--require``. Any failure raises VerificationError
-(exit 1) naming what did not hold.
+is one of the subjects, that the build ran in gVisor (the signed ``insecureRuntime``;
+``--allow-insecure-runtime`` accepts a ``--insecure-runtime`` build), then each
+``--require``. Any failure raises VerificationError (exit 1) naming what did not hold.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ REQUIREMENTS = ("reproducible", "no-network")
 
 
 def verify(
-    artifact: Path, envelope_file: Path, key: Ed25519PublicKey, require: list[str]
+    artifact: Path,
+    envelope_file: Path,
+    key: Ed25519PublicKey,
+    require: list[str],
+    *,
+    allow_insecure_runtime: bool = False,
 ) -> list[str]:
     """Lines saying what was verified. Raises VerificationError, or InputError for a
     missing file or an unknown requirement (before checking anything)."""
@@ -50,6 +56,7 @@ def verify(
         f"verified: {artifact} (sha256:{sha}) is {names[0]} of build {build}, "
         f"signed by {keyid(key)}"
     ]
+    lines.append(_runtime(statement, allow_insecure_runtime))
     lines += [_require(statement, name) for name in require]
     return lines
 
@@ -82,6 +89,28 @@ def _sha256(path: Path) -> str:
         return file_sha256(path)
     except OSError as exc:
         raise InputError(f"artifact {path}: {exc.strerror}") from None
+
+
+def _runtime(statement: dict[str, Any], allow_insecure: bool) -> str:
+    """The build ran in gVisor, as the signed statement says; else refuse unless allowed.
+
+    Only an explicit ``insecureRuntime: false`` counts as gVisor: a statement without it
+    (another signer's, or an older farm's) does not say, so it is refused the same way.
+    """
+    params = statement["predicate"].get("buildDefinition", {}).get("internalParameters", {})
+    runtime = params.get("runtime")
+    if params.get("insecureRuntime") is False:
+        return f"runtime {runtime} (gVisor)"
+    if params.get("insecureRuntime") is True:
+        problem = f"the build ran with runtime {runtime!r}, not gVisor (--insecure-runtime)"
+    else:
+        problem = "the provenance does not say the build ran in gVisor (no insecureRuntime)"
+    if allow_insecure:
+        return f"WARNING: accepted WITHOUT gVisor ({problem}) because of --allow-insecure-runtime"
+    raise VerificationError(
+        f"{problem}: its code ran on the host kernel. Rebuild without --insecure-runtime, "
+        "or pass --allow-insecure-runtime to accept it"
+    )
 
 
 def _require(statement: dict[str, Any], name: str) -> str:

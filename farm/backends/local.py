@@ -3,7 +3,9 @@
 Callers: ``farm.runner`` through the ``farm.sandbox.Backend`` protocol. Builds are
 tracked by container id from the moment Docker creates them, because killing the
 docker client does not stop a container, and every teardown removes the container,
-any containerd task Docker forgot, and stray runsc processes.
+any containerd task Docker forgot, and stray runsc processes. Each container also ends
+itself a little after its deadline (``backstop``), so a farm killed mid-build leaves no
+build running; ``farm reap`` removes the stopped container later.
 """
 
 from __future__ import annotations
@@ -36,6 +38,39 @@ from farm.sandbox import LogSink, SandboxResult, SandboxSpec
 from farm.settings import BUILD_LABEL, HOME_LABEL, MANAGED_LABEL, Settings
 
 CONTAINERD_SOCKET = Path("/run/docker/containerd/containerd.sock")
+#: The sandbox's own deadline fires this long after farm's: farm normally kills the
+#: sandbox at the deadline; the backstop ends it if farm itself died (SIGKILL, OOM).
+BACKSTOP_GRACE_SECONDS = 20
+#: What the backstop (pid 1, root inside gVisor) needs: to start the build as the
+#: sandbox user, to drop the build's bounding set, and to kill it at the deadline.
+BACKSTOP_CAPS = ["KILL", "SETUID", "SETGID", "SETPCAP"]
+
+
+def backstop(spec: SandboxSpec, *, gvisor: bool) -> dict[str, Any]:
+    """Docker's process arguments: the build's argv as the child of coreutils ``timeout``,
+    the sandbox's pid 1, which kills it and so ends the sandbox a little after the
+    deadline. Docker keeps a container running when its client dies, so without it a
+    SIGKILLed farm would leave the build running forever.
+
+    The build must not be able to stop its pid 1. Linux ignores SIGKILL and SIGSTOP sent
+    to a pid namespace's init from inside, but gVisor delivers them, so under gVisor pid 1
+    runs as root (in the sandbox, with only ``BACKSTOP_CAPS``) and ``setpriv`` starts the
+    build as the sandbox user with no capabilities at all: a uid the build cannot signal
+    or ptrace. Under ``--insecure-runtime=runc`` root would be the host's, so there pid 1
+    is the sandbox user and the host kernel's init protection is what holds. Either way
+    it overrides the image's ENTRYPOINT, as the Kubernetes backend's ``command`` does."""
+    timeout = ["timeout", "-s", "KILL", str(spec.deadline_seconds + BACKSTOP_GRACE_SECONDS)]
+    if not gvisor:
+        return {"user": spec.user, "entrypoint": timeout, "command": spec.argv}
+    uid, _, gid = spec.user.partition(":")
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups"]
+    drop += ["--inh-caps=-all", "--bounding-set=-all", "--"]
+    return {
+        "user": "0:0",
+        "cap_add": BACKSTOP_CAPS,
+        "entrypoint": [*timeout, *drop],
+        "command": spec.argv,
+    }
 
 
 class LocalBackend:
@@ -96,7 +131,8 @@ class LocalBackend:
         return result.model_copy(update={"teardown": removed, "teardown_seconds": elapsed})
 
     def _run_created(self, container: Any, spec: SandboxSpec, log: LogSink) -> SandboxResult:
-        with translated("start the sandbox"):
+        # The image runs farm's pid 1 (`timeout`, `setpriv`) and then the build's command.
+        with translated("start the sandbox (its image needs coreutils and util-linux)"):
             stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
             pump = threading.Thread(target=_pump, args=(stream, log), daemon=True)
             pump.start()
@@ -135,12 +171,11 @@ class LocalBackend:
     def _create_args(self, spec: SandboxSpec) -> dict[str, Any]:
         return {
             "image": spec.image,
-            "command": spec.argv,
+            **backstop(spec, gvisor=not self.settings.insecure_runtime),
             "name": spec.name,
             "labels": spec.labels,
             "environment": spec.env,
             "working_dir": spec.workdir,
-            "user": spec.user,
             "hostname": spec.hostname,
             "runtime": self.settings.effective_runtime,
             "network_mode": spec.network,

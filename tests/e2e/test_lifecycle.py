@@ -15,7 +15,7 @@ from farm.backends.local import LocalBackend
 from farm.errors import RuntimeMissingError
 from farm.records import Status
 from farm.runner import Runner
-from farm.settings import DEFAULT_IMAGE, Settings
+from farm.settings import DEFAULT_IMAGE, MANAGED_LABEL, Settings
 from farm.spec import build_spec
 from farm.store import Store
 
@@ -179,11 +179,22 @@ def test_oversized_and_linked_outputs_are_refused(home: Path, project: Path) -> 
     assert code == 1 and "exceeds the per-file cap of 1048576" in record.refused[0].reason
 
 
-def test_start_failure_leaves_no_containerd_task_or_runsc(home: Path, project: Path) -> None:
-    # runsc fails at start; Docker forgets the container but containerd keeps it.
-    done = farm(home, "build", str(project), "--", "no-such-command")
+def test_start_failure_leaves_no_containerd_task_or_runsc(
+    home: Path, project: Path, client, tmp_path: Path
+) -> None:
+    # runsc fails at start; Docker forgets the container but containerd keeps it. The
+    # sandbox's pid 1 is the image's `timeout` (farm.backends.local.backstop): an image
+    # without it fails at start, as a missing command did before.
+    image = empty_image(client, tmp_path)
+    try:
+        done = farm(
+            home, "build", str(project), "--image", image, "--", "true", FARM_ALLOWED_IMAGES=image
+        )
+    finally:
+        client.images.remove(image, force=True)
     assert done.returncode == 2
-    assert "the command is not in the image" in done.stderr
+    assert "needs coreutils" in done.stderr and "the command is not in the image" in done.stderr
+    assert 'finding executable "timeout"' in done.stderr
     record = Store(home).list()[0]
     assert record.status is Status.FAILED
     ctr = subprocess.run(
@@ -202,6 +213,24 @@ def test_start_failure_leaves_no_containerd_task_or_runsc(home: Path, project: P
         check=True,
     )
     assert record.container_id not in ctr.stdout
+
+
+def empty_image(client, tmp_path: Path) -> str:
+    """An image with nothing but /etc/passwd, labelled farm-managed; returns its name
+    (a name, not an id: the image allowlist admits images by reference only)."""
+    name = f"farm-test/empty:{tmp_path.name.lower()}"
+    root = tmp_path / "empty-root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0::/:/nonexistent\n")
+    tarball = tmp_path / "empty.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "."], check=True)
+    subprocess.run(
+        ["docker", "import", "-c", f"LABEL {MANAGED_LABEL}=true", str(tarball), name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return name
 
 
 def test_policy_as_seen_from_inside(home: Path, project: Path) -> None:

@@ -98,8 +98,9 @@ def test_verify_accepts_the_artifact_and_checks_policy(attested) -> None:
     key = load_public_key(public_key_path(home))
     said = verify(artifact, envelope_file, key, ["reproducible", "no-network"])
     assert said[0].startswith(f"verified: {artifact}")
-    assert "verified 2x reproducible" in said[1]
-    assert "no network attempts" in said[2]
+    assert said[1] == "runtime runsc-observed (gVisor)"
+    assert "verified 2x reproducible" in said[2]
+    assert "no network attempts" in said[3]
 
 
 def test_a_tampered_artifact_fails(attested, tmp_path: Path) -> None:
