@@ -84,6 +84,8 @@ class ObservationSummary(TraceCompleteness):
     events: int = 0
     actions: int = 0
     allowed: int = 0
+    #: Actions judged but not listed in the record (over farm.observe.verdict's caps).
+    unlisted: int = 0
     #: Non-empty exactly when enforce mode quarantined the build.
     quarantine_reasons: list[str] = Field(default_factory=list)
 

@@ -22,10 +22,10 @@ from farm.collect import Collected, collect
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
-from farm.observe.classify import classify, lock_versions
+from farm.observe.classify import iter_actions, lock_versions
 from farm.observe.daemon import HostObserver
-from farm.observe.spool import Observation
-from farm.observe.verdict import judge
+from farm.observe.spool import TraceRecord
+from farm.observe.verdict import judge, tally
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -45,9 +45,10 @@ class Observer(Protocol):
     def ready(self) -> None:
         """Make sure gVisor's events will be received; raises InfrastructureError."""
 
-    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
+    def collect(self, container_id: str, timeout: float | None = None) -> TraceRecord:
         """The container's record, once its sandbox is gone (waiting at most
-        ``timeout`` seconds for gVisor to hang up; None: the observer's default)."""
+        ``timeout`` seconds for gVisor to hang up; None: the observer's default),
+        read once as a stream."""
 
 
 @dataclass(frozen=True)
@@ -308,9 +309,12 @@ class Runner:
     def _observe(
         self, record: BuildRecord, spec: BuildSpec, observer: Observer, wait: float | None
     ) -> None:
-        seen = observer.collect(record.container_id or "", wait)
-        actions = classify(seen.events, lock_versions(spec.source))
-        judge(record, seen, len(seen.events), actions, spec.observe)
+        trace = observer.collect(record.container_id or "", wait)
+        # A stream end to end: a spool of millions of events is never held in memory,
+        # and every action is judged though the record lists a capped number.
+        actions = tally(iter_actions(trace.stream(), lock_versions(spec.source)), spec.observe)
+        seen = trace.seen()  # its counts are final once the stream is read
+        judge(record, seen, seen.count, actions, spec.observe)
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

@@ -22,12 +22,13 @@ import ipaddress
 import posixpath
 import re
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from farm.observe.events import TraceEvent
+from farm.observe.events import TraceEvent, in_time_order
 from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
 from farm.observe.processes import Attribution, Process, ProcessTable
 from farm.policy import OUT, TARGET, TMP
@@ -53,6 +54,12 @@ SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
 SEND_SYSCALLS = frozenset({"sendto", "sendmsg", "sendmmsg"})
 #: glibc asks nscd over this socket on every user lookup; it never leaves the sandbox.
 BENIGN_UNIX = frozenset({"/var/run/nscd/socket", "/run/nscd/socket"})
+
+
+#: A build controls its processes' argv and cwd; in an action they are evidence, never
+#: matched by allow rules, so an action keeps this much of them (farm.observe.verdict
+#: caps how many actions a record lists).
+ARGV_ITEMS, ARGV_CHARS = 32, 256
 
 
 #: What a raw syscall record lacks (gVisor gives its arguments as integers only).
@@ -84,6 +91,9 @@ class BlockedAction(BaseModel):
     role: str = "other"
     #: The package rustc was compiling (for roles "rustc" and "proc macro").
     compiling: str | None = None
+    #: Role "proc macro": every macro package its rustc had loaded by then. Code of any
+    #: of them may have made the call, so an allow rule's ``package`` must match all.
+    suspects: list[str] = Field(default_factory=list)
     #: Network actions: address family, host, port and protocol.
     family: str | None = None
     address: str | None = None
@@ -158,18 +168,28 @@ class _Sockets:
     bound: set[int] = field(default_factory=set)
 
 
-def classify(events: list[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
-    """Every blocked or suspicious action in ``events`` (one sandbox), in time order."""
+def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
+    """Every blocked or suspicious action in ``events`` (one sandbox), in time order.
+    For a small record; a spooled one goes through :func:`iter_actions`."""
+    return list(iter_actions(events, versions))
+
+
+def iter_actions(events: Iterable[TraceEvent], versions: dict[str, str]) -> Iterator[BlockedAction]:
+    """:func:`classify` as a stream: memory stays bounded whatever the number of events
+    (only the process and socket tables grow, with processes and sockets)."""
     table = ProcessTable(versions)
     sockets = _Sockets()
-    actions = []
-    for event in sorted(events, key=lambda e: e.context.time_ns):
+    for event in in_time_order(events):
         table.track(event)
         found = _judge(event, sockets)
         if found:
-            actions.append(_action(event, found, table))
-    actions += [_persistence(p, table) for p in table.survivors()]
-    return actions
+            yield _action(event, found, table)
+    for proc in table.survivors():
+        yield _persistence(proc, table)
+
+
+def _capped(argv: list[str]) -> list[str]:
+    return [arg[:ARGV_CHARS] for arg in argv[:ARGV_ITEMS]]
 
 
 def _judge(event: TraceEvent, sockets: _Sockets) -> _Found | None:
@@ -320,8 +340,8 @@ def _base(event: TraceEvent, proc: Process, who: Attribution) -> dict:
         "pid": event.context.thread_group_id,
         "process_name": event.context.process_name,
         "executable": proc.executable,
-        "argv": proc.argv,
-        "cwd": event.context.cwd,
+        "argv": _capped(proc.argv),
+        "cwd": event.context.cwd[:ARGV_CHARS],
         "package": who.package,
         "version": who.version,
         "role": who.role,
@@ -360,7 +380,7 @@ def _persistence(proc: Process, table: ProcessTable) -> BlockedAction:
         pid=proc.tgid,
         process_name=_basename(proc.executable),
         executable=proc.executable,
-        argv=proc.argv,
+        argv=_capped(proc.argv),
         package=who.package,
         version=who.version,
         role=who.role,
