@@ -143,12 +143,22 @@ class SpoolWriter:
         spool.path.rename(self.directory / f"{stem}.trace")
 
     def prune(self, now: float | None = None) -> list[str]:
-        """Remove records older than STALE_SECONDS; returns their names."""
+        """Remove records older than STALE_SECONDS; returns their names.
+
+        Never the spool of a connection still open: its sandbox is alive, however long
+        it runs, and its buffered file's mtime says nothing about that. Each open
+        connection's file is known here; any other ``.part`` is a dead daemon's. (A
+        connection opened or renamed after ``live`` is taken has a fresh file.)
+        """
         cutoff = (now or time.time()) - STALE_SECONDS
+        with self._lock:
+            live = {spool.path.name for spool in self._open.values()}
         gone = []
         for path in self.directory.iterdir():
+            if path.name in live or path.suffix not in (".trace", ".meta", ".part"):
+                continue
             try:
-                if path.stat().st_mtime < cutoff and path.suffix in (".trace", ".meta", ".part"):
+                if path.stat().st_mtime < cutoff:
                     path.unlink()
                     gone.append(path.name)
             except FileNotFoundError:
