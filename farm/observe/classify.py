@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from farm.observe.events import TraceEvent, in_time_order
 from farm.observe.paths import Where, canonical
 from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
-from farm.observe.processes import Attribution, Process, ProcessTable
+from farm.observe.processes import ARGV_CHARS, ARGV_ITEMS, Attribution, Process, ProcessTable
 from farm.policy import OUT, TARGET, TMP
 
 KINDS = ("network", "fs_write_denied", "privilege", "sensitive_read", "persistence")
@@ -59,12 +59,6 @@ SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
 SEND_SYSCALLS = frozenset({"sendto", "sendmsg", "sendmmsg"})
 #: glibc asks nscd over this socket on every user lookup; it never leaves the sandbox.
 BENIGN_UNIX = frozenset({"/var/run/nscd/socket", "/run/nscd/socket"})
-
-
-#: A build controls its processes' argv and cwd; in an action they are evidence, never
-#: matched by allow rules, so an action keeps this much of them (farm.observe.verdict
-#: caps how many actions a record lists).
-ARGV_ITEMS, ARGV_CHARS = 32, 256
 
 
 #: What a raw syscall record lacks (gVisor gives its arguments as integers only).
@@ -117,6 +111,9 @@ class BlockedAction(BaseModel):
         role = self.role
         if self.role == "proc macro" and self.compiling:
             role = f"proc macro, compiling {self.compiling}"
+        others = [s for s in self.suspects if s != self.package]
+        if others:  # any loaded macro's code may have made the call
+            role += f"; or {', '.join(others)}"
         return f"{self.package} {self.version or '?'} ({role})"
 
     def what(self) -> str:
@@ -379,6 +376,7 @@ def _base(event: TraceEvent, proc: Process, who: Attribution) -> dict:
         "version": who.version,
         "role": who.role,
         "compiling": who.compiling,
+        "suspects": list(who.suspects),
     }
 
 
@@ -419,6 +417,7 @@ def _persistence(proc: Process, table: ProcessTable) -> BlockedAction:
         version=who.version,
         role=who.role,
         compiling=who.compiling,
+        suspects=list(who.suspects),
     )
 
 

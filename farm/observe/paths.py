@@ -11,6 +11,7 @@ record cannot show: symlinks the build made itself).
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,7 +33,14 @@ class Where:
     fds: Mapping[tuple[int, int], str] | None = None
 
 
-def canonical(path: str, where: Where) -> str:
+def lexical(path: str) -> str:
+    """``//``, ``.`` and ``..`` collapsed, and nothing else (no link is followed)."""
+    if path.startswith("/"):
+        return canonical(path, Where(0, "/", None), links=False)
+    return posixpath.normpath(path) if path else path
+
+
+def canonical(path: str, where: Where, *, links: bool = True) -> str:
     """The one spelling of the absolute ``path`` for the process ``where`` describes.
 
     Walked one component at a time, as the kernel does: ``//`` and ``.`` vanish, ``..``
@@ -55,7 +63,7 @@ def canonical(path: str, where: Where) -> str:
                 out.pop()
             continue
         out.append(part)
-        while out and hops < _MAX_HOPS and (target := _magic(out, where)) is not None:
+        while links and out and hops < _MAX_HOPS and (target := _magic(out, where)) is not None:
             hops += 1  # a target may be a link again (/dev/stdin -> /proc/<pid>/fd/0)
             out = target
     return "/" + "/".join(out)
