@@ -148,3 +148,23 @@ def test_the_report_says_how_many_actions_it_does_not_list() -> None:
     text = render(build_report(record))
     assert "744 of 1000 actions are not listed below (over the record's cap)" in text
     assert "1000 blocked actions not allowed by policy (by /usr/bin/cat)" in text
+
+
+def test_a_flood_of_allowed_actions_cannot_push_a_refused_one_out_of_the_listing() -> None:
+    from farm.observe.classify import BlockedAction
+    from farm.observe.verdict import tally
+    from farm.spec import AllowRule, ObservePolicy
+
+    def read(n: int, target: str) -> BlockedAction:
+        return BlockedAction(
+            kind="sensitive_read", operation="open", target=target, errno="EACCES",
+            time_ns=n, pid=9, process_name="cat", executable="/usr/bin/cat", argv=["cat"],
+        )  # fmt: skip
+
+    flood = [read(n, "/tmp/home/.netrc") for n in range(5000)]
+    policy = ObservePolicy(allow=[AllowRule(target="/tmp/home/*")])
+    counted = tally([*flood, read(9999, "/etc/shadow")], policy)
+    listed = counted.listed()
+    assert (counted.total, counted.refused, len(listed)) == (5001, 1, MAX_LISTED_ACTIONS)
+    assert listed[-1].target == "/etc/shadow" and not listed[-1].allowed
+    assert [a.time_ns for a in listed] == sorted(a.time_ns for a in listed)
