@@ -85,6 +85,7 @@ class Tally:
     total: int = 0
     allowed: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
+    refused_by_kind: Counter[str] = field(default_factory=Counter)
     #: Who made the refused actions (bounded: see ``refused_by``).
     refusers: Counter[str] = field(default_factory=Counter)
     _kept: dict[bool, list[BlockedAction]] = field(default_factory=lambda: {False: [], True: []})
@@ -94,6 +95,7 @@ class Tally:
         self.allowed += action.allowed
         self.by_kind[action.kind] += 1
         if not action.allowed:
+            self.refused_by_kind[action.kind] += 1
             who = action.package or action.executable or "?"
             if who in self.refusers or len(self.refusers) < MAX_NAMED:
                 self.refusers[who] += 1
@@ -176,6 +178,8 @@ def summarize(
         actions=tally.total + unlisted,
         allowed=tally.allowed,
         unlisted=left_out,
+        by_kind=dict(tally.by_kind),
+        refused_by_kind=dict(tally.refused_by_kind),
         quarantine_reasons=quarantine_reasons(tally, seen, policy, unlisted=left_out),
     )
 

@@ -15,10 +15,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from farm.observe.points import MessageType
 from farm.observe.spool import _LEN, MAX_SPOOL_BYTES
 from farm.observe.verdict import MAX_LISTED_ACTIONS, MAX_LISTED_BYTES
 from farm.observe.wire import encode_field, encode_header
+
+from . import test_provenance
+
+attested = test_provenance.attested  # the fixture of an attested hello-serde build
 
 #: Peak RSS the runner may add while it judges a full spool. Generous: the old code,
 #: which decoded the spool whole, needs gigabytes for the same file.
@@ -168,3 +174,40 @@ def test_a_flood_of_allowed_actions_cannot_push_a_refused_one_out_of_the_listing
     assert (counted.total, counted.refused, len(listed)) == (5001, 1, MAX_LISTED_ACTIONS)
     assert listed[-1].target == "/etc/shadow" and not listed[-1].allowed
     assert [a.time_ns for a in listed] == sorted(a.time_ns for a in listed)
+
+
+def test_no_network_sees_a_network_attempt_the_record_does_not_list(
+    tmp_path: Path, attested
+) -> None:
+    """An audit-mode build hides one connect behind 300 other actions: its signed
+    provenance still counts it, so `farm verify --require no-network` refuses."""
+    from farm.errors import VerificationError
+    from farm.observe.classify import BlockedAction
+    from farm.observe.verdict import judge
+    from farm.provenance import attest
+    from farm.records import TraceCompleteness
+    from farm.signing import load_public_key, public_key_path
+    from farm.spec import ObservePolicy, build_spec
+    from farm.store import Store
+    from farm.verify import verify
+
+    from .test_provenance import HELLO, payload
+
+    def act(n: int, kind: str) -> BlockedAction:
+        return BlockedAction(
+            kind=kind, operation="open for write", target="/usr/bin/x", errno="EACCES",
+            time_ns=n, pid=9, process_name="sh", executable="/bin/sh", argv=["sh"],
+        )  # fmt: skip
+
+    home, artifact, _, envelope = attested
+    store = Store(home)
+    record = store.get(payload(envelope)["predicate"]["runDetails"]["metadata"]["invocationId"])
+    actions = [act(n, "fs_write_denied") for n in range(300)] + [act(300, "network")]
+    judge(record, TraceCompleteness(), 301, iter(actions), ObservePolicy(mode="audit"))
+    assert record.observation is not None and record.observation.unlisted > 0
+    assert "network" not in {a["kind"] for a in record.blocked_actions}  # not listed...
+    spec = build_spec({"source": str(HELLO), "source_date_epoch": 1_700_000_000})
+    signed = tmp_path / "flood.json"
+    signed.write_bytes(store.blob_path(attest(record, spec, store, home)).read_bytes())
+    with pytest.raises(VerificationError, match="1 network attempts"):  # ...but counted
+        verify(artifact, signed, load_public_key(public_key_path(home)), ["no-network"])
