@@ -194,6 +194,9 @@ def _byproducts(record: BuildRecord) -> list[dict[str, Any]]:
         "complete": obs is not None and obs.complete and obs.lost == 0,
         "mode": obs.mode if obs else None,
         "actions": record.blocked_actions,
+        # The listing is capped (farm.observe.verdict); these count every action.
+        "unlisted": obs.unlisted if obs else 0,
+        "by_kind": obs.by_kind if obs else {},
     }
     repro = (
         record.reproducibility.model_dump(mode="json")

@@ -84,6 +84,12 @@ class ObservationSummary(TraceCompleteness):
     events: int = 0
     actions: int = 0
     allowed: int = 0
+    #: Actions judged but not listed in the record (over farm.observe.verdict's caps).
+    unlisted: int = 0
+    #: Every judged action per kind, listed or not (provenance's no-network check).
+    by_kind: dict[str, int] = Field(default_factory=dict)
+    #: The not-allowed ones per kind (the service's metrics).
+    refused_by_kind: dict[str, int] = Field(default_factory=dict)
     #: Non-empty exactly when enforce mode quarantined the build.
     quarantine_reasons: list[str] = Field(default_factory=list)
 

@@ -101,6 +101,11 @@ def render(report: BuildReport) -> str:
         + ("" if obs.complete else f"; INCOMPLETE: {obs.problem}")
     )
     lines += [f"  QUARANTINED: {r}; artifacts withheld" for r in obs.quarantine_reasons]
+    if obs.unlisted:
+        lines.append(
+            f"  {obs.unlisted} of {obs.actions} actions are not listed below "
+            "(over the record's cap); every one was judged"
+        )
     if not report.packages:
         lines.append("  no blocked or suspicious actions")
     for pkg in report.packages:

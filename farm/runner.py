@@ -26,10 +26,10 @@ from farm.confine import SourcePolicy
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
-from farm.observe.classify import classify, lock_versions
+from farm.observe.classify import iter_actions, lock_versions
 from farm.observe.daemon import HostObserver
-from farm.observe.spool import Observation
-from farm.observe.verdict import judge
+from farm.observe.spool import TraceRecord
+from farm.observe.verdict import judge, tally
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
@@ -51,9 +51,10 @@ class Observer(Protocol):
     def ready(self) -> None:
         """Make sure gVisor's events will be received; raises InfrastructureError."""
 
-    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
+    def collect(self, container_id: str, timeout: float | None = None) -> TraceRecord:
         """The container's record, once its sandbox is gone (waiting at most
-        ``timeout`` seconds for gVisor to hang up; None: the observer's default)."""
+        ``timeout`` seconds for gVisor to hang up; None: the observer's default),
+        read once as a stream."""
 
 
 @dataclass(frozen=True)
@@ -347,13 +348,16 @@ class Runner:
         observer: Observer,
         wait: float | None,
     ) -> None:
-        seen = observer.collect(record.container_id or "", wait)
+        trace = observer.collect(record.container_id or "", wait)
         # The snapshot's Cargo.lock is what was built, in a directory only farm writes;
         # the user's tree may have changed since, and a symlink there is not followed.
         lock = dirs.src / "Cargo.lock"
         versions = {} if lock.is_symlink() else lock_versions(dirs.src)
-        actions = classify(seen.events, versions)
-        judge(record, seen, len(seen.events), actions, spec.observe)
+        # A stream end to end: a spool of millions of events is never held in memory,
+        # and every action is judged though the record lists a capped number.
+        actions = tally(iter_actions(trace.stream(), versions), spec.observe)
+        seen = trace.seen()  # its counts are final once the stream is read
+        judge(record, seen, seen.count, actions, spec.observe)
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

@@ -303,6 +303,8 @@ class Service:
             m.teardown.observe(record.teardown_seconds)
         # An action the spec's allow rules permit (a -sys crate running cc) is not blocked.
         kinds = Counter(str(a["kind"]) for a in record.blocked_actions if not a.get("allowed"))
+        if record.observation and record.observation.refused_by_kind:
+            kinds = Counter(record.observation.refused_by_kind)  # listed or not
         for kind, n in kinds.items():
             m.blocked_actions.labels(record.tenant, kind).inc(n)
         if record.observation:

@@ -133,9 +133,16 @@ def _require(statement: dict[str, Any], name: str) -> str:
             "requirement no-network not met: gVisor's record of the build lost events, "
             "so network attempts cannot be ruled out"
         )
-    attempts = [a for a in report.get("actions", []) if a.get("kind") == "network"]
+    listed = len([a for a in report.get("actions", []) if a.get("kind") == "network"])
+    counted = report.get("by_kind")
+    if not isinstance(counted, dict) and report.get("unlisted"):
+        raise VerificationError(
+            "requirement no-network not met: the record does not list every action, "
+            "so network attempts cannot be ruled out"
+        )
+    attempts = max(listed, int(counted.get("network", 0))) if isinstance(counted, dict) else listed
     if attempts:
         raise VerificationError(
-            f"requirement no-network not met: {len(attempts)} network attempts were blocked"
+            f"requirement no-network not met: {attempts} network attempts were blocked"
         )
     return "requirement no-network: observed, no network attempts"

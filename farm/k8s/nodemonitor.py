@@ -23,67 +23,57 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from farm.errors import KubeNotFoundError, KubernetesError
 from farm.k8s import names
 from farm.k8s.kube import Kube, Obj
 from farm.k8s.reconcile import build_container_id, build_exit_code
-from farm.k8s.resource import MAX_STATUS_ACTIONS, ObservationStatus
+from farm.k8s.resource import ObservationStatus
 from farm.k8s.teardown import MANAGED
 from farm.metrics import Metrics
-from farm.observe.classify import BlockedAction, classify
-from farm.observe.spool import Observation
+from farm.observe.classify import BlockedAction, iter_actions
+from farm.observe.spool import Observation, TraceRecord
+from farm.observe.verdict import MAX_LISTED_ACTIONS, MAX_LISTED_BYTES, Tally
 from farm.reprocheck import MAX_RUNS
 
 log = logging.getLogger(__name__)
-#: JSON bytes the listed actions may take in a Build's status (the rest are counted).
-MAX_ACTIONS_BYTES = 256 << 10
-#: A build controls its processes' argv; in the status it is evidence, never matched.
-ARGV_ITEMS, ARGV_CHARS = 32, 256
 
 
 class ObservationSource(Protocol):
     """``farm.observe.daemon.HostObserver`` satisfies this."""
 
-    def collect(self, container_id: str) -> Observation: ...
+    def collect(self, container_id: str) -> TraceRecord: ...
 
 
 def observation_status(
-    container_id: str, seen: Observation, actions: list[BlockedAction], runs: int = 1
+    container_id: str, seen: Observation, actions: Iterable[BlockedAction], runs: int = 1
 ) -> ObservationStatus:
     """What goes into ``status.observation``: the completeness counts and the actions,
-    capped in number and bytes. Leaving any out makes the record incomplete, so an
-    enforce-mode build cannot hide an attempt behind a flood of others. The ``runs`` of
-    a reproducibility check share the caps, since all their records are in one Build."""
-    listed: list[BlockedAction] = []
-    size = 0
-    for action in actions[: MAX_STATUS_ACTIONS // runs]:
-        slim = _slim(action)
-        size += len(slim.model_dump_json())
-        if size > MAX_ACTIONS_BYTES // runs:
-            break
-        listed.append(slim)
-    unlisted = len(actions) - len(listed)
+    capped in number and bytes (farm.observe.verdict's caps, one for every record).
+    Leaving any out makes the record incomplete, so an enforce-mode build cannot hide an
+    attempt behind a flood of others. The ``runs`` of a reproducibility check share the
+    caps, since all their records are in one Build."""
+    counted = Tally(MAX_LISTED_ACTIONS // runs, MAX_LISTED_BYTES // runs).add_all(actions)
+    return _status(container_id, seen, counted)
+
+
+def _status(container_id: str, seen: Observation, counted: Tally) -> ObservationStatus:
+    listed = counted.listed()
+    unlisted = counted.total - len(listed)
     completeness = seen.completeness()
     if unlisted:
-        cap = f"{unlisted} of {len(actions)} actions not listed (over the status's cap)"
+        cap = f"{unlisted} of {counted.total} actions not listed (over the status's cap)"
         completeness["complete"] = False
         completeness["problem"] = "; ".join(p for p in (seen.problem, cap) if p)
     return ObservationStatus(
         containerID=container_id,
-        events=len(seen.events),
+        events=seen.count,
         actions=listed,
         unlisted=unlisted,
         **completeness,
     )
-
-
-def _slim(action: BlockedAction) -> BlockedAction:
-    """The action with argv and cwd shortened; allow rules never match those fields."""
-    argv = [arg[:ARGV_CHARS] for arg in action.argv[:ARGV_ITEMS]]
-    return action.model_copy(update={"argv": argv, "cwd": action.cwd[:ARGV_CHARS]})
 
 
 class NodeMonitor:
@@ -135,15 +125,19 @@ class NodeMonitor:
         status fields that carry it."""
         namespace = pod["metadata"]["namespace"]
         runs = _runs(pod)
-        observation = self.source.collect(container_id)
+        trace = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
-        # compilation gVisor did not see is named without its version.
-        actions = classify(observation.events, {})
-        kinds = Counter(a.kind for a in actions)
+        # compilation gVisor did not see is named without its version. A stream: the
+        # spool may hold millions of events, and only the capped listing is kept.
+        share = max(1, runs)
+        counted = Tally(MAX_LISTED_ACTIONS // share, MAX_LISTED_BYTES // share)
+        counted.add_all(iter_actions(trace.stream(), {}))
+        observation = trace.seen()
+        kinds = counted.by_kind
         for kind, n in kinds.items():
             self.metrics.blocked_actions.labels(tenant=namespace, kind=kind).inc(n)
         self.metrics.observer_dropped.inc(observation.lost)
-        shipped = observation_status(container_id, observation, actions, max(1, runs))
+        shipped = _status(container_id, observation, counted)
         return {
             "blocked": sum(kinds.values()),
             "blockedByKind": dict(kinds),

@@ -454,7 +454,7 @@ class Reconciler:
         record = build_record(build, ref, status, run.index, run.ending)
         if spec is not None and run.seen is not None:
             seen = run.seen
-            judge(record, seen, seen.events, seen.actions, spec.observe)
+            judge(record, seen, seen.events, seen.actions, spec.observe, unlisted=seen.unlisted)
         return record
 
     def _compare(self, status: BuildStatus, records: list[BuildRecord]) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from farm.errors import SpecError
 from farm.observe.classify import BlockedAction
+from farm.observe.verdict import MAX_LISTED_ACTIONS
 from farm.records import TraceCompleteness
 from farm.reprocheck import MAX_RUNS, check_problem
 from farm.spec import BuildSpec, _describe
@@ -116,9 +117,10 @@ Phase = Literal[
     "Pending", "Fetching", "Building", "Collecting", "Succeeded", "Failed", "Quarantined"
 ]
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Quarantined"})
-#: Actions listed in ``status.observation``: with the byte budget in farm.k8s.nodemonitor
-#: this keeps a Build well under the API server's object size (about 1.5 MiB).
-MAX_STATUS_ACTIONS = 256
+#: Actions listed in ``status.observation``: with the byte budget (farm.observe.verdict's
+#: caps, shared with a local record) this keeps a Build well under the API server's
+#: object size (about 1.5 MiB).
+MAX_STATUS_ACTIONS = MAX_LISTED_ACTIONS
 
 
 class Condition(BaseModel):

@@ -22,22 +22,26 @@ import ipaddress
 import posixpath
 import re
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from farm.observe.events import TraceEvent
+from farm.observe.events import TraceEvent, in_time_order
+from farm.observe.paths import Where, canonical
 from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
-from farm.observe.processes import Attribution, Process, ProcessTable
+from farm.observe.processes import ARGV_CHARS, ARGV_ITEMS, Attribution, Process, ProcessTable
 from farm.policy import OUT, TARGET, TMP
 
 KINDS = ("network", "fs_write_denied", "privilege", "sensitive_read", "persistence")
 
 #: Opens of these are ``sensitive_read`` whatever their result: the attempt is the tell.
+#: Matched on the canonical path (farm.observe.paths: proc's aliases of a process are
+#: ``/proc/<pid>``) and on the path as spelled.
 SENSITIVE = re.compile(
     r"(/\.ssh/|/\.aws/|/\.docker/config\.json|/\.kube/config|/\.netrc|/\.git-credentials"
-    r"|^/proc/1/environ$|^/proc/self/environ$|^/etc/shadow|^/etc/gshadow|/serviceaccount/token"
+    r"|^/proc/\d+/environ$|^/proc/self/environ$|^/etc/shadow|^/etc/gshadow|/serviceaccount/token"
     r"|/\.config/gcloud/|/\.cargo/credentials|/\.gnupg/|/\.npmrc$|/\.pypirc$)"
 )
 HARMLESS_DEVICES = frozenset(
@@ -45,7 +49,9 @@ HARMLESS_DEVICES = frozenset(
 )
 DENIED = frozenset({errnos.EACCES, errnos.EROFS, errnos.EPERM})
 #: Where a build may write (farm.policy's mounts, plus the kernel's scratch dirs).
-WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm", "/proc/self")
+WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm")
+#: Open files remembered to resolve ``/proc/<pid>/fd/N`` (oldest forgotten first).
+MAX_OPEN_FILES = 65536
 O_ACCMODE, O_CREAT, O_TRUNC, O_APPEND = 0o3, 0o100, 0o1000, 0o2000
 AT_FDCWD = -100
 AF_UNIX, AF_PACKET = 1, 17
@@ -70,6 +76,7 @@ class BlockedAction(BaseModel):
 
     kind: str
     operation: str
+    #: A path is canonical (farm.observe.paths): allow rules match the object opened.
     target: str
     errno: str
     time_ns: int
@@ -84,11 +91,17 @@ class BlockedAction(BaseModel):
     role: str = "other"
     #: The package rustc was compiling (for roles "rustc" and "proc macro").
     compiling: str | None = None
+    #: Role "proc macro": every macro package its rustc had loaded by then. Code of any
+    #: of them may have made the call, so an allow rule's ``package`` must match all.
+    suspects: list[str] = Field(default_factory=list)
     #: Network actions: address family, host, port and protocol.
     family: str | None = None
     address: str | None = None
     port: int | None = None
     protocol: str | None = None
+    #: The path exactly as the process passed it, when it is not ``target``'s spelling
+    #: (``/proc/self/root/etc/shadow`` for ``/etc/shadow``).
+    spelled: str | None = None
     #: Set by the build's policy: allowed actions never quarantine a build.
     allowed: bool = False
 
@@ -98,11 +111,16 @@ class BlockedAction(BaseModel):
         role = self.role
         if self.role == "proc macro" and self.compiling:
             role = f"proc macro, compiling {self.compiling}"
+        others = [s for s in self.suspects if s != self.package]
+        if others:  # any loaded macro's code may have made the call
+            role += f"; or {', '.join(others)}"
         return f"{self.package} {self.version or '?'} ({role})"
 
     def what(self) -> str:
         """``connect 127.0.0.1:443/tcp blocked (ECONNREFUSED)``."""
         target = self.target or _UNRECORDED.get(self.kind, "")
+        if self.spelled:
+            target = f"{target} (as {self.spelled})"
         if self.protocol and self.port is not None:
             target = f"{target}/{self.protocol}"
         elif self.protocol and not self.target:
@@ -144,6 +162,8 @@ class _Found:
     target: str
     net: SockAddr | None = None
     protocol: str | None = None
+    #: The path as the process spelled it, when that differs from ``target``.
+    spelled: str | None = None
 
 
 @dataclass
@@ -158,25 +178,36 @@ class _Sockets:
     bound: set[int] = field(default_factory=set)
 
 
-def classify(events: list[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
-    """Every blocked or suspicious action in ``events`` (one sandbox), in time order."""
+def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
+    """Every blocked or suspicious action in ``events`` (one sandbox), in time order.
+    For a small record; a spooled one goes through :func:`iter_actions`."""
+    return list(iter_actions(events, versions))
+
+
+def iter_actions(events: Iterable[TraceEvent], versions: dict[str, str]) -> Iterator[BlockedAction]:
+    """:func:`classify` as a stream: memory stays bounded whatever the number of events
+    (only the process and socket tables grow, with processes and sockets)."""
     table = ProcessTable(versions)
     sockets = _Sockets()
-    actions = []
-    for event in sorted(events, key=lambda e: e.context.time_ns):
+    files: dict[tuple[int, int], str] = {}
+    for event in in_time_order(events):
         table.track(event)
-        found = _judge(event, sockets)
+        found = _judge(event, sockets, files)
         if found:
-            actions.append(_action(event, found, table))
-    actions += [_persistence(p, table) for p in table.survivors()]
-    return actions
+            yield _action(event, found, table)
+    for proc in table.survivors():
+        yield _persistence(proc, table)
 
 
-def _judge(event: TraceEvent, sockets: _Sockets) -> _Found | None:
+def _capped(argv: list[str]) -> list[str]:
+    return [arg[:ARGV_CHARS] for arg in argv[:ARGV_ITEMS]]
+
+
+def _judge(event: TraceEvent, sockets: _Sockets, files: dict) -> _Found | None:
     """What the event is, if it is a blocked or suspicious action."""
     f, kind = event.fields, event.kind
     if kind == "open":
-        return _judge_open(_path(event), int(f.get("flags", 0)), event.errno)
+        return _judge_open(event, files)
     if kind == "socket":
         return _judge_socket(event, sockets)
     if kind in ("connect", "bind"):
@@ -200,22 +231,40 @@ def _setid_name(event: TraceEvent) -> str:
 
 
 def _path(event: TraceEvent) -> str:
-    """The event's pathname made absolute with its dirfd's path or the cwd."""
+    """The event's pathname made absolute with its dirfd's path or the cwd, and
+    otherwise as spelled (farm.observe.paths.canonical normalises it)."""
     path = str(event.fields.get("pathname", ""))
     if not path or path.startswith("/"):
         return path
     base = event.fields.get("fd_path", "") if event.fields.get("fd", AT_FDCWD) != AT_FDCWD else ""
     base = base or event.context.cwd
-    return posixpath.normpath(posixpath.join(base, path)) if base.startswith("/") else path
+    return posixpath.join(base, path) if base.startswith("/") else path
 
 
-def _judge_open(path: str, flags: int, err: int) -> _Found | None:
-    if SENSITIVE.search(path):
+def _judge_open(event: TraceEvent, files: dict[tuple[int, int], str]) -> _Found | None:
+    """Judge an open by the object it names, whatever the spelling (farm.observe.paths);
+    remember what a successful open's fd refers to."""
+    spelled, tgid = _path(event), event.context.thread_group_id
+    path = canonical(spelled, Where(tgid, event.context.cwd or "/", files))
+    fd = int(event.fields.get("exit", {}).get("result", -1))
+    if fd >= 0 and not event.errno and path.startswith("/"):
+        files.pop((tgid, fd), None)  # re-inserted last: the newest is forgotten last
+        files[(tgid, fd)] = path
+        if len(files) > MAX_OPEN_FILES:
+            del files[next(iter(files))]
+    found = _judge_path(path, spelled, int(event.fields.get("flags", 0)), event.errno, tgid)
+    if found and spelled != path:
+        return _Found(found.kind, found.operation, path, spelled=spelled)
+    return found
+
+
+def _judge_path(path: str, spelled: str, flags: int, err: int, tgid: int) -> _Found | None:
+    if SENSITIVE.search(path) or SENSITIVE.search(spelled):
         return _Found("sensitive_read", "open", path)
     if (
         path.startswith("/dev/")
         and path not in HARMLESS_DEVICES
-        and not path.startswith(("/dev/fd/", "/dev/pts/", "/dev/shm/", "/dev/std"))
+        and not path.startswith(("/dev/pts/", "/dev/shm/"))
     ):
         return _Found("privilege", "open device", path)
     writes = (flags & O_ACCMODE) != 0 or flags & (O_CREAT | O_TRUNC | O_APPEND)
@@ -223,13 +272,14 @@ def _judge_open(path: str, flags: int, err: int) -> _Found | None:
         return _Found("fs_write_denied", "open for write", path)
     # Outside the writable mounts a missing directory means a host path the sandbox
     # does not have (a build writes only under them): the attempt is the tell.
-    if writes and err == errnos.ENOENT and path.startswith("/") and not _writable(path):
+    if writes and err == errnos.ENOENT and path.startswith("/") and not _writable(path, tgid):
         return _Found("fs_write_denied", "open for write", path)
     return None
 
 
-def _writable(path: str) -> bool:
-    return any(path == root or path.startswith(root + "/") for root in WRITABLE_ROOTS)
+def _writable(path: str, tgid: int) -> bool:
+    roots = (*WRITABLE_ROOTS, f"/proc/{tgid}")  # its own proc files (/proc/self)
+    return any(path == root or path.startswith(root + "/") for root in roots)
 
 
 def _judge_socket(event: TraceEvent, sockets: _Sockets) -> _Found | None:
@@ -320,12 +370,13 @@ def _base(event: TraceEvent, proc: Process, who: Attribution) -> dict:
         "pid": event.context.thread_group_id,
         "process_name": event.context.process_name,
         "executable": proc.executable,
-        "argv": proc.argv,
-        "cwd": event.context.cwd,
+        "argv": _capped(proc.argv),
+        "cwd": event.context.cwd[:ARGV_CHARS],
         "package": who.package,
         "version": who.version,
         "role": who.role,
         "compiling": who.compiling,
+        "suspects": list(who.suspects),
     }
 
 
@@ -343,6 +394,7 @@ def _action(event: TraceEvent, found: _Found, table: ProcessTable) -> BlockedAct
         kind=found.kind,
         operation=found.operation,
         target=found.target,
+        spelled=found.spelled,
         protocol=found.protocol,
         **net,
         **base,
@@ -360,11 +412,12 @@ def _persistence(proc: Process, table: ProcessTable) -> BlockedAction:
         pid=proc.tgid,
         process_name=_basename(proc.executable),
         executable=proc.executable,
-        argv=proc.argv,
+        argv=_capped(proc.argv),
         package=who.package,
         version=who.version,
         role=who.role,
         compiling=who.compiling,
+        suspects=list(who.suspects),
     )
 
 

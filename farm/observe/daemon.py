@@ -31,7 +31,7 @@ from types import TracebackType
 
 from farm.errors import InfrastructureError
 from farm.observe.sink import TraceSink
-from farm.observe.spool import Observation, SpoolWriter, read_observation
+from farm.observe.spool import SpooledRecord, SpoolWriter, read_observation
 
 RUN_DIR = Path("/run/farm")
 #: Fixed, because dockerd passes runsc's --pod-init-config per runtime, not per build.
@@ -163,7 +163,8 @@ class HostObserver:
                 return
             self._spawn()
 
-    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
+    def collect(self, container_id: str, timeout: float | None = None) -> SpooledRecord:
+        """The container's record, to be read once as a stream (see SpooledRecord)."""
         wait = self.collect_timeout if timeout is None else timeout
         return read_observation(self.paths.spool, container_id, timeout=wait)
 

@@ -14,11 +14,14 @@ Layout of the spool directory, per runsc connection number N:
   ``.trace`` is the "complete" signal, so a reader never sees a half-written record.
 
 A record is ``u32 little-endian length`` + the datagram exactly as runsc sent it.
-Decoding (and counting what does not decode) happens once, in the reader.
+Decoding (and counting what does not decode) happens once, in the reader, as a
+stream: a spool may hold :data:`MAX_SPOOL_BYTES`, far more than its decoded events
+would take in memory (docs/observer.md, "Memory").
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -26,13 +29,14 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pydantic import ConfigDict, Field
 
-from farm.observe.events import TraceEvent, to_event
+from farm.observe.events import TraceEvent, in_time_order, to_event
 from farm.observe.wire import DecodeError, split_datagram
 from farm.records import TraceCompleteness
 
@@ -46,13 +50,41 @@ STALE_SECONDS = 6 * 3600
 
 
 class Observation(TraceCompleteness):
-    """What gVisor reported about one container, and how complete that record is."""
+    """What gVisor reported about one container, and how complete that record is.
+
+    ``events`` holds a small record in memory (tests, fakes of the node monitor's
+    source); a record read from the spool is streamed instead (:class:`SpooledRecord`),
+    and its summary counts the events in ``streamed``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     container_id: str
     events: list[TraceEvent] = Field(default_factory=list)
     connections: int = 0
+    streamed: int = 0
+
+    @property
+    def count(self) -> int:
+        """How many events the record held."""
+        return len(self.events) + self.streamed
+
+    def stream(self) -> Iterator[TraceEvent]:
+        return in_time_order(self.events, window=len(self.events) + 1)
+
+    def seen(self) -> Observation:
+        return self
+
+
+class TraceRecord(Protocol):
+    """A container's record as the runner and the node monitor read it: the events
+    once, in time order, then the completeness counts."""
+
+    container_id: str
+
+    def stream(self) -> Iterator[TraceEvent]: ...
+
+    def seen(self) -> Observation: ...
 
 
 @dataclass
@@ -111,12 +143,22 @@ class SpoolWriter:
         spool.path.rename(self.directory / f"{stem}.trace")
 
     def prune(self, now: float | None = None) -> list[str]:
-        """Remove records older than STALE_SECONDS; returns their names."""
+        """Remove records older than STALE_SECONDS; returns their names.
+
+        Never the spool of a connection still open: its sandbox is alive, however long
+        it runs, and its buffered file's mtime says nothing about that. Each open
+        connection's file is known here; any other ``.part`` is a dead daemon's. (A
+        connection opened or renamed after ``live`` is taken has a fresh file.)
+        """
         cutoff = (now or time.time()) - STALE_SECONDS
+        with self._lock:
+            live = {spool.path.name for spool in self._open.values()}
         gone = []
         for path in self.directory.iterdir():
+            if path.name in live or path.suffix not in (".trace", ".meta", ".part"):
+                continue
             try:
-                if path.stat().st_mtime < cutoff and path.suffix in (".trace", ".meta", ".part"):
+                if path.stat().st_mtime < cutoff:
                     path.unlink()
                     gone.append(path.name)
             except FileNotFoundError:
@@ -144,72 +186,118 @@ class SpoolWriter:
 
 def read_observation(
     directory: Path, container_id: str, *, timeout: float = 30.0, consume: bool = True
-) -> Observation:
-    """The record of ``container_id`` once all its connections hung up.
+) -> SpooledRecord:
+    """The record of ``container_id`` once all its connections hung up, to be read once
+    as a stream (``stream()``, then ``seen()`` for its counts).
 
     Waits up to ``timeout`` seconds for runsc to hang up (it does when the sandbox is
     gone). A missing or unfinished record is returned with ``complete=False`` and the
     reason, never raised: the caller decides what an incomplete record means.
-    With ``consume`` the files are removed after reading.
+    With ``consume`` the files are removed once opened (the open files stay readable).
     """
     if not _SAFE_ID.match(container_id):
-        return Observation(container_id=container_id, complete=False, problem="invalid id")
+        return SpooledRecord(container_id, [], "invalid id", consume)
     deadline = time.monotonic() + timeout
     while True:
         traces = sorted(directory.glob(f"{container_id}.*.trace"))
         pending = list(directory.glob(f"{container_id}.*.part"))
         if traces and not pending:
-            break
+            return SpooledRecord(container_id, traces, "", consume)
         if time.monotonic() >= deadline:
             problem = (
                 f"gVisor's connection for this sandbox was still open after {timeout:.0f}s"
                 if pending
                 else "the observer received no trace connection for this sandbox"
             )
-            return _read(traces, container_id, consume, problem)
+            return SpooledRecord(container_id, traces, problem, consume)
         time.sleep(0.1)
-    return _read(traces, container_id, consume, "")
 
 
-def _read(traces: list[Path], container_id: str, consume: bool, problem: str) -> Observation:
-    events: list[TraceEvent] = []
-    counts = {"dropped": 0, "unparseable": 0, "overflow": 0, "unknown_types": 0}
-    for number, trace in enumerate(traces, 1):
+class SpooledRecord:
+    """One container's record in the spool, decoded as a stream: memory stays bounded
+    by :data:`farm.observe.events.REORDER_WINDOW`, however large the spool.
+
+    Satisfies the same reading interface as :class:`Observation` (``stream()``,
+    ``seen()``), which the runner and the node monitor use.
+    """
+
+    def __init__(self, container_id: str, traces: list[Path], problem: str, consume: bool):
+        self.container_id = container_id
+        self.problem = problem
+        self._traces, self._consume = traces, consume
+        self._counts = {"dropped": 0, "unparseable": 0, "overflow": 0, "unknown_types": 0}
+        self._events = 0
+        self._read = False
+
+    def stream(self) -> Iterator[TraceEvent]:
+        """Every event, in time order across connections; once (a second call raises
+        RuntimeError, since the files are consumed)."""
+        if self._read:
+            raise RuntimeError(f"the record of {self.container_id} was already read")
+        self._read = True
+        files = []
+        try:
+            for number, trace in enumerate(self._traces, 1):
+                files.append((number, self._open(trace)))
+            streams = [
+                in_time_order(self._decode(f, number)) for number, f in files if f is not None
+            ]
+            for event in heapq.merge(*streams, key=lambda e: e.context.time_ns):
+                self._events += 1
+                yield event
+        finally:
+            for _, f in files:
+                if f is not None:
+                    f.close()
+
+    def whole(self) -> Observation:
+        """The record with every event in memory: for small records only (tests)."""
+        events = list(self.stream())
+        return self.seen().model_copy(update={"events": events, "streamed": 0})
+
+    def seen(self) -> Observation:
+        """The record's completeness and event count (final once ``stream()`` ended)."""
+        return Observation(
+            container_id=self.container_id,
+            connections=len(self._traces),
+            streamed=self._events,
+            complete=not self.problem,
+            problem=self.problem,
+            **self._counts,
+        )
+
+    def _open(self, trace: Path) -> BinaryIO | None:
         meta_path = trace.with_suffix(".meta")
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        counts["overflow"] += int(meta.get("overflow", 0))
-        _decode_file(trace.read_bytes(), number, container_id, events, counts)
-        if consume:
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            f = trace.open("rb")
+        except (OSError, ValueError):
+            self._counts["unparseable"] += 1
+            return None
+        self._counts["overflow"] += int(meta.get("overflow", 0))
+        if self._consume:  # the open file stays readable
             trace.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
-    return Observation(
-        container_id=container_id,
-        events=events,
-        connections=len(traces),
-        complete=not problem,
-        problem=problem,
-        **counts,
-    )
+        return f
 
-
-def _decode_file(
-    data: bytes, connection: int, container_id: str, events: list[TraceEvent], counts: dict
-) -> None:
-    pos, last_dropped = 0, 0
-    while pos + _LEN.size <= len(data):
-        (size,) = _LEN.unpack_from(data, pos)
-        datagram = data[pos + _LEN.size : pos + _LEN.size + size]
-        pos += _LEN.size + size
-        try:
-            header, payload = split_datagram(datagram)
-            event = to_event(header, payload, connection=connection, container_id=container_id)
-        except DecodeError:
-            counts["unparseable"] += 1
-            continue
-        # gVisor's count is cumulative per connection and wraps at 2**32.
-        counts["dropped"] += (event.dropped - last_dropped) & 0xFFFF_FFFF
-        last_dropped = event.dropped
-        counts["unknown_types"] += int(event.kind.startswith("message_"))
-        events.append(event)
-    if pos != len(data):
-        counts["unparseable"] += 1  # a torn last record (the daemon died mid-write)
+    def _decode(self, f: BinaryIO, connection: int) -> Iterator[TraceEvent]:
+        counts, last_dropped = self._counts, 0
+        while header := f.read(_LEN.size):
+            size = _LEN.unpack(header)[0] if len(header) == _LEN.size else -1
+            datagram = f.read(size) if size >= 0 else b""
+            if size < 0 or len(datagram) < size:
+                counts["unparseable"] += 1  # a torn last record (the daemon died mid-write)
+                return
+            try:
+                head, payload = split_datagram(datagram)
+                event = to_event(
+                    head, payload, connection=connection, container_id=self.container_id
+                )
+            except DecodeError:
+                counts["unparseable"] += 1
+                continue
+            # gVisor's count is cumulative per connection and wraps at 2**32.
+            counts["dropped"] += (event.dropped - last_dropped) & 0xFFFF_FFFF
+            last_dropped = event.dropped
+            counts["unknown_types"] += int(event.kind.startswith("message_"))
+            yield event

@@ -92,7 +92,9 @@ def test_a_forged_cargo_environment_does_not_move_the_blame() -> None:
 def test_proc_macro_actions_are_attributed_to_the_macro_and_the_crate_compiled() -> None:
     macro_argv = ["rustc", "--crate-name", "evil_macro", "--crate-type", "proc-macro"]
     macro_argv += ["-C", "extra-filename=-00aa11bb22cc33dd"]
+    macro_argv += ["--out-dir", "/build/target/release/deps"]
     lib = "/build/target/release/deps/libevil_macro-00aa11bb22cc33dd.so"
+    victim_argv = ["rustc", "--crate-name", "victim", "--extern", f"evil_macro={lib}"]
     user_env = ["CARGO_PKG_NAME=victim", "CARGO_PKG_VERSION=1.2.3"]
     events = [
         *cargo_root(),
@@ -102,7 +104,7 @@ def test_proc_macro_actions_are_attributed_to_the_macro_and_the_crate_compiled()
             macro_argv,
             ["CARGO_PKG_NAME=evil-macro", "CARGO_PKG_VERSION=0.9.0"],
         ),
-        *step(6, "/usr/bin/rustc", ["rustc", "--crate-name", "victim"], user_env),
+        *step(6, "/usr/bin/rustc", victim_argv, user_env),
         ev("open", tgid=6, pathname="/root/.aws/credentials", flags=0, exit={"errorno": 2}),
         ev("open", tgid=6, pathname=lib, flags=0o2000000),
         ev("open", tgid=6, pathname="/root/.ssh/id_ed25519", flags=0, exit={"errorno": 13}),

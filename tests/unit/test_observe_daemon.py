@@ -51,10 +51,10 @@ def test_each_container_gets_only_its_own_events(paths: ObserverPaths) -> None:
             a.send(open_event(f"/a/{n}", container="box-a"))
             b.send(open_event(f"/b/{n}", container="box-b"))
         a.close()
-        seen_a = read_observation(paths.spool, "box-a", timeout=5)
-        assert not read_observation(paths.spool, "box-b", timeout=0.3).complete  # b is open
+        seen_a = read_observation(paths.spool, "box-a", timeout=5).whole()
+        assert not read_observation(paths.spool, "box-b", timeout=0.3).whole().complete  # b is open
         b.close()
-        seen_b = read_observation(paths.spool, "box-b", timeout=5)
+        seen_b = read_observation(paths.spool, "box-b", timeout=5).whole()
     assert [e.fields["pathname"] for e in seen_a.events] == [f"/a/{n}" for n in range(30)]
     assert [e.fields["pathname"] for e in seen_b.events] == [f"/b/{n}" for n in range(30)]
     assert seen_a.complete and seen_b.complete and seen_a.lost == 0
@@ -70,7 +70,7 @@ def test_drops_and_unparseable_datagrams_are_counted(paths: ObserverPaths) -> No
             s.send(bad)
             s.send(open_event("/y", container="box", dropped=4))
             s.send(encode_header(200, dropped=4) + encode_field(1, 1))  # no schema for 200
-        seen = read_observation(paths.spool, "box", timeout=5)
+        seen = read_observation(paths.spool, "box", timeout=5).whole()
     assert (seen.dropped, seen.unparseable, seen.unknown_types) == (4, 1, 1)
     assert [e.kind for e in seen.events] == ["open", "open", "message_200"]
 
@@ -80,21 +80,23 @@ def test_over_the_cap_is_counted_not_kept(paths: ObserverPaths) -> None:
     daemon._writer.max_bytes = 200
     with daemon:
         send_all(paths.socket, "box", [f"/{n}" for n in range(20)])
-        seen = read_observation(paths.spool, "box", timeout=5)
+        seen = read_observation(paths.spool, "box", timeout=5).whole()
     assert seen.overflow > 0 and len(seen.events) + seen.overflow == 20
 
 
 def test_missing_record_is_incomplete_not_an_error(paths: ObserverPaths) -> None:
     with ObserverDaemon(paths):
-        seen = read_observation(paths.spool, "never-ran", timeout=0.2)
+        seen = read_observation(paths.spool, "never-ran", timeout=0.2).whole()
     assert not seen.complete and "no trace connection" in seen.problem
-    assert not read_observation(paths.spool, "../etc", timeout=0).complete
+    assert not read_observation(paths.spool, "../etc", timeout=0).whole().complete
 
 
 def test_a_container_id_cannot_name_a_path_outside_the_spool(paths: ObserverPaths) -> None:
     with ObserverDaemon(paths):
         send_all(paths.socket, "../../escape", ["/x"])
-        assert read_observation(paths.spool, "invalid-id", timeout=5, consume=False).complete
+        assert (
+            read_observation(paths.spool, "invalid-id", timeout=5, consume=False).whole().complete
+        )
     assert {p.name for p in paths.spool.iterdir()} <= {"invalid-id.1.trace", "invalid-id.1.meta"}
     assert not (paths.spool.parent.parent / "escape.1.trace").exists()
 
@@ -125,7 +127,7 @@ def test_host_observer_starts_one_daemon_on_demand(paths: ObserverPaths) -> None
         observers[1].ready()  # already running: no second daemon
         assert int(paths.pid.read_text()) == pid
         send_all(paths.socket, "box", ["/etc/shadow"])
-        seen = observers[1].collect("box")
+        seen = observers[1].collect("box").whole()
         assert [e.fields["pathname"] for e in seen.events] == ["/etc/shadow"]
     finally:
         os.kill(pid, signal.SIGTERM)  # the daemon this test started, by its pid
