@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from farm.observe.daemon import HostObserver, ObserverPaths
+from farm.policy import BuildDirs
 from farm.records import BuildRecord, Status
 from farm.runner import Runner
 from farm.spec import BuildSpec, ObservePolicy
@@ -59,7 +60,7 @@ record = BuildRecord(
 )
 before = hwm()
 # The runner's own observation step (no sandbox: the record is already in the spool).
-Runner._observe(Runner.__new__(Runner), record, spec, observer, 5.0)
+Runner._observe(Runner.__new__(Runner), record, spec, BuildDirs(source.parent), observer, 5.0)
 after = hwm()
 print(json.dumps({"before": before, "after": after, "record": record.model_dump(mode="json")}))
 """
