@@ -3,8 +3,8 @@
 Callers: ``farm.cli`` and ``farm.service`` (one Runner per worker thread). The runner
 only knows the ``Backend`` protocol, so it is the same for every backend. Every path
 out of ``build`` (success, failure, deadline, OOM, SIGINT/SIGTERM, infrastructure
-error) tears the sandbox down, removes the build's directories and leaves a final
-record in the index.
+error) tears the sandbox down, unmounts the build's capped filesystem (farm.workdisk),
+removes the build's directories and leaves a final record in the index.
 """
 
 from __future__ import annotations

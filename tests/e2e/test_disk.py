@@ -28,8 +28,19 @@ def project(tmp_path: Path) -> Path:
 
 
 def attached(home: Path) -> list[str]:
-    """Mounts and loop devices of this FARM_HOME (what `losetup -j` and mountinfo show)."""
-    return [str(p) for p in mounts_below(home)] + loops_below(home)
+    """Mounts and loop devices of this FARM_HOME: farm.workdisk's view, and independently
+    what mountinfo and `losetup --list` say."""
+    base = os.path.realpath(home)
+    with open("/proc/self/mountinfo") as table:
+        mounted = [line.split()[4] for line in table if base in line.split()[4]]
+    listed = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    loops = [line for line in listed.splitlines() if base in line]
+    ours = [str(p) for p in mounts_below(home)] + loops_below(home)
+    return sorted(set(mounted + loops + ours))
 
 
 def allocated_below(root: Path) -> int:
@@ -148,7 +159,7 @@ def test_reap_releases_a_filesystem_without_a_running_record(home: Path) -> None
     root = home / "work" / "20260101-000000-abcdef"
     root.mkdir(parents=True)
     create(root / "disk.img", root / "disk", CAP)
-    assert len(attached(home)) == 2  # the mount and its loop device
+    assert len(attached(home)) == 3  # the mount, and its loop device in both views
     done = farm(home, "reap")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "reaped leftover filesystem of build 20260101-000000-abcdef" in done.stdout
