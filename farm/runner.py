@@ -156,7 +156,7 @@ class Runner:
         """Filesystems of builds nobody runs any more (their record is gone or final)."""
         said = []
         for build_id in sorted(holders(self.settings.work_dir) - live_builds):
-            if self._owned_by_live_process(build_id):
+            if self._owner_alive(build_id):
                 continue
             removed = self._release(self.settings.work_dir / build_id)
             message = f"reaped leftover filesystem of build {build_id}: {', '.join(removed)}"
@@ -169,6 +169,14 @@ class Runner:
         removed = release(root)
         remove_tree(root)
         return removed
+
+    def _owner_alive(self, build_id: str) -> bool:
+        """Whatever the record's status: a build saves its final record before its
+        ``finally`` unmounts, and that window is not a leftover."""
+        try:
+            return pid_alive(self.store.get(build_id).owner_pid)
+        except FarmError:
+            return False  # no record: nobody owns this filesystem
 
     def _owned_by_live_process(self, build_id: str) -> bool:
         try:
