@@ -4,15 +4,28 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from farm.errors import InfrastructureError
+from farm.gc import GRACE_SECONDS, collect_garbage
+from farm.settings import Settings
+from farm.store import Store
 from farm.workdisk import Usage, create, holders, loops_below, mounts_below, release, usage
 
 MIB = 1 << 20
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need root")
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left(tmp_path: Path) -> Iterator[None]:
+    """A test that fails midway must not leave its mount behind (by path, its own)."""
+    yield
+    if os.geteuid() == 0:
+        release(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -58,3 +71,19 @@ def test_a_disk_too_small_for_mkfs_is_an_infrastructure_error(tmp_path: Path) ->
     with pytest.raises(InfrastructureError, match="make the build's filesystem"):
         create(tmp_path / "disk.img", tmp_path / "disk", 4096)
     assert loops_below(tmp_path) == []
+
+
+@needs_root
+def test_gc_unmounts_a_stale_work_dirs_filesystem_before_removing_it(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    store = Store(settings.home)
+    root = settings.work_dir / "20260101-000000-abcdef"
+    root.mkdir(parents=True)
+    create(root / "disk.img", root / "disk", 64 * MIB)
+    (root / "disk" / "out").mkdir()
+    long_ago = time.time() - 2 * GRACE_SECONDS
+    os.utime(root, (long_ago, long_ago))
+    said = collect_garbage(store, settings, keep=10)
+    assert "1 stale work dirs" in said
+    assert mounts_below(settings.home) == [] and loops_below(settings.home) == []
+    assert not root.exists()
