@@ -1,7 +1,7 @@
 """A build's writable storage: one sparse ext4 image of ``resources.disk`` bytes,
 loop-mounted under the build's work dir, holding target/ and out/.
 
-Callers: ``farm.runner`` (``create`` before the sandbox, ``reached`` after it, ``release``
+Callers: ``farm.runner`` (``create`` before the sandbox, ``usage`` after it, ``release``
 on every path out, and ``release`` again in ``farm reap`` for a run that crashed) and
 ``farm.gc`` (stale work dirs). Why an image: gVisor writes to a bind mount go straight to
 the host file (directfs), so only a filesystem of fixed size bounds them; the image is
