@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--timeout", type=int, dest="timeout_seconds")
     b.add_argument("--tenant")
-    for name in ("cpus", "memory", "pids", "scratch"):
+    for name in ("cpus", "memory", "pids", "scratch", "disk"):
         b.add_argument(f"--{name}", help=f"resources.{name}")
     b.add_argument(
         "--insecure-runtime",
@@ -339,7 +339,7 @@ def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
     resources.update(
         {
             k: getattr(args, k)
-            for k in ("cpus", "memory", "pids", "scratch")
+            for k in ("cpus", "memory", "pids", "scratch", "disk")
             if getattr(args, k) is not None
         }
     )

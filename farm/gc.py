@@ -15,6 +15,7 @@ from farm.records import BuildRecord, Status
 from farm.settings import Settings
 from farm.snapshot import remove_tree
 from farm.store import Store
+from farm.workdisk import release
 
 #: Blobs younger than this are left alone: a running build may have stored them and not
 #: yet saved the record that refers to them.
@@ -43,6 +44,7 @@ def collect_garbage(
     if settings.work_dir.exists():
         for work in settings.work_dir.iterdir():
             if work.name not in live and work.stat().st_mtime < cutoff:
+                release(work)  # a crashed build's filesystem first; rm stops at mounts
                 remove_tree(work)
                 stale += 1
     return f"removed {len(dropped)} builds, {freed} bytes of blobs, {stale} stale work dirs"

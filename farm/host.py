@@ -21,7 +21,15 @@ from pathlib import Path
 from farm.errors import InfrastructureError
 from farm.settings import Settings
 
-APT_PACKAGES = ("docker.io", "containerd", "mmdebstrap", "iptables", "diffoscope-minimal")
+#: e2fsprogs (mkfs.ext4) makes each build's capped filesystem (farm.workdisk).
+APT_PACKAGES = (
+    "docker.io",
+    "containerd",
+    "mmdebstrap",
+    "iptables",
+    "diffoscope-minimal",
+    "e2fsprogs",
+)
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 DOCKER_PIDFILE = Path("/var/run/docker.pid")
@@ -87,6 +95,9 @@ def dockerd_up(timeout: float = 5) -> bool:
     )
 
 
+LOOP_CONTROL = "/dev/loop-control"
+
+
 def diagnose(settings: Settings) -> list[Check]:
     """Every prerequisite of a sandboxed build, each with the command that fixes it."""
     setup = "farm host setup"
@@ -114,6 +125,12 @@ def diagnose(settings: Settings) -> list[Check]:
             _writable(settings.home),
             str(settings.home),
             f"mkdir -p {settings.home} or set FARM_HOME",
+        ),
+        Check(
+            "loop devices (resources.disk)",
+            os.path.exists(LOOP_CONTROL),
+            LOOP_CONTROL,
+            "modprobe loop (each build's target/ and /out live on a loop-mounted image)",
         ),
     ]
     if checks[3].ok:

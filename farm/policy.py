@@ -1,8 +1,9 @@
 """Sandbox policy: turn a BuildSpec into the one SandboxSpec every backend runs.
 
 Callers: ``farm.runner``. This is the only place that decides what a build may see:
-its source read-only, writable target/, /out and a capped /tmp, a fixed baseline
-environment, no network, and nothing else from the host.
+its source read-only, writable target/ and /out (both on one filesystem of
+``resources.disk`` bytes, farm.workdisk), a capped /tmp, a fixed baseline environment,
+no network, and nothing else from the host.
 """
 
 from __future__ import annotations
@@ -37,12 +38,22 @@ class BuildDirs:
         return self.root / "src"
 
     @property
+    def image(self) -> Path:
+        """The sparse filesystem image of ``resources.disk`` bytes (farm.workdisk)."""
+        return self.root / "disk.img"
+
+    @property
+    def disk(self) -> Path:
+        """Where ``image`` is mounted: everything the build can write lives below."""
+        return self.root / "disk"
+
+    @property
     def target(self) -> Path:
-        return self.root / "target"
+        return self.disk / "target"
 
     @property
     def out(self) -> Path:
-        return self.root / "out"
+        return self.disk / "out"
 
     def output_root(self, name: str) -> Path:
         """Host dir behind an output glob's first component (``out`` or ``target``)."""
@@ -103,6 +114,7 @@ def sandbox_for(spec: BuildSpec, build_id: str, dirs: BuildDirs, settings: Setti
             Mount(source=dirs.out, target=OUT, read_only=False),
         ],
         tmpfs={TMP: spec.resources.scratch},
+        disk=spec.resources.disk,
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
         pids=spec.resources.pids,

@@ -3,8 +3,8 @@
 Callers: ``farm.cli`` and ``farm.service`` (one Runner per worker thread). The runner
 only knows the ``Backend`` protocol, so it is the same for every backend. Every path
 out of ``build`` (success, failure, deadline, OOM, SIGINT/SIGTERM, infrastructure
-error) tears the sandbox down, removes the build's directories and leaves a final
-record in the index.
+error) tears the sandbox down, unmounts the build's capped filesystem (farm.workdisk),
+removes the build's directories and leaves a final record in the index.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
-from farm.spec import BuildSpec
+from farm.spec import BuildSpec, format_size
 from farm.store import Store, TooLarge
+from farm.workdisk import create as create_disk
+from farm.workdisk import holders, release, usage
 
 #: A Cargo.lock larger than this is not kept for provenance.
 MAX_LOCKFILE = 16 << 20
@@ -149,7 +151,7 @@ class Runner:
                 live_builds.add(record.id)
                 continue
             removed = self.backend.teardown(record.container_id) if record.container_id else []
-            remove_tree(self.settings.work_dir / record.id)
+            removed += self._release(self.settings.work_dir / record.id)
             record.status, record.teardown = Status.LOST, removed
             record.notes.append("farm exited during this build; its sandbox was reaped")
             self.store.save(record)
@@ -163,7 +165,34 @@ class Runner:
                 what = ", ".join(removed)
                 message = f"reaped leftover sandbox of build {build_id or '?'}: {what}"
                 said.append(Reaped(build_id, None, removed, message))
+        said += self._reap_disks(live_builds)
         return said
+
+    def _reap_disks(self, live_builds: set[str]) -> list[Reaped]:
+        """Filesystems of builds nobody runs any more (their record is gone or final)."""
+        said = []
+        for build_id in sorted(holders(self.settings.work_dir) - live_builds):
+            if self._owner_alive(build_id):
+                continue
+            removed = self._release(self.settings.work_dir / build_id)
+            message = f"reaped leftover filesystem of build {build_id}: {', '.join(removed)}"
+            said.append(Reaped(build_id, None, removed, message))
+        return said
+
+    def _release(self, root: Path) -> list[str]:
+        """Unmount the build's filesystem, then delete its work dir (never the other way:
+        ``rm`` would stop at the mount and leave the image attached)."""
+        removed = release(root)
+        remove_tree(root)
+        return removed
+
+    def _owner_alive(self, build_id: str) -> bool:
+        """Whatever the record's status: a build saves its final record before its
+        ``finally`` unmounts, and that window is not a leftover."""
+        try:
+            return pid_alive(self.store.get(build_id).owner_pid)
+        except FarmError:
+            return False  # no record: nobody owns this filesystem
 
     def _owned_by_live_process(self, build_id: str) -> bool:
         try:
@@ -198,7 +227,7 @@ class Runner:
         try:
             return self._run(record, spec, dirs, sandbox)
         finally:
-            remove_tree(dirs.root)
+            self._release(dirs.root)
 
     def _start_record(self, build_id: str, spec: BuildSpec, image_id: str) -> BuildRecord:
         record = BuildRecord(
@@ -229,7 +258,7 @@ class Runner:
         log: CappedLog | None = None
         result: SandboxResult | None = None
         try:
-            self._make_dirs(dirs)
+            self._make_dirs(dirs, spec.resources.disk)
             record.source_digest = snapshot(
                 spec.source, dirs.src, source_date_epoch(spec), within=self.within(spec)
             )
@@ -273,8 +302,9 @@ class Runner:
             return None
         return sha
 
-    def _make_dirs(self, dirs: BuildDirs) -> None:
+    def _make_dirs(self, dirs: BuildDirs, disk: int) -> None:
         dirs.root.mkdir(parents=True, mode=0o700)
+        create_disk(dirs.image, dirs.disk, disk)
         for writable in (dirs.target, dirs.out):
             writable.mkdir(mode=0o755)
             os.chown(writable, SANDBOX_UID, SANDBOX_UID)
@@ -332,6 +362,8 @@ class Runner:
         elif record.container_id:
             # run() did not return, so its own teardown may not have finished.
             record.teardown = self.backend.teardown(record.container_id)
+        if result is not None:
+            _check_disk(record, spec, dirs)
         if self.observer and record.container_id:
             # When run() raised, the sandbox may never have started (so never connected);
             # its teardown is done, so a record that exists is already complete.
@@ -379,6 +411,20 @@ class Runner:
             record.status = Status.FAILED
             record.artifacts = []  # all or nothing: a partial result is not a result
             record.notes += [f"output {r.path} refused: {r.reason}" for r in record.refused]
+
+
+def _check_disk(record: BuildRecord, spec: BuildSpec, dirs: BuildDirs) -> None:
+    """A build that filled its filesystem fails: its writes past the cap were refused
+    (ENOSPC), so whatever it produced may be cut short, even if it exited 0."""
+    if not usage(dirs.disk).full():
+        return
+    cap = format_size(spec.resources.disk)
+    record.notes.append(
+        f"disk limit {cap} reached: target/ and /out together hold at most resources.disk; "
+        "raise it (--disk) or make the build write less"
+    )
+    if record.status is Status.SUCCEEDED:
+        record.status = Status.FAILED
 
 
 def _status(result: SandboxResult) -> Status:

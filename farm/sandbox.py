@@ -35,6 +35,10 @@ class SandboxSpec(BaseModel):
     mounts: list[Mount]
     #: tmpfs target -> size in bytes; runsc mounts /tmp itself, so it is always capped here.
     tmpfs: dict[str, int]
+    #: Bytes the writable mounts may hold together. Local: they are directories of one
+    #: filesystem of this size (farm.workdisk); cluster: emptyDir sizes and the pod's
+    #: ephemeral-storage (farm.k8s.objects).
+    disk: int
     cpus: float
     memory: int
     pids: int

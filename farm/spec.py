@@ -68,7 +68,18 @@ def parse_size(value: Any) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+def format_size(value: int) -> str:
+    """The shortest exact spelling ``parse_size`` reads back: ``64m``, ``10g``, ``4097``."""
+    for suffix in "tgmk":
+        if value and value % _UNITS[suffix] == 0:
+            return f"{value // _UNITS[suffix]}{suffix}"
+    return str(value)
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
+#: Default of resources.disk: hello-serde's release target/ is 159 MiB, a mid-size
+#: workspace's debug target/ a few GiB (docs/sandbox.md, "Disk exhaustion").
+DEFAULT_DISK = 10 << 30
 
 
 class Resources(BaseModel):
@@ -81,6 +92,12 @@ class Resources(BaseModel):
     memory: Size = Field(4 << 30, ge=256 << 20, le=256 << 30)
     pids: int = Field(512, ge=128, le=32768)
     scratch: Size = Field(1 << 30, ge=16 << 20, le=64 << 30, description="/tmp size")
+    disk: Size = Field(
+        DEFAULT_DISK,
+        ge=64 << 20,
+        le=1 << 40,
+        description="what target/ and /out may hold together (one filesystem of this size)",
+    )
 
 
 class OutputLimits(BaseModel):
@@ -240,11 +257,23 @@ def build_spec(data: dict[str, Any], *, service: bool = False) -> BuildSpec:
         raise SpecError([_describe(err) for err in exc.errors()]) from None
 
 
+#: Size fields whose bound errors are worded in sizes rather than in bytes.
+_SIZE_FIELDS = frozenset({"memory", "scratch", "disk", "max_file", "max_total", "log"})
+_BOUNDS = {
+    "greater_than_equal": ("below the minimum", "ge"),
+    "less_than_equal": ("above the maximum", "le"),
+}
+
+
 def _describe(err: Any) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field; check the spelling against `farm build --help`"
+    if err["loc"][-1] in _SIZE_FIELDS and err["type"] in _BOUNDS:
+        side, key = _BOUNDS[err["type"]]
+        bound = format_size(int(err["ctx"][key]))
+        msg = f"{format_size(int(err['input']))} is {side} {bound}"
     # Output problems already start with their own "outputs[i]:" location.
     return msg if msg.startswith(f"{loc}[") else f"{loc or 'spec'}: {msg}"
 

@@ -64,7 +64,6 @@ class ControllerConfig(BaseModel):
     runtime_class: str = names.RUNTIME_CLASS
     storage_class: str | None = None
     source_size: str = "5Gi"
-    target_size: str = "20Gi"
     fetch_deadline_seconds: int = Field(900, ge=60)
     #: Added to a build's timeout for scheduling and collection.
     collect_grace_seconds: int = Field(300, ge=30)

@@ -30,6 +30,8 @@ from farm.settings import Settings
 SRC_VOLUME, TARGET_VOLUME, OUT_VOLUME, TMP_VOLUME = "src", "target", "out", "tmp"
 TOKEN_VOLUME, COLLECTOR_TMP_VOLUME = "collector-token", "collector-tmp"
 TOKEN_DIR = "/var/run/farm/collector"
+#: The collector's own /tmp, and its whole ephemeral-storage (that /tmp and its logs).
+COLLECTOR_TMP_SIZE, COLLECTOR_STORAGE = 64 << 20, 128 << 20
 VENDOR_DIR = "/vendor"
 #: Where the build container sees the fetch phase's source replacement (vendored crates).
 #: Not $CARGO_HOME/config.toml: cargo ranks a config in an ancestor of the cwd above
@@ -342,10 +344,12 @@ def build_job(
             "name": SRC_VOLUME,
             "persistentVolumeClaim": {"claimName": ref.object_name("src"), "readOnly": True},
         },
-        {"name": TARGET_VOLUME, "emptyDir": {"sizeLimit": config.target_size}},
-        {"name": OUT_VOLUME, "emptyDir": {"sizeLimit": str(spec.limits.max_total)}},
+        # Each volume alone stays within the cap; the build container's ephemeral-storage
+        # limit (disk + /tmp) bounds them together: the kubelet evicts the pod past it.
+        {"name": TARGET_VOLUME, "emptyDir": {"sizeLimit": str(sandbox.disk)}},
+        {"name": OUT_VOLUME, "emptyDir": {"sizeLimit": str(sandbox.disk)}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": str(tmp_size)}},
-        {"name": COLLECTOR_TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": COLLECTOR_TMP_VOLUME, "emptyDir": {"sizeLimit": str(COLLECTOR_TMP_SIZE)}},
         {
             "name": TOKEN_VOLUME,
             "secret": {
@@ -418,7 +422,7 @@ def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, 
         "env": [{"name": k, "value": v} for k, v in sandbox.env.items()],
         "workingDir": sandbox.workdir,
         "securityContext": _container_security(),
-        "resources": _resources(sandbox.cpus, sandbox.memory),
+        "resources": _resources(sandbox.cpus, sandbox.memory, _build_storage(sandbox)),
         "volumeMounts": mounts,
     }
 
@@ -440,7 +444,7 @@ def _collector_container(
         "command": ["python", "-m", "farm.k8s.collector"],
         "env": _env(env),
         "securityContext": _container_security(uid=names.COLLECTOR_UID),
-        "resources": _resources(0.5, 256 << 20),
+        "resources": _resources(0.5, 256 << 20, COLLECTOR_STORAGE),
         "volumeMounts": [
             {
                 "name": SRC_VOLUME,
@@ -464,7 +468,16 @@ def _env(values: dict[str, str]) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in sorted(values.items())]
 
 
-def _resources(cpus: float, memory: int) -> dict[str, Any]:
-    """Requests equal limits: the pod is Guaranteed and cannot borrow a neighbour's CPU."""
+def _build_storage(sandbox: SandboxSpec) -> int:
+    """What the build may write on the node: target/ and /out (``resources.disk``) plus
+    /tmp, which in the cluster is a disk-backed emptyDir rather than a tmpfs."""
+    return sandbox.disk + sum(sandbox.tmpfs.values())
+
+
+def _resources(cpus: float, memory: int, storage: int | None = None) -> dict[str, Any]:
+    """Requests equal limits: the pod is Guaranteed and cannot borrow a neighbour's CPU;
+    an ephemeral-storage request makes the scheduler place it where the disk is free."""
     amount = {"cpu": f"{round(cpus * 1000)}m", "memory": str(memory)}
+    if storage is not None:
+        amount["ephemeral-storage"] = str(storage)
     return {"requests": dict(amount), "limits": dict(amount)}

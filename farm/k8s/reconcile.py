@@ -61,6 +61,7 @@ from farm.observe.verdict import judge
 from farm.provenance import attest
 from farm.records import BuildRecord, Status
 from farm.sandbox import SandboxSpec
+from farm.spec import format_size
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -231,13 +232,16 @@ class Reconciler:
             state.containerIDs = container_ids(pod)
         exit_code = build_exit_code(pod)
         job_is, why = job_state(job)
+        full = disk_full(spec, pod)
         if pod is None or exit_code is None:
+            if full is not None:
+                return Run(k, state, full)
             if job_is == "failed":  # deadline or eviction before the build ended
                 return Run(k, state, failed("BuildTimedOut", why))
             return Run(k, state, wait=("Building", "Building", "build running"))
         state.exitCode = exit_code
         state.exitTime = state.exitTime or _now()
-        ending = self._ending(ref, spec, state, token, (job_is, why), k)
+        ending = full or self._ending(ref, spec, state, token, (job_is, why), k)
         if ending is None:
             return Run(k, state, wait=("Collecting", "Collecting", "uploading /out"))
         return self._observed(ref, spec, run, pod, ending)
@@ -555,6 +559,26 @@ def _now() -> datetime:
 
 def dump(status: BuildStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", exclude_none=True)
+
+
+#: How the kubelet words an eviction for the pod's own ephemeral-storage limits (its
+#: eviction helpers), as opposed to node pressure, which is not the build's doing.
+STORAGE_EVICTIONS = (
+    "exceeds the total limit of containers",
+    "exceeded its local ephemeral storage limit",
+    "Usage of EmptyDir volume",
+)
+
+
+def disk_full(spec: ClusterBuildSpec, pod: Obj | None) -> Ending | None:
+    """The build's failure when the kubelet evicted its pod for writing past
+    ``resources.disk`` (farm.k8s.objects sizes the volumes and ephemeral-storage)."""
+    status = (pod or {}).get("status") or {}
+    message = str(status.get("message") or "").strip()
+    if status.get("reason") != "Evicted" or not any(s in message for s in STORAGE_EVICTIONS):
+        return None
+    cap = format_size(spec.resources.disk)
+    return failed("DiskLimitReached", f"disk limit {cap} reached: {message}")
 
 
 def job_state(job: Obj) -> tuple[str, str]:

@@ -21,6 +21,7 @@ import pytest
 from farm.backends.hostprocs import sandbox_pids
 from farm.settings import DEFAULT_IMAGE, HOME_LABEL, MANAGED_LABEL
 from farm.store import Store
+from farm.workdisk import loops_below, mounts_below, release
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -41,6 +42,9 @@ def home(tmp_path: Path, client: docker.DockerClient) -> Iterator[Path]:
     for c in leftovers:  # clean up by id, then fail: a leak is a bug
         c.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.id for c in leftovers]}"
+    mounted = [*map(str, mounts_below(home)), *loops_below(home)]
+    release(home)  # by path under this FARM_HOME only, then fail: a leak is a bug
+    assert not mounted, f"filesystems left behind: {mounted}"
     work = home / "work"
     assert not work.exists() or not any(work.iterdir()), "a build's directories were left"
     if (home / "index.sqlite").exists():

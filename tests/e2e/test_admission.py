@@ -27,6 +27,7 @@ CEILINGS = {
     "memory": (("resources", "memory"), "512m", "513m"),
     "pids": (("resources", "pids"), 256, 257),
     "scratch": (("resources", "scratch"), "64m", "65m"),
+    "disk": (("resources", "disk"), "128m", "129m"),
     "timeout_seconds": (("timeout_seconds",), 120, 121),
     "max_file": (("limits", "max_file"), "1m", "1025k"),
     "max_total": (("limits", "max_total"), "2m", "2049k"),

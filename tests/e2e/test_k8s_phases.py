@@ -33,6 +33,7 @@ from farm.k8s.resource import cluster_spec
 from farm.policy import SRC, TARGET
 from farm.sandbox import Mount, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
+from farm.spec import DEFAULT_DISK
 
 from .conftest import EXAMPLES, ROOT, docker_build, remove_built
 
@@ -143,6 +144,8 @@ def pod_sandbox(
             for m in container["volumeMounts"]
         ],
         tmpfs={},
+        # The local backend does not enforce it (the runner's workdisk does); recorded only.
+        disk=int(limits.get("ephemeral-storage", DEFAULT_DISK)),
         cpus=int(limits["cpu"].removesuffix("m")) / 1000,
         memory=int(limits["memory"]),
         pids=1024,

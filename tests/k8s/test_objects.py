@@ -64,7 +64,7 @@ def test_sources_are_read_only_and_only_target_out_tmp_are_writable_and_sized() 
     assert m["/src"]["readOnly"] and m["/vendor"]["readOnly"]
     sizes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in POD["volumes"] if "emptyDir" in v}
     assert sizes["tmp"] == str(256 << 20)
-    assert sizes["out"] == str(SPEC.limits.max_total) and sizes["target"] == CONFIG.target_size
+    assert sizes["out"] == sizes["target"] == str(SPEC.resources.disk) == str(10 << 30)
     # The collector reads the build's outputs but cannot change them.
     assert all(mounts(COLLECTOR)[p]["readOnly"] for p in ("/src", "/build/target", "/out"))
 
@@ -74,7 +74,9 @@ def test_the_environment_and_limits_are_the_local_policys() -> None:
     assert env == SANDBOX.env and env["CARGO_HOME"] == "/tmp/cargo-home"
     assert BUILD_CONTAINER["command"] == ["cargo", "build", "--release", "--locked", "--offline"]
     limits = BUILD_CONTAINER["resources"]["limits"]
-    assert limits == {"cpu": "2000m", "memory": str(2 << 30)}
+    # ephemeral-storage: target/ and /out (resources.disk) plus /tmp, disk-backed here.
+    storage = str((10 << 30) + (256 << 20))
+    assert limits == {"cpu": "2000m", "memory": str(2 << 30), "ephemeral-storage": storage}
     assert BUILD_CONTAINER["resources"]["requests"] == limits
     spec = BUILD["spec"]
     assert spec["backoffLimit"] == 0

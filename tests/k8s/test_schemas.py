@@ -44,7 +44,7 @@ SPECS = {
         "argv": ["make", "all"],
         "env": {"RUSTFLAGS": "-C opt-level=3"},
         "outputs": ["out/**", "target/release/app"],
-        "resources": {"cpus": 0.5, "memory": "1g", "pids": 256, "scratch": "64m"},
+        "resources": {"cpus": 0.5, "memory": "1g", "pids": 256, "scratch": "64m", "disk": "1g"},
         "limits": {"max_file": "1m", "max_total": "8m", "max_files": 3, "log": 65536},
         "timeout_seconds": 60,
         "tenant": "team-b",

@@ -12,7 +12,7 @@ from farm import imageref
 from farm.admission import Admission, Ceilings, ImageAllowlist, format_size
 from farm.errors import InputError, NotAdmittedError, SpecError
 from farm.settings import DEFAULT_IMAGE, Settings
-from farm.spec import BuildSpec, Resources, build_spec
+from farm.spec import BuildSpec, build_spec
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -207,14 +207,10 @@ def test_each_field_above_its_ceiling_is_named_with_value_and_ceiling(tmp_path: 
     assert ceilings.check(at) == []
 
 
-def test_a_ceiling_for_a_field_the_spec_lacks_is_ignored(tmp_path: Path) -> None:
-    """`disk` bounds resources.disk as soon as the spec has it (the check walks the spec's
-    own fields), and is harmless before."""
+def test_the_disk_ceiling_bounds_resources_disk(tmp_path: Path) -> None:
+    """The check walks the spec's own fields, so `disk` bounds resources.disk."""
     problems = Ceilings(disk=1).check(spec(tmp_path))
-    if "disk" in Resources.model_fields:
-        assert len(problems) == 1 and problems[0].startswith("resources.disk: ")
-    else:
-        assert problems == []
+    assert len(problems) == 1 and problems[0].startswith("resources.disk: 10g is above")
 
 
 def test_ceilings_from_the_command_line() -> None:

@@ -42,8 +42,8 @@ def test_docker_arguments_carry_the_whole_policy(tmp_path: Path) -> None:
     binds = {(m["Target"], m["Source"], m["ReadOnly"]) for m in args["mounts"]}
     assert binds == {
         ("/src", str(tmp_path / "b1" / "src"), True),
-        ("/build/target", str(tmp_path / "b1" / "target"), False),
-        ("/out", str(tmp_path / "b1" / "out"), False),
+        ("/build/target", str(tmp_path / "b1" / "disk" / "target"), False),
+        ("/out", str(tmp_path / "b1" / "disk" / "out"), False),
     }
     assert "privileged" not in args and "volumes" not in args
     assert args["log_config"]["Config"]["max-size"] == str(spec.limits.log)
