@@ -37,6 +37,8 @@ MAX_INFLATED = 512 << 20
 #: Small text files: HEAD, a loose ref, shallow; and packed-refs.
 MAX_SMALL = 64 << 10
 MAX_PACKED_REFS = 64 << 20
+#: ``shallow`` lists boundary commits, 41 bytes each: 100k of them, a set of that size.
+MAX_SHALLOW = 4 << 20
 #: A delta chain longer than git's own maximum (--depth 4095) is not a real pack.
 MAX_CHAIN = 4096
 MAX_SYMREFS = 5
@@ -100,19 +102,21 @@ class Repo:
             return self._small(name).strip()
         except FileNotFoundError:
             pass
-        for line in self._read("packed-refs", MAX_PACKED_REFS).splitlines():
-            oid, _, ref = line.partition(b" ")
-            if ref == name.encode() and _HEX40.fullmatch(oid):
-                return oid
-        raise GitError(f"ref {name} not found")
+        # One search, never a list of lines: 64 MiB of short lines would be a GiB of objects.
+        line = re.compile(rb"(?m)^([0-9a-f]{40}) " + re.escape(name.encode()) + rb"\r?$")
+        found = line.search(self._read("packed-refs", MAX_PACKED_REFS))
+        if found is None:
+            raise GitError(f"ref {name} not found")
+        return found[1]
 
     def shallow(self) -> set[str]:
         if self._shallow is None:
             try:
-                data = self._read("shallow", MAX_PACKED_REFS)
+                data = self._read("shallow", MAX_SHALLOW)
             except FileNotFoundError:
                 data = b""
-            self._shallow = {x.decode() for x in data.split() if _HEX40.fullmatch(x)}
+            ids = re.finditer(rb"(?<!\S)[0-9a-f]{40}(?!\S)", data)  # never split whole
+            self._shallow = {m[0].decode() for m in ids}
         return self._shallow
 
     # objects
