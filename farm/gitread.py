@@ -37,6 +37,8 @@ MAX_INFLATED = 512 << 20
 #: Small text files: HEAD, a loose ref, shallow; and packed-refs.
 MAX_SMALL = 64 << 10
 MAX_PACKED_REFS = 64 << 20
+#: ``shallow`` lists boundary commits, 41 bytes each: 100k of them, a set of that size.
+MAX_SHALLOW = 4 << 20
 #: A delta chain longer than git's own maximum (--depth 4095) is not a real pack.
 MAX_CHAIN = 4096
 MAX_SYMREFS = 5
@@ -47,6 +49,9 @@ MAX_PACKS = 128
 MAX_DELTA_OPS = 8_000_000
 #: REF deltas whose base lives in another pack, one inside the other (Python recursion).
 MAX_NESTED = 50
+#: Delta bytes held while a chain is followed to its base: a chain's deltas are kept
+#: until the base is found, and MAX_INFLATED alone would let one question hold 512 MiB.
+MAX_PENDING = 2 * MAX_OBJECT
 
 _HEX40 = re.compile(rb"[0-9a-f]{40}")
 _REF = re.compile(r"refs/[A-Za-z0-9._/+-]{1,240}")
@@ -73,6 +78,7 @@ class Repo:
         self.inflated = 0
         self.ops = 0  # delta opcodes applied
         self._nested = 0  # REF deltas whose base is in another pack or loose
+        self._held = 0  # bytes of deltas kept until their chains' bases are found
         self._packs: list[_Pack] | None = None
         self._shallow: set[str] | None = None
 
@@ -100,19 +106,21 @@ class Repo:
             return self._small(name).strip()
         except FileNotFoundError:
             pass
-        for line in self._read("packed-refs", MAX_PACKED_REFS).splitlines():
-            oid, _, ref = line.partition(b" ")
-            if ref == name.encode() and _HEX40.fullmatch(oid):
-                return oid
-        raise GitError(f"ref {name} not found")
+        # One search, never a list of lines: 64 MiB of short lines would be a GiB of objects.
+        line = re.compile(rb"(?m)^([0-9a-f]{40}) " + re.escape(name.encode()) + rb"\r?$")
+        found = line.search(self._read("packed-refs", MAX_PACKED_REFS))
+        if found is None:
+            raise GitError(f"ref {name} not found")
+        return found[1]
 
     def shallow(self) -> set[str]:
         if self._shallow is None:
             try:
-                data = self._read("shallow", MAX_PACKED_REFS)
+                data = self._read("shallow", MAX_SHALLOW)
             except FileNotFoundError:
                 data = b""
-            self._shallow = {x.decode() for x in data.split() if _HEX40.fullmatch(x)}
+            ids = re.finditer(rb"(?<!\S)[0-9a-f]{40}(?!\S)", data)  # never split whole
+            self._shallow = {m[0].decode() for m in ids}
         return self._shallow
 
     # objects
@@ -190,11 +198,22 @@ class Repo:
 
     def _unpack(self, pack: _Pack, offset: int) -> tuple[bytes, bytes]:
         """Resolve a delta chain iteratively: base first, then each delta in turn."""
+        held = self._held
+        try:
+            return self._resolve(pack, offset)
+        finally:
+            self._held = held  # this chain's deltas are released (or applied)
+
+    def _resolve(self, pack: _Pack, offset: int) -> tuple[bytes, bytes]:
         deltas: list[bytes] = []
         for _ in range(MAX_CHAIN):
             kind, size, base, start = pack.header(offset)
             if size > MAX_OBJECT:
                 raise GitError(f"pack object at {offset} declares {size} bytes")
+            if kind not in _TYPES:  # counted across nested chains, before it is inflated
+                self._held += size
+                if self._held > MAX_PENDING:
+                    raise GitError(f"delta chains hold more than {MAX_PENDING} bytes")
             data = self._inflate_at(pack, start, size)
             if kind in _TYPES:
                 out = data

@@ -13,7 +13,8 @@ blocking; a connection gets a handler thread only once its whole head has arrive
 - a head must arrive within ``timeout_seconds`` of the connect, else the socket is
   closed; at most ``max_waiting`` connections wait for theirs (a new one beyond that
   closes the one that has waited longest), and a head is at most 64 KiB;
-- at most ``max_connections`` requests are handled at once; a complete request beyond
+- at most ``max_connections`` requests are handled at once, counting the short drain
+  after each response (at most ``LINGER_SECONDS`` in all); a complete request beyond
   that is answered 503 at once and closed, never queued behind a thread;
 - a handler's socket has ``timeout_seconds`` per read and per ``sendall``, so a client
   that stops reading a streamed body is dropped; every connection carries exactly one
@@ -44,6 +45,8 @@ MAX_HEAD = 64 << 10
 #: Responses are written in pieces of this size; a file body is never read whole.
 CHUNK = 64 << 10
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+#: How long, in all, a connection is drained after its response before it is closed.
+LINGER_SECONDS = 2.0
 
 
 class HttpLimits(BaseModel):
@@ -306,8 +309,10 @@ class BoundedServer:
         except Exception:
             log.exception("error handling a request from %s", address)
         finally:
-            self._slots.release()
-            _lingering_close(sock)
+            try:  # inside the slot: a client must not keep threads beyond the cap
+                _lingering_close(sock)
+            finally:
+                self._slots.release()
 
     # lifecycle
 
@@ -327,11 +332,15 @@ class BoundedServer:
 def _lingering_close(sock: socket.socket) -> None:
     """Close after the client read the response: a request body left unread (refused
     before it was read) would otherwise make the kernel reset the connection, and the
-    client could lose the answer. At most 1 MiB and 2 s are spent on it."""
+    client could lose the answer. At most 1 MiB and LINGER_SECONDS in all are spent on
+    it (a bound per read would let a client that sends a byte now and then keep it)."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(2)
+        end = time.monotonic() + LINGER_SECONDS
         left = 1 << 20
-        while left > 0 and (data := sock.recv(CHUNK)):
+        while left > 0 and (wait := end - time.monotonic()) > 0:
+            sock.settimeout(wait)
+            if not (data := sock.recv(CHUNK)):
+                break
             left -= len(data)
     sock.close()

@@ -55,6 +55,28 @@ RESERVED_ENV = frozenset(
     }
 )
 
+#: Read by glibc's loader and libc in every process that did not gain privilege by exec
+#: (glibc's UNSECURE_ENVVARS). The sandbox's pid 1 (``timeout``, ``setpriv``: root in
+#: gVisor, farm.backends.local.backstop) inherits the spec's environment, so one of
+#: these would run or steer the tenant's code there (``LD_AUDIT=/src/x.so``); every
+#: other ``LD_*`` name too, for what glibc adds later.
+LOADER_ENV = frozenset(
+    {
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+    }
+)
+
 
 def parse_size(value: Any) -> int:
     """Turn ``512m``, ``2GiB`` or a plain integer into bytes."""
@@ -213,6 +235,10 @@ class BuildSpec(BaseModel):
                 raise ValueError(f"{name!r} is not a valid variable name")
             if name in RESERVED_ENV:
                 raise ValueError(f"{name} is set by farm's sandbox policy; remove it")
+            if name in LOADER_ENV or name.startswith("LD_"):
+                raise ValueError(
+                    f"{name} steers the C library of the sandbox's root pid 1; remove it"
+                )
             if "\0" in val:
                 raise ValueError(f"{name} contains NUL")
         return value

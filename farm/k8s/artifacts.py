@@ -52,6 +52,8 @@ class _Session:
     limits: OutputLimits
     blobs: dict[str, int] = field(default_factory=dict)
     total: int = 0
+    #: Bytes of uploads still streaming, counted against the room left.
+    promised: int = 0
     result: Manifest | None = None
 
 
@@ -99,11 +101,19 @@ class Ledger:
 
     def put_blob(self, session: _Session, body: Any, length: int) -> tuple[str, int]:
         """Store one blob; raises TooLarge past the per-file or total cap."""
+        # The length is promised before the body is read, so uploads running at once
+        # cannot each see the same room left.
         with self._lock:
-            room = min(session.limits.max_file, session.limits.max_total - session.total)
-        if length > room:
-            raise TooLarge(f"{length} bytes exceeds the {room} bytes left")
-        sha, size = self.store.put_stream(_Exact(body, length), limit=room)
+            left = session.limits.max_total - session.total - session.promised
+            room = min(session.limits.max_file, left)
+            if length > room:
+                raise TooLarge(f"{length} bytes exceeds the {room} bytes left")
+            session.promised += length
+        try:
+            sha, size = self.store.put_stream(_Exact(body, length), limit=room)
+        finally:
+            with self._lock:
+                session.promised -= length
         with self._lock:
             if sha not in session.blobs:
                 session.total += size
