@@ -50,10 +50,20 @@ class Ceilings(BaseModel):
     max_total: Size = Field(4 << 30, ge=1)
     max_files: int = Field(20_000, ge=1)
     log: Size = Field(16 << 20, ge=1)
+    #: Runs of a reproducibility check: each is a whole build, so N runs cost N builds.
+    check_runs: int = Field(3, ge=0, description="check: runs of a reproducibility check")
 
-    def check(self, spec: BuildSpec) -> list[str]:
-        """One line per field of ``spec`` above its ceiling, naming value and ceiling."""
+    def check(self, spec: BuildSpec, check_runs: int | None = None) -> list[str]:
+        """One line per field of ``spec`` above its ceiling, naming value and ceiling.
+        ``check_runs``: the runs asked for beside the spec (``farm serve``'s ``check``
+        option); else the spec's own ``check`` field (a cluster Build's)."""
+        runs = check_runs if check_runs is not None else getattr(spec, "check", 0)
         problems = []
+        if runs > self.check_runs:
+            problems.append(
+                f"check: {runs} runs is above this installation's ceiling of "
+                f"{self.check_runs}; ask for at most {self.check_runs}"
+            )
         for where, values in (("resources.", spec.resources), ("limits.", spec.limits), ("", spec)):
             for name in type(values).model_fields:
                 if name not in type(self).model_fields:
@@ -149,15 +159,15 @@ class Admission(BaseModel):
     ceilings: Ceilings | None = Field(default_factory=Ceilings)
     allowed_images: ImageAllowlist = Field(default_factory=ImageAllowlist)
 
-    def check(self, spec: BuildSpec) -> list[str]:
+    def check(self, spec: BuildSpec, check_runs: int | None = None) -> list[str]:
         """Every reason to refuse ``spec``, one line each; empty if it is admitted."""
-        problems = self.ceilings.check(spec) if self.ceilings else []
+        problems = self.ceilings.check(spec, check_runs) if self.ceilings else []
         image = self.allowed_images.check(spec.image)
         return [*problems, image] if image else problems
 
-    def enforce(self, spec: BuildSpec, hint: str) -> None:
+    def enforce(self, spec: BuildSpec, hint: str, check_runs: int | None = None) -> None:
         """Raises NotAdmittedError listing every problem; ``hint`` says who changes what."""
-        problems = self.check(spec)
+        problems = self.check(spec, check_runs)
         if problems:
             raise NotAdmittedError(problems, hint)
 

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from farm.buildflow import take_options
-from farm.errors import InputError, NotFoundError, SpecError
+from farm.errors import BusyError, InputError, NotFoundError, SpecError
 from farm.httpserver import (
     BoundedHandler,
     BoundedServer,
@@ -47,6 +47,7 @@ from farm.httpserver import (
     PathError,
     body_length,
     canonical_path,
+    content_length,
 )
 from farm.queue import Entry, State
 from farm.records import BuildRecord
@@ -149,6 +150,8 @@ class Api:
             resp = _json(exc.status, {"error": str(exc), **exc.extra})
             if exc.status == HTTPStatus.UNAUTHORIZED:
                 resp.headers["WWW-Authenticate"] = "Bearer"
+            if "retry_after" in exc.extra:
+                resp.headers["Retry-After"] = str(exc.extra["retry_after"])
             return resp
 
     def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
@@ -219,12 +222,14 @@ class Api:
             data["tenant"] = tenant
         try:
             options = take_options(data)  # check, no_cache: how to run it, not the spec
-            spec = self.service.admit(data)  # the source is confined before it is read
+            spec = self.service.admit(data, options)  # the source is confined before it is read
             entry = self.service.submit(new_build_id(), spec, options)
         except SpecError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=exc.problems) from None
         except InputError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), problems=[str(exc)]) from None
+        except BusyError as exc:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), retry_after=5) from None
         log.info("queued build %s for tenant %s", entry.id, entry.tenant)
         return _json(HTTPStatus.ACCEPTED, self._view(entry))
 
@@ -311,12 +316,10 @@ class _Handler(BoundedHandler):
                 resp.body.file.close()
 
     def _read_body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
+        length = content_length(self.headers)
         if not 0 <= length <= MAX_BODY:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length: 0 to 1 MiB")
+            message = "one Content-Length of 0 to 1 MiB, no Transfer-Encoding"
+            raise ApiError(HTTPStatus.BAD_REQUEST, message)
         return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:

@@ -93,7 +93,7 @@ def run_build(
     spec = resolve(spec, within=within)
     cache = Cache(runner.settings.home, runner.store)
     if use_cache:
-        source_digest = digest(spec.source, within=within)
+        source_digest = digest(spec.source, max_bytes=spec.resources.disk, within=within)
         hit = cache.lookup(_key(runner, spec, source_digest, None), min_runs=check_runs)
         _count(metrics, "hit" if hit else "miss")
         if hit:

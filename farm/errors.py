@@ -11,6 +11,7 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     │   ├── RuntimeMissingError    the gVisor runtime is not configured in dockerd
     │   ├── DockerUnavailableError dockerd cannot be reached
     │   ├── ImageError             the builder image is missing or cannot be built
+    │   ├── BusyError              farm serve is at its limit of submissions being read
     │   └── KubernetesError        the API server refused a request (farm.k8s.kube)
     │       ├── ConflictError      409: stale resourceVersion or the name exists
     │       ├── GoneError          410: the watch's resourceVersion expired; re-list
@@ -74,6 +75,10 @@ class InfrastructureError(FarmError):
 
 class RuntimeMissingError(InfrastructureError):
     pass
+
+
+class BusyError(InfrastructureError):
+    """Every slot for reading a submitted source is taken; the client retries later."""
 
 
 class DockerUnavailableError(InfrastructureError):

@@ -260,7 +260,11 @@ class Runner:
         try:
             self._make_dirs(dirs, spec.resources.disk)
             record.source_digest = snapshot(
-                spec.source, dirs.src, source_date_epoch(spec), within=self.within(spec)
+                spec.source,
+                dirs.src,
+                source_date_epoch(spec),
+                max_bytes=spec.resources.disk,
+                within=self.within(spec),
             )
             record.lockfile_sha256 = self._keep_lockfile(dirs)
             log = CappedLog(dirs.root / "build.log", spec.limits.log)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from farm.admission import Admission
 from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
 from farm.confine import SourcePolicy
-from farm.errors import ExitCode, FarmError, NotFoundError
+from farm.errors import BusyError, ExitCode, FarmError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import Metrics
 from farm.queue import Entry, Queue, State
@@ -47,6 +47,10 @@ class CancelledError(FarmError):
 
     exit_code = ExitCode.BUILD_FAILED
 
+
+#: Submitted trees read at once (``Service.admit``), and how long one more waits.
+READ_SLOTS = 2
+READ_WAIT_SECONDS = 10.0
 
 #: What a build torn down by ``Service.stop`` ends as; any other result is real and kept.
 _CUT_SHORT = (Status.ERROR, Status.FAILED, Status.CANCELLED)
@@ -89,6 +93,9 @@ class Service:
         self._stopping = threading.Event()
         self._tenants: set[str] = set()  # every tenant seen, so its gauge can go to 0
         self._tenants_lock = threading.Lock()  # HTTP threads submit and scrape at once
+        # Reading a submitted tree (git history, Cargo.toml) costs CPU a tenant chooses,
+        # within farm.gitread's caps; so few run at once, whatever the HTTP threads.
+        self._reading = threading.BoundedSemaphore(READ_SLOTS)
         self._cancelled: set[str] = set()  # by stop(): requeue
         self._cancel_asked: set[str] = set()  # by a client: end as cancelled
 
@@ -153,26 +160,32 @@ class Service:
 
     # submission
 
-    def admit(self, data: dict[str, object]) -> BuildSpec:
+    def admit(self, data: dict[str, object], options: BuildOptions) -> BuildSpec:
         """A submitted spec, checked against the operator's ceilings and images and its
         source confined before anything reads it, then resolved (cargo defaults,
         SOURCE_DATE_EPOCH). Raises NotAdmittedError (a SpecError) naming every field above
         its ceiling and an image the operator does not allow, SpecError or InputError; a
-        source outside gets the same answer whether or not it exists."""
+        source outside gets the same answer whether or not it exists; BusyError when
+        ``READ_SLOTS`` submissions are being read for ``READ_WAIT_SECONDS``."""
         spec = build_spec(data, service=True)
-        self.check(spec)
-        return resolve(spec, within=self.sources.allowed(spec.tenant))
+        self.check(spec, options)
+        if not self._reading.acquire(timeout=READ_WAIT_SECONDS):
+            raise BusyError("farm serve is busy reading other submissions; retry shortly")
+        try:
+            return resolve(spec, within=self.sources.allowed(spec.tenant))
+        finally:
+            self._reading.release()
 
-    def check(self, spec: BuildSpec) -> None:
+    def check(self, spec: BuildSpec, options: BuildOptions) -> None:
         """The operator's admission, then the source's confinement; raises as ``admit``."""
-        self.admission.enforce(spec, SERVE_HINT)
+        self.admission.enforce(spec, SERVE_HINT, options.check)
         self.sources.check(spec)
 
     def submit(self, build_id: str, spec: BuildSpec, options: BuildOptions | None = None) -> Entry:
         """Raises NotAdmittedError for a spec the operator does not allow, InputError if
         the source is outside the allowed directory."""
-        self.check(spec)
         options = options or BuildOptions()
+        self.check(spec, options)
         stored = {**spec.model_dump(mode="json"), OPTIONS_KEY: options.model_dump()}
         entry = self.queue.submit(build_id, spec.tenant, stored)
         with self._tenants_lock:
@@ -264,7 +277,7 @@ class Service:
             options = take_options(data)
             spec = build_spec(data, service=True)
             # Again: the operator may have lowered a ceiling, the tree may have moved.
-            self.check(spec)
+            self.check(spec, options)
             run_build(
                 worker.runner,
                 spec,

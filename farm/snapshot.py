@@ -32,11 +32,14 @@ from pathlib import Path
 
 from farm.confine import DIR_FLAGS, FILE_FLAGS, Outside, open_beneath, open_dir
 from farm.errors import InfrastructureError, InputError
+from farm.spec import DEFAULT_DISK, format_size
 
 #: Never part of the input: cargo's default target dir and VCS metadata.
 EXCLUDED_TOP = frozenset({"target", ".git"})
 #: Two descriptors are open per level (source and copy); deeper trees are refused.
 MAX_DEPTH = 400
+#: Entries a source may hold: each costs an inode in the copy and a line of the manifest.
+MAX_ENTRIES = 1_000_000
 #: Errors that mean an entry is not what its listing said a moment ago.
 _CHANGED = frozenset({errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EINVAL})
 
@@ -50,14 +53,50 @@ class Changed(Exception):
     """An entry was swapped, removed or replaced while the snapshot ran."""
 
 
+@dataclass
+class Budget:
+    """What one source may cost to hash and copy: its files' bytes as read (a sparse
+    file counts its apparent size, each hard link its own copy) and its entries. A
+    tree over either fails before the copy or the hashing goes past it."""
+
+    max_bytes: int
+    max_entries: int = MAX_ENTRIES
+    used_bytes: int = 0
+    entries: int = 0
+
+    def entry(self, rel: str) -> None:
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise InputError(
+                f"source: more than {self.max_entries} files and directories (at {rel}); "
+                "build a smaller directory"
+            )
+
+    def take(self, size: int, rel: str) -> None:
+        self.used_bytes += size
+        if self.used_bytes > self.max_bytes:
+            raise InputError(
+                f"source: more than {format_size(self.max_bytes)} of file contents (at "
+                f"{rel}), the build's disk limit (resources.disk); raise it or build a "
+                "smaller directory"
+            )
+
+
 def snapshot(
-    source: Path, dest: Path, epoch: int, *, within: Path | None = None, hook: Hook | None = None
+    source: Path,
+    dest: Path,
+    epoch: int,
+    *,
+    max_bytes: int = DEFAULT_DISK,
+    within: Path | None = None,
+    hook: Hook | None = None,
 ) -> str:
     """Copy ``source`` to ``dest``; return ``sha256:<hex>`` of the canonical manifest.
 
     ``within``: the directory the source must lie beneath (``farm serve``'s source
     root); no symlink is followed from there down. Raises InputError when the source
-    holds a FIFO, socket or device, or changes while being copied.
+    holds a FIFO, socket or device, changes while being copied, or is over ``max_bytes``
+    of contents or ``MAX_ENTRIES`` entries (``Budget``).
     """
     dest.mkdir(parents=True, exist_ok=False)
     dest.chmod(0o755)  # explicit: the host's umask must not decide what uid 10001 can read
@@ -65,17 +104,18 @@ def snapshot(
     try:
         with _opened(source, within) as src_fd:
             copy = _Copy(dst_fd, epoch)
-            sha = _run(src_fd, copy, hook)
+            sha = _run(src_fd, copy, hook, Budget(max_bytes))
         copy.finish()
     finally:
         os.close(dst_fd)
     return sha
 
 
-def digest(source: Path, *, within: Path | None = None) -> str:
-    """The digest ``snapshot`` would return for ``source``, without copying anything."""
+def digest(source: Path, *, max_bytes: int = DEFAULT_DISK, within: Path | None = None) -> str:
+    """The digest ``snapshot`` would return for ``source``, without copying anything.
+    Raises InputError as ``snapshot`` does."""
     with _opened(source, within) as src_fd:
-        return _run(src_fd, None, None)
+        return _run(src_fd, None, None, Budget(max_bytes))
 
 
 @contextmanager
@@ -96,10 +136,10 @@ def _opened(source: Path, within: Path | None) -> Iterator[int]:
         os.close(fd)
 
 
-def _run(src_fd: int, copy: _Copy | None, hook: Hook | None) -> str:
+def _run(src_fd: int, copy: _Copy | None, hook: Hook | None, budget: Budget) -> str:
     manifest = hashlib.sha256()
     try:
-        for entry in _walk(src_fd, copy, hook or (lambda event, rel: None)):
+        for entry in _walk(src_fd, copy, hook or (lambda event, rel: None), budget):
             # JSON escapes newlines in names, so two different trees never share a manifest.
             manifest.update(json.dumps(entry).encode() + b"\n")
     except Changed as exc:
@@ -119,7 +159,7 @@ class _Frame:
     parent: _Frame | None = field(default=None, repr=False)
 
 
-def _walk(root_fd: int, copy: _Copy | None, hook: Hook) -> Iterator[list[str]]:
+def _walk(root_fd: int, copy: _Copy | None, hook: Hook, budget: Budget) -> Iterator[list[str]]:
     """Manifest entries in sorted order (a directory before its contents), copying each
     as it goes. Iterative, holding descriptors only along the current path."""
     root = _Frame((), root_fd, copy.root if copy else None, iter(()), _ident(root_fd))
@@ -135,6 +175,7 @@ def _walk(root_fd: int, copy: _Copy | None, hook: Hook) -> Iterator[list[str]]:
             name, st = item
             parts = (*frame.parts, name)
             rel = "/".join(parts)
+            budget.entry(rel)
             if stat.S_ISLNK(st.st_mode):
                 target = _readlink(frame, name, st, rel)
                 if copy:
@@ -147,7 +188,8 @@ def _walk(root_fd: int, copy: _Copy | None, hook: Hook) -> Iterator[list[str]]:
                 child.entries = _listing(child, hook)
             elif stat.S_ISREG(st.st_mode):
                 mode = 0o755 if st.st_mode & 0o111 else 0o644
-                yield ["f", rel, f"{mode:o}", _copy_file(frame, name, st, rel, mode, copy)]
+                digest = _copy_file(frame, name, st, rel, mode, copy, budget)
+                yield ["f", rel, f"{mode:o}", digest]
             else:
                 raise InputError(
                     f"source: {rel} is not a regular file, directory or symlink; remove it"
@@ -244,8 +286,16 @@ def _readlink(frame: _Frame, name: str, st: os.stat_result, rel: str) -> str:
 
 
 def _copy_file(
-    frame: _Frame, name: str, st: os.stat_result, rel: str, mode: int, copy: _Copy | None
+    frame: _Frame,
+    name: str,
+    st: os.stat_result,
+    rel: str,
+    mode: int,
+    copy: _Copy | None,
+    budget: Budget,
 ) -> str:
+    if st.st_size > budget.max_bytes - budget.used_bytes:
+        budget.take(st.st_size, rel)  # its listed size alone is over: read nothing
     fd = _open_checked(frame.src, name, FILE_FLAGS, st, rel)
     hasher = hashlib.sha256()
     out = -1
@@ -254,6 +304,7 @@ def _copy_file(
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             out = os.open(name, flags, mode, dir_fd=frame.dst)
         while chunk := os.read(fd, 1 << 20):
+            budget.take(len(chunk), rel)  # as read: a file that grows is counted too
             hasher.update(chunk)
             if out >= 0:
                 _write_all(out, chunk)

@@ -32,7 +32,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from farm.httpserver import BoundedHandler, BoundedServer, HttpLimits, PathError, canonical_path
+from farm.httpserver import (
+    BoundedHandler,
+    BoundedServer,
+    HttpLimits,
+    PathError,
+    canonical_path,
+    content_length,
+)
 from farm.records import Artifact, Refusal
 from farm.spec import OutputLimits
 from farm.store import Store, TooLarge
@@ -95,7 +102,7 @@ class Ledger:
     def session(self, key: str, token: str) -> _Session | None:
         with self._lock:
             session = self._sessions.get(key)
-        if session is None or not hmac.compare_digest(session.token, token):
+        if session is None or not hmac.compare_digest(session.token.encode(), token.encode()):
             return None
         return session
 
@@ -168,9 +175,8 @@ class _Handler(BoundedHandler):
         self.wfile.write(data)
 
     def _length(self) -> int:
-        """The request's Content-Length, or -1 when it is missing or not a number."""
-        value = self.headers.get("Content-Length") or ""
-        return int(value) if value.isascii() and value.isdigit() else -1
+        """The request's Content-Length, or -1 when it is missing or ambiguous."""
+        return content_length(self.headers) if "Content-Length" in self.headers else -1
 
     def _route(self) -> tuple[str, _Session, str] | None:
         try:

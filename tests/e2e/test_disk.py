@@ -131,6 +131,20 @@ def test_bad_disk_cap_is_refused_before_anything_exists(home: Path, project: Pat
     assert attached(home) == []
 
 
+def test_a_source_over_the_cap_is_refused_before_a_sandbox_exists(
+    home: Path, project: Path, client
+) -> None:
+    """The snapshot copies apparent bytes: a 1 GiB sparse file is 0 bytes in the tree and
+    would be 1 GiB on the host. The cap bounds the source as it bounds the build."""
+    with (project / "sparse.bin").open("wb") as fh:
+        fh.truncate(1 << 30)
+    done = farm(home, "build", str(project), "--disk", "64m", "--no-cache", "--", "true")
+    assert done.returncode == 2, done.stderr
+    assert "more than 64m of file contents (at sparse.bin)" in done.stderr
+    assert farm_containers(client, home) == []
+    assert attached(home) == []
+
+
 def test_reap_releases_a_killed_builds_filesystem(home: Path, project: Path, client) -> None:
     cli = subprocess.Popen(
         [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],

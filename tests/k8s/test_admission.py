@@ -41,11 +41,13 @@ CEILINGS = Ceilings(
     memory="4g",
     pids=512,
     scratch="1g",
+    disk="10g",
     timeout_seconds=1800,
     max_file="512m",
     max_total="2g",
     max_files=10_000,
     log="4m",
+    check_runs=0,
 )
 
 
@@ -61,6 +63,8 @@ CEILINGS = Ceilings(
         ({"limits": {"max_total": "3g"}}, "limits.max_total: 3g"),
         ({"limits": {"max_files": 10_001}}, "limits.max_files: 10001"),
         ({"limits": {"log": "5m"}}, "limits.log: 5m"),
+        ({"resources": {"disk": "11g"}}, "resources.disk: 11g"),
+        ({"check": 2}, "check: 2 runs"),
     ],
 )
 def test_a_build_above_a_ceiling_fails_and_creates_nothing(

@@ -247,3 +247,11 @@ def test_sizes_are_shown_as_they_are_written() -> None:
         "1000",
         "0",
     ]
+
+
+def test_the_check_ceiling_bounds_the_runs_given_beside_the_spec(tmp_path: Path) -> None:
+    """`farm serve`'s check option is not a spec field; each run is a whole build."""
+    ceilings = Ceilings(check_runs=2)
+    assert ceilings.check(spec(tmp_path), 2) == []
+    (problem,) = ceilings.check(spec(tmp_path), 3)
+    assert problem == "check: 3 runs is above this installation's ceiling of 2; ask for at most 2"

@@ -1,0 +1,103 @@
+"""What one submission may cost `farm serve` before it is queued.
+
+Reading submitted trees is bounded: at most ``READ_SLOTS`` submissions read their
+source (git history, Cargo.toml) at once, whatever the number of HTTP threads; one more
+waits ``READ_WAIT_SECONDS`` and then answers 503 with Retry-After, queueing nothing.
+
+The real Api, Service, Queue and Store behind a real listening socket; the slots are
+taken by the test itself, which stands in for slow hostile trees deterministically."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from farm import service as service_module
+from farm.api import Api, make_server
+from farm.backends.local import LocalBackend
+from farm.httpserver import HttpLimits
+from farm.metrics import Metrics
+from farm.queue import Queue
+from farm.service import Service, SourcePolicy
+from farm.settings import Settings
+from farm.store import Store
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Service, int, Path]]:
+    home, root = tmp_path / "home", tmp_path / "src"
+    (root / "proj").mkdir(parents=True)
+    settings = Settings(home=home, docker_url="unix:///nonexistent/farm-test-docker.sock")
+    store = Store(home)
+    service = Service(
+        queue=Queue(home / "index.sqlite", default_limit=4),
+        store=store,
+        backend=LocalBackend(settings),
+        runner_factory=lambda *_: None,  # type: ignore[arg-type,return-value]
+        metrics=Metrics(CollectorRegistry()),
+        sources=SourcePolicy(root.resolve()),
+        concurrency=0,
+    )
+    server = make_server(Api(service, store, home / "work", None), "127.0.0.1", 0, HttpLimits())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield service, server.server_address[1], root / "proj"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def submit(port: int, source: Path, **extra: object) -> tuple[int, dict[str, str], bytes]:
+    data = {"source": str(source), "argv": ["true"], "outputs": ["out/x"], **extra}
+    body = json.dumps(data)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/v1/builds", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_a_submission_beyond_the_read_slots_is_503_and_queues_nothing(
+    served: tuple[Service, int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, port, source = served
+    monkeypatch.setattr(service_module, "READ_WAIT_SECONDS", 0.2)
+    for _ in range(service_module.READ_SLOTS):
+        assert service._reading.acquire(blocking=False)
+    try:
+        status, headers, body = submit(port, source)
+        assert status == 503, body
+        assert headers.get("Retry-After") == "5"
+        assert "busy reading other submissions" in json.loads(body)["error"]
+        assert service.queue.entries(limit=10) == []
+    finally:
+        for _ in range(service_module.READ_SLOTS):
+            service._reading.release()
+    status, _, body = submit(port, source)
+    assert status == 202, body
+    assert len(service.queue.entries(limit=10)) == 1
+
+
+def test_check_runs_above_the_ceiling_are_400_and_queue_nothing(
+    served: tuple[Service, int, Path],
+) -> None:
+    """Each run of a check is a whole build: the default ceiling is 3 runs."""
+    service, port, source = served
+    status, _, body = submit(port, source, check=4)
+    assert status == 400, body
+    assert json.loads(body)["problems"] == [
+        "check: 4 runs is above this installation's ceiling of 3; ask for at most 3"
+    ]
+    assert service.queue.entries(limit=10) == []
+    status, _, body = submit(port, source, check=3)
+    assert status == 202, body
