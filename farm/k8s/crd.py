@@ -7,7 +7,7 @@ every field, bound and enum. Pydantic's JSON Schema is turned into a Kubernetes
 structural schema: ``$ref`` inlined, ``null`` unions become ``nullable``, ``title`` and
 ``additionalProperties: false`` dropped (the API server prunes unknown fields instead),
 draft-2020 ``exclusiveMinimum`` rewritten to OpenAPI 3.0's boolean form, and sizes that
-accept ``2g`` marked ``x-kubernetes-int-or-string``.
+accept ``2g`` marked ``x-kubernetes-int-or-string`` with their checks on the node.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ _KEEP = {
     "nullable",
 }
 SIZE_PATTERN = r"^\s*\d+\s*[kmgtKMGT]?([iI]?[bB])?\s*$"
+#: The only anyOf a structural schema allows beside x-kubernetes-int-or-string.
+INT_OR_STRING = ({"type": "integer"}, {"type": "string"})
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -106,13 +108,16 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], sizes: set[str]) -> dic
 def _property(name: str, node: dict[str, Any], defs: dict, sizes: set[str]) -> dict[str, Any]:
     schema = _convert(node, defs, sizes)
     if name in sizes:
-        bounds = {k: schema.pop(k) for k in ("minimum", "maximum") if k in schema}
+        # The API server accepts anyOf under int-or-string only in exactly this form
+        # (apiextensions' isIntOrStringAnyOfPattern); a branch with anything more is a
+        # value validation, where `type` is forbidden, and the CRD is refused as not
+        # structural. So the checks sit on the node, as controller-gen does for
+        # Quantity: minimum and maximum apply to integers only, pattern to strings only.
         schema.pop("type", None)
         schema["x-kubernetes-int-or-string"] = True
-        schema["anyOf"] = [
-            {"type": "integer", **bounds},
-            {"type": "string", "pattern": SIZE_PATTERN},
-        ]
+        # Fresh dicts: a node shared between fields would be dumped as a YAML alias.
+        schema["anyOf"] = [dict(branch) for branch in INT_OR_STRING]
+        schema["pattern"] = SIZE_PATTERN
     return schema
 
 

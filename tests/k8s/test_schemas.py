@@ -175,11 +175,13 @@ def structural_problems(node: dict, path: str = "") -> list[str]:
     if "type" not in node and not node.get("x-kubernetes-int-or-string"):
         problems.append(f"{path}: no type")
     if "anyOf" in node:
+        # apiextensions' isIntOrStringAnyOfPattern: exactly these two branches, nothing
+        # more in either; any other anyOf is a value validation, where `type` is
+        # forbidden ("must be empty to be structural").
         if not node.get("x-kubernetes-int-or-string"):
             problems.append(f"{path}: anyOf outside int-or-string")
-        for branch in node["anyOf"]:
-            if set(branch) - {"type", "minimum", "maximum", "pattern"}:
-                problems.append(f"{path}: anyOf branch sets {sorted(branch)}")
+        if node["anyOf"] != [{"type": "integer"}, {"type": "string"}]:
+            problems.append(f"{path}: anyOf is not exactly [integer, string]: {node['anyOf']}")
     if "properties" in node and "additionalProperties" in node:
         problems.append(f"{path}: both properties and additionalProperties")
     for name, child in (node.get("properties") or {}).items():
@@ -311,3 +313,16 @@ def test_the_crd_makes_spec_immutable_with_a_cel_rule() -> None:
     spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     [rule] = spec["x-kubernetes-validations"]
     assert rule["rule"] == "self == oldSelf" and "immutable" in rule["message"]
+
+
+def test_the_generated_crd_has_no_yaml_anchors_or_aliases() -> None:
+    """The schema reuses a model's nodes; the YAML must still spell each one out."""
+    import yaml
+
+    from farm.chart import CHART_CRD
+    from farm.k8s.main import crd_yaml
+
+    for text in (crd_yaml(), CHART_CRD.read_text()):
+        events = list(yaml.parse(text))
+        assert not [e for e in events if getattr(e, "anchor", None)]
+        assert not [e for e in events if isinstance(e, yaml.AliasEvent)]
