@@ -157,9 +157,30 @@ class Reconciler:
             return self._finish(build, ref, status, [Run(0, status, refused)])
         sandbox = objects.sandbox_spec(ref, spec)
         self._ensure_common(ref)
-        fetch = self._ensure(objects.fetch_job(ref, spec, sandbox, self.config))
         if status.startTime is None:
             status.startTime = _now()
+        if status.fetchTime is None:
+            waiting = self._fetch(build, ref, spec, sandbox, status)
+            if waiting is not None:
+                return waiting
+        node = self._run0_node(ref) if spec.check > 1 else None
+        runs = [self._run(ref, spec, sandbox, status, k, node) for k in range(max(1, spec.check))]
+        delay = self._wait(build, ref, status, runs)
+        return delay if delay is not None else self._finish(build, ref, status, runs, spec)
+
+    def _fetch(
+        self,
+        build: Obj,
+        ref: BuildRef,
+        spec: ClusterBuildSpec,
+        sandbox: SandboxSpec,
+        status: BuildStatus,
+    ) -> float | None:
+        """Run the fetch Job until it succeeds; then record that in ``status.fetchTime``
+        (written with the runs' status) and return None. Only called before that: the
+        Job's TTL deletes it an hour after it finished, and an ``_ensure`` then would
+        fetch again under the running build."""
+        fetch = self._ensure(objects.fetch_job(ref, spec, sandbox, self.config))
         state, why = job_state(fetch)
         if state == "suspended":
             return self._set(build, ref, status, "Pending", "Queued", "waiting for Kueue")
@@ -167,10 +188,8 @@ class Reconciler:
             return self._finish(build, ref, status, [Run(0, status, failed("FetchFailed", why))])
         if state != "succeeded":
             return self._set(build, ref, status, "Fetching", "Fetching", "fetch Job running")
-        node = self._run0_node(ref) if spec.check > 1 else None
-        runs = [self._run(ref, spec, sandbox, status, k, node) for k in range(max(1, spec.check))]
-        delay = self._wait(build, ref, status, runs)
-        return delay if delay is not None else self._finish(build, ref, status, runs, spec)
+        status.fetchTime = _now()
+        return None
 
     def _refusal(self, spec: ClusterBuildSpec) -> Ending | None:
         """How a valid spec the operator does not allow ends (farm.admission), before

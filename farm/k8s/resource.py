@@ -183,6 +183,9 @@ class BuildStatus(RunStatus):
     message: str = ""
     observedGeneration: int | None = None
     startTime: datetime | None = None
+    #: When the fetch Job succeeded. Its TTL deletes it later; from then on this is the
+    #: record that the sources exist, so the Job is never made again.
+    fetchTime: datetime | None = None
     completionTime: datetime | None = None
     reproducible: bool | None = Field(
         None, description="the check's verdict (spec.check); unset without a complete check"
