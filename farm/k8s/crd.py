@@ -47,11 +47,23 @@ INT_OR_STRING = ({"type": "integer"}, {"type": "string"})
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Succeeded")].reason',
+    },
     {"name": "Blocked", "type": "integer", "jsonPath": ".status.blocked"},
     {"name": "Reproducible", "type": "boolean", "jsonPath": ".status.reproducible"},
-    {"name": "Digest", "type": "string", "jsonPath": ".status.digest", "priority": 0},
+    # A 64-hex digest makes every line too wide: shown with `kubectl get -o wide`.
+    {"name": "Digest", "type": "string", "jsonPath": ".status.digest", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
+#: `kubectl get fbuild`; `build` alone would clash with other projects' kinds.
+SHORT_NAMES = ["fbuild"]
+
+#: Conditions are a map keyed by type, as in every built-in kind: server-side apply and
+#: strategic merges then update one condition instead of replacing the list.
+CONDITIONS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
 #: The provenance the controller signs names the spec in the record: a spec edited while
@@ -133,6 +145,12 @@ def _nullable(node: dict[str, Any], defs: dict, sizes: set[str]) -> dict[str, An
     return merged
 
 
+def _status_schema() -> dict[str, Any]:
+    status = structural(BuildStatus)
+    status["properties"]["conditions"].update(CONDITIONS_LIST_MAP)
+    return status
+
+
 def crd() -> dict[str, Any]:
     """The complete CustomResourceDefinition of ``Build``."""
     schema = {
@@ -144,7 +162,7 @@ def crd() -> dict[str, Any]:
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": {**structural(ClusterBuildSpec), "x-kubernetes-validations": [IMMUTABLE]},
-            "status": structural(BuildStatus),
+            "status": _status_schema(),
         },
         "required": ["spec"],
     }
@@ -160,6 +178,7 @@ def crd() -> dict[str, Any]:
                 "plural": names.PLURAL,
                 "singular": names.SINGULAR,
                 "listKind": f"{names.KIND}List",
+                "shortNames": SHORT_NAMES,
                 "categories": ["farm"],
             },
             "versions": [

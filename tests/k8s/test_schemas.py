@@ -196,14 +196,17 @@ def test_the_crd_schema_is_structural_and_has_the_required_parts() -> None:
     version = crd.crd()["spec"]["versions"][0]
     assert structural_problems(version["schema"]["openAPIV3Schema"]) == []
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase",
-        "Blocked",
-        "Reproducible",
-        "Digest",
-        "Age",
-    ]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Phase", "Reason", "Blocked", "Reproducible", "Digest", "Age"]
+    # Tekton's spelling for the reason of the Succeeded condition; the digest only in -o wide.
+    assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Succeeded")].reason'
+    assert columns["Digest"]["priority"] == 1
+    names = crd.crd()["spec"]["names"]
+    assert (names["shortNames"], names["categories"]) == (["fbuild"], ["farm"])
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    # A list-map keyed by type, as metav1.Condition lists are in built-in kinds.
+    assert status["conditions"]["x-kubernetes-list-type"] == "map"
+    assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
     assert set(status["conditions"]["items"]["required"]) == {
         "type",
         "status",
