@@ -42,11 +42,21 @@ def helm(*args: str) -> str:
     return done.stdout
 
 
+#: The API groups farm's generated manifests assume beyond the built-in ones: the
+#: chart renders ServiceMonitor and PrometheusRule only where this one is served.
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
 def render(
-    values: Sequence[Path] = (), sets: Sequence[str] = (), namespace: str = NAMESPACE
+    values: Sequence[Path] = (),
+    sets: Sequence[str] = (),
+    namespace: str = NAMESPACE,
+    api_versions: Sequence[str] = (MONITORING_API,),
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart and return its objects."""
+    """`helm template` the chart as for a cluster serving ``api_versions``; its objects."""
     argv = ["template", RELEASE, str(CHART), "--namespace", namespace]
+    for api in api_versions:
+        argv += ["--api-versions", api]
     for path in values:
         argv += ["--values", str(path)]
     for item in sets:
@@ -77,7 +87,17 @@ def manifest_files() -> dict[Path, str]:
     """
     files: dict[Path, str] = {CHART_CRD: crd_text()}
     with tempfile.TemporaryDirectory(prefix="farm-chart-") as out:
-        helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--output-dir", out)
+        helm(
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--api-versions",
+            MONITORING_API,
+            "--output-dir",
+            out,
+        )
         rendered = sorted((Path(out) / "farm" / "templates").glob("*.yaml"))
         groups: dict[str, list[str]] = {"base": [], "monitoring": []}
         for path in rendered:

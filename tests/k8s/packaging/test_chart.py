@@ -93,7 +93,6 @@ def test_default_install_has_every_component(default_objects: list[Obj]) -> None
         "CustomResourceDefinition",
         "Deployment",
         "DaemonSet",
-        "RuntimeClass",
         "NetworkPolicy",
         "Service",
         "ServiceMonitor",
@@ -106,7 +105,9 @@ def test_default_install_has_every_component(default_objects: list[Obj]) -> None
         "ServiceAccount",
         "PersistentVolumeClaim",
     }
-    runtime = find(default_objects, "RuntimeClass")[0]
+    # Off by default: a managed gVisor cluster has its own, and creating it would clash.
+    assert find(default_objects, "RuntimeClass") == []
+    (runtime,) = find(chart.render(sets=["runtimeClass.create=true"]), "RuntimeClass")
     assert (runtime["metadata"]["name"], runtime["handler"]) == ("gvisor", "runsc")
     crd = find(default_objects, "CustomResourceDefinition")[0]
     assert crd["metadata"]["name"] == "builds.farm.dev"
@@ -356,3 +357,10 @@ def test_rbac_grants_exactly_the_calls_farm_k8s_makes(default_objects: list[Obj]
         (role,) = [r for r in roles if r["metadata"]["name"].endswith(suffix)]
         assert rules_as_grants(role) == permissions.flatten(grants), suffix
     assert len(roles) == len(expected)
+
+
+def test_monitoring_objects_need_prometheus_operators_api() -> None:
+    """Without monitoring.coreos.com/v1, `helm install` would fail on an unknown kind."""
+    kinds = {o["kind"] for o in chart.render(api_versions=())}
+    assert "Deployment" in kinds
+    assert not kinds & {"ServiceMonitor", "PrometheusRule"}

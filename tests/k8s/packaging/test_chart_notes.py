@@ -21,11 +21,11 @@ def test_the_notes_say_how_to_watch_a_build() -> None:
     assert "rollout status deployment/farm-controller" in text  # release farm: fullname farm
     assert "kubectl get fbuild -n NAMESPACE -w" in text
     assert "nodeMonitor.enabled=false" in text  # the managed-gVisor caveat
-    assert "did not create" not in text
+    assert "which this chart did not create: it must exist already" in text  # the default
+    assert "did not create" not in notes("runtimeClass.create=true")
 
 
 def test_the_notes_follow_the_values() -> None:
-    text = notes("runtimeClass.create=false", "nodeMonitor.enabled=false", "buildNamespaces={a}")
-    assert "which this chart did not create: it must exist already" in text
+    text = notes("nodeMonitor.enabled=false", "buildNamespaces={a}")
     assert "pod-init-config" not in text
     assert "Builds are watched in" not in text
