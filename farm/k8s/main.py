@@ -102,8 +102,8 @@ def run_controller(args: Any, settings: Settings) -> int:
 
 
 def run_node_monitor(args: Any, settings: Settings) -> int:
-    from farm.k8s.nodemonitor import NodeMonitor
-    from farm.observe.daemon import HostObserver, ObserverDaemon, ObserverPaths
+    from farm.k8s.nodemonitor import serve
+    from farm.observe.daemon import ObserverPaths
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     paths = ObserverPaths(socket=args.socket, spool=args.spool)
@@ -111,9 +111,5 @@ def run_node_monitor(args: Any, settings: Settings) -> int:
     metrics = Metrics(registry)
     start_http_server(args.metrics_port, registry=registry)
     stop = _stop_on_signals()
-    with ObserverDaemon(paths).start():
-        monitor = NodeMonitor(
-            Kube(api_client(args.kubeconfig)), metrics, HostObserver(paths), args.node
-        )
-        monitor.run(stop)
+    serve(Kube(api_client(args.kubeconfig)), metrics, paths, args.node, stop)
     return int(ExitCode.OK)

@@ -13,7 +13,9 @@ and ``blockedByKind``; the whole classified record goes into ``status.observatio
 (for a check run, those three fields under ``status.checkRuns.<run>``). It is a merge
 patch of just those fields, so it never fights the controller's own status writes.
 The controller waits for that record before it finishes the build, and judges it by
-the Build's observe policy; the monitor applies no policy itself.
+the Build's observe policy; the monitor applies no policy itself. Each record names the
+monitor's node (``nodeName``, from the downward API), and the controller accepts it only
+from the node the build pod ran on.
 
 The observer is behind :class:`ObservationSource`, so this module needs nothing from
 Docker or from a running gVisor to be tested.
@@ -34,7 +36,8 @@ from farm.k8s.resource import ObservationStatus
 from farm.k8s.teardown import MANAGED
 from farm.metrics import Metrics
 from farm.observe.classify import BlockedAction, iter_actions
-from farm.observe.spool import Observation, TraceRecord
+from farm.observe.daemon import HostObserver, ObserverDaemon, ObserverPaths
+from farm.observe.spool import PRUNE_EVERY, Observation, TraceRecord
 from farm.observe.verdict import MAX_LISTED_ACTIONS, MAX_LISTED_BYTES, Tally
 from farm.reprocheck import MAX_RUNS
 
@@ -48,18 +51,22 @@ class ObservationSource(Protocol):
 
 
 def observation_status(
-    container_id: str, seen: Observation, actions: Iterable[BlockedAction], runs: int = 1
+    container_id: str,
+    seen: Observation,
+    actions: Iterable[BlockedAction],
+    runs: int = 1,
+    node: str = "",
 ) -> ObservationStatus:
     """What goes into ``status.observation``: the completeness counts and the actions,
     capped in number and bytes (farm.observe.verdict's caps, one for every record).
     Leaving any out makes the record incomplete, so an enforce-mode build cannot hide an
     attempt behind a flood of others. The ``runs`` of a reproducibility check share the
-    caps, since all their records are in one Build."""
+    caps, since all their records are in one Build. ``node`` is the reporting node."""
     counted = Tally(MAX_LISTED_ACTIONS // runs, MAX_LISTED_BYTES // runs).add_all(actions)
-    return _status(container_id, seen, counted)
+    return _status(container_id, seen, counted, node)
 
 
-def _status(container_id: str, seen: Observation, counted: Tally) -> ObservationStatus:
+def _status(container_id: str, seen: Observation, counted: Tally, node: str) -> ObservationStatus:
     listed = counted.listed()
     unlisted = counted.total - len(listed)
     completeness = seen.completeness()
@@ -69,6 +76,7 @@ def _status(container_id: str, seen: Observation, counted: Tally) -> Observation
         completeness["problem"] = "; ".join(p for p in (seen.problem, cap) if p)
     return ObservationStatus(
         containerID=container_id,
+        nodeName=node,
         events=seen.count,
         actions=listed,
         unlisted=unlisted,
@@ -137,7 +145,7 @@ class NodeMonitor:
         for kind, n in kinds.items():
             self.metrics.blocked_actions.labels(tenant=namespace, kind=kind).inc(n)
         self.metrics.observer_dropped.inc(observation.lost)
-        shipped = _status(container_id, observation, counted)
+        shipped = _status(container_id, observation, counted, self.node_name)
         return {
             "blocked": sum(kinds.values()),
             "blockedByKind": dict(kinds),
@@ -150,6 +158,24 @@ class NodeMonitor:
                 self.scan()
             except Exception as exc:  # keep monitoring: a missed scan is retried next tick
                 log.warning("node monitor: %s", exc, exc_info=not isinstance(exc, KubernetesError))
+
+
+def serve(
+    kube: Kube,
+    metrics: Metrics,
+    paths: ObserverPaths,
+    node_name: str,
+    stop: threading.Event,
+    *,
+    interval: float = 1.0,
+    prune_every: float = PRUNE_EVERY,
+) -> None:
+    """The node monitor's process (``farm node-monitor``): the observer daemon on
+    ``paths`` (it prunes its spool while it serves) and the scan loop, until ``stop``.
+    Leaving stops the daemon, whose records of sandboxes still running are then
+    incomplete: a restart or rollout never passes for a clean build."""
+    with ObserverDaemon(paths, prune_every=prune_every):
+        NodeMonitor(kube, metrics, HostObserver(paths), node_name).run(stop, interval)
 
 
 def _runs(pod: Obj) -> int:

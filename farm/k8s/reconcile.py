@@ -270,10 +270,13 @@ class Reconciler:
     ) -> Run:
         """``run`` judged-ready once the node monitor's record is in (or the grace over)."""
         k, state = run.index, run.state
-        seen = self._observation(state, build_container_id(pod) or "")
+        seen = self._observation(state, build_container_id(pod) or "", pod_node(pod))
         if seen is None:
             phase = "Collecting" if state.exitCode == 0 else "Building"
             message = "waiting for the node monitor's record of the build container"
+            stray = stray_report(state, pod_node(pod))
+            if stray:
+                message = f"{message}; {stray}"
             # The monitor's status patch wakes the Build's watch; this bounds the grace.
             delay = max(0.5, min(POLL, self._grace_left(state)))
             return Run(k, state, wait=(phase, "Observing", message), delay=delay)
@@ -322,17 +325,24 @@ class Reconciler:
             return failed("CollectionFailed", message)
         return None
 
-    def _observation(self, status: RunStatus, container_id: str) -> ObservationStatus | None:
-        """The node monitor's record of the build container; None while it may still
-        come. After the grace, an incomplete record saying it never came, so that a
-        missing monitor (or a pod it never saw) cannot pass for a clean build."""
+    def _observation(
+        self, status: RunStatus, container_id: str, node: str
+    ) -> ObservationStatus | None:
+        """The record of the build container by the monitor of ``node``, the node the
+        build pod ran on; None while it may still come. A record from another node's
+        monitor (misconfigured, or compromised) is not accepted. After the grace, an
+        incomplete record saying it never came, so that a missing monitor (or a pod it
+        never saw) cannot pass for a clean build."""
         seen = status.observation
-        if seen is not None and seen.containerID == container_id:
+        if seen is not None and seen.containerID == container_id and seen.nodeName == node:
             return seen
         if self._grace_left(status) > 0:
             return None
         grace = self.config.observe_grace_seconds
         problem = f"the node monitor never reported container {container_id} within {grace}s"
+        stray = stray_report(status, node)
+        if stray:
+            problem = f"{problem} ({stray})"
         return ObservationStatus(containerID=container_id, complete=False, problem=problem)
 
     def _grace_left(self, status: RunStatus) -> float:
@@ -634,6 +644,21 @@ def build_container_id(pod: Obj | None) -> str | None:
     by, so the node monitor's record and the controller's wait agree on it."""
     found = _build_container(pod).get("containerID")
     return str(found).split("://", 1)[-1] if found else None
+
+
+def pod_node(pod: Obj | None) -> str:
+    """The node the scheduler bound the pod to (``spec.nodeName``; "" before that)."""
+    return str(((pod or {}).get("spec") or {}).get("nodeName") or "")
+
+
+def stray_report(status: RunStatus, node: str) -> str:
+    """Why the run's record in status is not accepted, if it came from the monitor of a
+    node other than ``node`` (the build pod's); "" otherwise."""
+    seen = status.observation
+    if seen is None or seen.nodeName == node:
+        return ""
+    sender = seen.nodeName or "an unnamed node"
+    return f"ignored a record from the node monitor of {sender}: the build pod ran on {node}"
 
 
 def build_image_id(pod: Obj | None) -> str | None:

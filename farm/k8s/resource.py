@@ -151,6 +151,11 @@ class ObservationStatus(TraceCompleteness):
     and make the record incomplete, so enforce mode fails closed."""
 
     containerID: str = Field(description="the build container this record is of")
+    nodeName: str = Field(
+        "",
+        description="the node whose monitor sent it; the controller accepts only a record "
+        "from the node the build pod ran on",
+    )
     events: int = Field(0, description="events in gVisor's record")
     actions: list[BlockedAction] = Field(default_factory=list, max_length=MAX_STATUS_ACTIONS)
     unlisted: int = Field(0, description="actions left out to fit the status")

@@ -31,7 +31,7 @@ from types import TracebackType
 
 from farm.errors import InfrastructureError
 from farm.observe.sink import TraceSink
-from farm.observe.spool import SpooledRecord, SpoolWriter, read_observation
+from farm.observe.spool import PRUNE_EVERY, SpooledRecord, SpoolWriter, read_observation
 
 RUN_DIR = Path("/run/farm")
 #: Fixed, because dockerd passes runsc's --pod-init-config per runtime, not per build.
@@ -64,14 +64,29 @@ class ObserverBusy(InfrastructureError):
 
 
 class ObserverDaemon:
-    """Serve ``paths.socket`` and spool every connection (see farm.observe.spool)."""
+    """Serve ``paths.socket`` and spool every connection (see farm.observe.spool).
 
-    def __init__(self, paths: ObserverPaths, *, logger: logging.Logger | None = None) -> None:
+    While it serves, it prunes uncollected records every ``prune_every`` seconds (and at
+    start), whoever runs it: ``farm observer`` or the node monitor, which may run for
+    months without a restart. Stopping it cuts the connections still open, and their
+    records are marked incomplete (``SpoolWriter.hangup``), never complete.
+    """
+
+    def __init__(
+        self,
+        paths: ObserverPaths,
+        *,
+        logger: logging.Logger | None = None,
+        prune_every: float = PRUNE_EVERY,
+    ) -> None:
         self.paths = paths
+        self.prune_every = prune_every
         self._log = logger or logging.getLogger(__name__)
         self._lock_fd: int | None = None
         self._sink: TraceSink | None = None
         self._writer = SpoolWriter(paths.spool, self._log)
+        self._stopping = threading.Event()
+        self._pruner: threading.Thread | None = None
 
     def start(self) -> ObserverDaemon:
         """Raises ObserverBusy if a daemon runs, InfrastructureError if it cannot listen."""
@@ -86,9 +101,13 @@ class ObserverDaemon:
         self._lock_fd = fd
         try:
             self.paths.socket.unlink(missing_ok=True)  # stale, and ours: we hold the lock
-            for name in self._writer.prune():
-                self._log.info("pruned uncollected trace record %s", name)
+            self.prune()
             self._sink = TraceSink(self.paths.socket, raw=self._writer, logger=self._log).start()
+            self._stopping.clear()
+            self._pruner = threading.Thread(
+                target=self._prune_loop, name="spool-prune", daemon=True
+            )
+            self._pruner.start()
         except BaseException:
             self.close()
             raise
@@ -96,8 +115,27 @@ class ObserverDaemon:
         self._log.info("observer serving %s, spooling to %s", self.paths.socket, self.paths.spool)
         return self
 
+    def prune(self) -> list[str]:
+        """Remove the records nobody collected in time (``SpoolWriter.prune``)."""
+        gone = self._writer.prune()
+        for name in gone:
+            self._log.info("pruned uncollected trace record %s", name)
+        return gone
+
+    def _prune_loop(self) -> None:
+        while not self._stopping.wait(self.prune_every):
+            try:
+                self.prune()
+            except OSError as exc:  # the next round tries again
+                self._log.warning("pruning the spool failed: %s", exc)
+
     def close(self) -> None:
-        """Stop serving: runsc then refuses new observed sandboxes (fail-closed)."""
+        """Stop serving: runsc then refuses new observed sandboxes (fail-closed), and
+        the records of connections cut here are incomplete."""
+        self._stopping.set()
+        if self._pruner is not None:
+            self._pruner.join()
+            self._pruner = None
         if self._sink is not None:
             self._sink.close()
             self._sink = None
@@ -123,8 +161,8 @@ class ObserverDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())
         with self:
-            while not stop.wait(600):
-                self._writer.prune()
+            while not stop.wait(1.0):  # a timeout, so the signal handler gets to run
+                pass
 
 
 def daemon_running(paths: ObserverPaths) -> bool:

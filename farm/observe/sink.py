@@ -56,12 +56,15 @@ class RawHandler(Protocol):
     """Takes every datagram undecoded (the host observer daemon spools them to disk).
 
     ``container_id`` is what the sink has learned so far on this connection ("" until
-    the first datagram that names it). Called on the connection's thread.
+    the first datagram that names it). Called on the connection's thread. ``hangup``'s
+    ``finished`` is True only when runsc closed the connection (its sandbox is gone);
+    False when the sink cut it (``close()``: a restart or rollout of the daemon) or a
+    read failed, so whatever came after is missing.
     """
 
     def datagram(self, connection: int, container_id: str, data: bytes) -> None: ...
 
-    def hangup(self, connection: int, container_id: str) -> None: ...
+    def hangup(self, connection: int, container_id: str, finished: bool) -> None: ...
 
 
 def pod_init_config(
@@ -117,6 +120,8 @@ class _Conn:
     container_id: str = ""
     last_dropped: int = 0
     callback_failed: bool = False
+    #: runsc closed the connection itself (end of file), rather than we cutting it.
+    finished: bool = False
 
 
 class TraceSink:
@@ -270,7 +275,8 @@ class TraceSink:
         finally:
             conn.sock.close()
             if self._raw is not None:
-                self._guarded(conn, "hangup", self._raw.hangup, conn.number, conn.container_id)
+                hangup = self._raw.hangup
+                self._guarded(conn, "hangup", hangup, conn.number, conn.container_id, conn.finished)
             with self._idle:
                 self._stats["open_connections"] -= 1
                 self._idle.notify_all()
@@ -299,7 +305,8 @@ class TraceSink:
                 self._log.warning("trace connection %d: read failed: %s", conn.number, e)
                 return
             if size == 0:
-                return  # runsc closed the sink: the sandbox is gone
+                conn.finished = True  # runsc closed the sink: the sandbox is gone
+                return
             if flags & socket.MSG_TRUNC:
                 self._count("unparseable")
                 continue

@@ -12,6 +12,12 @@ Layout of the spool directory, per runsc connection number N:
 - ``<container>.N.part``: renamed when the first datagram names the container;
 - ``<container>.N.meta`` then ``<container>.N.trace``: written at hang-up. The rename to
   ``.trace`` is the "complete" signal, so a reader never sees a half-written record.
+- ``<container>.N.cut`` beside the ``.part``: the daemon itself cut the connection
+  (it was stopped: a restart or rollout) while the sandbox was still running. The
+  marker holds what ``.meta`` would; the ``.part`` keeps its name, so a reader that
+  does not know the marker still never takes the record for complete (it waits for the
+  hang-up, then reports the connection as still open). :func:`read_observation` returns
+  such a record at once, with its events, as incomplete.
 
 A record is ``u32 little-endian length`` + the datagram exactly as runsc sent it.
 Decoding (and counting what does not decode) happens once, in the reader, as a
@@ -47,6 +53,13 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_SPOOL_BYTES = 512 << 20
 #: Records nobody collected (a farm process died mid-build) are pruned after this.
 STALE_SECONDS = 6 * 3600
+#: The daemon prunes this often (and at start).
+PRUNE_EVERY = 600.0
+#: Why a record whose connection the daemon cut is incomplete.
+CUT_PROBLEM = (
+    "the observer was stopped (restart or rollout) while this sandbox's trace connection "
+    "was open: what gVisor saw after that is missing"
+)
 
 
 class Observation(TraceCompleteness):
@@ -128,7 +141,9 @@ class SpoolWriter:
         spool.size += _LEN.size + len(data)
         spool.datagrams += 1
 
-    def hangup(self, connection: int, container_id: str) -> None:
+    def hangup(self, connection: int, container_id: str, finished: bool) -> None:
+        """Close the connection's file: a record complete only if runsc ``finished`` it
+        (``.trace``); one the daemon cut stays ``.part`` with a ``.cut`` marker."""
         with self._lock:
             spool = self._open.pop(connection, None)
         if spool is None:
@@ -138,8 +153,14 @@ class SpoolWriter:
             self.logger.warning("trace connection %d never named its container", connection)
             return  # stays conn-N.part until pruned: nobody can ask for it
         stem = f"{spool.container_id}.{spool.number}"
-        meta = {"datagrams": spool.datagrams, "bytes": spool.size, "overflow": spool.overflow}
-        (self.directory / f"{stem}.meta").write_text(json.dumps(meta))
+        meta = json.dumps(
+            {"datagrams": spool.datagrams, "bytes": spool.size, "overflow": spool.overflow}
+        )
+        if not finished:
+            self.logger.warning("cut the trace connection of %s: its record is incomplete", stem)
+            (self.directory / f"{stem}.cut").write_text(meta)
+            return
+        (self.directory / f"{stem}.meta").write_text(meta)
         spool.path.rename(self.directory / f"{stem}.trace")
 
     def prune(self, now: float | None = None) -> list[str]:
@@ -155,7 +176,7 @@ class SpoolWriter:
             live = {spool.path.name for spool in self._open.values()}
         gone = []
         for path in self.directory.iterdir():
-            if path.name in live or path.suffix not in (".trace", ".meta", ".part"):
+            if path.name in live or path.suffix not in (".trace", ".meta", ".part", ".cut"):
                 continue
             try:
                 if path.stat().st_mtime < cutoff:
@@ -192,17 +213,21 @@ def read_observation(
 
     Waits up to ``timeout`` seconds for runsc to hang up (it does when the sandbox is
     gone). A missing or unfinished record is returned with ``complete=False`` and the
-    reason, never raised: the caller decides what an incomplete record means.
+    reason, never raised: the caller decides what an incomplete record means. So is one
+    whose connection the daemon cut (a ``.cut`` marker), at once and with its events.
     With ``consume`` the files are removed once opened (the open files stay readable).
     """
     if not _SAFE_ID.match(container_id):
         return SpooledRecord(container_id, [], "invalid id", consume)
     deadline = time.monotonic() + timeout
     while True:
-        traces = sorted(directory.glob(f"{container_id}.*.trace"))
-        pending = list(directory.glob(f"{container_id}.*.part"))
-        if traces and not pending:
-            return SpooledRecord(container_id, traces, "", consume)
+        traces = list(directory.glob(f"{container_id}.*.trace"))
+        parts = list(directory.glob(f"{container_id}.*.part"))
+        cut = [p for p in parts if p.with_suffix(".cut").exists()]
+        pending = [p for p in parts if p not in cut]
+        if (traces or cut) and not pending:
+            problem = CUT_PROBLEM if cut else ""
+            return SpooledRecord(container_id, sorted(traces + cut), problem, consume)
         if time.monotonic() >= deadline:
             problem = (
                 f"gVisor's connection for this sandbox was still open after {timeout:.0f}s"
@@ -267,7 +292,8 @@ class SpooledRecord:
         )
 
     def _open(self, trace: Path) -> BinaryIO | None:
-        meta_path = trace.with_suffix(".meta")
+        # A cut connection's counts are in its marker (see the module docstring).
+        meta_path = trace.with_suffix(".cut" if trace.suffix == ".part" else ".meta")
         try:
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
             f = trace.open("rb")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from farm.k8s.controller import Controller
 from farm.k8s.nodemonitor import NodeMonitor
 from farm.k8s.reconcile import Reconciler
 from farm.metrics import Metrics
+from farm.observe.daemon import HostObserver, ObserverDaemon, ObserverPaths
 from farm.observe.spool import Observation
 from farm.records import Status
 from farm.store import Store
@@ -46,6 +48,7 @@ from tests.k8s.kubelet import (
 from tests.k8s.test_schemas import build_schema
 from tests.k8s.test_status_and_monitor import settle
 from tests.unit.test_classify import EVIL_ENV, SCRIPT, cargo_root, ev, inet, step
+from tests.unit.test_observe_sink import open_event, peer
 
 BINARY = b"\x7fELF cluster binary"
 
@@ -324,3 +327,81 @@ def test_an_unobserved_audit_build_is_signed_but_fails_no_network(
         home, "verify", str(artifact), "--provenance", str(envelope), "--require", "no-network"
     )
     assert refused.returncode == 1 and "requirement no-network not met" in refused.stderr
+
+
+# --- records the controller must not take for complete -------------------------------------
+
+
+def test_a_record_cut_by_stopping_the_monitor_is_incomplete_and_quarantines(
+    cluster: Cluster, tmp_path: Path, stepped: tuple[Reconciler, str]
+) -> None:
+    """The monitor's observer is stopped (a restart or rollout) while the build's
+    sandbox runs: gVisor's connection is cut, not finished, so the restarted monitor's
+    record is incomplete and enforce mode quarantines the build."""
+    r, url = stepped
+    with tempfile.TemporaryDirectory(prefix="farm-cut-") as d:
+        paths = ObserverPaths(socket=Path(d) / "observer.sock", spool=Path(d) / "spool")
+        daemon = ObserverDaemon(paths).start()
+        with peer(paths.socket) as runsc:
+            assert runsc.recv(100) == b"\x08\x01"
+            runsc.send(open_event("/src/main.rs", container=BUILD_CID))
+            wait_for(lambda: list(paths.spool.glob(f"{BUILD_CID}.*.part")), "the spool")
+            daemon.close()  # the monitor's pod stops, with runsc's connection still open
+        build = collected(cluster, tmp_path, r, url, "rolled")
+        with ObserverDaemon(paths):  # the restarted monitor
+            source = HostObserver(paths, collect_timeout=5)
+            monitor = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-1")
+            assert monitor.scan() == 1
+    shipped = cluster.api.get("builds", NS, "rolled")["status"]["observation"]
+    assert shipped["complete"] is False and "observer was stopped" in shipped["problem"]
+    assert shipped["events"] == 1  # what was seen before the cut is still reported
+
+    settle(r, "rolled")
+    status = cluster.api.get("builds", NS, "rolled")["status"]
+    assert status["phase"] == "Quarantined" and status["artifacts"] == []
+    record = r.store.get(record_id(build))
+    assert record.status is Status.QUARANTINED and not record.observation.complete
+
+
+def test_only_the_monitor_of_the_build_pods_node_is_believed(
+    cluster: Cluster, tmp_path: Path, stepped: tuple[Reconciler, str]
+) -> None:
+    """A monitor elsewhere (misconfigured, or compromised: every monitor may patch every
+    Build's status) reports the build clean; the controller ignores it, says so, and
+    waits for the monitor of the node the pod ran on (tests/k8s/kubelet.py: node-1)."""
+    r, url = stepped
+    collected(cluster, tmp_path, r, url, "vouched")
+    [pod] = [p for p in cluster.api.list("pods", NS) if p["spec"]["nodeName"] == "node-1"]
+    elsewhere = Spooled({BUILD_CID: clean()})
+    liar = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), elsewhere, "node-2")
+    liar.report(pod, BUILD_CID)  # as a monitor that ignores its own node's selector would
+
+    settle(r, "vouched")
+    status = cluster.api.get("builds", NS, "vouched")["status"]
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Collecting", "Observing")
+    assert "ignored a record from the node monitor of node-2" in status["message"]
+
+    source = Spooled({BUILD_CID: evil()})
+    assert NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-1").scan() == 1
+    settle(r, "vouched")
+    status = cluster.api.get("builds", NS, "vouched")["status"]
+    assert status["phase"] == "Quarantined"  # node-1's record, with the connect in it
+    assert status["observation"]["nodeName"] == "node-1"
+
+
+def test_a_record_only_from_another_node_times_out_as_incomplete(
+    cluster: Cluster, tmp_path: Path, stepped: tuple[Reconciler, str]
+) -> None:
+    r, url = stepped
+    collected(cluster, tmp_path, r, url, "stray")
+    [pod] = cluster.api.list("pods", NS)
+    source = Spooled({BUILD_CID: clean()})
+    NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-2").report(pod, BUILD_CID)
+    past = datetime.now(UTC) - timedelta(seconds=ControllerConfig().observe_grace_seconds + 1)
+    cluster.api.mutate(
+        "builds", NS, "stray", lambda b: b["status"].update(exitTime=past.isoformat())
+    )
+    settle(r, "stray")
+    status = cluster.api.get("builds", NS, "stray")["status"]
+    assert status["phase"] == "Quarantined"
+    assert "ignored a record from the node monitor of node-2" in status["message"]
