@@ -71,3 +71,26 @@ def test_a_finished_record_nobody_collected_is_still_pruned(paths: ObserverPaths
         for path in (trace, meta):
             age(path, STALE_SECONDS + 1)
         assert sorted(daemon._writer.prune()) == sorted([trace.name, meta.name])
+
+
+def test_a_cut_record_is_incomplete_at_once_and_pruned_like_any_other(
+    paths: ObserverPaths,
+) -> None:
+    """Stopping the daemon cuts an open connection: the record is reported incomplete
+    without waiting for a hang-up that will never come, and is pruned once stale."""
+    daemon = ObserverDaemon(paths).start()
+    with peer(paths.socket) as s:
+        s.recv(100)
+        s.send(open_event("/x", container="cut"))
+        part = wait_for(paths.spool, "cut.*.part")
+        daemon.close()
+    assert part.exists() and part.with_suffix(".cut").exists()
+    started = time.monotonic()
+    seen = read_observation(paths.spool, "cut", timeout=30, consume=False).whole()
+    assert time.monotonic() - started < 5
+    assert not seen.complete and "observer was stopped" in seen.problem
+    assert [e.fields["pathname"] for e in seen.events] == ["/x"]
+    for path in (part, part.with_suffix(".cut")):
+        age(path, STALE_SECONDS + 1)
+    with ObserverDaemon(paths):  # a restart prunes at start
+        assert list(paths.spool.glob("cut.*")) == []
