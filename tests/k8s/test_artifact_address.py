@@ -104,10 +104,11 @@ def test_the_collector_uploads_to_the_services_cluster_ip_never_a_name(
     ctl = cluster.controller("a")
     cluster.monitor()
     port = urlsplit(cluster.artifact_url(ctl)).port
-    builds = [cluster.api.create("builds", NS, build_manifest(n)) for n in ("one", "two")]
-    for build in builds:
+    builds, jobs = [], []
+    for name in ("one", "two"):  # one after the other: two workers could both miss the cache
+        builds.append(build := cluster.api.create("builds", NS, build_manifest(name)))
         finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    jobs = [job(cluster.api, NS, build, "build") for build in builds]
+        jobs.append(job(cluster.api, NS, build, "build"))
     for built in jobs:
         url = collector_env(built)["FARM_ARTIFACT_URL"]
         assert url == f"http://127.0.0.1:{port}"
