@@ -12,10 +12,11 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     │   ├── DockerUnavailableError dockerd cannot be reached
     │   ├── ImageError             the builder image is missing or cannot be built
     │   ├── BusyError              farm serve is at its limit of submissions being read
-    │   └── KubernetesError        the API server refused a request (farm.k8s.kube)
-    │       ├── ConflictError      409: stale resourceVersion or the name exists
-    │       ├── GoneError          410: the watch's resourceVersion expired; re-list
-    │       └── KubeNotFoundError  404: the object is not there (often fine)
+    │   ├── KubernetesError        the API server refused a request (farm.k8s.kube)
+    │   │   ├── ConflictError      409: stale resourceVersion or the name exists
+    │   │   ├── GoneError          410: the watch's resourceVersion expired; re-list
+    │   │   └── KubeNotFoundError  404: the object is not there (often fine)
+    │   └── ArtifactServiceError   the controller's Service has no ClusterIP to upload to
     ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
     ├── VerificationError          exit 1: `farm verify` rejected an artifact or provenance
     └── NotFoundError              exit 2: no such build id
@@ -113,6 +114,12 @@ class GoneError(KubernetesError):
 
 class KubeNotFoundError(KubernetesError):
     pass
+
+
+class ArtifactServiceError(InfrastructureError):
+    """The controller's artifact Service is missing, headless or has no ``artifacts``
+    port, so a build pod's collector would have no address to upload to
+    (``farm.k8s.endpoint``)."""
 
 
 class VerificationError(FarmError):

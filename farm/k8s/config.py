@@ -49,8 +49,12 @@ class ControllerConfig(BaseModel):
     controller_labels: dict[str, str] = Field(
         default_factory=lambda: {"app.kubernetes.io/name": "farm-controller"}
     )
-    #: URL the collector uploads to (the controller's Service) and the port it listens on.
-    artifact_url: str = "http://farm-controller.farm-system.svc:8443"
+    #: The controller's Service in ``namespace``: the collector uploads to its ClusterIP
+    #: and its port named ``artifacts`` (farm.k8s.endpoint), never to its DNS name,
+    #: since the collect NetworkPolicy allows no DNS (docs/kubernetes.md).
+    artifact_service: str = names.ARTIFACT_SERVICE
+    #: The port the controller's pods listen on for uploads (the Service's targetPort):
+    #: the one port the collect NetworkPolicy opens, as it is evaluated after the DNAT.
     artifact_port: int = 8443
     #: Timeout and connection caps of that endpoint (farm.httpserver).
     artifact_http: HttpLimits = Field(default_factory=HttpLimits)

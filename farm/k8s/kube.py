@@ -28,6 +28,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
     "Secret": ("core", "secret"),
     "Pod": ("core", "pod"),
+    "Service": ("core", "service"),
     "NetworkPolicy": ("networking", "network_policy"),
     "Job": ("batch", "job"),
 }

@@ -23,6 +23,10 @@ BUILD_LABEL = f"{GROUP}/build"
 PHASE_LABEL = f"{GROUP}/phase"
 MANAGED_BY = "farm-controller"
 RUNTIME_CLASS = "gvisor"
+#: The controller's Service (the chart's ``<fullname>-controller``; the default release's
+#: name) and the name of its upload port: the collector gets that Service's ClusterIP.
+ARTIFACT_SERVICE = "farm-controller"
+ARTIFACT_PORT_NAME = "artifacts"
 #: The build container's uid/gid (farm.settings.SANDBOX_UID); the collector runs as another.
 COLLECTOR_UID = 10002
 #: Kueue's queue label; set only when the Build names a queue.

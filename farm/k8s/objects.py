@@ -204,7 +204,10 @@ def build_policy(ref: BuildRef) -> dict[str, Any]:
 def collect_policy(ref: BuildRef, config: ControllerConfig, run: int = 0) -> dict[str, Any]:
     """Created only once run ``run``'s build container has terminated: lets that pod (now
     running just the trusted collector) reach the controller's artifact port. It selects
-    that run's pod only: another run's build may still be running untrusted code."""
+    that run's pod only: another run's build may still be running untrusted code.
+    Nothing else, not even DNS: the collector is given the Service's ClusterIP
+    (farm.k8s.endpoint), and the policy is evaluated after kube-proxy's DNAT of it to a
+    controller pod, so the controller pods' port is the one rule needed."""
     peer = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.namespace}},
         "podSelector": {"matchLabels": dict(config.controller_labels)},
@@ -333,10 +336,14 @@ def build_job(
     config: ControllerConfig,
     run: int = 0,
     node: str | None = None,
+    *,
+    artifact_url: str,
 ) -> dict[str, Any]:
     """The untrusted build (init container ``build``) then the collector container.
     ``run`` is the run of a reproducibility check (0: the build itself); ``sandbox``
-    carries that run's variation; ``node`` (required for runs 1..) is run 0's node."""
+    carries that run's variation; ``node`` (required for runs 1..) is run 0's node;
+    ``artifact_url`` is where the collector uploads (farm.k8s.endpoint: an IP literal,
+    since the collect policy allows no DNS)."""
     uid, gid = _ids(sandbox)
     tmp_size = sandbox.tmpfs.get(policy.TMP, spec.resources.scratch)
     volumes = [
@@ -362,7 +369,7 @@ def build_job(
         **_pod_base(ref, config, uid, gid),
         "hostname": sandbox.hostname,
         "initContainers": [_build_container(spec, sandbox)],
-        "containers": [_collector_container(ref, spec, config, run)],
+        "containers": [_collector_container(ref, spec, config, run, artifact_url)],
         "volumes": volumes,
     }
     if run:
@@ -428,10 +435,10 @@ def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, 
 
 
 def _collector_container(
-    ref: BuildRef, spec: ClusterBuildSpec, config: ControllerConfig, run: int
+    ref: BuildRef, spec: ClusterBuildSpec, config: ControllerConfig, run: int, url: str
 ) -> dict[str, Any]:
     env = {
-        "FARM_ARTIFACT_URL": config.artifact_url,
+        "FARM_ARTIFACT_URL": url,
         "FARM_BUILD": ref.upload_key(run),
         "FARM_TOKEN_FILE": f"{TOKEN_DIR}/token",
         "FARM_OUTPUTS": ",".join(spec.outputs or []),

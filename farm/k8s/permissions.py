@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from farm.k8s.controller import LEASE_NAME
-from farm.k8s.names import GROUP
+from farm.k8s.names import ARTIFACT_SERVICE, GROUP
 
 
 class Grant(NamedTuple):
@@ -49,6 +49,13 @@ CONTROLLER: tuple[Grant, ...] = (
 LEADER_ELECTION: tuple[Grant, ...] = (
     _grant("coordination.k8s.io", "leases", "create"),
     _grant("coordination.k8s.io", "leases", "get", "update", names=(LEASE_NAME,)),
+)
+
+#: The controller's own namespace only: get of its own Service, whose ClusterIP the
+#: collector uploads to (farm/k8s/endpoint.py). The chart names it ``<fullname>-controller``
+#: (``farm-controller`` in the default release, which the chart test renders).
+ARTIFACT_SERVICE_READ: tuple[Grant, ...] = (
+    _grant("", "services", "get", names=(ARTIFACT_SERVICE,)),
 )
 
 #: Cluster-wide: reads the pods on its node, patches its record and counts into Build status.

@@ -37,10 +37,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from farm import reprocheck
-from farm.errors import ConflictError, KubeNotFoundError, KubernetesError, SpecError
+from farm.errors import (
+    ArtifactServiceError,
+    ConflictError,
+    KubeNotFoundError,
+    KubernetesError,
+    SpecError,
+)
 from farm.k8s import names, objects
 from farm.k8s.artifacts import Ledger, Manifest
 from farm.k8s.config import ControllerConfig
+from farm.k8s.endpoint import ArtifactEndpoint
 from farm.k8s.kube import Kube, Obj
 from farm.k8s.objects import BuildRef
 from farm.k8s.resource import (
@@ -121,6 +128,7 @@ class Reconciler:
         self.kube, self.config, self.ledger = kube, config, ledger
         self.store, self.metrics = store, metrics
         self.teardown = Teardown(kube, metrics)
+        self.endpoint = ArtifactEndpoint(kube, config)
 
     # --- entry point ------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> float | None:
@@ -212,7 +220,13 @@ class Reconciler:
         """Create run ``k``'s build Job (if needed) and see where it stands. ``node`` is
         run 0's node, once its pod has one (runs 1.. need it)."""
         token = self._token(ref, k)  # before the Job: its pod mounts the token Secret
-        job = self._run_job(ref, spec, sandbox, k, node)
+        try:
+            job = self._run_job(ref, spec, sandbox, k, node)
+        except ArtifactServiceError as exc:
+            # The operator's to fix (the install), not the build's: wait, re-checked
+            # each poll, rather than fail Builds while a Service is being re-created.
+            waiting = ("Building", "ArtifactServiceMissing", f"no build Job yet: {exc}")
+            return Run(k, run_status(status, k), wait=waiting)
         if job is None:
             waiting = ("Building", "Building", f"check run {k} waits for run 0's node")
             return Run(k, run_status(status, k), wait=waiting)
@@ -223,13 +237,18 @@ class Reconciler:
     ) -> Obj | None:
         """Run ``k``'s Job, created if needed. Runs 1.. share run 0's ReadWriteOnce
         sources volume, so they are pinned to its node and wait (None) until run 0's pod
-        has one, unless their Job exists already (made before a controller restart)."""
-        if k and not node:
-            name = ref.object_name(names.run_role("build", k))
-            return self._existing("Job", ref.namespace, name)
+        has one, unless their Job exists already (made before a controller restart).
+        An existing Job is read first: it needs no artifact address, so a Service
+        lookup that fails later does not hold up builds already running.
+        Raises ArtifactServiceError if a Job is to be made but the Service has no address."""
+        existing = self._existing("Job", ref.namespace, ref.object_name(names.run_role("build", k)))
+        if existing is not None or (k and not node):
+            return existing
         vary = reprocheck.variation(k)  # as local --check's run k
         varied = vary(sandbox) if vary else sandbox
-        return self._ensure(objects.build_job(ref, spec, varied, self.config, k, node))
+        url = self.endpoint.url()
+        job = objects.build_job(ref, spec, varied, self.config, k, node, artifact_url=url)
+        return self._ensure(job)
 
     def _run0_node(self, ref: BuildRef) -> str | None:
         """The node of run 0's pod, once the scheduler has given it one."""

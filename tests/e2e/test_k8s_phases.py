@@ -195,7 +195,7 @@ def test_fetch_then_build_uses_only_the_vendored_sources(
     vendored = {p.name for p in (volumes["src"] / "vendor").iterdir()}
     assert vendored == _locked_crates(repo / "hello.git" / "app" / "Cargo.lock") != set()
 
-    build = objects.build_job(ref, spec, sandbox, config)
+    build = objects.build_job(ref, spec, sandbox, config, artifact_url="http://127.0.0.1:8443")
     pod = build["spec"]["template"]["spec"]
     volumes |= dirs(tmp_path, "target", "out", "tmp")
     phase2 = pod_sandbox(build, pod["initContainers"][0], volumes, settings)

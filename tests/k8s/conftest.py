@@ -57,11 +57,24 @@ class Cluster:
         )
         artifacts = ArtifactServer(ctl.ledger, "127.0.0.1", 0, ready=ctl.elector.leading.is_set)
         artifacts.start()
+        self.service(ctl.config, artifacts.server_address[1])
         stop = threading.Event()
         thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
         thread.start()
         self.controllers.append((ctl, stop, thread, artifacts))
         return ctl
+
+    def service(self, config: ControllerConfig, port: int, cluster_ip: str = "127.0.0.1") -> None:
+        """The chart's controller Service as the API server holds it: the controller
+        looks up its ClusterIP (farm.k8s.endpoint). Here the "ClusterIP" is loopback and
+        its ``artifacts`` port the first controller's own server (a real Service keeps
+        its address and routes to whichever controller leads)."""
+        if any(
+            s["metadata"]["name"] == config.artifact_service
+            for s in self.api.list("services", config.namespace)
+        ):
+            return
+        self.api.create("services", config.namespace, service(config, port, cluster_ip))
 
     def monitor(self, observations: dict[str, Observation] | None = None) -> NodeMonitor:
         """Run the real node monitor of node-1 (where tests/k8s/kubelet.py puts pods).
@@ -121,7 +134,10 @@ def assert_within_rbac(calls: list[tuple[str, str, str, str | None]]) -> None:
     """Every call farm/k8s made to the fake API server is one farm/k8s/permissions.py
     lists, so the chart (tested equal to that table) grants enough."""
     grants = permissions.flatten(
-        permissions.CONTROLLER + permissions.LEADER_ELECTION + permissions.NODE_MONITOR
+        permissions.CONTROLLER
+        + permissions.LEADER_ELECTION
+        + permissions.ARTIFACT_SERVICE_READ
+        + permissions.NODE_MONITOR
     )
     outside = [
         call
@@ -132,6 +148,25 @@ def assert_within_rbac(calls: list[tuple[str, str, str, str | None]]) -> None:
         )
     ]
     assert outside == [], "calls the RBAC in farm/k8s/permissions.py does not grant"
+
+
+def service(config: ControllerConfig, port: int, cluster_ip: str) -> dict:
+    """A Service named and shaped as helm/farm/templates/service.yaml's controller Service."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": config.artifact_service, "namespace": config.namespace},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "selector": dict(config.controller_labels),
+            "ports": [
+                {"name": "artifacts", "port": port, "targetPort": "artifacts", "protocol": "TCP"},
+                {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
 
 
 def clean(container_id: str = BUILD_CID) -> Observation:

@@ -31,6 +31,7 @@ KINDS = {
     "builds": "Build",
     "jobs": "Job",
     "pods": "Pod",
+    "services": "Service",
     "secrets": "Secret",
     "serviceaccounts": "ServiceAccount",
     "persistentvolumeclaims": "PersistentVolumeClaim",

@@ -8,11 +8,13 @@ controller's real artifact endpoint.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from farm.k8s import collector, names
 from farm.observe.spool import Observation
@@ -156,17 +158,24 @@ def _status(name: str, fill: str, state: dict, image: str) -> dict:
     }
 
 
-def run_collector(api: FakeAPI, ns: str, build: dict, url: str, root: Path, run: int = 0) -> int:
+def run_collector(
+    api: FakeAPI, ns: str, build: dict, root: Path, run: int = 0, rerouted: str | None = None
+) -> int:
     """Run farm's collector as run ``run``'s collector container would, against
-    ``root``: with the upload key and token Secret its Job gives it."""
+    ``root``: with the upload URL, key and token Secret its Job gives it. The URL must
+    be an IP literal (the collect policy allows no DNS). ``rerouted`` replaces its
+    address after a failover: a real Service keeps its ClusterIP and routes to the new
+    leader, while each test controller has its own port."""
     pod = job(api, ns, build, names.run_role("build", run))["spec"]["template"]["spec"]
     given = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     [secret_name] = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
     secret = api.get("secrets", ns, secret_name)
     token_file = root / "token"
     token_file.write_bytes(base64.b64decode(secret["data"]["token"]))
+    host = urlsplit(given["FARM_ARTIFACT_URL"]).hostname or ""
+    ipaddress.ip_address(host)  # ValueError for a name
     env = {
-        "FARM_ARTIFACT_URL": url,
+        "FARM_ARTIFACT_URL": rerouted or given["FARM_ARTIFACT_URL"],
         "FARM_BUILD": given["FARM_BUILD"],
         "FARM_TOKEN_FILE": str(token_file),
         "FARM_OUTPUTS": given["FARM_OUTPUTS"],

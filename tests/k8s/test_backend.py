@@ -19,6 +19,9 @@ from farm.settings import Settings
 from farm.spec import BuildSpec
 from tests.k8s.conftest import NS, Cluster
 
+#: The controller Service's ClusterIP and artifacts port (farm.k8s.endpoint).
+URL = "http://10.96.0.10:8443"
+
 
 def test_leftovers_are_listed_by_build_and_torn_down(cluster: Cluster) -> None:
     ref = BuildRef(NS, "app", "uid-1")
@@ -26,7 +29,9 @@ def test_leftovers_are_listed_by_build_and_torn_down(cluster: Cluster) -> None:
     cluster.api.create(
         "jobs",
         NS,
-        objects.build_job(ref, spec, objects.sandbox_spec(ref, spec), ControllerConfig()),
+        objects.build_job(
+            ref, spec, objects.sandbox_spec(ref, spec), ControllerConfig(), artifact_url=URL
+        ),
     )
     cluster.api.create("networkpolicies", NS, objects.build_policy(ref))
     backend = KubernetesBackend(cluster.kube, Metrics(CollectorRegistry()))

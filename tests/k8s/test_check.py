@@ -46,7 +46,7 @@ def checked(
     cluster.wait_phase(name, "Collecting")
     for run, files in enumerate(outputs):
         root = sandbox_tree(tmp_path / name / str(run), files)
-        assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root, run) == 0
+        assert run_collector(cluster.api, NS, build, root, run) == 0
     return build
 
 
@@ -182,7 +182,7 @@ def test_a_failed_check_run_fails_the_build_as_a_local_check_does(
     build_pod(cluster.api, NS, job(cluster.api, NS, build, "build-1"), exit_code=1)
     cluster.wait_phase("flaky", "Collecting")
     root = sandbox_tree(tmp_path / "flaky", {"app": BINARY})
-    assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root) == 0
+    assert run_collector(cluster.api, NS, build, root) == 0
 
     done = cluster.wait_phase("flaky", "Failed")
     assert done["status"]["message"] == "run 1: the build exited with status 1"

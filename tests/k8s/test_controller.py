@@ -63,7 +63,7 @@ def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_
     cluster.wait_phase("hello", "Collecting")
     root = sandbox_tree(tmp_path / "pod", {"hello": b"\x7fELF binary", "docs/readme.txt": b"hi"})
     symlink(root, "steal", "/etc/shadow")
-    assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root) == 0
+    assert run_collector(cluster.api, NS, build, root) == 0
 
     done = cluster.wait_phase("hello", "Succeeded")
     status = done["status"]
@@ -225,7 +225,7 @@ def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
     assert {k: v for k, v in seen.items() if k in uids} == uids
     assert ("POST", f"/apis/batch/v1/namespaces/{NS}/jobs") in cluster.api.requests
     root = sandbox_tree(tmp_path / "pod", {"app": b"built"})
-    assert run_collector(cluster.api, NS, build, cluster.artifact_url(second), root) == 0
+    assert run_collector(cluster.api, NS, build, root, rerouted=cluster.artifact_url(second)) == 0
     cluster.wait_phase("survivor", "Succeeded")
     wait_for(
         lambda: cluster.api.get("builds", NS, "survivor")["status"].get("tornDown"), "teardown"

@@ -13,13 +13,18 @@ from farm.k8s.resource import cluster_spec
 from tests.k8s.conftest import NS, Cluster
 from tests.k8s.kubelet import build_manifest, build_pod, finish_job, job
 
+#: The controller Service's ClusterIP and artifacts port (farm.k8s.endpoint).
+URL = "http://10.96.0.10:8443"
+
 REF = BuildRef("team-a", "app", "uid-1")
 SOURCE = {"git": "https://git.test/a.git", "revision": "a" * 40}
 
 
 def pod_spec(resources: dict) -> dict:
     spec = cluster_spec({"source": SOURCE, "resources": resources})
-    job = objects.build_job(REF, spec, objects.sandbox_spec(REF, spec), ControllerConfig())
+    job = objects.build_job(
+        REF, spec, objects.sandbox_spec(REF, spec), ControllerConfig(), artifact_url=URL
+    )
     return job["spec"]["template"]["spec"]
 
 

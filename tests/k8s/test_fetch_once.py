@@ -21,9 +21,9 @@ from tests.k8s.test_status_and_monitor import settle
 
 def test_a_fetch_job_deleted_by_its_ttl_is_not_made_again(cluster: Cluster, tmp_path: Path) -> None:
     store = Store(tmp_path / "home")
-    r = Reconciler(
-        cluster.kube, ControllerConfig(), Ledger(store), store, Metrics(CollectorRegistry())
-    )
+    config = ControllerConfig()
+    cluster.service(config, 8443)  # the build Job's collector address
+    r = Reconciler(cluster.kube, config, Ledger(store), store, Metrics(CollectorRegistry()))
     build = cluster.api.create("builds", NS, build_manifest("once"))
     settle(r, "once")
     fetch = job(cluster.api, NS, build, "fetch")

@@ -11,6 +11,9 @@ from farm.k8s.objects import BuildRef
 from farm.k8s.resource import cluster_spec
 from farm.settings import SANDBOX_UID
 
+#: The controller Service's ClusterIP and artifacts port (farm.k8s.endpoint).
+URL = "http://10.96.0.10:8443"
+
 REF = BuildRef("team-a", "app", "uid-1")
 SPEC = cluster_spec(
     {
@@ -21,7 +24,7 @@ SPEC = cluster_spec(
 )
 SANDBOX = objects.sandbox_spec(REF, SPEC)
 CONFIG = ControllerConfig()
-BUILD = objects.build_job(REF, SPEC, SANDBOX, CONFIG)
+BUILD = objects.build_job(REF, SPEC, SANDBOX, CONFIG, artifact_url=URL)
 POD = BUILD["spec"]["template"]["spec"]
 BUILD_CONTAINER = POD["initContainers"][0]
 COLLECTOR = POD["containers"][0]
@@ -115,7 +118,10 @@ def selects(policy: dict, job: dict) -> bool:
 
 def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens() -> None:
     spec = SPEC.model_copy(update={"check": 3})
-    runs = [objects.build_job(REF, spec, SANDBOX, CONFIG, k, "node-7") for k in range(3)]
+    runs = [
+        objects.build_job(REF, spec, SANDBOX, CONFIG, k, "node-7", artifact_url=URL)
+        for k in range(3)
+    ]
     names_ = [j["metadata"]["name"] for j in runs]
     assert names_ == [REF.object_name(r) for r in ("build", "build-1", "build-2")]
     deny = objects.build_policy(REF)
@@ -143,10 +149,12 @@ def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens(
             "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-7"]}]
         }
     with pytest.raises(ValueError, match="run 0's node"):
-        objects.build_job(REF, spec, SANDBOX, CONFIG, 1)
+        objects.build_job(REF, spec, SANDBOX, CONFIG, 1, artifact_url=URL)
 
     varied = reprocheck.variation(1)(SANDBOX)  # type: ignore[misc]
-    pod = objects.build_job(REF, spec, varied, CONFIG, 1, "node-7")["spec"]["template"]["spec"]
+    pod = objects.build_job(REF, spec, varied, CONFIG, 1, "node-7", artifact_url=URL)["spec"][
+        "template"
+    ]["spec"]
     build_env = [(e["name"], e["value"]) for e in pod["initContainers"][0]["env"]]
     assert build_env == list(varied.env.items()) != list(SANDBOX.env.items())
     assert pod["hostname"] == "farm-check-1" != SANDBOX.hostname

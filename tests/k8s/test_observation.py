@@ -108,7 +108,7 @@ def run_build(
     root = sandbox_tree(tmp_path / name, {"app": BINARY})
     if lock is not None:
         (root / "src" / "Cargo.lock").write_bytes(lock)
-    assert run_collector(cluster.api, NS, build, cluster.artifact_url(ctl), root) == 0
+    assert run_collector(cluster.api, NS, build, root) == 0
     return build
 
 
@@ -201,8 +201,10 @@ def stepped(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[Reconciler, str]
     store = Store(tmp_path / "home")
     ledger = Ledger(store)
     metrics = Metrics(CollectorRegistry())
-    r = Reconciler(cluster.kube, ControllerConfig(), ledger, store, metrics)
+    config = ControllerConfig()
+    r = Reconciler(cluster.kube, config, ledger, store, metrics)
     server = ArtifactServer(ledger, "127.0.0.1", 0).start()
+    cluster.service(config, server.server_address[1])
     yield r, server.url
     server.stop()
 
@@ -215,7 +217,7 @@ def collected(cluster: Cluster, tmp_path: Path, r: Reconciler, url: str, name: s
     settle(r, name)
     build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
     settle(r, name)
-    assert run_collector(cluster.api, NS, build, url, sandbox_tree(tmp_path / name, {})) == 0
+    assert run_collector(cluster.api, NS, build, sandbox_tree(tmp_path / name, {})) == 0
     settle(r, name)
     return build
 

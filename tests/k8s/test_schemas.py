@@ -35,6 +35,9 @@ from farm.k8s.resource import (
 )
 from tests.k8s.versions import K8S_VERSION
 
+#: The controller Service's ClusterIP and artifacts port (farm.k8s.endpoint).
+URL = "http://10.96.0.10:8443"
+
 ROOT = Path(__file__).resolve().parents[2]
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 SPECS = {
@@ -76,7 +79,10 @@ def created_objects(spec_name: str) -> list[dict[str, Any]]:
         objects.build_policy(ref),
         *(objects.collect_policy(ref, CONFIG, k) for k in runs),
         objects.fetch_job(ref, spec, sandbox, CONFIG),
-        *(objects.build_job(ref, spec, varied[k], CONFIG, k, "node-1") for k in runs),
+        *(
+            objects.build_job(ref, spec, varied[k], CONFIG, k, "node-1", artifact_url=URL)
+            for k in runs
+        ),
         kube.event_body(build, "Building", "build running"),
         LeaderElector(None, "farm-system", "farm-controller", "pod-1").lease_body(),  # type: ignore[arg-type]
     ]

@@ -35,6 +35,7 @@ def reconciler(cluster: Cluster, tmp_path: Path) -> Reconciler:
     metrics = Metrics(CollectorRegistry())
     # Every run a check may have: these tests flood the status of all MAX_RUNS runs.
     config = ControllerConfig(ceilings=Ceilings(check_runs=MAX_RUNS))
+    cluster.service(config, 8443)  # no upload here: only the Jobs need its address
     return Reconciler(cluster.kube, config, Ledger(store), store, metrics)
 
 

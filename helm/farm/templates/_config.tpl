@@ -5,7 +5,7 @@
 {{- $fixed := dict
       "namespace" .Release.Namespace
       "controller_labels" (include "farm.selectorLabels" (dict "root" . "component" "controller") | fromYaml)
-      "artifact_url" (printf "http://%s-controller.%s.svc:%d" (include "farm.fullname" .) .Release.Namespace (int $c.artifactPort))
+      "artifact_service" (printf "%s-controller" (include "farm.fullname" .))
       "artifact_port" (int $c.artifactPort)
       "runtime_class" .Values.runtimeClass.name
       "fetch_image" (include "farm.image" (dict "root" . "image" .Values.fetchImage))

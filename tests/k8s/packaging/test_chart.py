@@ -157,10 +157,28 @@ def test_controller_config_points_builds_at_this_install(
     assert config["controller_labels"].items() <= pod_labels.items()
     assert config["controller_labels"] == deployment["spec"]["selector"]["matchLabels"]
     assert config["namespace"] == deployment["metadata"]["namespace"]
-    port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["artifacts"]
-    assert config["artifact_port"] == port
-    svc = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
-    assert config["artifact_url"] == f"http://{svc}:{port}"
+    port = {p["name"]: p for p in service["spec"]["ports"]}["artifacts"]
+    # The collector gets this Service's ClusterIP and its `artifacts` port (no DNS); the
+    # collect policy opens the pods' port, the one the Service's targetPort names.
+    assert config["artifact_service"] == service["metadata"]["name"]
+    assert config["namespace"] == service["metadata"]["namespace"]
+    assert service["spec"].get("type", "ClusterIP") != "ExternalName"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    target = {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]]
+    assert config["artifact_port"] == target
+    # The controller may read exactly that Service, in its own namespace.
+    (role,) = [
+        r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-artifact-service")
+    ]
+    assert role["metadata"]["namespace"] == config["namespace"]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "resourceNames": [config["artifact_service"]],
+            "verbs": ["get"],
+        }
+    ]
     runtime = find(objects, "RuntimeClass")
     if runtime:
         assert config["runtime_class"] == runtime[0]["metadata"]["name"]
@@ -223,7 +241,7 @@ def test_rbac_is_least_privilege(rendered: tuple[str, list[Obj]]) -> None:
     for g in monitor:
         assert g == {("pods", "list"), ("builds/status", "patch")}
     # Leases: create, plus get/update of the controller's one Lease only.
-    (leader,) = find(objects, "Role")
+    (leader,) = [r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-election")]
     assert leader["rules"][1]["resourceNames"] == ["farm-controller"]
 
 
@@ -244,7 +262,8 @@ def test_non_default_values_take_effect(nondefault_objects: list[Obj]) -> None:
     assert config["storage_class"] == "fast"
     assert config["collector_image"] == "registry.example.com/farm/collector:0.1.0"
     assert config["fetch_image"] == "registry.example.com/farm/fetch@sha256:" + "3" * 64
-    assert config["artifact_url"] == "http://acme-farm-controller.farm-system.svc:9443"
+    assert config["artifact_service"] == "acme-farm-controller"
+    assert config["artifact_port"] == 9443
     (monitor,) = find(objects, "DaemonSet", "acme-farm-node-monitor")
     pod = monitor["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == farm_image  # one image for every component
@@ -351,6 +370,7 @@ def test_rbac_grants_exactly_the_calls_farm_k8s_makes(default_objects: list[Obj]
     expected = {
         "-controller": permissions.CONTROLLER,
         "-leader-election": permissions.LEADER_ELECTION,
+        "-artifact-service": permissions.ARTIFACT_SERVICE_READ,
         "-node-monitor": permissions.NODE_MONITOR,
     }
     for suffix, grants in expected.items():
