@@ -112,6 +112,28 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def kill_cli_once_running(
+    client: docker.DockerClient, home: Path, *build_args: str, timeout: float = 300
+):
+    """Run ``farm build ARGS…`` and SIGKILL the CLI once its sandbox runs, as in a crash:
+    farm gets no chance to stop or clean up anything. Returns the running container."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "build", *build_args],
+        env=farm_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        return wait_for(
+            lambda: [c for c in farm_containers(client, home) if c.status == "running"],
+            timeout=timeout,
+            what="sandbox to start",
+        )[0]
+    finally:
+        cli.kill()
+        cli.wait()
+
+
 def run_artifact(client: docker.DockerClient, binary: Path) -> str:
     """Run a built binary in gVisor with no network (never on the host)."""
     out = client.containers.run(

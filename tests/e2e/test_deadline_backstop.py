@@ -5,8 +5,6 @@ the container, polled from the host."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import docker
@@ -16,7 +14,7 @@ from farm.backends.local import BACKSTOP_GRACE_SECONDS
 from farm.records import Status
 from farm.store import Store
 
-from .conftest import farm, farm_containers, farm_env, wait_for
+from .conftest import farm, farm_containers, kill_cli_once_running, wait_for
 
 TIMEOUT = 5
 #: The build tries to take its pid 1 (the backstop) out first: stop it (gVisor, unlike
@@ -38,21 +36,7 @@ def test_a_sandbox_ends_itself_after_its_deadline_when_farm_is_killed(
 ) -> None:
     src = tmp_path / "proj"
     src.mkdir()
-    build = ["build", str(src), "--timeout", str(TIMEOUT), "--", *argv]
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", *build],
-        env=farm_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        running = wait_for(
-            lambda: [c for c in farm_containers(client, home) if c.status == "running"],
-            what="sandbox to start",
-        )[0]
-    finally:
-        cli.kill()  # SIGKILL: farm gets no chance to stop the sandbox
-        cli.wait()
+    running = kill_cli_once_running(client, home, str(src), "--timeout", str(TIMEOUT), "--", *argv)
     try:
         # Nobody is left to stop it but the sandbox itself: poll docker, bounded.
         bound = TIMEOUT + BACKSTOP_GRACE_SECONDS + 120

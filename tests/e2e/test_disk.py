@@ -14,7 +14,7 @@ from farm.records import Status
 from farm.store import Store
 from farm.workdisk import create, loops_below, mounts_below
 
-from .conftest import farm, farm_containers, farm_env, farm_json, wait_for
+from .conftest import farm, farm_containers, farm_env, farm_json, kill_cli_once_running, wait_for
 
 CAP = 64 << 20
 
@@ -146,19 +146,7 @@ def test_a_source_over_the_cap_is_refused_before_a_sandbox_exists(
 
 
 def test_reap_releases_a_killed_builds_filesystem(home: Path, project: Path, client) -> None:
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
-        env=farm_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(
-        lambda: [c for c in farm_containers(client, home) if c.status == "running"],
-        timeout=300,
-        what="sandbox to start",
-    )
-    cli.kill()  # SIGKILL: no chance to unmount, as in a crash
-    cli.wait()
+    kill_cli_once_running(client, home, str(project), "--", "sleep", "300")  # no unmount
     assert attached(home), "a killed run leaves its filesystem mounted"
     done = farm(home, "reap")
     assert done.returncode == 0, done.stdout + done.stderr

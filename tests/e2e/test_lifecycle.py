@@ -19,7 +19,15 @@ from farm.settings import DEFAULT_IMAGE, MANAGED_LABEL, Settings
 from farm.spec import build_spec
 from farm.store import Store
 
-from .conftest import created, farm, farm_containers, farm_env, farm_json, wait_for
+from .conftest import (
+    created,
+    farm,
+    farm_containers,
+    farm_env,
+    farm_json,
+    kill_cli_once_running,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -75,18 +83,7 @@ def test_signal_to_the_cli_tears_down(home: Path, project: Path, client, sig) ->
 def test_killed_cli_leaves_a_sandbox_that_the_next_run_reaps(
     home: Path, project: Path, client
 ) -> None:
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", "build", str(project), "--", "sleep", "300"],
-        env=farm_env(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(
-        lambda: [c for c in farm_containers(client, home) if c.status == "running"],
-        what="sandbox to start",
-    )
-    cli.kill()  # SIGKILL: no chance to clean up, as in a crash
-    cli.wait()
+    kill_cli_once_running(client, home, str(project), "--", "sleep", "300")
     assert farm_containers(client, home), "docker keeps the container when its client dies"
     done = farm(home, "reap")
     assert done.returncode == 0 and "reaped build" in done.stdout, done.stdout + done.stderr

@@ -40,23 +40,29 @@ def _no_runner(*_: object) -> Runner:
     raise AssertionError("no workers in this test service")
 
 
-def main(argv: list[str]) -> None:
-    home, source_root = Path(argv[0]), Path(argv[1])
-    tokens = load_tokens(Path(argv[2])) if len(argv) > 2 else None
+def offline_service(home: Path, source_root: Path, per_tenant: bool) -> Service:
+    """The real Service, Queue and Store in ``home``, with no workers and no dockerd."""
     # A docker URL that cannot answer: /metrics then reports what it can without dockerd.
     settings = Settings(home=home, docker_url="unix:///nonexistent/farm-test-docker.sock")
-    store = Store(home)
-    service = Service(
+    store = Store(home)  # first: it makes the home the queue's database lives in
+    return Service(
         queue=Queue(home / "index.sqlite", default_limit=4),
         store=store,
         backend=LocalBackend(settings),
         runner_factory=_no_runner,
         metrics=Metrics(CollectorRegistry()),
-        sources=SourcePolicy(source_root.resolve(), per_tenant=tokens is not None),
+        sources=SourcePolicy(source_root.resolve(), per_tenant=per_tenant),
         concurrency=0,
     )
+
+
+def main(argv: list[str]) -> None:
+    home, source_root = Path(argv[0]), Path(argv[1])
+    tokens = load_tokens(Path(argv[2])) if len(argv) > 2 else None
+    service = offline_service(home, source_root, per_tenant=tokens is not None)
     limits = HttpLimits.model_validate_json(os.environ.get("FARM_TEST_HTTP_LIMITS") or "{}")
-    server = make_server(Api(service, store, home / "work", tokens), "127.0.0.1", 0, limits)
+    api = Api(service, service.store, home / "work", tokens)
+    server = make_server(api, "127.0.0.1", 0, limits)
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}", flush=True)
     server.serve_forever()

@@ -6,27 +6,16 @@ its own peak RSS is the witness."""
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 from farm.gitread import MAX_OBJECT
+from tests.unit.epochprobe import probe_epoch
 
-ROOT = Path(__file__).resolve().parents[2]
 TIP = "ab" * 20
 #: The interpreter, farm's imports and what the reader may hold at once.
 BOUND_KIB = 256 << 10
-PROBE = """
-import json, resource, sys
-from pathlib import Path
-from farm.epoch import read_epoch
-epoch = read_epoch(Path(sys.argv[1]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"value": epoch.value, "note": epoch.note, "peak": peak}))
-"""
 
 
 def _header(kind: int, size: int) -> bytes:
@@ -73,9 +62,6 @@ def chain_repo(root: Path, deltas: int) -> None:
 
 def test_a_chain_of_huge_deltas_is_refused_before_it_fills_memory(tmp_path: Path) -> None:
     chain_repo(tmp_path, 15)
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path)], cwd=ROOT, capture_output=True, check=True
-    )
-    seen = json.loads(out.stdout)
+    seen = probe_epoch(tmp_path)
     assert seen["value"] is None and "delta" in seen["note"], seen
     assert seen["peak"] < BOUND_KIB, seen

@@ -5,36 +5,18 @@ runs in a fresh interpreter, whose own peak RSS is the witness."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
 from farm.gitread import MAX_SHALLOW
+from tests.unit.epochprobe import probe_epoch
 
-ROOT = Path(__file__).resolve().parents[2]
 TREE = "2" * 40  # never read: the source is the top of the repository
 COMMIT = "1" * 40
 #: The interpreter, farm's imports and one 64 MiB file read twice (bytes and a copy).
 BOUND_KIB = 320 << 10
-PROBE = """
-import json, resource, sys
-from pathlib import Path
-from farm.epoch import read_epoch
-epoch = read_epoch(Path(sys.argv[1]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"value": epoch.value, "note": epoch.note, "peak": peak}))
-"""
-
-
-def _probe(repo: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(repo)], cwd=ROOT, capture_output=True, check=True
-    )
-    return json.loads(out.stdout)
 
 
 def _repo(root: Path) -> Path:
@@ -55,7 +37,7 @@ def test_a_huge_packed_refs_of_short_lines_costs_no_more_than_its_bytes(tmp_path
     git = _repo(tmp_path)
     (git / "HEAD").write_text("ref: refs/heads/main\n")
     (git / "packed-refs").write_bytes(_filler(63 << 20) + f"{COMMIT} refs/heads/main\n".encode())
-    seen = _probe(tmp_path)
+    seen = probe_epoch(tmp_path)
     assert seen["value"] == 1_700_000_000, seen  # the ref after the filler is found
     assert seen["peak"] < BOUND_KIB, seen
 
@@ -66,7 +48,7 @@ def test_a_huge_shallow_file_costs_no_more_than_its_bytes(tmp_path: Path, size: 
     git = _repo(tmp_path)
     (git / "HEAD").write_text(COMMIT + "\n")
     (git / "shallow").write_bytes(_filler(size) + COMMIT.encode() + b"\n")
-    seen = _probe(tmp_path)
+    seen = probe_epoch(tmp_path)
     if size < MAX_SHALLOW:
         assert seen["value"] == 1_700_000_000, seen
     else:

@@ -16,35 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from farm import service as service_module
 from farm.api import Api, make_server
-from farm.backends.local import LocalBackend
 from farm.httpserver import HttpLimits
-from farm.metrics import Metrics
-from farm.queue import Queue
-from farm.service import Service, SourcePolicy
-from farm.settings import Settings
-from farm.store import Store
+from farm.service import Service
+from tests.unit.apihost import offline_service
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Service, int, Path]]:
     home, root = tmp_path / "home", tmp_path / "src"
     (root / "proj").mkdir(parents=True)
-    settings = Settings(home=home, docker_url="unix:///nonexistent/farm-test-docker.sock")
-    store = Store(home)
-    service = Service(
-        queue=Queue(home / "index.sqlite", default_limit=4),
-        store=store,
-        backend=LocalBackend(settings),
-        runner_factory=lambda *_: None,  # type: ignore[arg-type,return-value]
-        metrics=Metrics(CollectorRegistry()),
-        sources=SourcePolicy(root.resolve()),
-        concurrency=0,
-    )
-    server = make_server(Api(service, store, home / "work", None), "127.0.0.1", 0, HttpLimits())
+    service = offline_service(home, root, per_tenant=False)
+    api = Api(service, service.store, home / "work", None)
+    server = make_server(api, "127.0.0.1", 0, HttpLimits())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
