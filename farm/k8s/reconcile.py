@@ -348,8 +348,9 @@ class Reconciler:
         self, status: RunStatus, container_id: str, node: str
     ) -> ObservationStatus | None:
         """The record of the build container by the monitor of ``node``, the node the
-        build pod ran on; None while it may still come. A record from another node's
-        monitor (misconfigured, or compromised) is not accepted. After the grace, an
+        build pod ran on; None while it may still come. A record that names another node
+        (a misconfigured or misrouted monitor) is not accepted; the name is the
+        monitor's own claim, so this does not stop a compromised one. After the grace, an
         incomplete record saying it never came, so that a missing monitor (or a pod it
         never saw) cannot pass for a clean build."""
         seen = status.observation

@@ -57,6 +57,9 @@ class Attribution:
 class Process:
     tgid: int
     parent: int | None = None
+    #: The process that cloned this one, held as an object: a pid reused later by
+    #: another process must not change whose child this is.
+    parent_proc: Process | None = field(default=None, repr=False, compare=False)
     #: The parent's executable when it cloned this process.
     parent_exe: str = ""
     executable: str = ""
@@ -107,6 +110,7 @@ class ProcessTable:
             child = Process(
                 tgid=f.get("created_thread_group_id", 0),
                 parent=parent.tgid,
+                parent_proc=parent,
                 parent_exe=parent.executable,
                 executable=parent.executable,
                 argv=list(parent.argv),
@@ -156,12 +160,11 @@ class ProcessTable:
 
     def step_of(self, tgid: int) -> Process | None:
         """The outermost process whose parent was cargo when it was cloned."""
-        chain, seen = [], set()
+        chain: list[Process] = []
         proc: Process | None = self.procs.get(tgid)
-        while proc is not None and proc.tgid not in seen:
-            seen.add(proc.tgid)
+        while proc is not None:  # parents are made before children: no cycle
             chain.append(proc)
-            proc = self.procs.get(proc.parent) if proc.parent is not None else None
+            proc = proc.parent_proc
         for candidate in reversed(chain):  # from the root down
             if _basename(candidate.parent_exe) == "cargo":
                 return candidate

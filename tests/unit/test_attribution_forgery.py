@@ -132,3 +132,18 @@ def test_a_rustc_nobody_told_about_a_library_does_not_load_it() -> None:
     ]
     [action] = classify(events, {})
     assert (action.package, action.role, action.suspects) == ("victim", "rustc", [])
+
+
+def test_a_child_outliving_its_build_script_keeps_it_when_the_pid_is_reused() -> None:
+    """A build script forks a child, exits, and burns pids until cargo starts another
+    crate's rustc under the script's old pid: the child's actions stay the script's."""
+    events = [
+        *cargo_root(),
+        *step(5, SCRIPT, [SCRIPT], ["CARGO_PKG_NAME=evil-macro", "CARGO_PKG_VERSION=1.0.0"]),
+        ev("clone", tgid=5, tid=5, created_thread_group_id=9),  # the child that stays
+        ev("task_exit", tgid=5, exit_status=0),
+        *victim_compile(5),  # pid 5 reused by a rustc cargo started for victim
+        steal(9),
+    ]
+    [action] = classify(events, {})
+    assert (action.package, action.role) == ("evil-macro", "build script")
