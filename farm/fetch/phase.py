@@ -25,33 +25,17 @@ from farm.ecosystems import BuildMount, Ecosystem, Package, ecosystems
 from farm.errors import ChecksumMismatchError, FetchError, InputError
 from farm.fetch.cache import CrateCache
 from farm.fetch.registry import HttpCaps, Registry, RegistryClient
+from farm.records import FetchedPackage
 
 #: Bytes the vendored packages may hold in all, unless the caller says otherwise.
 DEFAULT_MAX_BYTES = 8 << 30
-
-
-class Fetched(BaseModel):
-    """One vendored package, as provenance lists it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    ecosystem: str
-    name: str
-    version: str
-    sha256: str
-    #: The lockfile's source id, and the registry the bytes came from (name and index).
-    source: str
-    registry: str
-    index: str
-    #: True when the bytes came from the shared cache rather than the network.
-    cached: bool = False
 
 
 class FetchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     dest: Path
-    packages: list[Fetched]
+    packages: list[FetchedPackage]
     mounts: list[tuple[Path, str]]
 
     def build_mounts(self) -> list[BuildMount]:
@@ -90,7 +74,7 @@ def fetch(
             inspect(eco)
     dest.mkdir(mode=0o755)
     client = RegistryClient(registry, caps)
-    fetched: list[Fetched] = []
+    fetched: list[FetchedPackage] = []
     mounts: list[tuple[Path, str]] = []
     written = 0
     for eco, packages in plans:
@@ -132,8 +116,8 @@ def _obtain(
     return data, False
 
 
-def _fetched(eco: Ecosystem, package: Package, registry: Registry, cached: bool) -> Fetched:
-    return Fetched(
+def _fetched(eco: Ecosystem, package: Package, registry: Registry, cached: bool) -> FetchedPackage:
+    return FetchedPackage(
         ecosystem=eco.name,
         name=package.name,
         version=package.version,

@@ -296,3 +296,27 @@ def _read_token(registry: Registry) -> str | None:
     if not token or len(raw) > _MAX_TOKEN or not all(0x20 <= b < 0x7F for b in token):
         raise InputError(f"{where}: must hold one line of printable ASCII (at most 4 KiB)")
     return token.decode()
+
+
+def load_registries(path: Path) -> dict[str, Registry]:
+    """The operator's registries file (``FARM_REGISTRIES``, ``farm serve --registries``):
+    a JSON list of ``{"name", "index", "token_file"?}``. Raises InputError naming the
+    file and the entry."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(1 << 20)
+        entries = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"registries file {path}: {exc}") from None
+    if not isinstance(entries, list):
+        raise InputError(f"registries file {path}: must be a JSON list of registries")
+    out: dict[str, Registry] = {}
+    for i, entry in enumerate(entries):
+        try:
+            registry = Registry.model_validate(entry)
+        except ValueError as exc:
+            raise InputError(f"registries file {path}: entry {i}: {_first_error(exc)}") from None
+        if registry.name in out:
+            raise InputError(f"registries file {path}: {registry.name!r} is named twice")
+        out[registry.name] = registry
+    return out
