@@ -171,3 +171,18 @@ def test_operator_registries_file(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"name": "a", "index": "sparse+http://x/"}] * 2))
     with pytest.raises(InputError, match="'a' is named twice"):
         load_registries(path)
+
+
+def test_serve_admits_only_the_operators_registry_names(tmp_path: Path) -> None:
+    from farm.admission import Admission
+    from farm.errors import NotAdmittedError
+
+    admission = Admission(registries=frozenset({"mirror"}))
+    src = tmp_path / "src"
+    src.mkdir()
+    ok = build_spec({"source": str(src), "argv": ["true"], "registry": "mirror"})
+    admission.enforce(ok, "ask the operator")
+    other = build_spec({"source": str(src), "argv": ["true"], "registry": "internal"})
+    with pytest.raises(NotAdmittedError, match=r"'internal' is not one of .*configured: mirror"):
+        admission.enforce(other, "ask the operator")
+    assert Admission().check(other) == []  # a local build: its runner checks
