@@ -65,7 +65,12 @@ def serve(registry: TestRegistry) -> Iterator[TestRegistry]:
             registry.auth.append(self.headers.get("Authorization", ""))
             route = registry.answer(self.target)
             self.send_response(route.status)
-            headers = {"Content-Length": str(len(route.body)), **route.headers}
+            framing = (
+                {}
+                if "Transfer-Encoding" in route.headers
+                else {"Content-Length": str(len(route.body))}
+            )
+            headers = {**framing, **route.headers}
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()

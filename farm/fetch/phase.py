@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -53,10 +53,12 @@ def fetch(
     caps: HttpCaps | None = None,
     inspect: Callable[[Ecosystem], None] | None = None,
     say: Callable[[str], None] | None = None,
+    kinds: Sequence[Ecosystem] | None = None,
 ) -> FetchResult:
     """Vendor the locked dependencies of ``source`` into ``dest`` (created; must not
     exist). ``inspect`` sees each detected ecosystem after its lock was read and before
-    anything is downloaded (the toolchain check hooks in there).
+    anything is downloaded (the toolchain check hooks in there). ``kinds``: the
+    ecosystems to try (default: every one farm knows, ``farm.ecosystems.ecosystems``).
 
     Raises FetchError (LockfileError, PackageMissingError, ChecksumMismatchError,
     CrateRejectedError, RegistryUnreachableError) naming the package and the fix.
@@ -66,7 +68,8 @@ def fetch(
     except (Outside, OSError) as exc:
         raise InputError(f"source: cannot open {source}: {exc}") from None
     try:
-        plans = [(eco, eco.packages(source_fd)) for eco in ecosystems() if eco.detect(source_fd)]
+        tried = ecosystems() if kinds is None else kinds
+        plans = [(eco, eco.packages(source_fd)) for eco in tried if eco.detect(source_fd)]
     finally:
         os.close(source_fd)
     for eco, _ in plans:

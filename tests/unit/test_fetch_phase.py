@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.ecosystems import BuildMount, Package
 from farm.ecosystems.cargo.vendor import CRATES_IO_SOURCE
 from farm.errors import (
     ChecksumMismatchError,
@@ -279,3 +280,87 @@ def test_only_path_packages_make_an_empty_vendor(tmp_path: Path, registry: TestR
     result = _fetch(src, tmp_path / "out", registry, CrateCache(tmp_path / "cache"))
     assert result.packages == [] and os.listdir(tmp_path / "out" / "vendor") == []
     assert registry.requests == []
+
+
+def test_oversize_chunked_response_is_cut_off(
+    tmp_path: Path, registry: TestRegistry, serde: bytes
+) -> None:
+    chunked = b"".join(b"%x\r\n%s\r\n" % (1000, b"z" * 1000) for _ in range(5)) + b"0\r\n\r\n"
+    registry.routes["/crates/serde/serde-1.0.152.crate"] = Route(
+        200, {"Transfer-Encoding": "chunked"}, chunked
+    )
+    src = project(tmp_path / "app", [("serde", "1.0.152", SERDE_SHA256)])
+    caps = HttpCaps(max_crate=1500)
+    with pytest.raises(FetchError, match=r"serde 1.0.152: .* sent more than 1500 bytes"):
+        _fetch(src, tmp_path / "out", registry, CrateCache(tmp_path / "cache"), caps=caps)
+
+
+def test_a_registry_that_never_answers_times_out(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) and says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        src = project(tmp_path / "app", [("serde", "1.0.152", SERDE_SHA256)])
+        reg = Registry(name="mute", index=f"sparse+http://127.0.0.1:{port}/index/")
+        caps = HttpCaps(timeout_seconds=0.5)
+        with pytest.raises(
+            RegistryUnreachableError, match=r"cannot reach registry mute.*timed out"
+        ):
+            _fetch(src, tmp_path / "out", reg, CrateCache(tmp_path / "cache"), caps=caps)
+
+
+class _Npm:
+    """A second ecosystem, as npm would be added: the phase needs nothing else."""
+
+    name = "npm"
+
+    def detect(self, source_fd: int) -> bool:
+        return True
+
+    def packages(self, source_fd: int) -> list[Package]:
+        data = make_crate("left-pad", "1.3.0")
+        return [Package("left-pad", "1.3.0", _sha(data), "registry+https://npm.example/")]
+
+    def vendor(self, package: Package, data: bytes, dest: Path) -> int:
+        (dest / "node_modules").mkdir(exist_ok=True)
+        (dest / "node_modules" / f"{package.name}.tgz").write_bytes(data)
+        return len(data)
+
+    def finish(self, packages: list[Package], dest: Path) -> list[BuildMount]:
+        return [BuildMount(dest / "node_modules", "/src/node_modules")]
+
+
+def test_another_ecosystem_plugs_in_through_the_protocol(
+    tmp_path: Path, registry: TestRegistry
+) -> None:
+    registry.crates[("left-pad", "1.3.0")] = make_crate("left-pad", "1.3.0")
+    src = project(tmp_path / "app", [])
+    seen: list[str] = []
+    result = _fetch(
+        src,
+        tmp_path / "out",
+        registry,
+        CrateCache(tmp_path / "cache"),
+        kinds=[_Npm()],
+        inspect=lambda eco: seen.append(eco.name),
+    )
+    assert seen == ["npm"]
+    assert [(p.ecosystem, p.name) for p in result.packages] == [("npm", "left-pad")]
+    assert result.mounts == [(tmp_path / "out" / "node_modules", "/src/node_modules")]
+
+
+def test_inspect_hook_sees_the_cargo_lock_before_any_download(
+    tmp_path: Path, registry: TestRegistry
+) -> None:
+    from farm.ecosystems.cargo.vendor import Cargo
+    from farm.errors import InputError
+
+    src = project(tmp_path / "app", [("serde", "1.0.152", SERDE_SHA256)])
+
+    def refuse_v3(eco: object) -> None:
+        assert isinstance(eco, Cargo) and eco.lock is not None
+        raise InputError(f"Cargo.lock v{eco.lock.version}: this image's cargo cannot read it")
+
+    with pytest.raises(InputError, match="v3: this image"):
+        _fetch(src, tmp_path / "out", registry, CrateCache(tmp_path / "c"), inspect=refuse_v3)
+    assert registry.requests == [] and not (tmp_path / "out").exists()
