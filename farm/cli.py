@@ -415,6 +415,8 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
         return 0
+    if not result.mounts:
+        print("farm: nothing to fetch: no project farm knows (Cargo.toml)", file=sys.stderr)
     for p in result.packages:
         print(f"{p.name} {p.version} sha256:{p.sha256} ({'cache' if p.cached else p.registry})")
     for source, target in result.mounts:

@@ -186,3 +186,12 @@ def test_serve_admits_only_the_operators_registry_names(tmp_path: Path) -> None:
     with pytest.raises(NotAdmittedError, match=r"'internal' is not one of .*configured: mirror"):
         admission.enforce(other, "ask the operator")
     assert Admission().check(other) == []  # a local build: its runner checks
+
+
+def test_fetch_refuses_an_existing_dest_and_says_when_there_is_nothing(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "dest").mkdir()
+    exists = farm(tmp_path, "fetch", str(tmp_path / "plain"), "--dest", str(tmp_path / "dest"))
+    assert exists.returncode == 2 and "already exists" in exists.stderr
+    nothing = farm(tmp_path, "fetch", str(tmp_path / "plain"), "--dest", str(tmp_path / "d2"))
+    assert nothing.returncode == 0 and "nothing to fetch" in nothing.stderr
