@@ -125,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--local", action="store_true", help="build here even if FARM_SERVER is set")
     b.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
+        "(repeatable; adds to $FARM_GIT_HOSTS)",
+    )
+    b.add_argument(
         "--registry",
         metavar="INDEX_URL|NAME",
         help="run the fetch phase first: download Cargo.lock's crates from this sparse "
@@ -139,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("path", help="project directory (with Cargo.lock)")
     f.add_argument("--dest", type=Path, required=True, help="a new directory for the result")
+    f.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
+        "(repeatable; adds to $FARM_GIT_HOSTS)",
+    )
     f.add_argument(
         "--registry",
         metavar="INDEX_URL|NAME",
@@ -209,6 +225,13 @@ def _parser() -> argparse.ArgumentParser:
         default=256,
         help="connections still sending their request head; beyond it the oldest is closed "
         "(default 256)",
+    )
+    sv.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host git dependencies may be fetched from (repeatable; default $FARM_GIT_HOSTS)",
     )
     sv.add_argument(
         "--registries",
@@ -386,6 +409,13 @@ def _runner(settings: Settings, **kw: Any) -> Runner:
     return Runner(settings, LocalBackend(settings), Store(settings.home), **kw)
 
 
+def _with_git_hosts(settings: Settings, hosts: list[str]) -> Settings:
+    if not hosts:
+        return settings
+    merged = tuple(dict.fromkeys([*settings.git_hosts, *(h.lower() for h in hosts)]))
+    return dataclasses.replace(settings, git_hosts=merged)
+
+
 def _registry_choice(value: str | None, settings: Settings) -> tuple[Settings, Registry | None]:
     """``--registry``: a name the operator configured, or (the CLI user being the operator
     of a local build) a sparse index URL, added to this run's settings."""
@@ -403,6 +433,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from farm.fetch.phase import fetch
 
     settings, registry = _registry_choice(args.registry, settings)
+    settings = _with_git_hosts(settings, args.git_host)
     if args.dest.exists():
         raise InputError(f"--dest {args.dest}: already exists; give a new directory")
     result = fetch(
@@ -411,6 +442,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
         registry or Registry(),
         CrateCache(settings.crate_cache),
         say=lambda m: print(f"farm: {m}", file=sys.stderr),
+        git_hosts=frozenset(settings.git_hosts),
     )
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
@@ -418,6 +450,9 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     if not result.mounts:
         print("farm: nothing to fetch: no project farm knows (Cargo.toml)", file=sys.stderr)
     for p in result.packages:
+        if p.commit:
+            print(f"{p.name} {p.version} git:{p.commit} ({p.source})")
+            continue
         print(f"{p.name} {p.version} sha256:{p.sha256} ({'cache' if p.cached else p.registry})")
     for source, target in result.mounts:
         print(f"mount {source} read-only at {target}")
@@ -439,6 +474,9 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     elif args.registry:
         settings, registry = _registry_choice(args.registry, settings)
         data["registry"] = registry.name if registry else None
+    if args.git_host and server:
+        raise InputError("--git-host: the operator of farm serve allows git hosts there")
+    settings = _with_git_hosts(settings, args.git_host)
     spec = build_spec(data)  # bad input stops here: nothing created yet
     validate_check(args.check)
     if settings.insecure_runtime:
@@ -763,6 +801,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError("; ".join(bad)) from None
     if args.registries:
         settings = dataclasses.replace(settings, registries=load_registries(args.registries))
+    settings = _with_git_hosts(settings, args.git_host)
     options = ServeOptions(
         bind=args.bind,
         port=args.port,

@@ -126,12 +126,12 @@ def fetched(record: BuildRecord) -> list[dict[str, Any]]:
         {
             "name": p.name,
             "uri": f"pkg:{p.ecosystem}/{p.name}@{p.version}",
-            "digest": {"sha256": p.sha256},
+            "digest": {"sha256": p.sha256} if p.sha256 else {"gitCommit": p.commit or ""},
             "annotations": {
                 "source": p.source,
                 "registry": p.registry,
                 "registryIndex": p.index,
-                "fetchedBy": "farm fetch phase (sha256 verified against the lockfile)",
+                "fetchedBy": "farm fetch phase (verified against the lockfile)",
             },
         }
         for p in record.fetched or []

@@ -127,8 +127,10 @@ class FetchedPackage(BaseModel):
     ecosystem: str
     name: str
     version: str
-    #: The archive's sha256: the lockfile's checksum, which the bytes were checked against.
-    sha256: str
+    #: The archive's sha256: the lockfile's checksum, which the bytes were checked against
+    #: (None for a git package, which ``commit`` names instead).
+    sha256: str | None = None
+    commit: str | None = None
     #: The lockfile's source id, and the registry the bytes came from (name and index).
     source: str
     registry: str

@@ -337,6 +337,7 @@ class Runner:
             registry,
             CrateCache(self.settings.crate_cache),
             max_bytes=spec.resources.disk,
+            git_hosts=frozenset(self.settings.git_hosts),
         )
         record.fetched = result.packages
         mounts = [

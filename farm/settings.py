@@ -47,6 +47,9 @@ class Settings:
     #: The operator's registries by name (FARM_REGISTRIES: a JSON file, see
     #: farm.fetch.registry.load_registries); a spec may only name one of them.
     registries: dict[str, Registry] = field(default_factory=dict)
+    #: Hosts git dependencies may be fetched from (FARM_GIT_HOSTS, comma- or
+    #: space-separated; ``--git-host``). Empty: a lockfile's git dependency is refused.
+    git_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -59,6 +62,7 @@ class Settings:
             "server": env.get("FARM_SERVER") or None,
             "token": env.get("FARM_TOKEN") or None,
             "allowed_images": _words(env.get("FARM_ALLOWED_IMAGES")),
+            "git_hosts": tuple(h.lower() for h in _words(env.get("FARM_GIT_HOSTS")) or ()) or None,
             "registries": (
                 load_registries(Path(env["FARM_REGISTRIES"]))
                 if env.get("FARM_REGISTRIES")

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from farm.httpserver import BoundedHandler, BoundedServer
 
@@ -34,6 +35,8 @@ class TestRegistry:
     auth: list[str] = field(default_factory=list)
     port: int = 0
     dl: str | None = None
+    #: URL prefix -> directory served as static files (a git repository over "dumb" HTTP).
+    static: dict[str, Path] = field(default_factory=dict)
 
     @property
     def index(self) -> str:
@@ -43,6 +46,10 @@ class TestRegistry:
         self.requests.append(path)
         if path in self.routes:
             return self.routes[path]
+        for prefix, root in self.static.items():
+            if path.startswith(prefix) and ".." not in path:
+                file = root / path.removeprefix(prefix).partition("?")[0]
+                return Route(200, {}, file.read_bytes()) if file.is_file() else Route(404)
         if path == "/index/config.json":
             dl = (
                 self.dl

@@ -24,6 +24,7 @@ from farm.confine import Outside, open_dir
 from farm.ecosystems import BuildMount, Ecosystem, Package, ecosystems
 from farm.errors import ChecksumMismatchError, FetchError, InputError
 from farm.fetch.cache import CrateCache
+from farm.fetch.git import Checkout, fetch_commit
 from farm.fetch.registry import HttpCaps, Registry, RegistryClient
 from farm.records import FetchedPackage
 
@@ -54,11 +55,13 @@ def fetch(
     inspect: Callable[[Ecosystem], None] | None = None,
     say: Callable[[str], None] | None = None,
     kinds: Sequence[Ecosystem] | None = None,
+    git_hosts: frozenset[str] = frozenset(),
 ) -> FetchResult:
     """Vendor the locked dependencies of ``source`` into ``dest`` (created; must not
     exist). ``inspect`` sees each detected ecosystem after its lock was read and before
     anything is downloaded (the toolchain check hooks in there). ``kinds``: the
     ecosystems to try (default: every one farm knows, ``farm.ecosystems.ecosystems``).
+    ``git_hosts``: the hosts git dependencies may be fetched from (the operator's).
 
     Raises FetchError (LockfileError, PackageMissingError, ChecksumMismatchError,
     CrateRejectedError, RegistryUnreachableError) naming the package and the fix.
@@ -80,18 +83,47 @@ def fetch(
     fetched: list[FetchedPackage] = []
     mounts: list[tuple[Path, str]] = []
     written = 0
-    for eco, packages in plans:
-        for package in packages:
-            data, cached = _obtain(package, client, cache, say)
-            written += eco.vendor(package, data, dest)
-            if written > max_bytes:
-                raise FetchError(
-                    f"{package}: the vendored dependencies pass {max_bytes} bytes; "
-                    "raise resources.disk (--disk) if the project really needs them"
-                )
-            fetched.append(_fetched(eco, package, registry, cached))
-        mounts += [(m.source, m.target) for m in eco.finish(packages, dest)]
+    with _Checkouts(git_hosts) as checkouts:
+        for eco, packages in plans:
+            for package in packages:
+                if package.git is not None:
+                    checkout = checkouts.get(package)
+                    written += eco.vendor_git(package, checkout, dest)
+                    fetched.append(_fetched(eco, package, registry, cached=False))
+                else:
+                    data, cached = _obtain(package, client, cache, say)
+                    written += eco.vendor(package, data, dest)
+                    fetched.append(_fetched(eco, package, registry, cached))
+                if written > max_bytes:
+                    raise FetchError(
+                        f"{package}: the vendored dependencies pass {max_bytes} bytes; "
+                        "raise resources.disk (--disk) if the project really needs them"
+                    )
+            mounts += [(m.source, m.target) for m in eco.finish(packages, dest)]
     return FetchResult(dest=dest, packages=fetched, mounts=mounts)
+
+
+class _Checkouts:
+    """Each repository commit fetched once per phase, however many packages it holds."""
+
+    def __init__(self, hosts: frozenset[str]) -> None:
+        self.hosts = hosts
+        self.open: dict[tuple[str, str], Checkout] = {}
+
+    def __enter__(self) -> _Checkouts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for checkout in self.open.values():
+            checkout.__exit__()
+
+    def get(self, package: Package) -> Checkout:
+        git = package.git
+        assert git is not None
+        key = (git.url, git.commit)
+        if key not in self.open:
+            self.open[key] = fetch_commit(git, self.hosts, str(package))
+        return self.open[key]
 
 
 def _obtain(
@@ -100,6 +132,7 @@ def _obtain(
     cache: CrateCache,
     say: Callable[[str], None] | None,
 ) -> tuple[bytes, bool]:
+    assert package.checksum is not None  # a registry package always has one (lockfile)
     data = cache.get(package.checksum)
     if data is not None:
         return data, True
@@ -125,6 +158,7 @@ def _fetched(eco: Ecosystem, package: Package, registry: Registry, cached: bool)
         name=package.name,
         version=package.version,
         sha256=package.checksum,
+        commit=package.git.commit if package.git else None,
         source=package.source,
         registry=registry.name,
         index=registry.index,

@@ -19,8 +19,10 @@ from pathlib import Path
 from farm.confine import FILE_FLAGS, open_beneath
 from farm.ecosystems import BuildMount, Package
 from farm.ecosystems.cargo import cratefile
+from farm.ecosystems.cargo.gitpackage import git_package_files
 from farm.ecosystems.cargo.lockfile import MAX_LOCK_BYTES, Lockfile, read_lock
-from farm.errors import FetchError, LockfileError
+from farm.errors import LockfileError
+from farm.fetch.git import Checkout, GitSource
 
 #: Where the build sandbox sees the vendored crates and their source replacement.
 VENDOR_DIR = "/vendor"
@@ -49,16 +51,12 @@ class Cargo:
     def packages(self, source_fd: int) -> list[Package]:
         text = _read_lock(source_fd)
         lock = self.lock = read_lock(text)
-        git = [p for p in lock.packages if p.is_git]
-        if git:
-            names = ", ".join(str(p) for p in git[:5])
-            raise FetchError(
-                f"{names}: git dependencies are not fetched yet; vendor them into the "
-                "source tree (`cargo vendor`) and use a path dependency, or publish them "
-                "to the registry"
-            )
         out = []
         for p in lock.packages:
+            if p.is_git:
+                git = GitSource.parse(p.source or "", str(p))
+                out.append(Package(p.name, p.version, None, p.source or "", git))
+                continue
             if not p.is_registry:
                 continue
             if p.checksum is None:
@@ -75,15 +73,18 @@ class Cargo:
         root.mkdir(mode=0o755, exist_ok=True)
         crate = cratefile.open_crate(data, package.name, package.version)
         sums = cratefile.write_crate(crate, root / f"{package.name}-{package.version}")
-        body = json.dumps({"files": sums, "package": package.checksum}, sort_keys=True)
-        fd = os.open(
-            root / f"{package.name}-{package.version}" / cratefile.CHECKSUM_FILE,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-        )
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
+        _write_checksums(root / f"{package.name}-{package.version}", sums, package.checksum)
         return sum(len(m.data) for m in crate.members)
+
+    def vendor_git(self, package: Package, checkout: Checkout, dest: Path) -> int:
+        assert package.git is not None
+        members = git_package_files(package, checkout)
+        root = dest / "vendor"
+        root.mkdir(mode=0o755, exist_ok=True)
+        crate = cratefile.Crate(top=f"{package.name}-{package.version}", members=members)
+        sums = cratefile.write_crate(crate, root / crate.top)
+        _write_checksums(root / crate.top, sums, None)
+        return sum(len(m.data) for m in members)
 
     def finish(self, packages: list[Package], dest: Path) -> list[BuildMount]:
         (dest / "vendor").mkdir(mode=0o755, exist_ok=True)
@@ -104,12 +105,30 @@ def cargo_config(packages: list[Package]) -> str:
         f"[source.{_VENDOR_SOURCE}]",
         f'directory = "{VENDOR_DIR}"',
     ]
-    others = sorted({p.source for p in packages} - {CRATES_IO_SOURCE})
+    registries = {p.source for p in packages if p.git is None}
+    others = sorted(registries - {CRATES_IO_SOURCE})
     for i, source in enumerate(others, 1):
         url = source.removeprefix("registry+")
         lines += ["", f"[source.farm-registry-{i}]", f"registry = {json.dumps(url)}"]
         lines.append(f'replace-with = "{_VENDOR_SOURCE}"')
+    gits = sorted({(p.git.url, p.git.query) for p in packages if p.git is not None})
+    for i, (url, query) in enumerate(gits, 1):
+        # cargo matches a replacement by URL and reference, exactly as the lock spells them.
+        lines += ["", f"[source.farm-git-{i}]", f"git = {json.dumps(url)}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in query]
+        lines.append(f'replace-with = "{_VENDOR_SOURCE}"')
     return "\n".join(lines) + "\n"
+
+
+def _write_checksums(crate_dir: Path, sums: dict[str, str], package: str | None) -> None:
+    body = json.dumps({"files": sums, "package": package}, sort_keys=True)
+    fd = os.open(
+        crate_dir / cratefile.CHECKSUM_FILE,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
+    )
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)
 
 
 def _refuse_collisions(packages: list[Package]) -> None:
