@@ -244,14 +244,14 @@ def test_lockfile_that_is_a_link_is_not_followed(tmp_path: Path, registry: TestR
         _fetch(src, tmp_path / "out", registry, CrateCache(tmp_path / "cache"))
 
 
-def test_git_dependencies_are_a_clear_error(tmp_path: Path, registry: TestRegistry) -> None:
+def test_git_dependencies_need_an_allowed_host(tmp_path: Path, registry: TestRegistry) -> None:
     src = project(tmp_path / "app", [])
     with (src / "Cargo.lock").open("a") as fh:
         fh.write(
             '\n[[package]]\nname = "dep"\nversion = "0.2.0"\n'
             'source = "git+https://example.org/dep#0123456789abcdef0123456789abcdef01234567"\n'
         )
-    with pytest.raises(FetchError, match=r"dep 0.2.0: git dependencies are not fetched yet"):
+    with pytest.raises(FetchError, match=r"dep 0.2.0: git dependency from example.org, which is not an allowed git host"):
         _fetch(src, tmp_path / "out", registry, CrateCache(tmp_path / "cache"))
 
 
