@@ -19,6 +19,7 @@ import pytest
 from farm.ecosystems.cargo.vendor import CRATES_IO_SOURCE
 from tests.crates import make_crate, manifest
 from tests.debcrates import SERDE_SHA256, serde_crate
+from tests.gitrepo import bare_repo
 from tests.registry import TestRegistry, serve
 
 from .conftest import created, farm, farm_json
@@ -104,3 +105,35 @@ def test_a_fetch_error_stops_the_build_before_any_container(
     assert done.returncode == 1, done.stderr
     assert "serde 1.0.152: checksum mismatch (lock bb7d…" in done.stderr
     assert created(client, home, since) == []
+
+
+def test_git_dependency_builds_from_the_vendor_dir(
+    home: Path, tmp_path: Path, registry: TestRegistry
+) -> None:
+    lib = b'pub fn from_git() -> &\'static str { "hello from a git commit" }\n'
+    bare, commit = bare_repo(
+        tmp_path / "repo",
+        {"Cargo.toml": manifest("gitdep", "0.2.0"), "src/lib.rs": lib},
+    )
+    registry.static["/git/gitdep.git/"] = bare
+    url = f"http://127.0.0.1:{registry.port}/git/gitdep.git"
+    src = _project(tmp_path / "fetched")
+    (src / "src" / "main.rs").write_bytes(MAIN.replace(b"greeting::hello()", b"gitdep::from_git()"))
+    with (src / "Cargo.toml").open("a") as fh:
+        fh.write(f'gitdep = {{ git = "{url}", branch = "main" }}\n')
+    lock = (src / "Cargo.lock").read_text().replace(' "greeting",\n', ' "gitdep",\n "greeting",\n')
+    lock += (
+        f'\n[[package]]\nname = "gitdep"\nversion = "0.2.0"\n'
+        f'source = "git+{url}?branch=main#{commit}"\n'
+    )
+    (src / "Cargo.lock").write_text(lock)
+    code, out = farm_json(
+        home, "build", str(src), "--registry", registry.index, "--git-host", "127.0.0.1"
+    )
+    assert code == 0, out
+    envelope = tmp_path / "prov.json"
+    assert farm(home, "provenance", out["id"], "--out", str(envelope)).returncode == 0
+    statement = json.loads(base64.b64decode(json.loads(envelope.read_text())["payload"]))
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    [gitdep] = [d for d in deps if d["name"] == "gitdep"]
+    assert gitdep["digest"] == {"gitCommit": commit}

@@ -251,7 +251,10 @@ def test_git_dependencies_need_an_allowed_host(tmp_path: Path, registry: TestReg
             '\n[[package]]\nname = "dep"\nversion = "0.2.0"\n'
             'source = "git+https://example.org/dep#0123456789abcdef0123456789abcdef01234567"\n'
         )
-    with pytest.raises(FetchError, match=r"dep 0.2.0: git dependency from example.org, which is not an allowed git host"):
+    with pytest.raises(
+        FetchError,
+        match=r"dep 0.2.0: git dependency from example.org, which is not an allowed git host",
+    ):
         _fetch(src, tmp_path / "out", registry, CrateCache(tmp_path / "cache"))
 
 
