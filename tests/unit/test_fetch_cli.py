@@ -195,3 +195,12 @@ def test_fetch_refuses_an_existing_dest_and_says_when_there_is_nothing(tmp_path:
     assert exists.returncode == 2 and "already exists" in exists.stderr
     nothing = farm(tmp_path, "fetch", str(tmp_path / "plain"), "--dest", str(tmp_path / "d2"))
     assert nothing.returncode == 0 and "nothing to fetch" in nothing.stderr
+
+
+def test_a_cluster_build_cannot_name_a_local_registry() -> None:
+    from farm.k8s.resource import cluster_spec
+
+    source = {"git": "https://example.org/r.git", "revision": "ab" * 20}
+    assert cluster_spec({"source": source}).registry is None
+    with pytest.raises(SpecError, match=r"registry: .*not supported on the cluster yet"):
+        cluster_spec({"source": source, "registry": "mirror"})
