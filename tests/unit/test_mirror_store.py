@@ -139,9 +139,19 @@ def test_add_crate_writes_a_local_registry_layout(tmp_path: Path) -> None:
 def test_same_bytes_again_is_a_no_op(tmp_path: Path) -> None:
     mirror = Mirror(tmp_path / "m").create()
     data = make_crate("demo", "0.1.0")
-    first = mirror.add_crate(data, "file")
-    assert mirror.add_crate(data, "crates.io") == first
-    assert len(_line(mirror, "demo")) == 1 and len(mirror.entries()) == 1
+    first = mirror.add_crate(data, "crates.io")
+    assert mirror.add_crate(data, "file") == first
+    assert mirror.add_crate(data, "debian-source:rust-demo_0.1.0-1") == first
+    assert len(_line(mirror, "demo")) == 1 and mirror.entries() == [first]
+
+
+def test_same_bytes_from_a_checked_source_replace_a_file_origin(tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "m").create()
+    data = make_crate("demo", "0.1.0")
+    mirror.add_crate(data, "file")
+    checked = mirror.add_crate(data, "debian-source:rust-demo_0.1.0-1")
+    assert mirror.entries() == [checked] and checked.origin.startswith("debian-source:")
+    assert len(_line(mirror, "demo")) == 1
 
 
 def test_different_cksum_for_a_held_version_is_refused(tmp_path: Path) -> None:
