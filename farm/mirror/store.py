@@ -15,9 +15,10 @@ One layout serves two readers (docs/mirror.md):
 
 A published version never changes: adding different bytes for a name and version the
 mirror holds is refused, and adding the same bytes again is a no-op (except that a
-``file`` origin is replaced by the origin of a source that checked the same bytes). Writes go through a
-temporary file and a rename under an exclusive lock, so a reader (a running server or
-cargo) sees either the old or the new file, and two ``farm mirror add`` do not interleave.
+``file`` origin is replaced by the origin of a source that checked the same bytes).
+Writes go through a temporary file and a rename under an exclusive lock, so a reader
+(a running server or cargo) sees either the old or the new file, and two
+``farm mirror add`` do not interleave.
 """
 
 from __future__ import annotations
