@@ -184,3 +184,31 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def debian_index(suite: str) -> tuple[bytes, bytes]:
+    """A suite's real InRelease and main/source/Sources.xz, for tests that serve a
+    copy of Debian's archive on loopback. Both are cached; the InRelease is verified with
+    gpgv and the Sources.xz checked against it on every use."""
+    from farm.mirror.debian import DEFAULT_ARCHIVE, KEYRING, SOURCES_PATH, verify_inrelease
+    from farm.mirror.download import http_get
+
+    cached = cache_dir() / "debian" / f"InRelease-{suite}"
+    if not cached.is_file():
+        data = http_get(f"{DEFAULT_ARCHIVE}/dists/{suite}/InRelease", 16 << 20)
+        assert data is not None, f"{suite}: no InRelease in Debian's archive"
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(data)
+    inrelease = cached.read_bytes()
+    text = verify_inrelease(inrelease, KEYRING, str(cached))
+    sha = next(
+        line.split()[0]
+        for line in text.splitlines()
+        if line.endswith(" " + SOURCES_PATH) and len(line.split()[0]) == 64
+    )
+    sources = cache_dir() / "debian" / f"Sources-{sha}.xz"
+    if not sources.is_file() or hashlib.sha256(sources.read_bytes()).hexdigest() != sha:
+        DebianArchive(cache_dir=cache_dir() / "debian").sources_text(suite)
+    data = sources.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == sha, f"{sources}: not the signed Sources"
+    return inrelease, data
