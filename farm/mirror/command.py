@@ -78,7 +78,8 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.mirror import debian, fill, upstream
+    from farm.fetch.registry import RegistryClient, registry_from_cli
+    from farm.mirror import debian, fill
     from farm.mirror.store import Mirror
 
     if not (args.files or args.lock or args.debian):
@@ -87,7 +88,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError("--lock and --registry go together: the lock and where to download it")
     requests = [debian.SourceRequest.parse(d) for d in args.debian]
     lock_text = _read_lock(args.lock) if args.lock else None
-    registry = upstream.SparseRegistry(args.registry) if args.registry else None
+    registry = RegistryClient(registry_from_cli(args.registry)) if args.registry else None
     mirror = Mirror(args.dir)
     mirror.check()
     results = fill.add_files(mirror, args.files)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from farm.ecosystems.cargo import cratefile
 from farm.ecosystems.cargo.lockfile import read_lock
-from farm.errors import FarmError, MirrorError
+from farm.errors import FarmError, MirrorError, PackageMissingError
 from farm.mirror.debian import DEFAULT_SUITE, DebianArchive, SourcePackage, SourceRequest
 from farm.mirror.store import MAX_CRATE_BYTES, CrateEntry, Mirror
 
@@ -38,7 +38,10 @@ class FillResult(BaseModel):
 
 
 class Downloader(Protocol):
-    def download(self, name: str, version: str, checksum: str) -> bytes | None: ...
+    """``farm.fetch.registry.RegistryClient``: the bytes as served, PackageMissingError
+    if the registry lacks them."""
+
+    def download(self, name: str, version: str, checksum: str) -> bytes: ...
 
 
 def add_files(mirror: Mirror, paths: list[Path]) -> list[FillResult]:
@@ -77,9 +80,10 @@ def add_lock(mirror: Mirror, lock_text: str, registry: Downloader) -> list[FillR
         if held is not None and held.cksum == package.checksum:
             results.append(FillResult(item=item, status="added", entry=held, note="held"))
             continue
-        data = registry.download(package.name, package.version, package.checksum)
-        if data is None:
-            results.append(FillResult(item=item, status="missing", note="not in the registry"))
+        try:
+            data = registry.download(package.name, package.version, package.checksum)
+        except PackageMissingError as exc:
+            results.append(FillResult(item=item, status="missing", note=str(exc)))
             continue
         digest = hashlib.sha256(data).hexdigest()
         if digest != package.checksum:
