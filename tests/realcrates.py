@@ -175,9 +175,16 @@ def fill(mirror: Mirror, names: list[str] | None = None) -> list[CrateEntry]:
     return [mirror.add_crate(data[c.name], c.origin) for c in crates]
 
 
+#: Suites whose signed index tests serve on loopback (tests/unit/test_mirror_debian.py).
+INDEX_SUITES = ("bookworm", "trixie")
+
+
 def main() -> int:
     for name, data in ensure().items():
         print(f"{name} {REAL_CRATES[name].version} {hashlib.sha256(data).hexdigest()}")
+    for suite in INDEX_SUITES:
+        inrelease, sources = debian_index(suite)
+        print(f"{suite} InRelease {len(inrelease)} bytes, Sources.xz {len(sources)} bytes")
     print(f"cached in {cache_dir()}", file=sys.stderr)
     return 0
 
