@@ -189,10 +189,6 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def debian_index(suite: str) -> tuple[bytes, bytes]:
     """A suite's real InRelease and main/source/Sources.xz, for tests that serve a
     copy of Debian's archive on loopback. Both are cached; the InRelease is verified with
@@ -219,3 +215,7 @@ def debian_index(suite: str) -> tuple[bytes, bytes]:
     data = sources.read_bytes()
     assert hashlib.sha256(data).hexdigest() == sha, f"{sources}: not the signed Sources"
     return inrelease, data
+
+
+if __name__ == "__main__":
+    sys.exit(main())
