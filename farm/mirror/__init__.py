@@ -1,0 +1,10 @@
+"""``farm mirror``: an offline, crates.io-compatible registry kept in one directory.
+
+The directory is at once a sparse registry that ``serve`` serves over HTTP and a cargo
+``local-registry`` (docs/mirror.md). Modules, from the bottom up: ``layout`` (names and
+paths, validated), ``indexline`` (cargo's index line from a crate's Cargo.toml),
+``store`` (``Mirror``: the write API), ``download`` (one bounded HTTP GET), ``debian``
+(Debian's archive, read through its signature), ``fill`` (``farm mirror add`` from
+files, a Cargo.lock or Debian sources), ``serve`` (the HTTP server) and ``command``
+(the CLI subcommands, added by ``farm.cli``).
+"""
