@@ -23,6 +23,7 @@ from typing import Any
 
 from farm.errors import ExitCode, FarmError, InputError
 from farm.images import RECIPES, VERSION
+from farm.k8s import names
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
@@ -299,6 +300,11 @@ def _k8s_parsers(sub: Any) -> None:
     mon.add_argument("--spool", type=Path, default=ObserverPaths.spool)
     mon.add_argument("--kubeconfig")
     mon.add_argument("--metrics-port", type=int, default=9091)
+    mon.add_argument(
+        "--run-namespace",
+        default=names.RUN_NAMESPACE,
+        help="the controller's run_namespace: only its pods are build pods",
+    )
     mon.set_defaults(func=cmd_node_monitor)
 
 

@@ -57,8 +57,7 @@ def build_manifest(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def owned(api: FakeAPI, ns: str, build: dict, plural: str) -> list[dict]:
-    short = names.short_uid(build["metadata"]["uid"])
-    return api.list(plural, ns, f"{names.BUILD_LABEL}={short}")
+    return api.list(plural, ns, f"{names.BUILD_LABEL}={build['metadata']['uid']}")
 
 
 def job(api: FakeAPI, ns: str, build: dict, role: str) -> dict:
@@ -84,7 +83,8 @@ def finish_job(api: FakeAPI, ns: str, job: dict, ok: bool = True, reason: str = 
 
 
 def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: bytes = b"") -> dict:
-    """The Job's pod, with the ``build`` init container terminated (or running)."""
+    """The Job's pod, with the ``build`` init container terminated (or running), as the
+    Job controller makes it: labelled with the Job's uid and controlled by the Job."""
     template = job["spec"]["template"]
     run = int(template["metadata"]["labels"].get(names.RUN_LABEL, "0"))
     name = f"{job['metadata']['name']}-x7k2p"
@@ -94,7 +94,11 @@ def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: byte
         "kind": "Pod",
         "metadata": {
             "name": name,
-            "labels": {**template["metadata"]["labels"], "job-name": job["metadata"]["name"]},
+            "labels": {
+                **template["metadata"]["labels"],
+                "job-name": job["metadata"]["name"],
+                names.JOB_UID_LABEL: job["metadata"]["uid"],
+            },
             "annotations": dict(template["metadata"]["annotations"]),
             "ownerReferences": [
                 {

@@ -12,7 +12,7 @@ import pytest
 from farm.k8s import names
 from farm.k8s.controller import Controller
 from farm.records import Status
-from tests.k8s.conftest import NS, Cluster, clean
+from tests.k8s.conftest import NS, RUN_NS, Cluster, clean
 from tests.k8s.kubelet import (
     build_manifest,
     build_pod,
@@ -39,14 +39,16 @@ def checked(
     """A Build with check N = len(outputs): fetch, then run k exits 0 and uploads
     ``outputs[k]``; returns the Build as created."""
     build = cluster.api.create("builds", NS, build_manifest(name, check=len(outputs)))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     for run in range(len(outputs)):
         role = names.run_role("build", run)
-        build_pod(cluster.api, NS, job(cluster.api, NS, build, role), exit_code=0, log=b"ok\n")
+        build_pod(
+            cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, role), exit_code=0, log=b"ok\n"
+        )
     cluster.wait_phase(name, "Collecting")
     for run, files in enumerate(outputs):
         root = sandbox_tree(tmp_path / name / str(run), files)
-        assert run_collector(cluster.api, NS, build, root, run) == 0
+        assert run_collector(cluster.api, RUN_NS, build, root, run) == 0
     return build
 
 
@@ -177,12 +179,12 @@ def test_a_failed_check_run_fails_the_build_as_a_local_check_does(
     ctl = cluster.controller("a")
     cluster.monitor({run_cid(k): clean(run_cid(k)) for k in range(2)})
     build = cluster.api.create("builds", NS, build_manifest("flaky", check=2))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build-1"), exit_code=1)
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=0)
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build-1"), exit_code=1)
     cluster.wait_phase("flaky", "Collecting")
     root = sandbox_tree(tmp_path / "flaky", {"app": BINARY})
-    assert run_collector(cluster.api, NS, build, root) == 0
+    assert run_collector(cluster.api, RUN_NS, build, root) == 0
 
     done = cluster.wait_phase("flaky", "Failed")
     assert done["status"]["message"] == "run 1: the build exited with status 1"
