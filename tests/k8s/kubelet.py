@@ -163,19 +163,26 @@ def _status(name: str, fill: str, state: dict, image: str) -> dict:
 
 
 def run_collector(
-    api: FakeAPI, ns: str, build: dict, root: Path, run: int = 0, rerouted: str | None = None
+    api: FakeAPI,
+    ns: str,
+    build: dict,
+    root: Path,
+    run: int = 0,
+    rerouted: str | None = None,
+    token: bytes | None = None,
 ) -> int:
     """Run farm's collector as run ``run``'s collector container would, against
     ``root``: with the upload URL, key and token Secret its Job gives it. The URL must
     be an IP literal (the collect policy allows no DNS). ``rerouted`` replaces its
     address after a failover: a real Service keeps its ClusterIP and routes to the new
-    leader, while each test controller has its own port."""
+    leader, while each test controller has its own port. ``token`` replaces the one in
+    the Job's Secret (an attacker's guess or plant)."""
     pod = job(api, ns, build, names.run_role("build", run))["spec"]["template"]["spec"]
     given = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     [secret_name] = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
     secret = api.get("secrets", ns, secret_name)
     token_file = root / "token"
-    token_file.write_bytes(base64.b64decode(secret["data"]["token"]))
+    token_file.write_bytes(token or base64.b64decode(secret["data"]["token"]))
     host = urlsplit(given["FARM_ARTIFACT_URL"]).hostname or ""
     ipaddress.ip_address(host)  # ValueError for a name
     env = {
