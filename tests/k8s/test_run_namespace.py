@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from farm.errors import KubernetesError
 from farm.k8s import names
 from farm.k8s.nodemonitor import NodeMonitor
 from farm.metrics import Metrics
@@ -186,3 +187,34 @@ def test_the_node_monitor_reports_only_pods_of_the_run_namespace(cluster: Cluste
     seen = cluster.api.get("builds", "team-b", "victim")["status"]["observation"]
     assert seen["containerID"] == BUILD_CID
     assert "observation" not in (cluster.api.get("builds", NS, "victim").get("status") or {})
+
+
+def test_an_object_of_the_name_but_another_builds_uid_is_not_adopted(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """In the run namespace an existing object of the expected name is adopted (the
+    controller's own, from before a restart), but only if its uid label is this
+    Build's: two Builds whose names and 8-hex uid hashes collide get an error, never
+    one token Secret for both."""
+    from tests.k8s.test_status_and_monitor import reconciler
+
+    r = reconciler(cluster, tmp_path)
+    build = cluster.api.create("builds", NS, build_manifest("clash"))
+    meta = build["metadata"]
+    other = names.labels("clash", "another-builds-uid")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": names.object_name("clash", meta["uid"], "collector"), "labels": other},
+        "data": {"token": base64.b64encode(b"someone else's").decode()},
+    }
+    cluster.api.create("secrets", RUN_NS, secret)
+    for _ in range(3):  # the finalizer first, then the step that needs the token
+        try:
+            r.reconcile(NS, "clash")
+        except KubernetesError as exc:
+            assert "exists for another Build (uid another-builds-uid)" in str(exc)
+            break
+    else:
+        raise AssertionError("the other Build's Secret was adopted")
+    assert not cluster.api.list("jobs", RUN_NS)
