@@ -25,6 +25,7 @@ from typing import Any
 from farm.errors import ExitCode, FarmError, InputError
 from farm.fetch.registry import Registry, load_registries, registry_from_cli
 from farm.images import RECIPES, VERSION
+from farm.k8s import names
 from farm.logs import CappedLog
 from farm.mirror.command import add_parsers as add_mirror_parsers
 from farm.observe.classify import BlockedAction
@@ -354,6 +355,11 @@ def _k8s_parsers(sub: Any) -> None:
     mon.add_argument("--spool", type=Path, default=ObserverPaths.spool)
     mon.add_argument("--kubeconfig")
     mon.add_argument("--metrics-port", type=int, default=9091)
+    mon.add_argument(
+        "--run-namespace",
+        default=names.RUN_NAMESPACE,
+        help="the controller's run_namespace: only its pods are build pods",
+    )
     mon.set_defaults(func=cmd_node_monitor)
 
 

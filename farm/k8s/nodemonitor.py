@@ -7,8 +7,12 @@ that every node's runsc points at (containerd ``runsc.toml`` → ``pod-init-conf
 docs/kubernetes.md), and reads one container's record with ``collect(container_id)``
 once the build container has exited. The container id is the one the kubelet reports
 in ``initContainerStatuses[].containerID`` (``containerd://<id>``), which is the id
-runsc names the container by; the pod's ``farm.dev/build-name`` annotation names the
-Build. Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
+runsc names the container by. It considers only pods in the run namespace (where only
+the Job controller creates pods, for the controller's Jobs), and the pod's
+``farm.dev/build-namespace`` and ``farm.dev/build-name`` annotations name the Build: a
+pod elsewhere, whatever its labels, is never reported, and the pod's own namespace is
+never taken for the Build's.
+Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
 and ``blockedByKind``; the whole classified record goes into ``status.observation``
 (for a check run, those three fields under ``status.checkRuns.<run>``). It is a merge
 patch of just those fields, so it never fights the controller's own status writes.
@@ -86,10 +90,18 @@ def _status(container_id: str, seen: Observation, counted: Tally, node: str) -> 
 
 class NodeMonitor:
     def __init__(
-        self, kube: Kube, metrics: Metrics, source: ObservationSource, node_name: str
+        self,
+        kube: Kube,
+        metrics: Metrics,
+        source: ObservationSource,
+        node_name: str,
+        run_namespace: str = names.RUN_NAMESPACE,
     ) -> None:
         self.kube, self.metrics, self.source = kube, metrics, source
         self.node_name = node_name
+        #: The controller's run namespace (ControllerConfig.run_namespace): the only
+        #: one whose pods are build pods.
+        self.run_namespace = run_namespace
         #: Containers already reported; a restarted monitor reports again (status is
         #: set, not added to, so only the Prometheus counter can count twice).
         self.done: set[str] = set()
@@ -99,7 +111,8 @@ class NodeMonitor:
     def scan(self) -> int:
         """Report every finished build container on this node not reported yet."""
         selector = f"{MANAGED},{names.PHASE_LABEL}=build"
-        pods = self.kube.list("Pod", None, selector, fields=f"spec.nodeName={self.node_name}")
+        node = f"spec.nodeName={self.node_name}"
+        pods = self.kube.list("Pod", self.run_namespace, selector, fields=node)
         reported = 0
         for pod in pods:
             cid = build_container_id(pod)
@@ -113,15 +126,13 @@ class NodeMonitor:
         return reported
 
     def report(self, pod: Obj, container_id: str) -> None:
-        meta = pod["metadata"]
-        namespace = meta["namespace"]
-        build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
+        namespace, build = build_of(pod)
         if container_id not in self.pending:
             # The observer hands a record out once (reading consumes it), so it is kept
             # until the patch lands: a failed patch must not turn into a missing record.
             self.pending[container_id] = _for_run(pod, self._observe(pod, container_id))
         try:
-            if build:
+            if build and namespace:
                 self.kube.patch_build_status(namespace, build, self.pending[container_id])
         except KubeNotFoundError:
             pass  # the Build was deleted meanwhile: nothing to annotate
@@ -131,7 +142,7 @@ class NodeMonitor:
     def _observe(self, pod: Obj, container_id: str) -> dict[str, Any]:
         """Collect and classify one container's record, count it, and return the run's
         status fields that carry it."""
-        namespace = pod["metadata"]["namespace"]
+        namespace, _ = build_of(pod)
         runs = _runs(pod)
         trace = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
@@ -167,6 +178,7 @@ def serve(
     node_name: str,
     stop: threading.Event,
     *,
+    run_namespace: str = names.RUN_NAMESPACE,
     interval: float = 1.0,
     prune_every: float = PRUNE_EVERY,
 ) -> None:
@@ -175,7 +187,18 @@ def serve(
     Leaving stops the daemon, whose records of sandboxes still running are then
     incomplete: a restart or rollout never passes for a clean build."""
     with ObserverDaemon(paths, prune_every=prune_every):
-        NodeMonitor(kube, metrics, HostObserver(paths), node_name).run(stop, interval)
+        monitor = NodeMonitor(kube, metrics, HostObserver(paths), node_name, run_namespace)
+        monitor.run(stop, interval)
+
+
+def build_of(pod: Obj) -> tuple[str, str]:
+    """(namespace, name) of the Build a build pod is for, from the controller's
+    annotations ("" where missing); never the pod's own namespace, the run namespace."""
+    notes = pod["metadata"].get("annotations") or {}
+    return (
+        str(notes.get(names.BUILD_NAMESPACE_ANNOTATION) or ""),
+        str(notes.get(names.BUILD_NAME_ANNOTATION) or ""),
+    )
 
 
 def _runs(pod: Obj) -> int:
