@@ -141,6 +141,21 @@ def _next_field(buf: bytes, pos: int) -> tuple[int, int, int | bytes, int]:
     raise DecodeError(f"unsupported wire type {wire_type} at offset {pos}")
 
 
+def first_len_field(buf: bytes, number: int) -> bytes | None:
+    """The bytes of the first occurrence of LEN field ``number`` of one message, without
+    decoding the rest (None if absent or not a LEN field). gVisor writes fields in
+    number order, so a low number is found at once.
+
+    Raises DecodeError on malformed input before the field.
+    """
+    pos = 0
+    while pos < len(buf):
+        found, wire_type, value, pos = _next_field(buf, pos)
+        if found == number:
+            return value if wire_type == LEN and isinstance(value, bytes) else None
+    return None
+
+
 def decode(buf: bytes | bytearray | memoryview, schema: Schema) -> dict[str, Any]:
     """Decode one message into a dict keyed by field name, following ``schema``.
 
