@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -47,7 +48,15 @@ log = logging.getLogger(__name__)
 class ObservationSource(Protocol):
     """``farm.observe.daemon.HostObserver`` satisfies this."""
 
-    def collect(self, container_id: str) -> TraceRecord: ...
+    def poll(self, container_id: str) -> TraceRecord | None: ...
+
+    def collect(self, container_id: str, timeout: float | None = None) -> TraceRecord: ...
+
+
+#: How long after the kubelet reports the build container terminated the monitor waits
+#: for its record to end (the killed children's last events, a slow spool) before it
+#: reports the record as it is: incomplete. Asked for on each scan, never waited on.
+RECORD_WAIT = 30.0
 
 
 def observation_status(
@@ -86,10 +95,19 @@ def _status(container_id: str, seen: Observation, counted: Tally, node: str) -> 
 
 class NodeMonitor:
     def __init__(
-        self, kube: Kube, metrics: Metrics, source: ObservationSource, node_name: str
+        self,
+        kube: Kube,
+        metrics: Metrics,
+        source: ObservationSource,
+        node_name: str,
+        *,
+        record_wait: float = RECORD_WAIT,
     ) -> None:
         self.kube, self.metrics, self.source = kube, metrics, source
-        self.node_name = node_name
+        self.node_name, self.record_wait = node_name, record_wait
+        #: When each terminated build container's record was first asked for and was
+        #: not there yet (monotonic seconds).
+        self.waiting: dict[str, float] = {}
         #: Containers already reported; a restarted monitor reports again (status is
         #: set, not added to, so only the Prometheus counter can count twice).
         self.done: set[str] = set()
@@ -97,7 +115,9 @@ class NodeMonitor:
         self.pending: dict[str, dict[str, Any]] = {}
 
     def scan(self) -> int:
-        """Report every finished build container on this node not reported yet."""
+        """Report every finished build container on this node whose record has ended
+        (or waited out ``record_wait``); the rest are asked again on the next scan, so
+        no pod holds up another."""
         selector = f"{MANAGED},{names.PHASE_LABEL}=build"
         pods = self.kube.list("Pod", None, selector, fields=f"spec.nodeName={self.node_name}")
         reported = 0
@@ -105,21 +125,24 @@ class NodeMonitor:
             cid = build_container_id(pod)
             if cid and cid not in self.done and build_exit_code(pod) is not None:
                 try:
-                    self.report(pod, cid)
+                    reported += self.report(pod, cid)
                 except Exception as exc:  # the next pod must not wait on this one
                     log.warning("node monitor: pod %s: %s", pod["metadata"]["name"], exc)
-                    continue
-                reported += 1
         return reported
 
-    def report(self, pod: Obj, container_id: str) -> None:
+    def report(self, pod: Obj, container_id: str) -> bool:
+        """Ship the container's record into its Build's status; False (nothing done)
+        while the record has not ended and ``record_wait`` has not run out."""
         meta = pod["metadata"]
         namespace = meta["namespace"]
         build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
         if container_id not in self.pending:
+            trace = self._record(container_id)
+            if trace is None:
+                return False
             # The observer hands a record out once (reading consumes it), so it is kept
             # until the patch lands: a failed patch must not turn into a missing record.
-            self.pending[container_id] = _for_run(pod, self._observe(pod, container_id))
+            self.pending[container_id] = _for_run(pod, self._observe(pod, trace))
         try:
             if build:
                 self.kube.patch_build_status(namespace, build, self.pending[container_id])
@@ -127,13 +150,27 @@ class NodeMonitor:
             pass  # the Build was deleted meanwhile: nothing to annotate
         del self.pending[container_id]
         self.done.add(container_id)
+        return True
 
-    def _observe(self, pod: Obj, container_id: str) -> dict[str, Any]:
-        """Collect and classify one container's record, count it, and return the run's
-        status fields that carry it."""
+    def _record(self, container_id: str) -> TraceRecord | None:
+        """The container's record once it has ended; after ``record_wait`` whatever is
+        there, incomplete and saying why; None meanwhile."""
+        trace = self.source.poll(container_id)
+        if trace is not None:
+            self.waiting.pop(container_id, None)
+            return trace
+        since = self.waiting.setdefault(container_id, time.monotonic())
+        if time.monotonic() - since < self.record_wait:
+            return None
+        del self.waiting[container_id]
+        return self.source.collect(container_id, timeout=0)
+
+    def _observe(self, pod: Obj, trace: TraceRecord) -> dict[str, Any]:
+        """Classify one container's record, count it, and return the run's status
+        fields that carry it."""
+        container_id = trace.container_id
         namespace = pod["metadata"]["namespace"]
         runs = _runs(pod)
-        trace = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
         # compilation gVisor did not see is named without its version. A stream: the
         # spool may hold millions of events, and only the capped listing is kept.
