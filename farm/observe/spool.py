@@ -64,6 +64,8 @@ _LEN = struct.Struct("<I")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: One sandbox may spool this much; the rest is counted as overflow, never kept.
 MAX_SPOOL_BYTES = 512 << 20
+#: Container ids remembered per connection (a pod has a handful).
+_MAX_NAMES = 256
 #: Why a record with a late segment is incomplete.
 LATE_PROBLEM = (
     "events of this container arrived after its record had ended (a task the trace "
@@ -158,6 +160,8 @@ class _Connection:
     records: dict[str, _Record] = dataclasses.field(default_factory=dict)
     #: Containers whose records ended on this connection: a later event is "late".
     ended: set[str] = dataclasses.field(default_factory=set)
+    #: Container ids as they arrive -> their file names (decoded and checked once).
+    names: dict[bytes, str] = dataclasses.field(default_factory=dict)
     #: Datagrams naming no container before any record was open (bounded).
     orphans: list[bytes] = dataclasses.field(default_factory=list)
     last_dropped: int = 0
@@ -196,7 +200,12 @@ class SpoolWriter:
             self._unattributed(conn, data)
             return
         self._count_drops(conn, header.dropped)
-        owner = _safe_name(container_of(payload), self.logger)
+        raw = container_of(payload)
+        owner = conn.names.get(raw)
+        if owner is None:
+            owner = _safe_name(raw.decode("utf-8", "backslashreplace"), self.logger)
+            if len(conn.names) < _MAX_NAMES:
+                conn.names[raw] = owner
         if not owner:
             self._unattributed(conn, data)
             return

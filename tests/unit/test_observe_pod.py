@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from farm.observe.daemon import ObserverDaemon, ObserverPaths
+from farm.observe.lifecycle import container_of
 from farm.observe.points import MessageType
 from farm.observe.spool import finished_record, read_observation
 from farm.observe.wire import encode_field, encode_header
@@ -197,3 +198,57 @@ def test_finished_record_never_waits(paths: ObserverPaths) -> None:
         assert finished_record(paths.spool, "build") is None
         assert finished_record(paths.spool, "never-ran") is None
         assert time.monotonic() - began < 0.5
+
+
+# -- attribution reads the context gVisor wrote, nothing the sandbox chose -------------
+
+
+def forged(container: str, tid: int, lure: str) -> bytes:
+    """An open by ``container`` whose cwd, process name and path all carry ``lure``:
+    attacker-chosen strings (a directory name, prctl(PR_SET_NAME), a path)."""
+    context = ctx_body(container, tid, tid) + encode_field(8, lure) + encode_field(9, lure[:15])
+    body = encode_field(1, context) + encode_field(6, lure) + encode_field(4, -100)
+    return encode_header(MessageType.SYSCALL_OPEN) + body
+
+
+@pytest.mark.parametrize(
+    "lure",
+    [
+        "collector",  # the bare id
+        "\x32\x09collector",  # the id as a context field would encode it
+        "\x0a\x0b\x32\x09collector",  # and wrapped as a whole context
+        "x" * 300,  # a long cwd: a two-byte length before the real id would be wrong
+    ],
+)
+def test_a_sandbox_cannot_move_its_events_into_another_containers_record(
+    paths: ObserverPaths, lure: str
+) -> None:
+    with ObserverDaemon(paths), peer(paths.socket) as pod:
+        pod.recv(100)
+        pod.send(start("build", 2))
+        pod.send(start("collector", 4))
+        pod.send(forged("build", 2, lure))
+        pod.send(exit_("build", 2))
+        pod.send(exit_("collector", 4))
+        wait_finished(paths.spool, "collector")
+        collector = read_observation(paths.spool, "collector", timeout=0).whole()
+        build = read_observation(paths.spool, "build", timeout=5).whole()
+    assert [e.kind for e in collector.events] == ["container_start", "task_exit"]
+    assert [e.fields.get("pathname") for e in build.events if e.kind == "open"] == [lure]
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        (ctx_body("box", 7, 7), b"box"),  # gVisor's order: the fast path
+        (encode_field(6, "b" * 200) + encode_field(2, 7), b"b" * 200),  # id first, 2-byte length
+        (encode_field(8, "/cwd") + encode_field(6, "box"), b"box"),  # another order: full path
+        (encode_field(2, 7), b""),  # no container id requested
+        (encode_field(2, 7) + b"\x32\x05bo", b""),  # truncated
+        (encode_field(6, 5), b""),  # the right number, the wrong wire type
+    ],
+)
+def test_container_of_reads_the_context_as_protobuf(context: bytes, expected: bytes) -> None:
+    payload = encode_field(1, context) + encode_field(6, "/path")
+    assert container_of(payload) == expected
+    assert container_of(b"\x0a\x40" + context) == b""  # the context runs past the end
