@@ -1,21 +1,24 @@
 """The node monitor: one per node (a DaemonSet), it turns what gVisor saw inside each
 build pod into Build status and metrics.
 
-Callers: ``farm node-monitor`` (``farm.k8s.main``). It runs the same observer as a
-local build: the DaemonSet's pod runs ``farm.observe``'s daemon on a hostPath socket
-that every node's runsc points at (containerd ``runsc.toml`` → ``pod-init-config``, see
-docs/kubernetes.md), and reads one container's record with ``collect(container_id)``
-once the build container has exited. The container id is the one the kubelet reports
-in ``initContainerStatuses[].containerID`` (``containerd://<id>``), which is the id
-runsc names the container by; the pod's ``farm.dev/build-name`` annotation names the
-Build. Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
-and ``blockedByKind``; the whole classified record goes into ``status.observation``
-(for a check run, those three fields under ``status.checkRuns.<run>``). It is a merge
-patch of just those fields, so it never fights the controller's own status writes.
-The controller waits for that record before it finishes the build, and judges it by
-the Build's observe policy; the monitor applies no policy itself. Each record names the
-monitor's node (``nodeName``, from the downward API), and the controller accepts it only
-from the node the build pod ran on.
+Callers: ``farm node-monitor`` (``farm.k8s.main``). It runs the same observer as a local
+build: the DaemonSet's pod runs ``farm.observe``'s daemon on a hostPath socket that
+every node's runsc points at (containerd ``runsc.toml`` → ``pod-init-config``, see
+docs/kubernetes.md), and reads the build container's own record: a pod is one gVisor
+sandbox whose containers share one trace connection, and the spool keeps one record per
+container, ended when that container is over (farm.observe.lifecycle). Each scan asks
+for it without waiting (``poll``), so no pod holds up another. The container id is the
+one the kubelet reports in ``initContainerStatuses[].containerID``
+(``containerd://<id>``), the id runsc names the container by; the pod's
+``farm.dev/build-name`` annotation names the Build. Counts go to
+``farm_blocked_actions_total`` and into ``Build.status.blocked`` and ``blockedByKind``;
+the whole classified record goes into ``status.observation`` (for a check run, those
+three fields under ``status.checkRuns.<run>``). It is a merge patch of just those
+fields, so it never fights the controller's own status writes. The controller waits for
+that record before it finishes the build, and judges it by the Build's observe policy;
+the monitor applies no policy itself. Each record names the monitor's node
+(``nodeName``, from the downward API), and the controller accepts it only from the node
+the build pod ran on.
 
 The observer is behind :class:`ObservationSource`, so this module needs nothing from
 Docker or from a running gVisor to be tested.

@@ -3,7 +3,8 @@
 Callers: ``farm observer`` runs :class:`ObserverDaemon` in the foreground; any farm
 process (the CLI, ``farm serve`` with its worker threads, the Kubernetes node monitor)
 uses :class:`HostObserver`, which starts the daemon on demand and reads one
-container's record from the spool once its sandbox is gone. A long-running service
+container's record from the spool once that container is over (``collect`` waits for
+it, ``poll`` does not). A long-running service
 may instead run ``ObserverDaemon`` in-process and still hand ``HostObserver`` to its
 workers: they meet only through the files under :class:`ObserverPaths`.
 
