@@ -199,7 +199,6 @@ class SpoolWriter:
         except DecodeError:
             self._unattributed(conn, data)
             return
-        self._count_drops(conn, header.dropped)
         raw = container_of(payload)
         owner = conn.names.get(raw)
         if owner is None:
@@ -207,9 +206,13 @@ class SpoolWriter:
             if len(conn.names) < _MAX_NAMES:
                 conn.names[raw] = owner
         if not owner:
+            self._count_drops(conn, header.dropped)
             self._unattributed(conn, data)
             return
         record = conn.records.get(owner) or self._open_record(conn, owner)
+        # After opening: a drop reported by a container's first datagram may have been
+        # its own container/start.
+        self._count_drops(conn, header.dropped)
         self._write(conn, record, data)
         if record.tasks.see(header, payload):
             self._end(conn, record, finished=True)

@@ -159,6 +159,17 @@ def test_a_drop_counts_against_every_record_open_then_and_only_those(
     assert build.dropped == 3 and collector.dropped == 2
 
 
+def test_a_drop_reported_by_a_containers_first_event_counts_against_it(
+    paths: ObserverPaths,
+) -> None:
+    """The lost event may have been that container's own container/start (without
+    which its record could only end at the hang-up)."""
+    with ObserverDaemon(paths), peer(paths.socket) as pod:
+        pod.recv(100)
+        pod.send(opened("build", 2, "/a", dropped=1))
+    assert read_observation(paths.spool, "build", timeout=5).whole().dropped == 1
+
+
 def test_events_after_a_record_ended_make_it_incomplete(paths: ObserverPaths) -> None:
     """A task the trace never saw start (its clone event lost) may act after the
     container's record ended: kept apart, and the record no longer vouches."""
