@@ -213,7 +213,8 @@ def test_each_container_of_a_real_gvisor_pod_gets_its_own_record(
     # The background sleep was killed after the init's exit, and the record has that.
     exits = [e for e in seen.events if e.kind == "task_exit"]
     init = seen.events[0].context.thread_id
-    assert exits[-1].context.thread_id != init and exits[-1].context.process_name == "sleep"
+    killed = exits[-1]
+    assert killed.context.thread_id != init and killed.fields.get("exit_status") == 9
 
     assert gathered.complete and {e.container_id for e in gathered.events} == {collector}
     assert connects(gathered) == [10]
