@@ -140,7 +140,10 @@ class Spooled:
         self.observations = observations
         self.asked: list[str] = []
 
-    def collect(self, container_id: str) -> Observation:
+    def poll(self, container_id: str) -> Observation:
+        return self.collect(container_id)  # every record here is final
+
+    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
         self.asked.append(container_id)
         missing = Observation(
             container_id=container_id,
