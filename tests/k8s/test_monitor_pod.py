@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from farm.k8s.nodemonitor import NodeMonitor
 from farm.metrics import Metrics
 from farm.observe.daemon import HostObserver, ObserverDaemon, ObserverPaths
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 from tests.k8s.kubelet import BUILD_CID, build_manifest, build_pod, finish_job, job
 from tests.k8s.test_status_and_monitor import reconciler, settle
 from tests.unit.test_observe_pod import exit_, opened, start
@@ -39,9 +39,9 @@ def terminated_build_pod(cluster: Cluster, tmp_path: Path, name: str) -> None:
     r = reconciler(cluster, tmp_path)
     build = cluster.api.create("builds", NS, build_manifest(name))
     settle(r, name)
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     settle(r, name)
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=0)
 
 
 def test_the_build_record_is_reported_while_the_pod_sandbox_runs_on(
