@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ExitCode, FarmError, InputError
-from farm.images import RECIPES, VERSION
+from farm.images import RECIPES, SUITES, VERSION
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
@@ -273,12 +273,16 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
     ib.add_argument(
+        "--suite", choices=SUITES, help="Debian suite of the rust/fetch image (docs/toolchains.md)"
+    )
+    ib.add_argument(
         "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
     )
     ib.set_defaults(func=cmd_image_build)
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
     ie.add_argument("name", choices=list(RECIPES))
     ie.add_argument("-o", "--output", type=Path, required=True)
+    ie.add_argument("--suite", choices=SUITES, help="Debian suite of the rust/fetch image")
     ie.set_defaults(func=cmd_image_export)
     return p
 
@@ -719,6 +723,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         force=args.force,
         wheels=args.wheelhouse,
         mirror=args.mirror,
+        suite=args.suite,
         log=lambda m: print(m, file=sys.stderr),
     )
     print(json.dumps(info, indent=2))
@@ -729,7 +734,7 @@ def cmd_image_export(args: argparse.Namespace, settings: Settings) -> int:
     from farm.backends.local import LocalBackend
     from farm.images import export_image
 
-    info = export_image(args.name, args.output, LocalBackend(settings).client)
+    info = export_image(args.name, args.output, LocalBackend(settings).client, args.suite)
     print(json.dumps(info, indent=2))
     return 0
 
