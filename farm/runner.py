@@ -23,8 +23,8 @@ from farm import cargo
 from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
-from farm.epoch import commit_epoch
 from farm.ecosystems.cargo import toolchain
+from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.logs import CappedLog
 from farm.observe.classify import iter_actions, lock_versions
