@@ -368,7 +368,10 @@ def export_image(
         try:
             image = client.images.get(tag)
         except docker.errors.ImageNotFound:
-            raise ImageError(f"no image {tag}; run `farm image build {name}` first") from None
+            suite_flag = f" --suite {suite}" if suite else ""
+            raise ImageError(
+                f"no image {tag}; run `farm image build {name}{suite_flag}` first"
+            ) from None
         with dest.open("wb") as out:
             for chunk in image.save(named=True):
                 out.write(chunk)

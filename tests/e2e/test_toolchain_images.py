@@ -16,7 +16,8 @@ import pytest
 
 from farm.ecosystems.cargo import imagefacts, toolchain
 from farm.ecosystems.cargo.imagefacts import ImageFacts
-from farm.images import CARGO_CONFIG, build_image, build_rootfs, recipe
+from farm.errors import ImageError
+from farm.images import CARGO_CONFIG, build_image, build_rootfs, export_image, recipe
 from farm.settings import MANAGED_LABEL, SANDBOX_UID, Settings
 from farm.store import Store
 
@@ -248,3 +249,10 @@ def test_a_users_own_image_builds_with_a_note(
     notes = " ".join(Store(home).get(out["id"]).notes)
     assert f"image {tag} has no toolchain labels" in notes
     assert Store(home).get(out["id"]).image == tag
+
+
+def test_exporting_an_unbuilt_suite_says_how_to_build_it(client, tmp_path: Path) -> None:
+    if any(image.tags == ["farm/fetch:trixie"] for image in client.images.list("farm/fetch")):
+        pytest.skip("farm/fetch:trixie exists here")
+    with pytest.raises(ImageError, match="run `farm image build fetch --suite trixie` first"):
+        export_image("fetch", tmp_path / "fetch.tar", client, "trixie")
