@@ -74,7 +74,7 @@ def parse_version(text: str) -> Version | None:
     return (int(match[1]), int(match[2]), int(match[3] or 0))
 
 
-def show(version: Version) -> str:
+def show(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
 
 

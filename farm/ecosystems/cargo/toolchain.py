@@ -117,9 +117,14 @@ def _lock_problems(fd: int, facts: ImageFacts, notes: list[str]) -> list[str]:
         ]
     need = parse_version(since) or (0, 0, 0)
     return [
-        f"Cargo.lock version {version} needs cargo ≥ {show(need)[:-2]}; image {facts.image} "
+        f"Cargo.lock version {version} needs cargo ≥ {_short(need)}; image {facts.image} "
         f"has {facts.cargo_said()}; {_hint(facts, cargo=need)}"
     ]
+
+
+def _short(version: Version) -> str:
+    """``1.78`` for 1.78.0: the release a feature arrived in."""
+    return show(version[:2] if version[2] == 0 else version)
 
 
 def _versions(facts: ImageFacts) -> str:
@@ -162,7 +167,7 @@ def _edition(where: str, edition: object, facts: ImageFacts) -> list[str]:
         return [f'{where}: edition = "{edition}" is not a Rust edition farm knows']
     need = parse_version(since) or (0, 0, 0)
     return [
-        f'{where}: edition = "{edition}" needs rustc ≥ {show(need)[:-2]}; image {facts.image} '
+        f'{where}: edition = "{edition}" needs rustc ≥ {_short(need)}; image {facts.image} '
         f"has rustc {facts.rustc}; {_hint(facts, rustc=need)}"
     ]
 
