@@ -305,9 +305,22 @@ def test_an_image_without_labels_is_not_checked_and_the_note_says_so(tmp_path: P
     root = project(tmp_path / "p", Cargo_lock=LOCK_V4)
     notes = toolchain.check(root, "me/rust:1.90", {"org.opencontainers.image.title": "x"}, None)
     assert notes == [
-        "image me/rust:1.90 has no toolchain labels (io.farm.rustc…): farm did not check "
-        "Cargo.lock, editions or rust-toolchain.toml against it"
+        "image me/rust:1.90 has no toolchain labels (io.farm.rustc… as farm writes them): "
+        "farm did not check Cargo.lock, editions or rust-toolchain.toml against it"
     ]
+
+
+@pytest.mark.parametrize(
+    ("label", "value"),
+    [("io.farm.rustc", "latest"), ("io.farm.cargo.lockfile-versions", "3,four")],
+)
+def test_labels_not_as_farm_writes_them_are_not_guessed_from(
+    tmp_path: Path, label: str, value: str
+) -> None:
+    bogus = {**labels(TRIXIE_PACKAGES), label: value}
+    root = project(tmp_path / "p", Cargo_lock=LOCK_V4)
+    notes = toolchain.check(root, "me/rust:odd", bogus, None)
+    assert notes and notes[0].startswith("image me/rust:odd has no toolchain labels")
 
 
 def test_a_project_without_cargo_toml_is_not_checked(tmp_path: Path) -> None:

@@ -104,16 +104,23 @@ class ImageFacts(BaseModel):
 
     @classmethod
     def of_labels(cls, image: str, labels: dict[str, str] | None) -> ImageFacts | None:
-        """The facts of an image labelled by farm; None when a label is missing."""
+        """The facts of an image labelled by farm; None when a label is missing or is not
+        what farm writes (an image's labels are its author's: never guessed from)."""
         labels = labels or {}
         if not all(name in labels for name in LABELS.values()):
             return None
         raw = {field: labels[name] for field, name in LABELS.items()}
+        if not all(parse_version(raw[f]) for f in ("rustc", "cargo")):
+            return None
+        try:
+            versions = tuple(int(v) for v in _words(raw["lockfile_versions"]))
+        except ValueError:
+            return None
         return cls(
             image=image,
             rustc=raw["rustc"],
             cargo=raw["cargo"],
-            lockfile_versions=tuple(int(v) for v in _words(raw["lockfile_versions"])),
+            lockfile_versions=versions,
             editions=_words(raw["editions"]),
             components=_words(raw["components"]),
             targets=_words(raw["targets"]),

@@ -79,7 +79,8 @@ def check(
         facts = ImageFacts.of_labels(image, labels)
         if facts is None:
             return [
-                f"image {image} has no toolchain labels ({LABELS['rustc']}…): farm did not "
+                f"image {image} has no toolchain labels ({LABELS['rustc']}… as farm writes "
+                "them): farm did not "
                 "check Cargo.lock, editions or rust-toolchain.toml against it"
             ]
         notes: list[str] = []
