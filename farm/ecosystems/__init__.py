@@ -9,19 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from farm.fetch.git import Checkout, GitSource
 
 
 @dataclass(frozen=True)
 class Package:
-    """One locked package the fetch phase downloads by name and version and checks
-    against ``checksum`` (sha256 hex of the archive, as the lockfile states it)."""
+    """One locked package. A registry package is downloaded by name and version and
+    checked against ``checksum`` (sha256 hex of the archive, as the lockfile states it);
+    a git package (``git`` set, ``checksum`` None) is fetched by its full commit id."""
 
     name: str
     version: str
-    checksum: str
+    checksum: str | None
     #: The lockfile's source id (``registry+https://github.com/rust-lang/crates.io-index``).
     source: str
+    git: GitSource | None = None
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
@@ -51,6 +56,10 @@ class Ecosystem(Protocol):
     def vendor(self, package: Package, data: bytes, dest: Path) -> int:
         """Unpack one verified archive below ``dest``; returns the bytes written.
         Raises CrateRejectedError for a malformed archive."""
+
+    def vendor_git(self, package: Package, checkout: Checkout, dest: Path) -> int:
+        """Vendor a git package from its fetched commit below ``dest``; returns the bytes
+        written. Raises FetchError when the package cannot be vendored as it is."""
 
     def finish(self, packages: list[Package], dest: Path) -> list[BuildMount]:
         """Write whatever config points the build's package manager at ``dest``; return
