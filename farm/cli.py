@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ExitCode, FarmError, InputError
-from farm.images import RECIPES, SUITES, VERSION
+from farm.images import RECIPES, VERSION
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
@@ -267,13 +267,15 @@ def _parser() -> argparse.ArgumentParser:
     host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
     hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
     hs.set_defaults(func=cmd_host_setup)
+    from farm import images  # the suites of `farm image build/export --suite`
+
     image = sub.add_parser("image", help="farm's images").add_subparsers(required=True)
     ib = image.add_parser("build", help="build an image offline with mmdebstrap")
     ib.add_argument("name", choices=list(RECIPES))
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
     ib.add_argument(
-        "--suite", choices=SUITES, help="Debian suite of the rust/fetch image (docs/toolchains.md)"
+        "--suite", choices=images.SUITES, help="Debian suite of the rust/fetch image (docs/toolchains.md)"
     )
     ib.add_argument(
         "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
@@ -282,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
     ie.add_argument("name", choices=list(RECIPES))
     ie.add_argument("-o", "--output", type=Path, required=True)
-    ie.add_argument("--suite", choices=SUITES, help="Debian suite of the rust/fetch image")
+    ie.add_argument("--suite", choices=images.SUITES, help="Debian suite of the rust/fetch image")
     ie.set_defaults(func=cmd_image_export)
     return p
 

@@ -232,14 +232,6 @@ class Runner:
         finally:
             self._release(dirs.root)
 
-    def _toolchain_notes(self, spec: BuildSpec) -> list[str]:
-        """The project against the image's toolchain (farm.ecosystems.cargo.toolchain);
-        a backend that cannot read image labels skips the check."""
-        if not isinstance(self.backend, toolchain.ImageLabels):
-            return []
-        labels = self.backend.image_labels(spec.image)
-        return toolchain.check(spec.source, spec.image, labels, self.within(spec))
-
     def _start_record(self, build_id: str, spec: BuildSpec, image_id: str) -> BuildRecord:
         record = BuildRecord(
             id=build_id,
@@ -260,6 +252,14 @@ class Runner:
             )
         self.store.save(record)
         return record
+
+    def _toolchain_notes(self, spec: BuildSpec) -> list[str]:
+        """The project against the image's toolchain (farm.ecosystems.cargo.toolchain);
+        a backend that cannot read image labels skips the check."""
+        if not isinstance(self.backend, toolchain.ImageLabels):
+            return []
+        labels = self.backend.image_labels(spec.image)
+        return toolchain.check(spec.source, spec.image, labels, self.within(spec))
 
     def _run(
         self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs, sandbox: SandboxSpec
