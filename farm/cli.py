@@ -275,7 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
     ib.add_argument(
-        "--suite", choices=images.SUITES, help="Debian suite of the rust/fetch image (docs/toolchains.md)"
+        "--suite",
+        choices=images.SUITES,
+        help="Debian suite of the rust/fetch image (docs/toolchains.md)",
     )
     ib.add_argument(
         "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
