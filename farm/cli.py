@@ -323,11 +323,18 @@ def _parser() -> argparse.ArgumentParser:
     host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
     hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
     hs.set_defaults(func=cmd_host_setup)
+    from farm import images  # the suites of `farm image build/export --suite`
+
     image = sub.add_parser("image", help="farm's images").add_subparsers(required=True)
     ib = image.add_parser("build", help="build an image offline with mmdebstrap")
     ib.add_argument("name", choices=list(RECIPES))
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
+    ib.add_argument(
+        "--suite",
+        choices=images.SUITES,
+        help="Debian suite of the rust/fetch image (docs/toolchains.md)",
+    )
     ib.add_argument(
         "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
     )
@@ -335,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
     ie.add_argument("name", choices=list(RECIPES))
     ie.add_argument("-o", "--output", type=Path, required=True)
+    ie.add_argument("--suite", choices=images.SUITES, help="Debian suite of the rust/fetch image")
     ie.set_defaults(func=cmd_image_export)
     return p
 
@@ -847,6 +855,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         force=args.force,
         wheels=args.wheelhouse,
         mirror=args.mirror,
+        suite=args.suite,
         log=lambda m: print(m, file=sys.stderr),
     )
     print(json.dumps(info, indent=2))
@@ -857,7 +866,7 @@ def cmd_image_export(args: argparse.Namespace, settings: Settings) -> int:
     from farm.backends.local import LocalBackend
     from farm.images import export_image
 
-    info = export_image(args.name, args.output, LocalBackend(settings).client)
+    info = export_image(args.name, args.output, LocalBackend(settings).client, args.suite)
     print(json.dumps(info, indent=2))
     return 0
 
