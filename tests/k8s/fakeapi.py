@@ -40,6 +40,45 @@ KINDS = {
     "events": "Event",
 }
 
+#: The core group's discovery documents, so a client that discovers first (kubectl)
+#: finds the built-in kinds this fake serves (tests/k8s/realapi.py routes ``/api`` here).
+_CORE_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+CORE_DISCOVERY: dict[str, Any] = {
+    "/api": {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    },
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {
+                "name": plural,
+                "singularName": "",
+                "namespaced": True,
+                "kind": kind,
+                "verbs": _CORE_VERBS,
+            }
+            for plural, kind in (
+                ("pods", "Pod"),
+                ("services", "Service"),
+                ("secrets", "Secret"),
+                ("serviceaccounts", "ServiceAccount"),
+                ("persistentvolumeclaims", "PersistentVolumeClaim"),
+                ("events", "Event"),
+            )
+        ],
+    },
+}
+
+#: Kinds whose create ignores ``status`` (their status is a subresource); tests seed a
+#: pod's status through create, standing in for the kubelet.
+STATUS_SUBRESOURCE = {"builds"}
+IMMUTABLE_SPEC = (
+    'spec: Invalid value: "object": spec is immutable: delete the Build and create a new one'
+)
+
 
 def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -141,6 +180,8 @@ class FakeAPI:
             meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_stamp())
             meta.setdefault("generation", 1)
             obj.setdefault("kind", KINDS[plural])
+            if plural in STATUS_SUBRESOURCE:
+                obj.pop("status", None)  # as the real server: status is written via /status
             self._bump(obj)
             self.objects[key] = obj
             self.created.append(key)
@@ -166,6 +207,9 @@ class FakeAPI:
             )
 
     def _store(self, plural: str, key: tuple[str, str, str], obj: Obj) -> Obj:
+        if plural == "builds" and obj.get("spec") != self.objects[key].get("spec"):
+            # The CRD's CEL rule (farm/k8s/crd.py IMMUTABLE), as the real server applies it.
+            raise ApiError(422, "Invalid", f"{IMMUTABLE_SPEC} (Build {key[2]})")
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(plural, key)
@@ -289,6 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if method == "GET" and url.path.rstrip("/") in CORE_DISCOVERY:
+            self._send(200, CORE_DISCOVERY[url.path.rstrip("/")])
+            return
         route = ROUTE.match(url.path)
         if route is None or route["plural"] not in KINDS:
             self._send(404, ApiError(404, "NotFound", url.path).body())
