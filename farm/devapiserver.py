@@ -132,8 +132,11 @@ def installed_versions(root: Path) -> dict[str, str]:
     """The chroot's versions of Go, etcd and every Kubernetes library package."""
     out = _run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"])
     rows = (line.split("\t") for line in out.splitlines() if "\t" in line)
-    keep = ("golang-k8s-", "golang-go", "golang-1.", "etcd-server")
-    return {name: version for name, version in rows if name.startswith(keep)}
+    return {
+        name: version
+        for name, version in rows
+        if name.startswith(("golang-k8s-", "golang-1.")) or name in ("golang-go", "etcd-server")
+    }
 
 
 def _place(root: Path, dest: Path, versions: dict[str, str]) -> None:

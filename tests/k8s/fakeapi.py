@@ -357,7 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(result, _Raw):
                 self._send(200, bytes(result), "text/plain")
             else:
-                self._send(200, result)
+                self._send(201 if method == "POST" else 200, result)
         except ApiError as exc:
             self._send(exc.code, exc.body())
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import subprocess
 import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from farm.errors import ConflictError, GoneError, KubeNotFoundError, SpecError
 from farm.k8s import names
 from farm.k8s.resource import cluster_spec
 from farm.k8s.watching import Informer
-from tests.k8s.conftest import CRD_PATH, CRDS, Cluster, Routed
+from tests.k8s.conftest import CRD_PATH, CRDS, NS, Cluster, Routed
 from tests.k8s.kubelet import (
     build_manifest,
     build_pod,
@@ -439,3 +443,46 @@ def test_the_controller_runs_a_real_build_object_to_succeeded_and_releases_it(
         for stop, thread in cluster.monitors:
             stop.set()
             thread.join(30)
+
+
+# --- the fake keeps up: the same requests against both ----------------------------------------
+def _http(base: str, method: str, path: str, body: Any, content: str) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        base + path, json.dumps(body).encode(), {"Content-Type": content}, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(params=["real", "fake"])
+def either(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(base URL, Builds path) of the router to the real server, or of the fake alone."""
+    if request.param == "real":
+        routed: Routed = request.getfixturevalue("routed")
+        api, found = routed.api, (routed.router.url, routed.build_path())
+    else:
+        cluster: Cluster = request.getfixturevalue("cluster")
+        path = f"/apis/{names.API_VERSION}/namespaces/{NS}/{names.PLURAL}"
+        api, found = cluster.api, (cluster.server.url, path)
+    yield found
+    api.rbac_calls.clear()  # the test's own requests, not the controller's
+
+
+def test_both_ignore_status_on_create_and_refuse_a_spec_change(either: tuple[str, str]) -> None:
+    """Found against the real server, then taught to the fake: a Build's status is
+    written only through /status, and its spec never changes after create."""
+    base, path = either
+    build = build_manifest("same")
+    build["status"] = {"phase": "Succeeded"}
+
+    code, stored = _http(base, "POST", path, build, "application/json")
+
+    assert code == 201, stored
+    assert "status" not in stored
+    change = {"spec": {"argv": ["true"]}}
+    code, refused = _http(base, "PATCH", f"{path}/same", change, "application/merge-patch+json")
+    assert code == 422, refused
+    assert "spec is immutable: delete the Build and create a new one" in refused["message"]
