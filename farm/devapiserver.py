@@ -12,10 +12,12 @@ store. The chroot is made by ``mmdebstrap --variant=apt`` (apt checks every pack
 against the signed archive index), the build runs inside it with ``/proc`` mounted and
 the network unused (``GO111MODULE=off``: every import comes from ``/usr/share/gocode``),
 and only the two binaries and a record of the package versions are kept, in
-``<repo>/.tools/apiserver`` (git-ignored). The chroot (about 4.3 GB) is removed.
+``<repo>/.tools/apiserver`` (git-ignored) and in the machine's cache outside the clone
+(:func:`shared_cache`). The chroot (about 4.3 GB) is removed.
 
 Running it again is a no-op while both binaries match their recorded sha256 and the
-recorded package pins equal :data:`PINS`; change a pin to rebuild.
+recorded package pins equal :data:`PINS` (change a pin to rebuild); a fresh clone copies
+a current machine cache instead of building.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ GO_ENV = {
     "GOTOOLCHAIN": "local",
     "GOCACHE": "/tmp/gocache",
 }
+
+
+def shared_cache() -> Path:
+    """The machine's copy outside any clone (``$XDG_CACHE_HOME/farm/apiserver``), so a
+    fresh clone on the same machine (CI's) copies the binaries instead of rebuilding."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "farm" / "apiserver"
 
 
 def binaries(dest: Path = DEST) -> tuple[Path, Path] | None:
@@ -140,16 +149,25 @@ def installed_versions(root: Path) -> dict[str, str]:
 
 
 def _place(root: Path, dest: Path, versions: dict[str, str]) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
     sums = {}
     for name, src in ((SERVER, root / SERVER), (ETCD, root / "usr" / "bin" / ETCD)):
-        tmp = dest / f".{name}.tmp"
-        shutil.copyfile(src, tmp)
-        tmp.chmod(0o755)
-        os.replace(tmp, dest / name)  # atomic: a test never sees half a binary
+        _copy(src, dest / name)
         sums[name] = file_sha256(dest / name)
     record = {"suite": SUITE, "pins": PINS, "installed": versions, "sha256": sums}
     (dest / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.copyfile(src, tmp)
+    tmp.chmod(0o755 if dst.name != RECORD else 0o644)
+    os.replace(tmp, dst)  # atomic: a test never sees half a binary
+
+
+def _copy_all(src: Path, dst: Path) -> None:
+    for name in (SERVER, ETCD, RECORD):  # the record last: it is what makes dst current
+        _copy(src / name, dst / name)
 
 
 def _drop(root: Path) -> None:
@@ -161,7 +179,14 @@ def _drop(root: Path) -> None:
 def build(dest: Path = DEST, log: Callable[[str], None] = print) -> None:
     """Build both binaries into ``dest`` unless :func:`current`. Raises
     InfrastructureError naming the failed step."""
+    cache = shared_cache()
     if current(dest):
+        if cache != dest and not current(cache):
+            _copy_all(dest, cache)
+        return
+    if cache != dest and current(cache):
+        log(f"farm: copying {SERVER} and {ETCD} from {cache}")
+        _copy_all(cache, dest)
         return
     for tool in ("mmdebstrap", "chroot", "mount"):
         if shutil.which(tool) is None:
@@ -180,6 +205,8 @@ def build(dest: Path = DEST, log: Callable[[str], None] = print) -> None:
         _place(root, dest, installed_versions(root))
     finally:
         _drop(work)
+    if cache != dest:
+        _copy_all(dest, cache)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,24 @@ def test_proc_is_unmounted_when_the_build_fails(tmp_path: Path) -> None:
         assert (root / "proc").is_mount()
         raise RuntimeError("go build failed")
     assert not (root / "proc").is_mount()
+
+
+def test_a_fresh_clone_copies_the_machine_cache_instead_of_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI clones afresh on the same machine: the binaries come from the cache outside
+    the clone. No PATH: a build would stop at once with "mmdebstrap is missing"."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PATH", "")
+    first = cached(tmp_path / "first-clone")
+    devapiserver.build(first, log=lambda _: None)  # current: fills the machine cache
+    assert devapiserver.current(devapiserver.shared_cache())
+
+    fresh = tmp_path / "fresh-clone"
+    devapiserver.build(fresh, log=lambda _: None)
+
+    assert devapiserver.current(fresh)
+    assert (fresh / "etcd").read_bytes() == b"etcd"
+    (devapiserver.shared_cache() / "etcd").unlink()
+    with pytest.raises(InfrastructureError, match="mmdebstrap is missing"):
+        devapiserver.build(tmp_path / "another-clone", log=lambda _: None)
