@@ -5,7 +5,8 @@ controller's correctness: a global resourceVersion, 409 AlreadyExists on a creat
 existing name, 409 Conflict on an update or guarded patch with a stale resourceVersion,
 JSON merge patch, finalizers and deletionTimestamp, ownerReference cascade on delete,
 the status subresource, label-selected lists, watch streams from a resourceVersion, and
-410 Gone for a watch from a compacted (expired) resourceVersion. Tests drive the
+410 Gone for a watch from a compacted (expired) resourceVersion, and a bookmark at a
+watch's end when other changes moved the resourceVersion on. Tests drive the
 "kubelet" side through :meth:`FakeAPI.mutate`, which changes objects and emits events
 exactly as the API would.
 """
@@ -429,10 +430,25 @@ class _Handler(BaseHTTPRequestHandler):
                 for r, kind, obj in events:
                     self._line({"type": kind, "object": obj})
                     rv = r
+            if query.get("allowWatchBookmarks") in ("true", "1", "True"):
+                self._bookmark(plural, ns, query, rv)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
             timer.cancel()
+
+    def _bookmark(self, plural: str, ns: str | None, query: dict, rv: int) -> None:
+        """As the real watch cache does before a watch times out: the newest
+        resourceVersion, if changes this watch did not match moved past its own (and
+        nothing it matches is still undelivered)."""
+        api = self.server.api
+        with api.cond:
+            pending = api.events_since(plural, rv, ns, query.get("labelSelector"))
+            if pending or rv < api.compacted or api.rv <= rv or self.server.closing.is_set():
+                return
+            latest = api.rv
+        mark = {"kind": KINDS[plural], "metadata": {"resourceVersion": str(latest)}}
+        self._line({"type": "BOOKMARK", "object": mark})
 
     def _line(self, event: Obj) -> None:
         self.wfile.write(json.dumps(event).encode() + b"\n")

@@ -486,3 +486,26 @@ def test_both_ignore_status_on_create_and_refuse_a_spec_change(either: tuple[str
     code, refused = _http(base, "PATCH", f"{path}/same", change, "application/merge-patch+json")
     assert code == 422, refused
     assert "spec is immutable: delete the Build and create a new one" in refused["message"]
+
+
+def test_the_fake_sends_a_bookmark_as_the_watch_cache_does(cluster: Cluster) -> None:
+    """The real server's bookmark (test above), taught to the fake: a Build created in
+    another namespace moves this namespace's informer forward, no event reaching it."""
+    cluster.api.create("builds", NS, build_manifest("here"))
+    seen: list[dict[str, Any]] = []
+    list_raw = functools.partial(
+        cluster.kube.custom.list_namespaced_custom_object,
+        names.GROUP,
+        names.VERSION,
+        NS,
+        names.PLURAL,
+    )
+    builds = Informer(list_raw, seen.append, watch_timeout=2, retry_delay=0.1).start("builds")
+    try:
+        wait_for(lambda: builds.synced.is_set() and seen, "the first list")
+        far = cluster.api.create("builds", f"{NS}-other", build_manifest("elsewhere"))
+        target = int(far["metadata"]["resourceVersion"])
+        wait_for(lambda: int(builds.resource_version or 0) >= target, "a bookmark")
+        assert [o["metadata"]["name"] for o in seen] == ["here"]
+    finally:
+        builds.stop()
