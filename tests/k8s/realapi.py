@@ -11,9 +11,11 @@ discovery) to tests/k8s/fakeapi.py. Callers: the fixtures in tests/k8s/conftest.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import http.client
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -257,7 +259,20 @@ def start_apiserver(
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _die_with_parent() -> None:
+    """SIGTERM the child if pytest dies without stopping it (killed, or a crash):
+    no etcd or server is left running on the machine."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _http_ok(url: str) -> bool:
