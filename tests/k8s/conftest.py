@@ -28,7 +28,9 @@ from farm.store import Store
 from tests.k8s import realapi
 from tests.k8s.fakeapi import FakeAPI, FakeServer
 from tests.k8s.kubelet import BUILD_CID, Spooled, wait_for
-from tests.k8s.realapi import Credentials, Etcd, RealServer, Router
+from tests.k8s.realapi import Etcd, RealServer
+from tests.k8s.realpki import Credentials, client_credentials
+from tests.k8s.router import Router
 
 NS = "team-a"
 
@@ -210,7 +212,7 @@ def real_etcd(
 
 @pytest.fixture(scope="session")
 def real_pki(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return realapi.client_credentials(tmp_path_factory.mktemp("pki"))
+    return client_credentials(tmp_path_factory.mktemp("pki"))
 
 
 def _real_server(
