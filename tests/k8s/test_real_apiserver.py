@@ -10,6 +10,7 @@ and its real resourceVersions, bookmarks, 410s, conflicts and finalizer handling
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -29,8 +30,10 @@ from farm.errors import ConflictError, GoneError, KubeNotFoundError, SpecError
 from farm.k8s import names
 from farm.k8s.resource import cluster_spec
 from farm.k8s.watching import Informer
+from farm.observe.spool import Observation
 from tests.k8s.conftest import CRD_PATH, CRDS, NS, Cluster, Routed
 from tests.k8s.kubelet import (
+    BUILD_CID,
     build_manifest,
     build_pod,
     finish_job,
@@ -40,6 +43,7 @@ from tests.k8s.kubelet import (
     wait_for,
 )
 from tests.k8s.realapi import RealServer
+from tests.k8s.test_observation import evil
 
 pytestmark = pytest.mark.k8s
 REPO = Path(__file__).resolve().parents[2]
@@ -386,6 +390,50 @@ def test_kubectl_get_builds_prints_the_columns(routed: Routed, tmp_path: Path) -
 
 
 # --- the whole controller, its Builds in the real server ------------------------------------
+@contextlib.contextmanager
+def controlled(
+    routed: Routed, tmp_path: Path, observations: dict[str, Observation] | None = None
+) -> Iterator[Cluster]:
+    """A controller and node-1's monitor on the routed cluster, stopped afterwards."""
+    cluster = Cluster(routed.api, routed.fake, routed.kube, tmp_path)
+    try:
+        cluster.controller("a")
+        cluster.monitor(observations)
+        yield cluster
+    finally:
+        for _, stop, thread, artifacts in cluster.controllers:
+            stop.set()
+            thread.join(30)
+            artifacts.stop()
+        for stop, thread in cluster.monitors:
+            stop.set()
+            thread.join(30)
+
+
+def phase(routed: Routed, name: str, want: str) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        found = routed.kube.get_build(routed.namespace, name)
+        return found if found.get("status", {}).get("phase") == want else None
+
+    return wait_for(reached, f"Build {name} to reach {want}")
+
+
+def run_through_collection(routed: Routed, tmp_path: Path, name: str) -> dict[str, Any]:
+    """Create the Build in the real server; play fetch, build (exit 0) and collection."""
+    ns = routed.namespace
+    build = created(routed, name)
+    fetching = phase(routed, name, "Fetching")
+    assert names.FINALIZER in fetching["metadata"]["finalizers"]
+    finish_job(routed.api, ns, job(routed.api, ns, build, "fetch"))
+    build_job = job(routed.api, ns, build, "build")
+    phase(routed, name, "Building")
+    build_pod(routed.api, ns, build_job, exit_code=0, log=b"Compiling hello\n")
+    phase(routed, name, "Collecting")
+    root = sandbox_tree(tmp_path / name, {"hello": b"\x7fELF"})
+    assert run_collector(routed.api, ns, build, root) == 0
+    return build
+
+
 def test_the_controller_runs_a_real_build_object_to_succeeded_and_releases_it(
     routed: Routed, tmp_path: Path
 ) -> None:
@@ -395,31 +443,9 @@ def test_the_controller_runs_a_real_build_object_to_succeeded_and_releases_it(
     removal after teardown when the Build is deleted. Jobs, pods and the rest live in
     the fake, driven by the test as kubelet."""
     ns = routed.namespace
-    cluster = Cluster(routed.api, routed.fake, routed.kube, tmp_path)
-    try:
-        cluster.controller("a")
-        cluster.monitor()
-        build = created(routed, "hello")
-
-        def phase(want: str) -> dict[str, Any]:
-            return wait_for(
-                lambda: (
-                    (b := routed.kube.get_build(ns, "hello")).get("status", {}).get("phase") == want
-                    and b
-                ),
-                f"phase {want}",
-            )
-
-        fetching = phase("Fetching")
-        assert names.FINALIZER in fetching["metadata"]["finalizers"]
-        finish_job(routed.api, ns, job(routed.api, ns, build, "fetch"))
-        build_job = job(routed.api, ns, build, "build")
-        phase("Building")
-        build_pod(routed.api, ns, build_job, exit_code=0, log=b"Compiling hello\n")
-        phase("Collecting")
-        root = sandbox_tree(tmp_path / "pod", {"hello": b"\x7fELF"})
-        assert run_collector(routed.api, ns, build, root) == 0
-        done = phase("Succeeded")
+    with controlled(routed, tmp_path):
+        run_through_collection(routed, tmp_path, "hello")
+        done = phase(routed, "hello", "Succeeded")
         assert done["status"]["digest"].startswith("sha256:")
         assert done["status"]["observation"]["complete"] is True
         wait_for(lambda: routed.kube.get_build(ns, "hello")["status"].get("tornDown"), "teardown")
@@ -435,14 +461,27 @@ def test_the_controller_runs_a_real_build_object_to_succeeded_and_releases_it(
             return False
 
         wait_for(released, "the finalizer's removal")
-    finally:
-        for _, stop, thread, artifacts in cluster.controllers:
-            stop.set()
-            thread.join(30)
-            artifacts.stop()
-        for stop, thread in cluster.monitors:
-            stop.set()
-            thread.join(30)
+
+
+def test_a_blocked_action_quarantines_with_its_record_in_the_real_status(
+    routed: Routed, tmp_path: Path
+) -> None:
+    """The node monitor's classified record (actions with package, role, address) and
+    the Quarantined status pass the real server's schema: a field the CRD lacked or
+    typed differently would be refused (422) or pruned here."""
+    with controlled(routed, tmp_path, {BUILD_CID: evil()}):
+        run_through_collection(routed, tmp_path, "tainted")
+        done = phase(routed, "tainted", "Quarantined")
+    status = done["status"]
+    [action] = status["observation"]["actions"]
+    assert (action["package"], action["kind"], action["target"]) == (
+        "evil",
+        "network",
+        "10.1.2.3:443",
+    )
+    assert (action["address"], action["port"], action["role"]) == ("10.1.2.3", 443, "build script")
+    assert status["blocked"] == 1 and status["blockedByKind"] == {"network": 1}
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "Quarantined"
 
 
 # --- the fake keeps up: the same requests against both ----------------------------------------
