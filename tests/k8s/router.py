@@ -52,6 +52,8 @@ class Router(ThreadingHTTPServer):
         self.real, self.fake_url, self.api = real, fake_url, api
         self.tls = real.context()
         self.real_requests: list[tuple[str, str]] = []
+        #: Each write the real server answered: (method, path, sent JSON, answered JSON).
+        self.real_writes: list[tuple[str, str, Any, Any]] = []
         super().__init__(("127.0.0.1", 0), _RouterHandler)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -102,7 +104,10 @@ class _RouterHandler(BaseHTTPRequestHandler):
         try:
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
-            self._relay(response, _is_watch(url.path, url.query))
+            answered = self._relay(response, _is_watch(url.path, url.query))
+            if body and answered and isinstance(upstream, http.client.HTTPSConnection):
+                sent = (self.command, url.path, json.loads(body), json.loads(answered))
+                self.server.real_writes.append(sent)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
@@ -127,7 +132,8 @@ class _RouterHandler(BaseHTTPRequestHandler):
             self.server.api.rbac_calls.append((route["group"] or "", resource, verb, route["name"]))
         self.server.real_requests.append((self.command, path))
 
-    def _relay(self, response: http.client.HTTPResponse, stream: bool) -> None:
+    def _relay(self, response: http.client.HTTPResponse, stream: bool) -> bytes:
+        """Relay the upstream's answer; returns its body (b"" for a watch)."""
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in HOP_HEADERS:
@@ -137,15 +143,40 @@ class _RouterHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            return
+            return data
         # A watch: relay each chunk as it comes; the body ends when the connection does.
         self.send_header("Connection", "close")
         self.end_headers()
         while chunk := response.read1(65536):
             self.wfile.write(chunk)
             self.wfile.flush()
+        return b""
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+
+def pruned(sent: Any, stored: Any, where: str = "") -> list[str]:
+    """Paths of values in ``sent`` that ``stored`` lacks: what the server dropped
+    (nulls and empty lists and maps are left out: a merge patch's null deletes, and
+    the server stores no empty ``finalizers``)."""
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        return [
+            lost
+            for key, value in sent.items()
+            if value not in (None, [], {})
+            for lost in (
+                pruned(value, stored[key], f"{where}.{key}")
+                if key in stored
+                else [f"{where}.{key}"]
+            )
+        ]
+    if isinstance(sent, list) and isinstance(stored, list) and len(sent) == len(stored):
+        return [
+            lost
+            for i, (a, b) in enumerate(zip(sent, stored, strict=True))
+            for lost in pruned(a, b, f"{where}[{i}]")
+        ]
+    return []
 
 
 def _is_watch(path: str, query: str) -> bool:

@@ -43,6 +43,7 @@ from tests.k8s.kubelet import (
     wait_for,
 )
 from tests.k8s.realapi import RealServer
+from tests.k8s.router import pruned
 from tests.k8s.test_observation import evil
 
 pytestmark = pytest.mark.k8s
@@ -410,6 +411,19 @@ def controlled(
             thread.join(30)
 
 
+def assert_nothing_pruned(routed: Routed) -> None:
+    """Every field farm wrote through the router survived: the real server prunes what
+    its schema does not declare, silently, so a status field missing from the CRD
+    would be lost on a real cluster while the fake kept it."""
+    lost = [
+        f"{method} {path}: {field}"
+        for method, path, sent, stored in routed.router.real_writes
+        for part in ("spec", "status")  # metadata is the server's to manage
+        for field in pruned(sent.get(part), stored.get(part), f".{part}")
+    ]
+    assert lost == []
+
+
 def phase(routed: Routed, name: str, want: str) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         found = routed.kube.get_build(routed.namespace, name)
@@ -461,6 +475,8 @@ def test_the_controller_runs_a_real_build_object_to_succeeded_and_releases_it(
             return False
 
         wait_for(released, "the finalizer's removal")
+    assert len(routed.router.real_writes) > 5
+    assert_nothing_pruned(routed)
 
 
 def test_a_blocked_action_quarantines_with_its_record_in_the_real_status(
@@ -482,6 +498,14 @@ def test_a_blocked_action_quarantines_with_its_record_in_the_real_status(
     assert (action["address"], action["port"], action["role"]) == ("10.1.2.3", 443, "build script")
     assert status["blocked"] == 1 and status["blockedByKind"] == {"network": 1}
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "Quarantined"
+    assert_nothing_pruned(routed)
+
+
+def test_a_field_the_crd_lacks_is_pruned_and_the_check_sees_it(routed: Routed) -> None:
+    created(routed, "lossy")
+    routed.kube.patch_build_status(routed.namespace, "lossy", {"phase": "Fetching", "bogus": 1})
+    [(_, _, sent, stored)] = routed.router.real_writes
+    assert pruned(sent, stored) == [".status.bogus"]
 
 
 # --- the fake keeps up: the same requests against both ----------------------------------------
