@@ -21,6 +21,7 @@ from tests.k8s.kubelet import (
     run_cid,
     run_collector,
     sandbox_tree,
+    wait_for,
 )
 from tests.k8s.test_controller import leftovers, reasons
 from tests.k8s.test_observation import (
@@ -143,7 +144,8 @@ def test_an_invalid_check_fails_before_anything_is_created(cluster: Cluster, run
     assert f"check: give between 2 and 10 runs (not {runs})" in failed["status"]["message"]
     assert failed["status"]["conditions"][0]["reason"] == "InvalidSpec"
     assert leftovers(cluster, build) == {}
-    assert "InvalidSpec" in reasons(cluster, build)
+    # The Event follows the status write that records the failure.
+    wait_for(lambda: "InvalidSpec" in reasons(cluster, build), "the InvalidSpec Event")
 
 
 def test_a_quarantined_check_run_quarantines_the_build(cluster: Cluster, tmp_path: Path) -> None:
