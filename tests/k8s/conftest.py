@@ -313,7 +313,7 @@ def _routed(real: RealServer) -> Iterator[Routed]:
     router.close()
     fake.close()
     _remove_builds(routed)
-    assert_within_rbac(api.rbac_calls)
+    assert_within_rbac(api.rbac_calls, ControllerConfig())
 
 
 def _remove_builds(routed: Routed) -> None:

@@ -129,7 +129,8 @@ class _RouterHandler(BaseHTTPRequestHandler):
         resource = f"{route['plural']}/{route['sub']}" if route["sub"] else route["plural"]
         verb = rbac_verb(self.command, route["name"], flat)
         with self.server.api.cond:
-            self.server.api.rbac_calls.append((route["group"] or "", resource, verb, route["name"]))
+            call = (route["group"] or "", resource, verb, route["name"], route["ns"])
+            self.server.api.rbac_calls.append(call)
         self.server.real_requests.append((self.command, path))
 
     def _relay(self, response: http.client.HTTPResponse, stream: bool) -> bytes:

@@ -31,7 +31,7 @@ from farm.k8s import names
 from farm.k8s.resource import cluster_spec
 from farm.k8s.watching import Informer
 from farm.observe.spool import Observation
-from tests.k8s.conftest import CRD_PATH, CRDS, NS, Cluster, Routed
+from tests.k8s.conftest import CRD_PATH, CRDS, NS, RUN_NS, Cluster, Routed
 from tests.k8s.kubelet import (
     BUILD_CID,
     build_manifest,
@@ -434,17 +434,16 @@ def phase(routed: Routed, name: str, want: str) -> dict[str, Any]:
 
 def run_through_collection(routed: Routed, tmp_path: Path, name: str) -> dict[str, Any]:
     """Create the Build in the real server; play fetch, build (exit 0) and collection."""
-    ns = routed.namespace
     build = created(routed, name)
     fetching = phase(routed, name, "Fetching")
     assert names.FINALIZER in fetching["metadata"]["finalizers"]
-    finish_job(routed.api, ns, job(routed.api, ns, build, "fetch"))
-    build_job = job(routed.api, ns, build, "build")
+    finish_job(routed.api, RUN_NS, job(routed.api, RUN_NS, build, "fetch"))
+    build_job = job(routed.api, RUN_NS, build, "build")
     phase(routed, name, "Building")
-    build_pod(routed.api, ns, build_job, exit_code=0, log=b"Compiling hello\n")
+    build_pod(routed.api, RUN_NS, build_job, exit_code=0, log=b"Compiling hello\n")
     phase(routed, name, "Collecting")
     root = sandbox_tree(tmp_path / name, {"hello": b"\x7fELF"})
-    assert run_collector(routed.api, ns, build, root) == 0
+    assert run_collector(routed.api, RUN_NS, build, root) == 0
     return build
 
 
