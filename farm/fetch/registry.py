@@ -305,18 +305,27 @@ def load_registries(path: Path) -> dict[str, Registry]:
     try:
         with path.open("rb") as fh:
             raw = fh.read(1 << 20)
-        entries = json.loads(raw)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise InputError(f"registries file {path}: {exc}") from None
+    return parse_registries(raw, f"registries file {path}")
+
+
+def parse_registries(raw: bytes | str, where: str) -> dict[str, Registry]:
+    """A JSON list of registries (``load_registries``; ``FARM_REGISTRIES_JSON``, which the
+    cluster's fetch pod gets from the controller). ``where`` names it in errors."""
+    try:
+        entries = json.loads(raw)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
     if not isinstance(entries, list):
-        raise InputError(f"registries file {path}: must be a JSON list of registries")
+        raise InputError(f"{where}: must be a JSON list of registries")
     out: dict[str, Registry] = {}
     for i, entry in enumerate(entries):
         try:
             registry = Registry.model_validate(entry)
         except ValueError as exc:
-            raise InputError(f"registries file {path}: entry {i}: {_first_error(exc)}") from None
+            raise InputError(f"{where}: entry {i}: {_first_error(exc)}") from None
         if registry.name in out:
-            raise InputError(f"registries file {path}: {registry.name!r} is named twice")
+            raise InputError(f"{where}: {registry.name!r} is named twice")
         out[registry.name] = registry
     return out
