@@ -335,7 +335,7 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
     ib.add_argument(
-        "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
+        "--wheelhouse", type=Path, help="farm and fetch images: wheels of farm and its dependencies"
     )
     ib.set_defaults(func=cmd_image_build)
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
