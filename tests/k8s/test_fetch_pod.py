@@ -23,8 +23,8 @@ from farm.k8s.config import ClusterRegistry, ControllerConfig
 from farm.k8s.objects import BuildRef
 from farm.k8s.resource import cluster_spec
 from farm.settings import Settings
-from tests.k8s.conftest import NS, Cluster
-from tests.k8s.kubelet import build_manifest
+from tests.k8s.conftest import NS, RUN_NS, Cluster
+from tests.k8s.kubelet import build_manifest, job
 from tests.k8s.test_admission import refused_with
 
 REF = BuildRef("team-a", "app", "uid-1")
@@ -141,6 +141,16 @@ def test_a_spec_cannot_give_a_registry_url(registry: str) -> None:
 def test_an_unknown_registry_is_a_spec_error_naming_the_registries() -> None:
     with pytest.raises(SpecError, match=r"'elsewhere' is not one of .*\(mirror, private\)"):
         fetch_pod(registry="elsewhere")
+
+
+def test_the_controller_runs_a_build_naming_one_of_its_registries(cluster: Cluster) -> None:
+    cluster.controller("a", CONFIG)
+    build = cluster.api.create("builds", NS, build_manifest("named", registry="private"))
+    pod = job(cluster.api, RUN_NS, build, "fetch")["spec"]["template"]["spec"]
+    fetch = containers(pod)["fetch"]
+    assert fetch["command"][fetch["command"].index("--registry") + 1] == "private"
+    assert json.loads(env(fetch)["FARM_REGISTRIES_JSON"])[0]["index"] == PRIVATE.index
+    cluster.wait_phase("named", "Fetching")
 
 
 @pytest.mark.parametrize("registry", ["elsewhere", "http://127.0.0.1:9/index/"])
