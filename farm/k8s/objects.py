@@ -310,70 +310,87 @@ def fetch_job(
     then ``farm fetch`` (container ``fetch``) vendors Cargo.lock's packages from the
     operator's registry into the sources PVC. No cargo runs here: it would read the
     tenant's ``.cargo/config.toml`` (source replacement, registries, credential
-    providers, runners) in a pod that has network (docs/kubernetes.md, "The two phases").
+    providers, runners) in a pod that has network (docs/kubernetes.md, "Fetch Job").
     Raises SpecError if ``spec.registry`` is not one of the config's registries."""
     uid, gid = _ids(sandbox)
     registry = config.registry_for(spec.registry)
-    work = {"name": SRC_VOLUME, "mountPath": WORK_DIR}
-    tmp = {"name": TMP_VOLUME, "mountPath": "/tmp"}
-    checkout = {
-        "name": "checkout",
-        "image": config.fetch_image,
-        "command": ["/bin/sh", "-c", CHECKOUT_SCRIPT],
-        "env": _env(
-            {
-                **config.fetch_env,
-                "FARM_GIT_URL": spec.source.git,
-                "FARM_GIT_REVISION": spec.source.revision,
-                "HOME": "/tmp",
-            }
-        ),
-        "workingDir": WORK_DIR,
-        "securityContext": _container_security(),
-        "resources": _resources(1.0, 1 << 30),
-        "volumeMounts": [work, tmp],
-    }
-    fetch = {
-        "name": "fetch",
-        "image": config.fetch_image,
-        "command": fetch_command(spec, config),
-        "env": _env(
-            {
-                "FARM_HOME": "/tmp/farm",
-                "HOME": "/tmp",
-                "FARM_REGISTRIES_JSON": _registries_json(registry),
-            }
-        ),
-        "workingDir": WORK_DIR,
-        "securityContext": _container_security(),
-        "resources": _resources(1.0, 1 << 30),
-        "volumeMounts": [work, tmp],
-    }
+    fetch = _fetch_container(spec, config, registry)
     volumes: list[dict[str, Any]] = [
         {"name": SRC_VOLUME, "persistentVolumeClaim": {"claimName": ref.object_name("src")}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
     ]
     if registry.token_secret:
+        # Only the fetch container mounts it: the checkout handles the tenant's tree.
         fetch["volumeMounts"].append(
             {"name": REGISTRY_TOKEN_VOLUME, "mountPath": REGISTRY_TOKEN_DIR, "readOnly": True}
         )
-        volumes.append(
-            {
-                "name": REGISTRY_TOKEN_VOLUME,
-                "secret": {
-                    "secretName": registry.token_secret,
-                    "items": [{"key": "token", "path": "token"}],
-                    "defaultMode": 0o440,
-                },
-            }
-        )
+        volumes.append(_token_volume(registry.token_secret))
     pod = {
         **_pod_base(ref, config, uid, gid),
-        "initContainers": [checkout],
+        "initContainers": [_checkout_container(spec, config)],
         "containers": [fetch],
         "volumes": volumes,
     }
     return _job(ref, "fetch", pod, config.fetch_deadline_seconds, config, spec.queue)
+
+
+def _fetch_volume_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": SRC_VOLUME, "mountPath": WORK_DIR},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+
+
+def _checkout_container(spec: ClusterBuildSpec, config: ControllerConfig) -> dict[str, Any]:
+    """git, with the site's ``fetch_env`` (e.g. insteadOf rules for its git mirror)."""
+    env = {
+        **config.fetch_env,
+        "FARM_GIT_URL": spec.source.git,
+        "FARM_GIT_REVISION": spec.source.revision,
+        "HOME": "/tmp",
+    }
+    return {
+        "name": "checkout",
+        "image": config.fetch_image,
+        "command": ["/bin/sh", "-c", CHECKOUT_SCRIPT],
+        "env": _env(env),
+        "workingDir": WORK_DIR,
+        "securityContext": _container_security(),
+        "resources": _resources(1.0, 1 << 30),
+        "volumeMounts": _fetch_volume_mounts(),
+    }
+
+
+def _fetch_container(
+    spec: ClusterBuildSpec, config: ControllerConfig, registry: ClusterRegistry
+) -> dict[str, Any]:
+    """``farm fetch``, its crate cache (FARM_HOME) on the pod's /tmp volume."""
+    env = {
+        "FARM_HOME": "/tmp/farm",
+        "HOME": "/tmp",
+        "FARM_REGISTRIES_JSON": _registries_json(registry),
+    }
+    return {
+        "name": "fetch",
+        "image": config.fetch_image,
+        "command": fetch_command(spec, config),
+        "env": _env(env),
+        "workingDir": WORK_DIR,
+        "securityContext": _container_security(),
+        "resources": _resources(1.0, 1 << 30),
+        "volumeMounts": _fetch_volume_mounts(),
+    }
+
+
+def _token_volume(secret: str) -> dict[str, Any]:
+    return {
+        "name": REGISTRY_TOKEN_VOLUME,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": "token", "path": "token"}],
+            "defaultMode": 0o440,
+        },
+    }
 
 
 def fetch_command(spec: ClusterBuildSpec, config: ControllerConfig) -> list[str]:
