@@ -48,7 +48,7 @@ VERSION ?= 0.1.0
 # farm|fetch|rust` and `farm image export` instead (docs/packaging.md).
 images: wheels
 	docker build -f containers/farm/Dockerfile -t farm/farm:$(VERSION) .
-	docker build --target fetch -t farm/fetch:bookworm containers/rust-builder
+	docker build -f containers/farm/Dockerfile --target fetch -t farm/fetch:$(VERSION) .
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py

@@ -162,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="INDEX_URL|NAME",
         help="sparse index URL or a name in $FARM_REGISTRIES (default: crates.io)",
     )
+    f.add_argument(
+        "--always-vendor",
+        action="store_true",
+        help="with nothing to fetch, still write an empty vendor directory and cargo config "
+        "(the cluster's build pod mounts both)",
+    )
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fetch)
 
@@ -333,10 +339,10 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument(
         "--suite",
         choices=images.SUITES,
-        help="Debian suite of the rust/fetch image (docs/toolchains.md)",
+        help="Debian suite of the rust image (docs/toolchains.md)",
     )
     ib.add_argument(
-        "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
+        "--wheelhouse", type=Path, help="farm and fetch images: wheels of farm and its dependencies"
     )
     ib.set_defaults(func=cmd_image_build)
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
@@ -460,6 +466,11 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
         say=lambda m: print(f"farm: {m}", file=sys.stderr),
         git_hosts=frozenset(settings.git_hosts),
     )
+    if args.always_vendor and not result.mounts:
+        from farm.ecosystems.cargo.vendor import Cargo
+
+        mounts = Cargo().finish([], result.dest)
+        result = result.model_copy(update={"mounts": [(m.source, m.target) for m in mounts]})
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
         return 0

@@ -111,51 +111,54 @@ RUST = Recipe(
     files=(("/.cargo/config.toml", CARGO_CONFIG),),
     toolchain=True,
 )
-#: Debian suites the rust and fetch images are built from (docs/toolchains.md): the
+#: Debian suites the rust image is built from (docs/toolchains.md): the
 #: same packages exist in each; the first is the recipes' own.
 SUITES = ("bookworm", "trixie")
+#: One image for the controller, the node monitor and the build pods' collector: the
+#: same package and dependencies, told apart only by the command.
+FARM = Recipe(
+    name="farm",
+    tag=f"farm/farm:{VERSION}",
+    suite="bookworm",
+    mirror=DEBIAN,
+    packages=("python3", "python3-venv", "ca-certificates"),
+    epoch=1_700_000_000,
+    python=("farm",),
+    user=FARM_UID,
+    config=(
+        f"ENV PATH={FARM_PREFIX}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV FARM_HOME=/var/lib/farm",
+        "ENV PYTHONDONTWRITEBYTECODE=1",
+        "ENV PYTHONUNBUFFERED=1",
+        f"USER {FARM_UID}:{FARM_UID}",
+        "EXPOSE 8443 9090 9091",
+        'ENTRYPOINT ["farm"]',
+        'CMD ["controller"]',
+    ),
+    title="farm",
+    description="farm's controller, node monitor and artifact collector",
+)
 RECIPES = {
     "rust": RUST,
-    # The Kubernetes fetch phase (farm.k8s.objects.FETCH_SCRIPT): git, plus the same
-    # cargo and crates, whose Debian directory registry is the site's crates mirror.
+    # The Kubernetes fetch pod (farm.k8s.objects.fetch_job): git checks out the Build's
+    # commit, then `farm fetch` vendors Cargo.lock's crates. farm plus git, and no
+    # cargo: the fetch phase runs no tool that reads the tenant's configuration.
     "fetch": dataclasses.replace(
-        RUST,
+        FARM,
         name="fetch",
-        tag="farm/fetch:bookworm",
-        packages=(*RUST.packages, "git"),
+        tag=f"farm/fetch:{VERSION}",
+        packages=(*FARM.packages, "git"),
+        config=(*FARM.config[:-1], 'CMD ["fetch", "--help"]'),
         title="farm fetch",
-        description="git and cargo vendor for the fetch phase of farm Builds",
+        description="git and farm's fetch phase for the fetch pods of farm Builds",
     ),
-    # One image for the controller, the node monitor and the build pods' collector:
-    # the same package and dependencies, told apart only by the command.
-    "farm": Recipe(
-        name="farm",
-        tag=f"farm/farm:{VERSION}",
-        suite="bookworm",
-        mirror=DEBIAN,
-        packages=("python3", "python3-venv", "ca-certificates"),
-        epoch=1_700_000_000,
-        python=("farm",),
-        user=FARM_UID,
-        config=(
-            f"ENV PATH={FARM_PREFIX}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV FARM_HOME=/var/lib/farm",
-            "ENV PYTHONDONTWRITEBYTECODE=1",
-            "ENV PYTHONUNBUFFERED=1",
-            f"USER {FARM_UID}:{FARM_UID}",
-            "EXPOSE 8443 9090 9091",
-            'ENTRYPOINT ["farm"]',
-            'CMD ["controller"]',
-        ),
-        title="farm",
-        description="farm's controller, node monitor and artifact collector",
-    ),
+    "farm": FARM,
 }
 
 
 def recipe(name: str, suite: str | None = None) -> Recipe:
     """The named recipe, from Debian ``suite`` (default: the recipe's own). Only the
-    toolchain images (rust, fetch) come in other suites; their tag names the suite."""
+    toolchain image (rust) comes in other suites; its tag names the suite."""
     try:
         r = RECIPES[name]
     except KeyError:

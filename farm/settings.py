@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm.fetch.registry import Registry, load_registries
+from farm.errors import InputError
+from farm.fetch.registry import Registry, load_registries, parse_registries
 
 #: Label put on every container, volume and image farm creates; cleanup selects on it.
 MANAGED_LABEL = "io.farm.managed"
@@ -48,7 +50,8 @@ class Settings:
     #: FARM_ALLOWED_IMAGES (comma- or space-separated); default farm's builder images.
     allowed_images: tuple[str, ...] = TOOLCHAIN_IMAGES
     #: The operator's registries by name (FARM_REGISTRIES: a JSON file, see
-    #: farm.fetch.registry.load_registries); a spec may only name one of them.
+    #: farm.fetch.registry.load_registries; or FARM_REGISTRIES_JSON: the same list
+    #: inline, as the cluster's fetch pod gets it); a spec may only name one of them.
     registries: dict[str, Registry] = field(default_factory=dict)
     #: Hosts git dependencies may be fetched from (FARM_GIT_HOSTS, comma- or
     #: space-separated; ``--git-host``). Empty: a lockfile's git dependency is refused.
@@ -66,11 +69,7 @@ class Settings:
             "token": env.get("FARM_TOKEN") or None,
             "allowed_images": _words(env.get("FARM_ALLOWED_IMAGES")),
             "git_hosts": tuple(h.lower() for h in _words(env.get("FARM_GIT_HOSTS")) or ()) or None,
-            "registries": (
-                load_registries(Path(env["FARM_REGISTRIES"]))
-                if env.get("FARM_REGISTRIES")
-                else None
-            ),
+            "registries": _registries(env),
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -105,3 +104,13 @@ def _words(value: str | None) -> tuple[str, ...] | None:
     """The operator's list; None (the default) when unset or empty."""
     words = tuple(w for w in re.split(r"[\s,]+", value or "") if w)
     return words or None
+
+
+def _registries(env: Mapping[str, str]) -> dict[str, Registry] | None:
+    if env.get("FARM_REGISTRIES") and env.get("FARM_REGISTRIES_JSON"):
+        raise InputError("set FARM_REGISTRIES (a file) or FARM_REGISTRIES_JSON, not both")
+    if env.get("FARM_REGISTRIES_JSON"):
+        return parse_registries(env["FARM_REGISTRIES_JSON"], "FARM_REGISTRIES_JSON")
+    if env.get("FARM_REGISTRIES"):
+        return load_registries(Path(env["FARM_REGISTRIES"]))
+    return None

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import ssl
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.errors import FetchError, InputError, PackageMissingError, RegistryUnreachableError
 
@@ -37,7 +39,10 @@ _MAX_REDIRECTS = 5
 
 
 class Registry(BaseModel):
-    """``index`` in cargo's spelling, ``sparse+http(s)://host[:port]/path/``."""
+    """``index`` in cargo's spelling, ``sparse+http(s)://host[:port]/path/``, or
+    ``file:///abs/dir/``: a farm mirror directory (``farm mirror``) read in place, for
+    air-gapped sites (a mirror on a volume) and the cluster replay tests. Only an
+    operator names either; a spec names a registry, never an index."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,6 +60,8 @@ class Registry(BaseModel):
     @field_validator("index")
     @classmethod
     def _index(cls, value: str) -> str:
+        if value.startswith("file:"):
+            return _directory_index(value)
         url = value.removeprefix("sparse+")
         parts = urlsplit(url)
         if (
@@ -68,13 +75,45 @@ class Registry(BaseModel):
         ):
             raise ValueError(
                 f"{value!r} is not a sparse index URL such as {CRATES_IO_INDEX} "
-                "(farm reads sparse indexes only; a farm mirror prints its own)"
+                "(farm reads sparse indexes only; a farm mirror prints its own) "
+                "or a farm mirror directory as file:///DIR/"
             )
         return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _no_token_for_a_directory(self) -> Registry:
+        if self.directory is not None and self.token_file is not None:
+            raise ValueError(f"{self.name}: a mirror directory ({self.index}) takes no token_file")
+        return self
 
     @property
     def index_url(self) -> str:
         return self.index.removeprefix("sparse+")
+
+    @property
+    def directory(self) -> Path | None:
+        """The mirror directory of a ``file://`` registry; None for an HTTP one."""
+        if not self.index.startswith("file:"):
+            return None
+        return Path(urlsplit(self.index).path)
+
+
+def _directory_index(value: str) -> str:
+    parts = urlsplit(value)
+    path = parts.path
+    if (
+        parts.scheme != "file"
+        or parts.netloc
+        or parts.query
+        or parts.fragment
+        or not path.startswith("/")
+        or ".." in Path(path).parts
+        or "\0" in path
+    ):
+        raise ValueError(
+            f"{value!r}: a farm mirror directory is file:///ABSOLUTE/DIR/ (no host, no ..)"
+        )
+    return value if value.endswith("/") else value + "/"
 
 
 def registry_from_cli(value: str) -> Registry:
@@ -157,6 +196,8 @@ class RegistryClient:
         Raises PackageMissingError, RegistryUnreachableError or FetchError, each naming
         the crate, the URL and what to do.
         """
+        if self.registry.directory is not None:
+            return self._read_directory(self.registry.directory, name, version)
         url = crate_url(self._template(), name, version, checksum)
         what = f"{name} {version}"
         status, body = self._get(url, self.caps.max_crate, what)
@@ -168,6 +209,43 @@ class RegistryClient:
             )
         self._check(status, url, what)
         return body
+
+    def _read_directory(self, directory: Path, name: str, version: str) -> bytes:
+        """``{name}-{version}.crate`` of a farm mirror directory (farm.mirror.store's
+        layout), opened beneath it with no link followed, within the crate cap. Its bytes
+        are checked against the lock by the caller, exactly as a download's."""
+        from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
+        from farm.errors import MirrorError
+        from farm.mirror.store import Mirror
+
+        what, where = f"{name} {version}", f"registry {self.registry.name} ({directory})"
+        mirror = Mirror(directory)
+        try:
+            mirror.check()
+            filename = mirror.crate_path(name, version).name
+        except MirrorError as exc:
+            raise RegistryUnreachableError(f"{what}: cannot read {where}: {exc}") from None
+        try:
+            base = open_dir(directory)
+        except (Outside, OSError) as exc:
+            raise RegistryUnreachableError(f"{what}: cannot read {where}: {exc}") from None
+        try:
+            fd = open_beneath(base, [filename], FILE_FLAGS)
+        except FileNotFoundError:
+            raise PackageMissingError(
+                f"{what}: not in {where}: no {filename}; add it to the mirror (`farm mirror`)"
+            ) from None
+        except OSError as exc:
+            raise FetchError(f"{what}: {where}: cannot open {filename}: {exc}") from None
+        finally:
+            os.close(base)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise FetchError(f"{what}: {where}: {filename} is not a regular file")
+            data = fh.read(self.caps.max_crate + 1)
+        if len(data) > self.caps.max_crate:
+            raise FetchError(f"{what}: {where}: {filename} is above the crate cap; refusing")
+        return data
 
     def _template(self) -> str:
         if self._dl is None:
@@ -305,18 +383,27 @@ def load_registries(path: Path) -> dict[str, Registry]:
     try:
         with path.open("rb") as fh:
             raw = fh.read(1 << 20)
-        entries = json.loads(raw)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise InputError(f"registries file {path}: {exc}") from None
+    return parse_registries(raw, f"registries file {path}")
+
+
+def parse_registries(raw: bytes | str, where: str) -> dict[str, Registry]:
+    """A JSON list of registries (``load_registries``; ``FARM_REGISTRIES_JSON``, which the
+    cluster's fetch pod gets from the controller). ``where`` names it in errors."""
+    try:
+        entries = json.loads(raw)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
     if not isinstance(entries, list):
-        raise InputError(f"registries file {path}: must be a JSON list of registries")
+        raise InputError(f"{where}: must be a JSON list of registries")
     out: dict[str, Registry] = {}
     for i, entry in enumerate(entries):
         try:
             registry = Registry.model_validate(entry)
         except ValueError as exc:
-            raise InputError(f"registries file {path}: entry {i}: {_first_error(exc)}") from None
+            raise InputError(f"{where}: entry {i}: {_first_error(exc)}") from None
         if registry.name in out:
-            raise InputError(f"registries file {path}: {registry.name!r} is named twice")
+            raise InputError(f"{where}: {registry.name!r} is named twice")
         out[registry.name] = registry
     return out

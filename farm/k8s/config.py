@@ -8,10 +8,13 @@ decides lives in ``Build.spec`` (``farm.k8s.resource``).
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from farm.admission import Admission, Ceilings, ImageAllowlist
+from farm.errors import SpecError
+from farm.fetch.registry import CRATES_IO, CRATES_IO_INDEX, Registry
 from farm.httpserver import HttpLimits
 from farm.k8s import names
 
@@ -31,6 +34,34 @@ class Mirror(BaseModel):
             return str(ipaddress.ip_network(value, strict=True))
         except ValueError as exc:
             raise ValueError(f"mirror cidr {value!r}: {exc}") from None
+
+
+class ClusterRegistry(BaseModel):
+    """One of the operator's cargo registries, as the fetch pod reaches it. A Build may
+    only name one (``spec.registry``); its URL and token are never the tenant's.
+    ``token_secret``: a Secret in the run namespace whose key ``token`` the fetch pod
+    mounts read-only (never in the spec, the environment or a log)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = CRATES_IO
+    index: str = CRATES_IO_INDEX
+    token_secret: str | None = Field(None, pattern=names.DNS_SUBDOMAIN, max_length=253)
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, value: str) -> str:
+        return Registry(index=value).index  # farm.fetch's rule: a sparse http(s) index
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return Registry(name=value).name
+
+    def registry(self, token_file: str | None) -> Registry:
+        """The ``farm.fetch`` registry of the fetch pod (``token_file``: its mount)."""
+        token = Path(token_file) if self.token_secret and token_file else None
+        return Registry(name=self.name, index=self.index, token_file=token)
 
 
 def _image_tag(name: str) -> str:
@@ -69,8 +100,18 @@ class ControllerConfig(BaseModel):
     #: image whose collector runs in build pods. Helm sets both from its values.
     fetch_image: str = Field(default_factory=lambda: _image_tag("fetch"))
     collector_image: str = Field(default_factory=lambda: _image_tag("farm"))
+    #: Where the fetch pod may connect (its NetworkPolicy's egress, with cluster DNS):
+    #: list the CIDRs of the registries' hosts (index and download), and of the git hosts.
     mirrors: list[Mirror] = Field(default_factory=list)
-    #: Extra environment of the fetch phase, e.g. git insteadOf or a cargo registry mirror.
+    #: The cargo registries the fetch pod downloads from (``farm fetch``); a Build names
+    #: one in ``spec.registry`` (default: the first). Their hosts must be in ``mirrors``.
+    registries: list[ClusterRegistry] = Field(
+        default_factory=lambda: [ClusterRegistry()], min_length=1
+    )
+    #: Hosts Cargo.lock's git dependencies may be fetched from (``farm fetch --git-host``);
+    #: none by default, so a tenant's lock cannot aim git at an internal address.
+    git_hosts: list[str] = Field(default_factory=list)
+    #: Extra environment of the fetch pod, e.g. git insteadOf for the sources' mirror.
     fetch_env: dict[str, str] = Field(default_factory=dict)
     runtime_class: str = names.RUNTIME_CLASS
     storage_class: str | None = None
@@ -90,6 +131,39 @@ class ControllerConfig(BaseModel):
     #: Images a Build may run (farm.imageref patterns); others fail with reason
     #: ImageNotAllowed, creating nothing. Default: farm's builder image only.
     allowed_images: ImageAllowlist = Field(default_factory=ImageAllowlist)
+
+    @field_validator("registries")
+    @classmethod
+    def _unique(cls, value: list[ClusterRegistry]) -> list[ClusterRegistry]:
+        seen = [r.name for r in value]
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        if twice:
+            raise ValueError(f"registry {twice[0]!r} is named twice")
+        return value
+
+    @field_validator("git_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not names.GIT_HOST.fullmatch(host):
+                raise ValueError(f"git host {host!r}: give a host name, e.g. github.com")
+        return [h.lower() for h in value]
+
+    def registry_for(self, name: str | None) -> ClusterRegistry:
+        """The registry a Build's ``spec.registry`` names (None: the first). Raises
+        SpecError naming the operator's registries, before anything is created."""
+        if name is None:
+            return self.registries[0]
+        for registry in self.registries:
+            if registry.name == name:
+                return registry
+        known = ", ".join(r.name for r in self.registries)
+        raise SpecError(
+            [
+                f"registry: {name!r} is not one of this cluster's registries ({known}); "
+                "name one of them or leave it out"
+            ]
+        )
 
     def admission(self) -> Admission:
         return Admission(ceilings=self.ceilings, allowed_images=self.allowed_images)

@@ -11,6 +11,7 @@ different namespaces apart, and annotations name the Build (docs/kubernetes.md).
 from __future__ import annotations
 
 import hashlib
+import re
 
 GROUP = "farm.dev"
 VERSION = "v1alpha1"
@@ -34,6 +35,11 @@ BUILD_NAMESPACE_ANNOTATION = f"{GROUP}/build-namespace"
 RUN_NAMESPACE = "farm-builds"
 #: A namespace name (an RFC 1123 label).
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A Secret's name (an RFC 1123 subdomain).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A git host the fetch phase may reach: a DNS name or an IPv4 address, no port or path.
+_HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+GIT_HOST = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*")
 #: The label the Job controller puts on the pods it creates: the Job's uid. In the run
 #: namespace only the Job controller creates pods, so a run's pod is found by it.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"

@@ -7,9 +7,10 @@ env, workdir, uid, limits, deadline and mounts become pod fields; nothing is rel
 Mounts are matched by their sandbox path, since a cluster has no host directories.
 
 Per Build: a permissionless ServiceAccount, a sources PVC, a collector-token Secret,
-a fetch Job and NetworkPolicy (egress to mirrors only), and a build Job whose pod runs
-the untrusted build as an init container under gVisor with a deny-all NetworkPolicy,
-then a trusted collector container (see docs/kubernetes.md, "Artifacts").
+a fetch Job (git, then ``farm fetch``: farm's own code, no cargo) and NetworkPolicy
+(egress to mirrors only), and a build Job whose pod runs the untrusted build as an init
+container under gVisor with a deny-all NetworkPolicy, then a trusted collector container
+(see docs/kubernetes.md, "Artifacts").
 
 All of them go in the controller's run namespace (``BuildRef.run_namespace``), never in
 the Build's own: whoever may edit the Build's namespace could otherwise mount the
@@ -22,6 +23,7 @@ the object at once); annotations name the Build, and the uid label finds them.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 from farm import cargo, policy
 from farm.errors import InfrastructureError
 from farm.k8s import names
-from farm.k8s.config import ControllerConfig
+from farm.k8s.config import ClusterRegistry, ControllerConfig
 from farm.k8s.resource import ClusterBuildSpec
 from farm.sandbox import SandboxSpec
 from farm.settings import Settings
@@ -48,19 +50,22 @@ VENDOR_DIR = "/vendor"
 VENDOR_CONFIG = "/.cargo/config.toml"
 #: Mount point of the sources PVC in the fetch pod; the build sees parts of it.
 WORK_DIR = "/work"
-FETCH_SCRIPT = r"""set -eu
+#: The PVC's directory of ``farm fetch``'s result: ``vendor/`` and ``cargo-config.toml``
+#: (farm.ecosystems.cargo.vendor), which the build container mounts by subPath.
+DEPS_DIR = "deps"
+#: Where the fetch container sees the chosen registry's token (a Secret in the run
+#: namespace, read-only; the controller config's ``registries[].token_secret``).
+REGISTRY_TOKEN_DIR = "/var/run/farm/registry"
+REGISTRY_TOKEN_VOLUME = "registry-token"
+#: The fetch pod's first step (init container ``checkout``): the sources at exactly the
+#: Build's commit, into a new repository (no config, hooks or attributes of the tenant's
+#: tree exist before the checkout, and git runs nothing of the tree's after it).
+CHECKOUT_SCRIPT = r"""set -eu
 git init -q /work/repo
 cd /work/repo
 git fetch -q --depth 1 "$FARM_GIT_URL" "$FARM_GIT_REVISION"
-git -c advice.detachedHead=false checkout -q FETCH_HEAD
+git -c advice.detachedHead=false -c core.hooksPath=/dev/null checkout -q FETCH_HEAD
 test "$(git rev-parse HEAD)" = "$FARM_GIT_REVISION"
-mkdir -p /work/cargo-home
-: > /work/cargo-home/config.toml
-cd "/work/repo/$FARM_SUBDIR"
-if [ -f Cargo.toml ]; then
-  cargo vendor --locked --versioned-dirs --respect-source-config /vendor \
-    > /work/cargo-home/config.toml
-fi
 """
 
 
@@ -301,39 +306,109 @@ def _pod_base(ref: BuildRef, config: ControllerConfig, uid: int, gid: int) -> di
 def fetch_job(
     ref: BuildRef, spec: ClusterBuildSpec, sandbox: SandboxSpec, config: ControllerConfig
 ) -> dict[str, Any]:
-    """Trusted tools only (git, ``cargo vendor --locked``), into the sources PVC."""
+    """Farm's own code only: git checks out the commit (init container ``checkout``),
+    then ``farm fetch`` (container ``fetch``) vendors Cargo.lock's packages from the
+    operator's registry into the sources PVC. No cargo runs here: it would read the
+    tenant's ``.cargo/config.toml`` (source replacement, registries, credential
+    providers, runners) in a pod that has network (docs/kubernetes.md, "Fetch Job").
+    Raises SpecError if ``spec.registry`` is not one of the config's registries."""
     uid, gid = _ids(sandbox)
+    registry = config.registry_for(spec.registry)
+    fetch = _fetch_container(spec, config, registry)
+    volumes: list[dict[str, Any]] = [
+        {"name": SRC_VOLUME, "persistentVolumeClaim": {"claimName": ref.object_name("src")}},
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    if registry.token_secret:
+        # Only the fetch container mounts it: the checkout handles the tenant's tree.
+        fetch["volumeMounts"].append(
+            {"name": REGISTRY_TOKEN_VOLUME, "mountPath": REGISTRY_TOKEN_DIR, "readOnly": True}
+        )
+        volumes.append(_token_volume(registry.token_secret))
+    pod = {
+        **_pod_base(ref, config, uid, gid),
+        "initContainers": [_checkout_container(spec, config)],
+        "containers": [fetch],
+        "volumes": volumes,
+    }
+    return _job(ref, "fetch", pod, config.fetch_deadline_seconds, config, spec.queue)
+
+
+def _fetch_volume_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": SRC_VOLUME, "mountPath": WORK_DIR},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+
+
+def _checkout_container(spec: ClusterBuildSpec, config: ControllerConfig) -> dict[str, Any]:
+    """git, with the site's ``fetch_env`` (e.g. insteadOf rules for its git mirror)."""
     env = {
         **config.fetch_env,
         "FARM_GIT_URL": spec.source.git,
         "FARM_GIT_REVISION": spec.source.revision,
-        "FARM_SUBDIR": spec.source.subdir or ".",
         "HOME": "/tmp",
-        "CARGO_HOME": "/tmp/cargo-home",
     }
-    container = {
-        "name": "fetch",
+    return {
+        "name": "checkout",
         "image": config.fetch_image,
-        "command": ["/bin/sh", "-c", FETCH_SCRIPT],
+        "command": ["/bin/sh", "-c", CHECKOUT_SCRIPT],
         "env": _env(env),
         "workingDir": WORK_DIR,
         "securityContext": _container_security(),
         "resources": _resources(1.0, 1 << 30),
-        "volumeMounts": [
-            {"name": SRC_VOLUME, "mountPath": WORK_DIR},
-            {"name": SRC_VOLUME, "mountPath": VENDOR_DIR, "subPath": "vendor"},
-            {"name": TMP_VOLUME, "mountPath": "/tmp"},
-        ],
+        "volumeMounts": _fetch_volume_mounts(),
     }
-    pod = {
-        **_pod_base(ref, config, uid, gid),
-        "containers": [container],
-        "volumes": [
-            {"name": SRC_VOLUME, "persistentVolumeClaim": {"claimName": ref.object_name("src")}},
-            {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
-        ],
+
+
+def _fetch_container(
+    spec: ClusterBuildSpec, config: ControllerConfig, registry: ClusterRegistry
+) -> dict[str, Any]:
+    """``farm fetch``, its crate cache (FARM_HOME) on the pod's /tmp volume."""
+    env = {
+        "FARM_HOME": "/tmp/farm",
+        "HOME": "/tmp",
+        "FARM_REGISTRIES_JSON": _registries_json(registry),
     }
-    return _job(ref, "fetch", pod, config.fetch_deadline_seconds, config, spec.queue)
+    return {
+        "name": "fetch",
+        "image": config.fetch_image,
+        "command": fetch_command(spec, config),
+        "env": _env(env),
+        "workingDir": WORK_DIR,
+        "securityContext": _container_security(),
+        "resources": _resources(1.0, 1 << 30),
+        "volumeMounts": _fetch_volume_mounts(),
+    }
+
+
+def _token_volume(secret: str) -> dict[str, Any]:
+    return {
+        "name": REGISTRY_TOKEN_VOLUME,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": "token", "path": "token"}],
+            "defaultMode": 0o440,
+        },
+    }
+
+
+def fetch_command(spec: ClusterBuildSpec, config: ControllerConfig) -> list[str]:
+    """``farm fetch`` of the checked-out project into ``WORK_DIR/DEPS_DIR``, from the
+    registry the Build names, with the operator's git hosts."""
+    project = "/".join(p for p in (WORK_DIR, _subdir(spec)) if p)
+    argv = ["farm", "fetch", project, "--dest", f"{WORK_DIR}/{DEPS_DIR}", "--always-vendor"]
+    argv += ["--registry", config.registry_for(spec.registry).name]
+    for host in config.git_hosts:
+        argv += ["--git-host", host]
+    return argv
+
+
+def _registries_json(registry: ClusterRegistry) -> str:
+    """The one registry the fetch pod may use, as ``FARM_REGISTRIES_JSON``: its token is a
+    file path (the Secret's mount), never the token itself."""
+    chosen = registry.registry(f"{REGISTRY_TOKEN_DIR}/token")
+    return json.dumps([chosen.model_dump(mode="json", exclude_none=True)])
 
 
 def build_job(
@@ -409,11 +484,16 @@ def _build_container(spec: ClusterBuildSpec, sandbox: SandboxSpec) -> dict[str, 
     by_target = {m.target: m for m in sandbox.mounts}
     mounts = [
         {"name": SRC_VOLUME, "mountPath": policy.SRC, "subPath": subdir, "readOnly": True},
-        {"name": SRC_VOLUME, "mountPath": VENDOR_DIR, "subPath": "vendor", "readOnly": True},
+        {
+            "name": SRC_VOLUME,
+            "mountPath": VENDOR_DIR,
+            "subPath": f"{DEPS_DIR}/vendor",
+            "readOnly": True,
+        },
         {
             "name": SRC_VOLUME,
             "mountPath": VENDOR_CONFIG,
-            "subPath": "cargo-home/config.toml",
+            "subPath": f"{DEPS_DIR}/cargo-config.toml",
             "readOnly": True,
         },
         {"name": TARGET_VOLUME, "mountPath": policy.TARGET},

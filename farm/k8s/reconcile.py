@@ -158,6 +158,7 @@ class Reconciler:
     def _advance(self, build: Obj, ref: BuildRef, status: BuildStatus) -> float | None:
         try:
             spec = cluster_spec(build.get("spec") or {})
+            self.config.registry_for(spec.registry)  # one of the operator's, by name
         except SpecError as exc:
             invalid = [Run(0, status, failed("InvalidSpec", str(exc)))]
             return self._finish(build, ref, status, invalid)

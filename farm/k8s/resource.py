@@ -82,6 +82,12 @@ class ClusterBuildSpec(BuildSpec):
         pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
         description="Kueue LocalQueue; the Jobs start suspended and Kueue admits them",
     )
+    registry: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="the NAME of one of the cluster's cargo registries (the controller "
+        "config's `registries`; default: the first), never a URL",
+    )
     check: int = Field(
         0,
         ge=0,
@@ -93,15 +99,6 @@ class ClusterBuildSpec(BuildSpec):
     @field_validator("source")
     @classmethod
     def _source_is_dir(cls, value: Any) -> Any:  # replaces BuildSpec's local-dir check
-        return value
-
-    @field_validator("registry")
-    @classmethod
-    def _no_registry(cls, value: str | None) -> str | None:
-        # A cluster build's fetch Job reaches the controller's mirrors (config `mirrors`);
-        # naming one of the local operator's registries would be silently ignored.
-        if value is not None:
-            raise ValueError("not supported on the cluster yet: leave it out")
         return value
 
     @field_validator("check")

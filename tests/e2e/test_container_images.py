@@ -1,7 +1,7 @@
 """containers/: the farm Dockerfile builds (from farm's wheels, with no PyPI access
 inside the build) and the one image runs the controller, the node monitor and the
-collector's Python as its non-root user on a read-only root. (The rust-builder
-Dockerfile's `fetch` target is built and used by test_k8s_phases.py.) The registry base
+collector's Python as its non-root user on a read-only root. (Its `fetch` target, farm
+plus git, is built and run as the fetch pod by test_k8s_phases.py.) The registry base
 cannot be pulled here, so BASE is swapped for the offline Debian bookworm image `make
 setup` builds (the same suite)."""
 

@@ -5,17 +5,22 @@ and the build Job are run as they are: image, command, env, workingDir, uid/gid 
 volumeMounts are read from the generated Job objects (never retyped) and translated to a
 SandboxSpec, with each volume a host directory (a subPath is a directory below it).
 
-Phase 1 runs FETCH_SCRIPT in the fetch image. The git "mirror" is a file:// repository
+Phase 1 is the fetch pod, in the fetch image built from containers/farm (farm + git, no
+cargo): its ``checkout`` init container runs git, whose "mirror" is a file:// repository
 mounted into the sandbox and reached through git's insteadOf, set in the controller's
-``fetch_env`` as a site would for its own mirror; the crates "mirror" is the image's
-Debian directory registry. Phase 2 runs the build container on the fetched volume, and
-must compile its dependencies from /vendor, the fetched and checksummed copy, not from
-whatever registry the builder image happens to carry.
+``fetch_env`` as a site would for its own mirror; then its ``fetch`` container runs
+``farm fetch`` from the controller's registry, here a farm mirror directory mounted
+read-only (``file:///mirror/``, so the pod needs no network) holding real crates.io
+crates. Phase 2 runs the build container on the fetched volume, and must compile its
+dependencies from /vendor, the fetched and checksummed copy, not from the builder image's
+Debian registry (which holds the same serde 1.0.152).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -26,19 +31,26 @@ import docker
 import pytest
 
 from farm.backends.local import LocalBackend
+from farm.ecosystems.cargo.vendor import CRATES_IO_SOURCE
 from farm.k8s import objects
-from farm.k8s.config import ControllerConfig
-from farm.k8s.objects import VENDOR_DIR
+from farm.k8s.config import ClusterRegistry, ControllerConfig
+from farm.k8s.objects import DEPS_DIR, VENDOR_DIR
 from farm.k8s.resource import cluster_spec
+from farm.mirror.store import Mirror
 from farm.policy import SRC, TARGET
 from farm.sandbox import Mount, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.spec import DEFAULT_DISK
+from tests.realcrates import REAL_CRATES
 
-from .conftest import EXAMPLES, ROOT, docker_build, remove_built
+from .conftest import ROOT, docker_build, remove_built
 
 MIRROR = "https://git.example.test/"
 UPSTREAM = "/upstream"  # where the file:// repository is mounted in the fetch sandbox
+MIRROR_DIR = "/mirror"  # where the crates mirror directory is mounted in the fetch sandbox
+#: serde is also in the builder image's Debian registry (same version): a build that
+#: read that registry instead of /vendor would still succeed, and must be caught.
+CRATES = (REAL_CRATES["serde"], REAL_CRATES["fnv"])
 GIT_ENV = {  # git reads config from these (git >= 2.31): a site's mirror rewrite
     "GIT_CONFIG_COUNT": "1",
     "GIT_CONFIG_KEY_0": f"url.file://{UPSTREAM}/.insteadOf",
@@ -53,27 +65,39 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def fetch_image(client: docker.DockerClient) -> Iterator[str]:
-    """containers/rust-builder's `fetch` target (on the offline builder as BASE, which
-    leaves only git to install: quicker in CI than `farm image build fetch`, the same
-    packages and cargo config per tests/unit/test_containers.py)."""
+def fetch_image(
+    client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory, farm_wheels: Path
+) -> Iterator[str]:
+    """containers/farm's `fetch` target (farm from its wheels, plus git), built from a
+    context holding only dist/wheels, as `make images` does."""
     before = {i.id for i in client.images.list(all=True)}
-    dockerfile = ROOT / "containers" / "rust-builder" / "Dockerfile"
-    image = docker_build(dockerfile, dockerfile.parent, target="fetch")
+    ctx = tmp_path_factory.mktemp("fetch-image-context")
+    shutil.copytree(farm_wheels, ctx / "dist" / "wheels")
+    shutil.copy(ROOT / "containers" / "farm" / "Dockerfile", ctx / "Dockerfile")
+    image = docker_build(ctx / "Dockerfile", ctx, target="fetch")
     yield image
     remove_built(client, [image], before)
 
 
+def crates_mirror(root: Path, real_crates: dict[str, bytes]) -> Path:
+    """A farm mirror directory holding CRATES, readable by the pod's uid."""
+    mirror = Mirror(root / "mirror").create()
+    for crate in CRATES:
+        mirror.add_crate(real_crates[crate.name], crate.origin)
+    for path in [mirror.path, *mirror.path.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return mirror.path
+
+
 def upstream(tmp_path: Path) -> tuple[Path, str]:
-    """The mirror's hello.git: a crate using two crates of the Debian registry, with a
-    Cargo.lock whose entries (and checksums) are examples/hello-serde's. Returns the
-    mirror directory and the commit. Owned by the sandbox uid, because git refuses a
-    repository of another owner."""
+    """The mirror's hello.git: a crate using CRATES, with a Cargo.lock naming crates.io's
+    checksums. Returns the mirror directory and the commit. Owned by the sandbox uid,
+    because git refuses a repository of another owner."""
     app = tmp_path / "upstream" / "hello.git" / "app"
     (app / "src").mkdir(parents=True)
     (app / "Cargo.toml").write_text(CARGO_TOML)
     (app / "src" / "main.rs").write_text(MAIN_RS)
-    (app / "Cargo.lock").write_text(_lockfile(EXAMPLES / "hello-serde" / "Cargo.lock"))
+    (app / "Cargo.lock").write_text(_lockfile())
     git = ["git", "-C", str(app.parent), "-c", "user.name=t", "-c", "user.email=t@t"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "app"]):
         subprocess.run([*git, *args], check=True, capture_output=True)
@@ -89,25 +113,25 @@ version = "0.1.0"
 edition = "2021"
 
 [dependencies]
-itoa = "1"
-ryu = "1"
+fnv = "1"
+serde = "1"
 """
 MAIN_RS = """\
 fn main() {
-    println!("{} {}", itoa::Buffer::new().format(42), ryu::Buffer::new().format(0.5));
+    let mut seen = fnv::FnvHashSet::default();
+    seen.insert(serde::de::Unexpected::Unit.to_string());
+    println!("{}", seen.len());
 }
 """
 
 
-def _lockfile(example: Path) -> str:
-    """Cargo.lock for CARGO_TOML, its registry entries copied from ``example``."""
-    entries = {p["name"]: p for p in tomllib.loads(example.read_text())["package"]}
+def _lockfile() -> str:
+    """Cargo.lock for CARGO_TOML: CRATES with crates.io's checksums."""
     lines = ["version = 3", "", "[[package]]", 'name = "hello"', 'version = "0.1.0"']
-    lines.append('dependencies = ["itoa", "ryu"]')
-    for name in ("itoa", "ryu"):
-        e = entries[name]
-        lines += ["", "[[package]]", f'name = "{name}"', f'version = "{e["version"]}"']
-        lines += [f'source = "{e["source"]}"', f'checksum = "{e["checksum"]}"']
+    lines.append(f"dependencies = {json.dumps(sorted(c.name for c in CRATES))}")
+    for crate in sorted(CRATES, key=lambda c: c.name):
+        lines += ["", "[[package]]", f'name = "{crate.name}"', f'version = "{crate.version}"']
+        lines += [f'source = "{CRATES_IO_SOURCE}"', f'checksum = "{crate.cksum}"']
     return "\n".join(lines) + "\n"
 
 
@@ -172,28 +196,41 @@ def dirs(root: Path, *names: str) -> dict[str, Path]:
 
 
 def test_fetch_then_build_uses_only_the_vendored_sources(
-    home: Path, client: docker.DockerClient, fetch_image: str, tmp_path: Path
+    home: Path,
+    client: docker.DockerClient,
+    fetch_image: str,
+    tmp_path: Path,
+    real_crates: dict[str, bytes],
 ) -> None:
     repo, commit = upstream(tmp_path)
+    mirror = crates_mirror(tmp_path, real_crates)
     settings = Settings(home=home)
     ref = objects.BuildRef("team-a", "hello", "uid-1")
     source = {"git": f"{MIRROR}hello.git", "revision": commit, "subdir": "app"}
     spec = cluster_spec({"source": source})
     sandbox = objects.sandbox_spec(ref, spec)
-    config = ControllerConfig(fetch_image=fetch_image, fetch_env=GIT_ENV)
+    registry = ClusterRegistry(name="volume", index=f"file://{MIRROR_DIR}/")
+    config = ControllerConfig(fetch_image=fetch_image, fetch_env=GIT_ENV, registries=[registry])
 
     fetch = objects.fetch_job(ref, spec, sandbox, config)
     volumes = dirs(tmp_path, "src", "fetch-tmp")
-    (volumes["src"] / "vendor").mkdir()  # the kubelet creates a missing subPath
-    _own(volumes["src"])
-    container = fetch["spec"]["template"]["spec"]["containers"][0]
+    pod = fetch["spec"]["template"]["spec"]
     fetch_volumes = {"src": volumes["src"], "tmp": volumes["fetch-tmp"]}
-    phase1 = pod_sandbox(fetch, container, fetch_volumes, settings)
-    phase1.mounts.append(Mount(source=repo, target=UPSTREAM, read_only=True))
-    code, log = run(phase1, settings, client)
+    (checkout,) = pod["initContainers"]
+    step1 = pod_sandbox(fetch, checkout, fetch_volumes, settings)
+    step1.mounts.append(Mount(source=repo, target=UPSTREAM, read_only=True))
+    code, log = run(step1, settings, client)
     assert code == 0, log
-    vendored = {p.name for p in (volumes["src"] / "vendor").iterdir()}
+    (farm_fetch,) = pod["containers"]
+    assert farm_fetch["command"][:2] == ["farm", "fetch"]
+    step2 = pod_sandbox(fetch, farm_fetch, fetch_volumes, settings)
+    step2.mounts.append(Mount(source=mirror, target=MIRROR_DIR, read_only=True))
+    code, log = run(step2, settings, client)
+    assert code == 0, log
+    deps = volumes["src"] / DEPS_DIR
+    vendored = {p.name for p in (deps / "vendor").iterdir()}
     assert vendored == _locked_crates(repo / "hello.git" / "app" / "Cargo.lock") != set()
+    assert f'directory = "{VENDOR_DIR}"' in (deps / "cargo-config.toml").read_text()
 
     build = objects.build_job(ref, spec, sandbox, config, artifact_url="http://127.0.0.1:8443")
     pod = build["spec"]["template"]["spec"]
@@ -202,9 +239,12 @@ def test_fetch_then_build_uses_only_the_vendored_sources(
     code, log = run(phase2, settings, client)
     assert code == 0, log
     sources = _compiled_sources(volumes["target"])
-    assert f"{SRC}/src/main.rs" in sources and len(sources) == 3, sources
+    assert f"{SRC}/src/main.rs" in sources, sources
     outside = sorted(s for s in sources if not s.startswith((f"{VENDOR_DIR}/", f"{SRC}/")))
     assert outside == [], f"compiled from outside /vendor and /src: {outside[:5]}"
+    for crate in CRATES:
+        prefix = f"{VENDOR_DIR}/{crate.name}-{crate.version}/"
+        assert any(s.startswith(prefix) for s in sources), (crate.name, sources)
 
 
 def _locked_crates(lock: Path) -> set[str]:

@@ -21,7 +21,7 @@ from kubernetes import client
 from farm import reprocheck
 from farm.errors import SpecError
 from farm.k8s import crd, kube, names, objects
-from farm.k8s.config import ControllerConfig, Mirror
+from farm.k8s.config import ClusterRegistry, ControllerConfig, Mirror
 from farm.k8s.leader import LeaderElector
 from farm.k8s.main import crd_yaml
 from farm.k8s.objects import BuildRef
@@ -53,10 +53,18 @@ SPECS = {
         "tenant": "team-b",
         "source_date_epoch": 0,
         "queue": "farm-builds",
+        "registry": "corp",  # its token Secret is mounted into the fetch pod
     },
     "check": {"source": {"git": "https://git.test/a.git", "revision": REVISION}, "check": 3},
 }
-CONFIG = ControllerConfig(mirrors=[Mirror(cidr="10.20.0.0/24", ports=[443, 9418])])
+CONFIG = ControllerConfig(
+    mirrors=[Mirror(cidr="10.20.0.0/24", ports=[443, 9418])],
+    registries=[
+        ClusterRegistry(),
+        ClusterRegistry(name="corp", index="sparse+https://c.test/", token_secret="corp-token"),
+    ],
+    git_hosts=["git.test"],
+)
 
 
 def created_objects(spec_name: str) -> list[dict[str, Any]]:

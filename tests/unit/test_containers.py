@@ -20,13 +20,17 @@ def test_rust_dockerfile_matches_the_offline_recipe() -> None:
 
 
 def test_fetch_target_is_the_offline_fetch_recipe() -> None:
-    """The Dockerfile's fetch stage adds to the builder what the fetch recipe adds."""
-    text = (CONTAINERS / "rust-builder" / "Dockerfile").read_text()
-    stage = text.split("FROM rust AS fetch", 1)[1].split("\nFROM ", 1)[0]
+    """The farm Dockerfile's fetch stage adds to the farm image what the fetch recipe adds:
+    git, and no cargo (the fetch pod runs `farm fetch`, never a tool reading the tree's
+    configuration)."""
+    text = (CONTAINERS / "farm" / "Dockerfile").read_text()
+    stage = text.split("FROM farm AS fetch", 1)[1].split("\nFROM ", 1)[0]
     block = stage.split("--no-install-recommends", 1)[1].split("&&", 1)[0]
     added = set(re.findall(r"^\s+([a-z0-9][a-z0-9.+-]+)", block, re.MULTILINE))
-    assert added == set(recipe("fetch").packages) - set(recipe("rust").packages) == {"git"}
-    assert recipe("fetch").files == recipe("rust").files
+    assert added == set(recipe("fetch").packages) - set(recipe("farm").packages) == {"git"}
+    assert "cargo" not in recipe("fetch").packages and recipe("fetch").python == ("farm",)
+    assert f"\n{recipe('fetch').config[-1]}\n" in stage
+    assert "FROM rust AS fetch" not in (CONTAINERS / "rust-builder" / "Dockerfile").read_text()
 
 
 def test_farm_dockerfile_configures_the_image_as_the_offline_recipe() -> None:

@@ -197,10 +197,11 @@ def test_fetch_refuses_an_existing_dest_and_says_when_there_is_nothing(tmp_path:
     assert nothing.returncode == 0 and "nothing to fetch" in nothing.stderr
 
 
-def test_a_cluster_build_cannot_name_a_local_registry() -> None:
+def test_a_cluster_build_names_a_registry_but_never_gives_a_url() -> None:
     from farm.k8s.resource import cluster_spec
 
     source = {"git": "https://example.org/r.git", "revision": "ab" * 20}
     assert cluster_spec({"source": source}).registry is None
-    with pytest.raises(SpecError, match=r"registry: .*not supported on the cluster yet"):
-        cluster_spec({"source": source, "registry": "mirror"})
+    assert cluster_spec({"source": source, "registry": "mirror"}).registry == "mirror"
+    with pytest.raises(SpecError, match=r"registry: "):
+        cluster_spec({"source": source, "registry": "sparse+http://10.0.0.1/index/"})
