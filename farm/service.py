@@ -322,6 +322,8 @@ class Service:
             m.blocked_actions.labels(record.tenant, kind).inc(n)
         if record.observation:
             m.observer_dropped.inc(record.observation.lost)
+        for change in record.behaviour_changes:
+            m.behaviour_changes.labels(record.tenant, change.severity).inc()
 
     def _requeue(self, build_id: str, record: BuildRecord | None) -> None:
         if record is not None:

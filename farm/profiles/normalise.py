@@ -6,8 +6,8 @@ Callers: ``farm.profiles.derive``. Rules (docs/observer.md, "Normalisation"):
 - cargo's per-build hashes (``build/foo-1a2b3c4d5e6f7a8b/``, ``libfoo-<hash>.rlib``)
   become ``*``; the target directory becomes ``<target>``;
 - a process id under ``/proc`` becomes ``<pid>``;
-- under ``/tmp`` a name with random letters and digits (``rustcAb12Cd``) keeps its
-  alphabetic stem only (``rustc*``).
+- under ``/tmp`` a name ending in six random letters and digits (mkstemp's ``XXXXXX``,
+  rustc's ``rustcAb12Cd``) keeps its stem (``rustc*``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ IGNORED = frozenset({"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/
 
 _HASH = re.compile(r"-[0-9a-f]{16}(?=[./]|$)")
 _PID = re.compile(r"^/proc/\d+(?=/|$)")
-_RANDOM = re.compile(r"^(?P<stem>[A-Za-z_.-]*?)(?P<rand>[A-Za-z0-9]{6,})(?P<ext>\.[a-z]+)?$")
+_RANDOM = re.compile(r"^(?P<stem>.*?)(?P<rand>[A-Za-z0-9]{6})(?P<ext>\.[a-z]+)?$")
 
 
 def under(path: str, roots: tuple[str, ...]) -> bool:
