@@ -33,6 +33,7 @@ SEVERITY: dict[tuple[str, str], Severity] = {
     ("executables", "other"): "medium",
     ("reads", "toolchain"): "info",
     ("writes", "toolchain"): "high",
+    ("writes", "sensitive"): "high",
 }
 
 #: Entries kept per aspect of one profile; past it the profile says ``truncated``.

@@ -32,7 +32,7 @@ IGNORED = frozenset({"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/
 
 _HASH = re.compile(r"-[0-9a-f]{16}(?=[./]|$)")
 _PID = re.compile(r"^/proc/\d+(?=/|$)")
-_RANDOM = re.compile(r"^(?P<stem>.*?)(?P<rand>[A-Za-z0-9]{6})(?P<ext>\.[a-z]+)?$")
+_RANDOM = re.compile(r"^(?P<stem>.*?)(?P<rand>[A-Za-z0-9]{6})(?P<ext>(\.[A-Za-z0-9_]+)*)$")
 
 
 def under(path: str, roots: tuple[str, ...]) -> bool:

@@ -99,9 +99,11 @@ def test_a_secret_read_in_a_new_version_is_a_high_behaviour_change(
     }
     _, before = served.scrape()
     first = served.submit(a, argv=None, outputs=None, tenant="prof", observe=observe)
-    assert served.wait_done(first, timeout=600)["status"] == "succeeded"
+    view = served.wait_done(first, timeout=600)
+    assert view["result"] == "succeeded", view
     second = served.submit(b, argv=None, outputs=None, tenant="prof", observe=observe)
-    assert served.wait_done(second, timeout=600)["status"] == "quarantined"
+    view = served.wait_done(second, timeout=600)
+    assert view["result"] == "quarantined", view
     _, after = served.scrape()
 
     def moved(severity: str) -> float:
