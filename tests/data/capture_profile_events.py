@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from farm import cli
