@@ -4,6 +4,7 @@ tests/unit/test_profiles_recorded.py."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,3 +150,39 @@ def test_profiles_are_per_tenant(tmp_path: Path) -> None:
 def test_the_policy_option_is_checked() -> None:
     with pytest.raises(ValueError, match="quarantine_on_behaviour_change"):
         ObservePolicy(quarantine_on_behaviour_change="severe")  # type: ignore[arg-type]
+
+
+def test_farm_diff_forms_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from farm import cli
+
+    store = ProfileStore(tmp_path)
+    store.save("default", "b1", T0, [profile("0.1.0", reads=["/usr/lib/x"])])
+    store.save(
+        "default", "b2", T0 + timedelta(minutes=1), [profile("0.2.0", reads=["/etc/shadow"])]
+    )
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    for args in (
+        ["tattle@0.1.0", "@0.2.0"],
+        ["tattle@0.2.0"],
+        ["tattle"],
+        ["tattle", "--build", "b2"],
+    ):
+        assert cli.main(["diff", *args, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert (out["base_version"], out["new_version"]) == ("0.1.0", "0.2.0"), args
+        assert [(c["change"], c["entry"]) for c in out["changes"]] == [
+            ("added", "/etc/shadow"),
+            ("removed", "/usr/lib/x"),
+        ]
+    assert cli.main(["diff", "tattle@0.1.0"]) == 0
+    assert "(no earlier profile) -> tattle 0.1.0" in capsys.readouterr().out
+    for args, message in (
+        (["nothing"], "no behaviour profile of 'nothing'"),
+        (["tattle@9.9.9"], "no profile of tattle 9.9.9; known versions: 0.1.0, 0.2.0"),
+        (["tattle@0.1.0", "0.2.0"], "the second version is written @VERSION"),
+        (["tattle", "@0.2.0"], "name the first version too"),
+    ):
+        assert cli.main(["diff", *args]) == 2
+        assert message in capsys.readouterr().err
