@@ -68,15 +68,11 @@ class ProfileStore:
             rows = db.execute(query + " ORDER BY created_at DESC, build_id", args).fetchall()
         return [(b, Profile.model_validate_json(doc)) for b, doc in rows]
 
-    def versions(self, tenant: str, package: str) -> list[str]:
-        """Versions with a profile, the most recently built last."""
+    def of_build(self, build_id: str) -> list[Profile]:
+        """Every profile one build produced."""
         with self._db() as db:
-            rows = db.execute(
-                "SELECT version, MAX(created_at) AS t FROM profiles"
-                " WHERE tenant = ? AND package = ? GROUP BY version ORDER BY t",
-                (tenant, package),
-            ).fetchall()
-        return [r[0] for r in rows]
+            rows = db.execute("SELECT doc FROM profiles WHERE build_id = ?", (build_id,))
+            return [Profile.model_validate_json(r[0]) for r in rows.fetchall()]
 
     def last_known(
         self, tenant: str, package: str, *, before_build: str
@@ -86,7 +82,3 @@ class ProfileStore:
             if build_id != before_build:
                 return build_id, profile
         return None
-
-    def delete_build(self, build_id: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM profiles WHERE build_id = ?", (build_id,))

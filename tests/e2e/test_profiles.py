@@ -68,20 +68,12 @@ def test_two_clean_builds_give_identical_profiles(home: Path) -> None:
         assert done.returncode == 0, done.stderr
         ids.append(json.loads(done.stdout)["id"])
     store = ProfileStore(home)
-    first, second = ({p.key(): p for b, p in _profiles(store, i)} for i in ids)
+    first, second = ({p.key(): p for p in store.of_build(i)} for i in ids)
     assert first and first == second
     assert any("proc macro" in p.roles for p in first.values())  # serde_derive
     assert any("build script" in p.roles for p in first.values())
     record = json.loads(farm(home, "report", ids[1], "--json").stdout)
     assert record["behaviour_changed"] == []
-
-
-def _profiles(store: ProfileStore, build_id: str):
-    with store._db() as db:
-        rows = db.execute("SELECT doc FROM profiles WHERE build_id = ?", (build_id,)).fetchall()
-    from farm.profiles.model import Profile
-
-    return [(build_id, Profile.model_validate_json(r[0])) for r in rows]
 
 
 def test_a_secret_read_in_a_new_version_is_a_high_behaviour_change(

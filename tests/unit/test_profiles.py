@@ -122,6 +122,7 @@ def test_a_new_secret_read_is_noted_and_quarantines_when_asked(tmp_path: Path) -
         n.startswith("behaviour_changed (high): tattle 0.2.0 vs 0.1.0") for n in second.notes
     )
     assert [b for b, _ in store.history("t", "tattle")] == ["b2", "b1"]
+    assert [p.version for p in store.of_build("b2")] == ["0.2.0"]
 
 
 def test_info_changes_are_noted_without_quarantine_and_audit_never_quarantines(
