@@ -28,24 +28,34 @@ from farm.profiles.normalise import IGNORED, SOURCES, normalise, under
 PROFILED_ROLES = frozenset({"build script", "proc macro", "other"})
 #: Packages profiled per build (a workspace of thousands of crates is cut here).
 MAX_PACKAGES = 4096
+#: Entries kept over all packages of one build: memory stays bounded (about 64 MiB at
+#: most) however many packages and paths a hostile build makes up.
+MAX_BUILD_ENTRIES = 131072
 #: Where rustc (running a proc macro) writes its own outputs.
 _RUSTC_OUTPUTS = re.compile(r"^" + re.escape(TARGET) + r"/.*/(deps|incremental|\.fingerprint)/")
 
 
 @dataclass
+class _Budget:
+    left: int = field(default_factory=lambda: MAX_BUILD_ENTRIES)
+
+
+@dataclass
 class _Draft:
+    budget: _Budget
     roles: set[str] = field(default_factory=set)
     aspects: dict[str, set[str]] = field(default_factory=lambda: {a: set() for a in ASPECTS})
     truncated: set[str] = field(default_factory=set)
 
     def add(self, aspect: str, entry: str) -> None:
-        kept = self.aspects[aspect]
+        entry, kept = entry[:MAX_ENTRY_CHARS], self.aspects[aspect]
         if entry in kept:
             return
-        if len(kept) >= MAX_ENTRIES:
+        if len(kept) >= MAX_ENTRIES or self.budget.left <= 0:
             self.truncated.add(aspect)
             return
-        kept.add(entry[:MAX_ENTRY_CHARS])
+        self.budget.left -= 1
+        kept.add(entry)
 
 
 class ProfileBuilder:
@@ -54,6 +64,7 @@ class ProfileBuilder:
     def __init__(self, versions: dict[str, str]) -> None:
         self.table = ProcessTable(versions)
         self.drafts: dict[tuple[str, str], _Draft] = {}
+        self.budget = _Budget()
 
     def watch(self, events: Iterable[TraceEvent]) -> Iterator[TraceEvent]:
         """``events`` unchanged, each noted on the way (they arrive in time order)."""
@@ -106,7 +117,7 @@ class ProfileBuilder:
         key = (who.package, who.version or "?")
         if key not in self.drafts and len(self.drafts) >= MAX_PACKAGES:
             return None
-        draft = self.drafts.setdefault(key, _Draft())
+        draft = self.drafts.setdefault(key, _Draft(self.budget))
         draft.roles.add(who.role)
         return draft
 

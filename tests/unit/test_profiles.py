@@ -187,3 +187,32 @@ def test_farm_diff_forms_and_errors(
     ):
         assert cli.main(["diff", *args]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_build_inventing_paths_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.observe.classify import BlockedAction
+    from farm.profiles import derive
+
+    monkeypatch.setattr(derive, "MAX_BUILD_ENTRIES", 10)
+    builder = derive.ProfileBuilder({})
+    for n in range(600):
+        builder.note_action(
+            BlockedAction(
+                kind="sensitive_read" if n < 300 else "privilege",
+                operation="open",
+                target=f"/root/.ssh/key{n}" + "x" * 600,
+                errno="",
+                time_ns=n,
+                pid=2,
+                process_name="b",
+                executable="/b",
+                argv=[],
+                package=f"pkg{n % 2}",
+                version="1.0.0",
+                role="build script",
+            )
+        )
+    found = builder.profiles()
+    assert sum(len(p.reads) + len(p.privilege) for p in found) == 10
+    assert all(p.truncated for p in found)
+    assert all(len(e) <= 512 for p in found for e in p.reads)
