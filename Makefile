@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 	$(FARM) host setup
 	$(FARM) image build rust
+	$(FARM) image build rust --suite trixie
 
 # helm, kubectl (kustomize), promtool and prometheus for the packaging tests (tests/k8s).
 tools: $(VENV)/.installed

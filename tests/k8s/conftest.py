@@ -26,6 +26,8 @@ from tests.k8s.fakeapi import FakeAPI, FakeServer
 from tests.k8s.kubelet import BUILD_CID, Spooled, wait_for
 
 NS = "team-a"
+#: Where the controller creates every Build's objects (ControllerConfig.run_namespace).
+RUN_NS = "farm-builds"
 
 
 @dataclass
@@ -127,27 +129,38 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         if artifacts.socket.fileno() != -1:
             artifacts.stop()
     server.close()
-    assert_within_rbac(api.rbac_calls)
+    configs = [ctl.config for ctl, _, _, _ in c.controllers] or [ControllerConfig()]
+    for config in configs:
+        assert_within_rbac(api.rbac_calls, config)
 
 
-def assert_within_rbac(calls: list[tuple[str, str, str, str | None]]) -> None:
+Call = tuple[str, str, str, str | None, str | None]
+
+
+def assert_within_rbac(calls: list[Call], config: ControllerConfig) -> None:
     """Every call farm/k8s made to the fake API server is one farm/k8s/permissions.py
-    lists, so the chart (tested equal to that table) grants enough."""
-    grants = permissions.flatten(
-        permissions.CONTROLLER
-        + permissions.LEADER_ELECTION
-        + permissions.ARTIFACT_SERVICE_READ
-        + permissions.NODE_MONITOR
-    )
-    outside = [
-        call
-        for call in calls
-        if not any(
-            (group, resource, verb) == call[:3] and (not names or call[3] in names)
-            for group, resource, verb, names in grants
-        )
-    ]
+    lists for where it was made: cluster-wide grants anywhere, the controller's Roles
+    in its namespace, the run namespace's Roles there only. So the chart (tested equal
+    to that table) grants enough, and a call into a tenant's namespace for anything
+    but Builds and Events fails here."""
+    anywhere = permissions.CONTROLLER + permissions.NODE_MONITOR
+    scoped = {
+        config.namespace: permissions.LEADER_ELECTION + permissions.ARTIFACT_SERVICE_READ,
+        config.run_namespace: permissions.RUN_OBJECTS + permissions.NODE_MONITOR_PODS,
+    }
+    outside = [call for call in calls if not granted(call, anywhere, scoped)]
     assert outside == [], "calls the RBAC in farm/k8s/permissions.py does not grant"
+
+
+def granted(call: Call, anywhere: tuple[permissions.Grant, ...], scoped: dict[str, tuple]) -> bool:
+    """Whether ``call`` is within a cluster-wide grant, or a grant of its namespace."""
+    grants = permissions.flatten(anywhere)
+    if call[4] is not None:
+        grants |= permissions.flatten(scoped.get(call[4], ()))
+    return any(
+        (group, resource, verb) == call[:3] and (not names or call[3] in names)
+        for group, resource, verb, names in grants
+    )
 
 
 def service(config: ControllerConfig, port: int, cluster_ip: str) -> dict:

@@ -103,8 +103,9 @@ class FakeAPI:
         self.requests: list[tuple[str, str]] = []
         #: (plural, namespace, name) of every object ever created; never compacted.
         self.created: list[tuple[str, str, str]] = []
-        #: Each request as RBAC sees it: (API group, resource, verb, object name or None).
-        self.rbac_calls: list[tuple[str, str, str, str | None]] = []
+        #: Each request as RBAC sees it: (API group, resource, verb, object name or None,
+        #: namespace or None for a cluster-wide request).
+        self.rbac_calls: list[tuple[str, str, str, str | None, str | None]] = []
         self.fail_next: dict[tuple[str, str], int] = {}  # (method, plural) -> status
         self.cond = threading.Condition()
 
@@ -298,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
         verb = rbac_verb(method, name, query)
         with api.cond:
             api.requests.append((method, url.path))
-            api.rbac_calls.append((route["group"] or "", resource, verb, name))
+            api.rbac_calls.append((route["group"] or "", resource, verb, name, ns))
             injected = api.fail_next.pop((method, plural), None)
         try:
             if injected:
