@@ -71,5 +71,9 @@ def category(path: str) -> str:
 
 
 def entry_category(entry: str) -> str:
-    """:func:`category` of an entry already normalised (``<target>`` is scratch)."""
-    return "scratch" if entry.startswith("<target>") else category(entry)
+    """:func:`category` of an entry already normalised: its placeholders stand for any
+    value (``/proc/<pid>/environ`` is still a secret, ``<target>`` still scratch)."""
+    return category(_PLACEHOLDER_PID.sub("/proc/1", entry.replace("<target>", TARGET, 1)))
+
+
+_PLACEHOLDER_PID = re.compile(r"^/proc/<pid>(?=/|$)")

@@ -13,7 +13,7 @@ import pytest
 from farm.profiles.diff import changes, render
 from farm.profiles.judge import apply
 from farm.profiles.model import Profile
-from farm.profiles.normalise import category, normalise
+from farm.profiles.normalise import category, entry_category, normalise
 from farm.profiles.store import ProfileStore
 from farm.records import BuildRecord, Status
 from farm.spec import ObservePolicy
@@ -64,6 +64,19 @@ def test_normalise_strips_what_differs_between_builds(raw: str, normal: str) -> 
 )
 def test_categories(path: str, cat: str) -> None:
     assert category(path) == cat
+
+
+@pytest.mark.parametrize(
+    ("entry", "cat"),
+    [
+        ("/proc/<pid>/environ", "sensitive"),
+        ("/proc/<pid>/status", "toolchain"),
+        ("<target>/release/build/x-*/payload", "scratch"),
+        ("/tmp/rustc*/lib.rmeta", "scratch"),
+    ],
+)
+def test_the_category_of_a_normalised_entry(entry: str, cat: str) -> None:
+    assert entry_category(entry) == cat
 
 
 def profile(version: str, **aspects: list[str]) -> Profile:
