@@ -30,6 +30,7 @@ from farm.logs import CappedLog
 from farm.mirror.command import add_parsers as add_mirror_parsers
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
+from farm.profiles.command import add_parsers as add_diff_parsers
 from farm.records import BuildRecord
 from farm.report import build_report, render
 from farm.runner import Interrupted, Runner
@@ -322,6 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     obs.set_defaults(func=cmd_observer)
     _k8s_parsers(sub)
     add_mirror_parsers(sub)
+    add_diff_parsers(sub)
     doc = sub.add_parser("doctor", help="check the host and say how to fix it")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)

@@ -35,6 +35,8 @@ BUILD_RESULTS = (
 BLOCKED_KINDS = ("network", "fs_write_denied", "privilege", "sensitive_read", "persistence")
 CACHE_RESULTS = ("hit", "miss", "bypass")
 REPRO_RESULTS = ("reproducible", "unreproducible", "error")
+#: Values of the ``severity`` label of farm_behaviour_changes_total (farm.profiles.model).
+BEHAVIOUR_SEVERITIES = ("high", "medium", "low", "info")
 
 
 class Metrics:
@@ -69,6 +71,13 @@ class Metrics:
             "farm_blocked_actions",
             "Actions the sandbox blocked or flagged, by kind.",
             ["tenant", "kind"],
+            registry=registry,
+        )
+        self.behaviour_changes = Counter(
+            "farm_behaviour_changes",
+            "Packages whose behaviour profile gained something since their last known one"
+            " (farm.profiles), by the change's severity.",
+            ["tenant", "severity"],
             registry=registry,
         )
         self.teardown = Histogram(

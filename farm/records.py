@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from farm.errors import ExitCode
+from farm.profiles.model import BehaviourChange
 
 
 class Status(StrEnum):
@@ -179,6 +180,9 @@ class BuildRecord(BaseModel):
     lockfile_sha256: str | None = None
     #: What the fetch phase vendored; None when the build had no fetch phase.
     fetched: list[FetchedPackage] | None = None
+    #: Packages whose behaviour profile gained something since their last known one
+    #: (farm.profiles.judge); the report's ``behaviour_changed`` notes.
+    behaviour_changes: list[BehaviourChange] = Field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

@@ -12,6 +12,7 @@ from collections import Counter
 from pydantic import BaseModel, Field
 
 from farm.observe.classify import BlockedAction
+from farm.profiles.model import BehaviourChange
 from farm.records import BuildRecord, ObservationSummary, Status
 
 
@@ -45,6 +46,9 @@ class BuildReport(BaseModel):
     packages: list[PackageReport] = Field(default_factory=list)
     #: Every action, unaggregated, with pid, argv, cwd and time.
     actions: list[BlockedAction] = Field(default_factory=list)
+    #: ``behaviour_changed`` notes: packages that do something their last known
+    #: profile did not (farm.profiles).
+    behaviour_changed: list[BehaviourChange] = Field(default_factory=list)
 
 
 def build_report(record: BuildRecord) -> BuildReport:
@@ -57,6 +61,7 @@ def build_report(record: BuildRecord) -> BuildReport:
         observation=record.observation,
         packages=_per_package(actions),
         actions=actions,
+        behaviour_changed=record.behaviour_changes,
     )
 
 
@@ -106,6 +111,7 @@ def render(report: BuildReport) -> str:
             f"  {obs.unlisted} of {obs.actions} actions are not listed below "
             "(over the record's cap); every one was judged"
         )
+    lines += [f"  {c.line()}" for c in report.behaviour_changed]
     if not report.packages:
         lines.append("  no blocked or suspicious actions")
     for pkg in report.packages:

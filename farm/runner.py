@@ -35,6 +35,9 @@ from farm.observe.daemon import HostObserver
 from farm.observe.spool import TraceRecord
 from farm.observe.verdict import judge, tally
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
+from farm.profiles.derive import ProfileBuilder
+from farm.profiles.judge import apply as apply_profiles
+from farm.profiles.store import ProfileStore
 from farm.records import BuildRecord, Refusal, Status
 from farm.sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
@@ -454,9 +457,14 @@ class Runner:
         versions = {} if lock.is_symlink() else lock_versions(dirs.src)
         # A stream end to end: a spool of millions of events is never held in memory,
         # and every action is judged though the record lists a capped number.
-        actions = tally(iter_actions(trace.stream(), versions), spec.observe)
+        # The profile builder notes execs, opens and actions on the way (one read).
+        profiles = ProfileBuilder(versions)
+        stream = iter_actions(profiles.watch(trace.stream()), versions)
+        actions = tally(profiles.actions(stream), spec.observe)
         seen = trace.seen()  # its counts are final once the stream is read
         judge(record, seen, seen.count, actions, spec.observe)
+        if seen.complete and not seen.lost:  # a partial record would fake a change
+            apply_profiles(record, profiles.profiles(), ProfileStore(self.store.home), spec.observe)
 
     def _save_log(self, record: BuildRecord, log: CappedLog | None) -> None:
         if log is None:

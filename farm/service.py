@@ -25,7 +25,7 @@ from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
 from farm.confine import SourcePolicy
 from farm.errors import BusyError, ExitCode, FarmError, NotFoundError
 from farm.logs import CappedLog
-from farm.metrics import Metrics
+from farm.metrics import BEHAVIOUR_SEVERITIES, Metrics
 from farm.queue import Entry, Queue, State
 from farm.records import BuildRecord, Status
 from farm.runner import Runner, resolve
@@ -322,6 +322,13 @@ class Service:
             m.blocked_actions.labels(record.tenant, kind).inc(n)
         if record.observation:
             m.observer_dropped.inc(record.observation.lost)
+        if record.observation:
+            # Every severity's series exists from the tenant's first observed build, at
+            # 0: increase() in the alert and the panel then sees the first change.
+            for severity in BEHAVIOUR_SEVERITIES:
+                m.behaviour_changes.labels(record.tenant, severity)
+        for change in record.behaviour_changes:
+            m.behaviour_changes.labels(record.tenant, change.severity).inc()
 
     def _requeue(self, build_id: str, record: BuildRecord | None) -> None:
         if record is not None:

@@ -178,6 +178,10 @@ class ObservePolicy(BaseModel):
 
     mode: Literal["audit", "enforce"] = "enforce"
     allow: list[AllowRule] = Field(default_factory=list, max_length=256)
+    #: Quarantine (enforce mode) when a package's behaviour profile gained something at
+    #: least this serious since its last known profile (farm.profiles.model.SEVERITY),
+    #: even if every single action is allowed. None: note the change only.
+    quarantine_on_behaviour_change: Literal["high", "medium", "low", "info"] | None = None
 
 
 class BuildSpec(BaseModel):

@@ -16,7 +16,8 @@ forge name a package.
   environment cargo gave it (the process's own first exec, made by cargo).
 - Proc-macro libraries: only a rustc *step* that compiled a proc macro records which
   package the library it writes (``--out-dir``/``lib<crate><extra>.so``) belongs to.
-  A rustc step has *loaded* a macro when it opens one of the libraries cargo named in
+  A rustc step has *loaded* a macro when it opens one of the libraries (a ``.so``: an
+  ``.rlib`` is data, not code) cargo named in
   its own ``--extern`` arguments, the first time; from then on its actions are the
   macro's, compiling the step's package. A library opened by any other path (a fake
   ``libserde_derive-….so``) names nobody. Code of any loaded macro may be running,
@@ -153,6 +154,10 @@ class ProcessTable:
     def _open(self, proc: Process, path: str, time_ns: int) -> None:
         """A rustc step opening a library cargo passed it with --extern: a macro load."""
         library = lexical(path)
+        # Only a dylib is loaded as code: the .rlib/.rmeta of an ordinary dependency
+        # (also an --extern) is data to rustc, and must not make its crate a suspect.
+        if not library.endswith(".so"):
+            return
         if library not in proc.externs.values() or self.step_of(proc.tgid) is not proc:
             return
         if all(loaded != library for _, loaded in proc.loaded):

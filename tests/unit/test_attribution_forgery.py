@@ -147,3 +147,18 @@ def test_a_child_outliving_its_build_script_keeps_it_when_the_pid_is_reused() ->
     ]
     [action] = classify(events, {})
     assert (action.package, action.role) == ("evil-macro", "build script")
+
+
+def test_reading_an_ordinary_dependencys_rlib_is_no_macro_load() -> None:
+    """rustc reads every --extern library; only a .so (a proc macro) is loaded as code.
+    Compiling app with ``--extern tattle=libtattle-….rlib`` stays app's rustc step."""
+    rlib = f"{DEPS}/libtattle-4444444444444444.rlib"
+    argv = ["rustc", "--crate-name", "app", "--extern", f"tattle={rlib}"]
+    events = [
+        *cargo_root(),
+        *step(6, "/usr/bin/rustc", argv, ["CARGO_PKG_NAME=app", "CARGO_PKG_VERSION=0.1.0"]),
+        ev("open", tgid=6, pathname=rlib, flags=0o2000000),
+        steal(6),
+    ]
+    [action] = classify(events, {"tattle": "0.2.0"})
+    assert (action.package, action.role, action.suspects) == ("app", "rustc", [])

@@ -1,0 +1,84 @@
+"""Behaviour profiles kept per tenant, package version and build, in the store's index.
+
+Callers: ``farm.profiles.judge`` (saves a build's profiles and finds each package's
+last known one) and ``farm diff``. Same SQLite file as ``farm.store.Store``; each row
+holds one build's profile of one package version as JSON, so a version's profile is
+traceable to the builds it came from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from farm.profiles.model import Profile
+from farm.sqlitedb import create_schema
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (
+    tenant TEXT NOT NULL,
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    build_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (tenant, package, version, build_id)
+);
+CREATE INDEX IF NOT EXISTS profiles_package ON profiles(tenant, package, created_at);
+"""
+
+
+class ProfileStore:
+    def __init__(self, home: Path) -> None:
+        self.path = home / "index.sqlite"
+        home.mkdir(parents=True, exist_ok=True)
+        create_schema(self.path, SCHEMA, wal=True)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def save(self, tenant: str, build_id: str, when: datetime, profiles: list[Profile]) -> None:
+        with self._db() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (tenant, p.package, p.version, build_id, when.isoformat(), p.model_dump_json())
+                    for p in profiles
+                ],
+            )
+
+    def history(
+        self, tenant: str, package: str, version: str | None = None
+    ) -> list[tuple[str, Profile]]:
+        """(build id, profile) of ``package`` (at ``version``), newest first."""
+        query = "SELECT build_id, doc FROM profiles WHERE tenant = ? AND package = ?"
+        args = [tenant, package]
+        if version is not None:
+            query, args = query + " AND version = ?", [*args, version]
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY created_at DESC, build_id", args).fetchall()
+        return [(b, Profile.model_validate_json(doc)) for b, doc in rows]
+
+    def of_build(self, build_id: str) -> list[Profile]:
+        """Every profile one build produced."""
+        with self._db() as db:
+            rows = db.execute("SELECT doc FROM profiles WHERE build_id = ?", (build_id,))
+            return [Profile.model_validate_json(r[0]) for r in rows.fetchall()]
+
+    def last_known(
+        self, tenant: str, package: str, *, before_build: str
+    ) -> tuple[str, Profile] | None:
+        """The newest profile of ``package`` from a build other than ``before_build``."""
+        for build_id, profile in self.history(tenant, package):
+            if build_id != before_build:
+                return build_id, profile
+        return None
