@@ -42,6 +42,7 @@ from farm.policy import BuildDirs
 from farm.records import BuildRecord, Status
 from farm.runner import Runner
 from farm.spec import BuildSpec, ObservePolicy
+from farm.store import Store
 
 
 def hwm() -> int:
@@ -60,7 +61,9 @@ record = BuildRecord(
 )
 before = hwm()
 # The runner's own observation step (no sandbox: the record is already in the spool).
-Runner._observe(Runner.__new__(Runner), record, spec, BuildDirs(source.parent), observer, 5.0)
+runner = Runner.__new__(Runner)
+runner.store = Store(source.parent / "home")  # where the behaviour profiles go
+Runner._observe(runner, record, spec, BuildDirs(source.parent), observer, 5.0)
 after = hwm()
 print(json.dumps({"before": before, "after": after, "record": record.model_dump(mode="json")}))
 """
