@@ -119,6 +119,23 @@ class ReproVerdict(BaseModel):
         return f"NOT reproducible across {self.runs} runs: {', '.join(self.differing)} differ"
 
 
+class HoneytokenVerdict(BaseModel):
+    """What a build did with the fake credentials farm planted (farm.honeytokens); the
+    values themselves are never stored, only their kinds ("ssh", "aws", "cargo", "git")."""
+
+    planted: list[str]
+    #: Kinds whose planted file the build opened (each a high-severity sensitive_read).
+    read: list[str] = Field(default_factory=list)
+    #: Kinds whose value showed up in a later recorded action: the build is exfiltrating.
+    exfiltrated: list[str] = Field(default_factory=list)
+    #: Kinds found in a declared output (that output was refused).
+    in_artifacts: list[str] = Field(default_factory=list)
+
+    @property
+    def exfiltrating(self) -> bool:
+        return bool(self.exfiltrated or self.in_artifacts)
+
+
 class FetchedPackage(BaseModel):
     """One dependency the fetch phase (farm.fetch) downloaded, verified and vendored."""
 
@@ -179,6 +196,8 @@ class BuildRecord(BaseModel):
     lockfile_sha256: str | None = None
     #: What the fetch phase vendored; None when the build had no fetch phase.
     fetched: list[FetchedPackage] | None = None
+    #: None when no honeytokens were planted (farm.honeytokens).
+    honeytokens: HoneytokenVerdict | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

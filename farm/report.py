@@ -12,7 +12,7 @@ from collections import Counter
 from pydantic import BaseModel, Field
 
 from farm.observe.classify import BlockedAction
-from farm.records import BuildRecord, ObservationSummary, Status
+from farm.records import BuildRecord, HoneytokenVerdict, ObservationSummary, Status
 
 
 class ActionGroup(BaseModel):
@@ -45,6 +45,8 @@ class BuildReport(BaseModel):
     packages: list[PackageReport] = Field(default_factory=list)
     #: Every action, unaggregated, with pid, argv, cwd and time.
     actions: list[BlockedAction] = Field(default_factory=list)
+    #: What the build did with farm's planted fake credentials (farm.honeytokens).
+    honeytokens: HoneytokenVerdict | None = None
 
 
 def build_report(record: BuildRecord) -> BuildReport:
@@ -57,6 +59,7 @@ def build_report(record: BuildRecord) -> BuildReport:
         observation=record.observation,
         packages=_per_package(actions),
         actions=actions,
+        honeytokens=record.honeytokens,
     )
 
 
@@ -101,6 +104,7 @@ def render(report: BuildReport) -> str:
         + ("" if obs.complete else f"; INCOMPLETE: {obs.problem}")
     )
     lines += [f"  QUARANTINED: {r}; artifacts withheld" for r in obs.quarantine_reasons]
+    lines += _honeytoken_lines(report.honeytokens)
     if obs.unlisted:
         lines.append(
             f"  {obs.unlisted} of {obs.actions} actions are not listed below "
@@ -116,3 +120,19 @@ def render(report: BuildReport) -> str:
             allowed = "  [allowed by policy]" if g.allowed else ""
             lines.append(f"  {g.kind:<15} {g.what}{times}{allowed}")
     return "\n".join(lines)
+
+
+def _honeytoken_lines(verdict: HoneytokenVerdict | None) -> list[str]:
+    if verdict is None:
+        return []
+    lines = []
+    if verdict.read:
+        lines.append(f"  HONEYTOKENS READ (severity high): {', '.join(verdict.read)}")
+    if verdict.exfiltrating:
+        kinds = sorted({*verdict.exfiltrated, *verdict.in_artifacts})
+        where = "later actions" if verdict.exfiltrated else ""
+        where += (" and " if where and verdict.in_artifacts else "") + (
+            "outputs" if verdict.in_artifacts else ""
+        )
+        lines.append(f"  EXFILTRATION: planted {', '.join(kinds)} credentials in {where}")
+    return lines

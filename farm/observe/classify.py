@@ -104,6 +104,11 @@ class BlockedAction(BaseModel):
     spelled: str | None = None
     #: Set by the build's policy: allowed actions never quarantine a build.
     allowed: bool = False
+    #: farm.honeytokens: the kind of planted credential this read opened; the kinds
+    #: whose value this action's text held (then redacted); "high" for either.
+    honeytoken: str | None = None
+    exfiltrated: str | None = None
+    severity: str | None = None
 
     def who(self) -> str:
         if not self.package:
@@ -125,7 +130,12 @@ class BlockedAction(BaseModel):
             target = f"{target}/{self.protocol}"
         elif self.protocol and not self.target:
             target = f"{self.protocol} {target}"
-        return " ".join(w for w in (self.operation, target, self.result()) if w)
+        said = " ".join(w for w in (self.operation, target, self.result()) if w)
+        if self.honeytoken:
+            said += f" [honeytoken {self.honeytoken}: severity high]"
+        if self.exfiltrated:
+            said += f" [EXFILTRATION of honeytoken {self.exfiltrated}]"
+        return said
 
     def result(self) -> str:
         if self.errno == "EINPROGRESS":  # a non-blocking connect; nothing listens here
