@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from farm import cargo
+from farm import cargo, sinkhole
 from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
@@ -240,6 +240,11 @@ class Runner:
             self._honey.pop(build_id, None)
             self._release(dirs.root)
 
+    def _sinkhole_enabled(self) -> bool:
+        """The resolver starts from gVisor's root pid 1 (farm.backends.local.backstop):
+        not under --insecure-runtime, where pid 1 is the build's own user."""
+        return getattr(self.backend, "name", "") == "local" and not self.settings.insecure_runtime
+
     def registry(self, spec: BuildSpec) -> Registry | None:
         """The operator's registry the spec names, if any; SpecError for another name."""
         if spec.registry is None:
@@ -292,6 +297,8 @@ class Runner:
         try:
             self._make_dirs(dirs, spec.resources.disk)
             sandbox = plant(sandbox, tokens, dirs.disk / "home")
+            if self._sinkhole_enabled():
+                sandbox = sinkhole.prepare(sandbox, dirs.root, dirs.disk / "dns")
             record.honeytokens = HoneytokenVerdict(planted=list(HONEY_KINDS))
             record.source_digest = snapshot(
                 spec.source,
@@ -459,7 +466,16 @@ class Runner:
         # A stream end to end: a spool of millions of events is never held in memory,
         # and every action is judged though the record lists a capped number.
         marker = self._honey.get(record.id)
+        sandbox_dns = dirs.disk / "dns"
         stream = iter_actions(trace.stream(), versions)
+        if sandbox_dns.exists():
+            resolved = sinkhole.read_log(sandbox_dns)
+            stream = sinkhole.merge(stream, resolved)
+            if resolved.pid is None:
+                record.notes.append(
+                    "the sinkhole resolver did not start (does the image have /usr/bin/perl?): "
+                    "names the build resolved are not known"
+                )
         actions = tally(marker.mark(stream) if marker else stream, spec.observe)
         seen = trace.seen()  # its counts are final once the stream is read
         judge(record, seen, seen.count, actions, spec.observe)

@@ -141,7 +141,9 @@ class BlockedAction(BaseModel):
         if self.errno == "EINPROGRESS":  # a non-blocking connect; nothing listens here
             return "attempted (EINPROGRESS)"
         if self.errno:
-            refused = self.errno in ("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH")
+            refused = self.errno in (
+                *("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH"),
+            )
             return f"{'blocked' if refused else 'failed'} ({self.errno})"
         return {
             "persistence": "killed with the sandbox",
