@@ -48,6 +48,9 @@ HARMLESS_DEVICES = frozenset(
     {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 )
 DENIED = frozenset({errnos.EACCES, errnos.EROFS, errnos.EPERM})
+#: Errors that mean the sandbox refused the call (EHOSTUNREACH: farm.sinkhole's
+#: addresses have no route), shown as "blocked".
+REFUSED = ("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH")
 #: Where a build may write (farm.policy's mounts, plus the kernel's scratch dirs).
 WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm")
 #: Open files remembered to resolve ``/proc/<pid>/fd/N`` (oldest forgotten first).
@@ -141,9 +144,7 @@ class BlockedAction(BaseModel):
         if self.errno == "EINPROGRESS":  # a non-blocking connect; nothing listens here
             return "attempted (EINPROGRESS)"
         if self.errno:
-            refused = self.errno in (
-                *("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH"),
-            )
+            refused = self.errno in REFUSED
             return f"{'blocked' if refused else 'failed'} ({self.errno})"
         return {
             "persistence": "killed with the sandbox",
