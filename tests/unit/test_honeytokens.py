@@ -113,13 +113,16 @@ def test_outputs_are_scanned_across_read_chunks(tokens: Honeytokens, tmp_path: P
     assert found_in_file(out, finder) is None
 
 
-def test_plant_writes_home_and_env(tokens: Honeytokens, tmp_path: Path) -> None:
-    sandbox = SandboxSpec(
+def sandbox_spec() -> SandboxSpec:
+    return SandboxSpec(
         name="x", image="i", argv=["true"], env={"PATH": "/bin"}, workdir="/src",
         user="10001:10001", hostname="h", mounts=[], tmpfs={"/tmp": 1 << 20}, disk=1 << 20,
         cpus=1, memory=1 << 28, pids=64, deadline_seconds=60, log_cap=1 << 20, labels={},
     )  # fmt: skip
-    planted = plant(sandbox, tokens, tmp_path / "home")
+
+
+def test_plant_writes_home_and_env(tokens: Honeytokens, tmp_path: Path) -> None:
+    planted = plant(sandbox_spec(), tokens, tmp_path / "home")
     assert planted.env["AWS_ACCESS_KEY_ID"] == tokens.aws_key_id
     assert planted.env["PATH"] == "/bin"
     assert [(m.target, m.read_only) for m in planted.mounts][-1] == ("/tmp/home", False)
