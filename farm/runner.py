@@ -467,7 +467,8 @@ class Runner:
         # and every action is judged though the record lists a capped number.
         marker = self._honey.get(record.id)
         sandbox_dns = dirs.disk / "dns"
-        stream = iter_actions(trace.stream(), versions)
+        dns_port = sinkhole.PORT if sandbox_dns.exists() else None
+        stream = iter_actions(trace.stream(), versions, dns_port=dns_port)
         if sandbox_dns.exists():
             resolved = sinkhole.read_log(sandbox_dns)
             stream = sinkhole.merge(stream, resolved)

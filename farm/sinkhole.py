@@ -125,12 +125,20 @@ def index_of(address: str | None) -> int | None:
 
 def merge(actions: Iterable[BlockedAction], resolved: Resolved) -> Iterator[BlockedAction]:
     """The actions with the resolver's own left out, each connect to a sinkhole
-    address named (``resolve NAME → connect :PORT``), and then a ``resolve NAME`` for
-    each name no recorded connect followed (unattributed: the resolver sees no process)."""
+    address named (``resolve NAME → connect :PORT``, attributed like the connect), and
+    then a ``resolve NAME`` for each name no recorded connect followed, attributed to the
+    process that queried the resolver when only one package's processes did.
+
+    The ``dns query`` actions (``classify.iter_actions(dns_port=PORT)``) are consumed."""
     connected: set[int] = set()
+    askers: dict[str, BlockedAction] = {}
     for action in actions:
         if resolved.pid is not None and action.pid == resolved.pid:
             continue  # the resolver's own replies (unconnected sendto) and its exit
+        if action.operation == "dns query":
+            if len(askers) < MAX_ASKERS:
+                askers.setdefault(action.who(), action)
+            continue
         n = index_of(action.address) if action.kind == "network" else None
         if n is None or n not in resolved.names:
             yield action
@@ -140,10 +148,21 @@ def merge(actions: Iterable[BlockedAction], resolved: Resolved) -> Iterator[Bloc
         yield action.model_copy(update={"operation": "resolve", "target": target})
     for n, name in sorted(resolved.names.items()):
         if n not in connected:
-            yield _resolve_only(name)
+            yield _resolve_only(name, askers)
 
 
-def _resolve_only(name: str) -> BlockedAction:
+#: Distinct processes remembered as having queried the resolver.
+MAX_ASKERS = 64
+
+
+def _resolve_only(name: str, askers: dict[str, BlockedAction]) -> BlockedAction:
+    """A name looked up with no connect after it. The resolver sees no process: if the
+    queries came from one package's processes (or one process), the name is theirs."""
+    if len(askers) == 1:
+        asker = next(iter(askers.values()))
+        update = {"operation": "resolve", "target": name, "errno": "", "address": None}
+        return asker.model_copy(update={**update, "port": None, "protocol": None})
+    who = ", ".join(sorted(askers)) or "no recorded process"
     return BlockedAction(
         kind="network",
         operation="resolve",
@@ -152,6 +171,6 @@ def _resolve_only(name: str) -> BlockedAction:
         time_ns=0,
         pid=0,
         process_name="sinkhole resolver",
-        executable="(a name resolved; no recorded connect followed)",
+        executable=f"(asked by one of: {who})"[:256],
         argv=[],
     )

@@ -189,6 +189,8 @@ class _Sockets:
     connected: set[tuple[int, int]] = field(default_factory=set)
     #: Loopback ports some process of this sandbox bound.
     bound: set[int] = field(default_factory=set)
+    #: farm.sinkhole's resolver port: a UDP connect there is a ``dns query`` action.
+    dns_port: int | None = None
 
 
 def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
@@ -197,11 +199,17 @@ def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[Blo
     return list(iter_actions(events, versions))
 
 
-def iter_actions(events: Iterable[TraceEvent], versions: dict[str, str]) -> Iterator[BlockedAction]:
+def iter_actions(
+    events: Iterable[TraceEvent], versions: dict[str, str], *, dns_port: int | None = None
+) -> Iterator[BlockedAction]:
     """:func:`classify` as a stream: memory stays bounded whatever the number of events
-    (only the process and socket tables grow, with processes and sockets)."""
+    (only the process and socket tables grow, with processes and sockets).
+
+    ``dns_port``: the sandbox runs farm.sinkhole's resolver on that loopback port; each
+    UDP connect to it is yielded as a ``dns query`` action, for farm.sinkhole.merge to
+    attribute names to (it consumes them: they are not attempts to leave the sandbox)."""
     table = ProcessTable(versions)
-    sockets = _Sockets()
+    sockets = _Sockets(dns_port=dns_port)
     files: dict[tuple[int, int], str] = {}
     for event in in_time_order(events):
         table.track(event)
@@ -334,6 +342,9 @@ def _judge_address(event: TraceEvent, sockets: _Sockets) -> _Found | None:
             return None
         return _Found("network", "bind", _hostport(addr), addr, protocol)
     sockets.connected.add(fd_key)
+    dns = sockets.dns_port is not None and addr.port == sockets.dns_port
+    if loopback and dns and protocol == "udp":
+        return _Found("network", "dns query", _hostport(addr), addr, protocol)
     if loopback and _own_loopback(event, addr, protocol, sockets):
         return None
     return _Found("network", "connect", _hostport(addr), addr, protocol)

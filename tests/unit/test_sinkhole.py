@@ -111,7 +111,7 @@ def test_a_name_that_is_not_text_is_logged_escaped(resolver) -> None:
     ],
 )
 def test_malformed_queries_get_no_answer_and_the_resolver_lives(resolver, packet) -> None:
-    port, logs, proc = resolver
+    port, _logs, proc = resolver
     assert ask(port, packet, timeout=0.3) is None
     good = query(b"still.alive", 1)
     assert answer_rdata(ask(port, good), good)[2] == socket.inet_aton("198.18.0.1")
@@ -155,6 +155,7 @@ def action(address: str, port: int, pid: int = 5, operation: str = "connect") ->
 def test_merge_names_connects_drops_the_resolver_and_lists_bare_resolves() -> None:
     resolved = sinkhole.Resolved(pid=9, names={1: "exfil.example.net", 2: "quiet.example"})
     actions = [
+        action("127.0.0.1", 53, operation="dns query"),  # consumed
         action("198.18.0.1", 443),
         action("2001:2::1", 443),
         action("127.0.0.1", 9),
@@ -170,8 +171,20 @@ def test_merge_names_connects_drops_the_resolver_and_lists_bare_resolves() -> No
         "blocked (EHOSTUNREACH)",
         "evil 0.3.1 (build script): connect 127.0.0.1:9/tcp blocked (EHOSTUNREACH)",
         "evil 0.3.1 (build script): connect 198.19.255.255:80/tcp blocked (EHOSTUNREACH)",
-        "(a name resolved; no recorded connect followed): resolve quiet.example "
+        # Only evil's process asked the resolver: the bare lookup is evil's.
+        "evil 0.3.1 (build script): resolve quiet.example "
         "contained (nothing outside the sandbox is reachable)",
+    ]
+
+
+def test_a_bare_lookup_with_several_askers_names_them_all() -> None:
+    resolved = sinkhole.Resolved(pid=9, names={1: "quiet.example"})
+    other = action("127.0.0.1", 53, pid=6, operation="dns query")
+    other = other.model_copy(update={"package": "good", "version": "1.0.0"})
+    got = list(sinkhole.merge([action("127.0.0.1", 53, operation="dns query"), other], resolved))
+    assert [a.line() for a in got] == [
+        "(asked by one of: evil 0.3.1 (build script), good 1.0.0 (build script)): "
+        "resolve quiet.example contained (nothing outside the sandbox is reachable)"
     ]
 
 
