@@ -143,6 +143,8 @@ def merge(actions: Iterable[BlockedAction], resolved: Resolved) -> Iterator[Bloc
         if n is None or n not in resolved.names:
             yield action
             continue
+        if action.protocol == "udp" and not action.port:
+            continue  # getaddrinfo's address-selection probe (RFC 6724): it sends nothing
         connected.add(n)
         target = f"{resolved.names[n]} → {action.operation} :{action.port}"
         yield action.model_copy(update={"operation": "resolve", "target": target})

@@ -57,7 +57,9 @@ WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm")
 MAX_OPEN_FILES = 65536
 O_ACCMODE, O_CREAT, O_TRUNC, O_APPEND = 0o3, 0o100, 0o1000, 0o2000
 AT_FDCWD = -100
-AF_UNIX, AF_PACKET = 1, 17
+AF_UNIX, AF_NETLINK, AF_PACKET = 1, 16, 17
+#: Sockets whose peer is this sandbox's own kernel or processes: sends on them are IPC.
+LOCAL_DOMAINS = frozenset({AF_UNIX, AF_NETLINK})
 SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
 SEND_SYSCALLS = frozenset({"sendto", "sendmsg", "sendmmsg"})
 #: glibc asks nscd over this socket on every user lookup; it never leaves the sandbox.
@@ -310,7 +312,9 @@ def _judge_socket(event: TraceEvent, sockets: _Sockets) -> _Found | None:
         fd_key = (event.context.thread_group_id, fd)
         sockets.kinds[fd_key] = (domain, type_)
         sockets.connected.discard(fd_key)  # a reused fd number: a new socket
-    if domain == AF_PACKET or type_ in (SOCK_RAW, SOCK_PACKET):
+    # glibc's getaddrinfo opens a raw netlink socket to list addresses: it talks to
+    # gVisor's kernel only, so it is no raw network access.
+    if domain == AF_PACKET or (domain != AF_NETLINK and type_ in (SOCK_RAW, SOCK_PACKET)):
         return _Found("privilege", "raw socket", f"domain {domain} type {type_}")
     return None
 
@@ -379,8 +383,11 @@ def _judge_raw(event: TraceEvent, sockets: _Sockets) -> _Found | None:
     if name in SEND_SYSCALLS:
         fd_key = (event.context.thread_group_id, int(event.fields.get("arg1", -1)))
         domain_type = sockets.kinds.get(fd_key)
-        to_peer = fd_key in sockets.connected and not event.fields.get("arg5")
-        if to_peer or (domain_type and domain_type[0] == AF_UNIX):
+        # Only sendto's 5th argument is an address (sendmsg/sendmmsg carry theirs inside
+        # the message, which gVisor does not record; their 5th register is noise).
+        addressed = name == "sendto" and event.fields.get("arg5")
+        to_peer = fd_key in sockets.connected and not addressed
+        if to_peer or (domain_type and domain_type[0] in LOCAL_DOMAINS):
             return None  # judged at its connect (no address of its own), or local IPC
         return _Found("network", name, "", None, _protocol(domain_type))
     return _Found("privilege", name, "")
