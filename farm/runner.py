@@ -240,6 +240,11 @@ class Runner:
             self._honey.pop(build_id, None)
             self._release(dirs.root)
 
+    def _marker(self, build_id: str) -> Marker | None:
+        """The honeytokens of a build this runner is running, if any. (The observation
+        step also runs alone, on a record already spooled: tests/unit/test_observe_memory.)"""
+        return getattr(self, "_honey", {}).get(build_id)
+
     def _sinkhole_enabled(self) -> bool:
         """The resolver starts from gVisor's root pid 1 (farm.backends.local.backstop):
         not under --insecure-runtime, where pid 1 is the build's own user."""
@@ -465,7 +470,7 @@ class Runner:
         versions = {} if lock.is_symlink() else lock_versions(dirs.src)
         # A stream end to end: a spool of millions of events is never held in memory,
         # and every action is judged though the record lists a capped number.
-        marker = self._honey.get(record.id)
+        marker = self._marker(record.id)
         sandbox_dns = dirs.disk / "dns"
         dns_port = sinkhole.PORT if sandbox_dns.exists() else None
         stream = iter_actions(trace.stream(), versions, dns_port=dns_port)
@@ -493,7 +498,7 @@ class Runner:
 
     def _collect(self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs) -> None:
         got: Collected = collect(dirs, spec.outputs or [], spec.limits, self.store)
-        marker = self._honey.get(record.id)
+        marker = self._marker(record.id)
         if marker:
             _refuse_tokens(record, got, marker.finder, self.store)
         record.artifacts, record.refused = got.artifacts, got.refused
