@@ -259,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true")
     rep.add_argument("--server", metavar="URL", help="ask this `farm serve` (default $FARM_SERVER)")
     rep.add_argument("--local", action="store_true", help="read this host's store")
+    rep.add_argument(
+        "--cargo-vet",
+        action="store_true",
+        help="notes for cargo-vet's safe-to-run, per package observed clean (evidence only)",
+    )
     rep.set_defaults(func=cmd_report)
     show = sub.add_parser("show", help="show one build's record")
     show.add_argument("id")
@@ -668,8 +673,28 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         record = Client(server, settings.token).report(args.id)
     else:
         record = Store(settings.home).get(args.id)
+    if args.cargo_vet:
+        return _cargo_vet(record, args, settings, local=not server)
     report = build_report(record)
     print(report.model_dump_json(indent=2) if args.json else render(report))
+    return 0
+
+
+def _cargo_vet(
+    record: BuildRecord, args: argparse.Namespace, settings: Settings, *, local: bool
+) -> int:
+    from farm import cargovet
+
+    if not local:
+        raise InputError(
+            "--cargo-vet reads the build's Cargo.lock from this host's store; add --local"
+        )
+    store = Store(settings.home)
+    lock = None
+    if record.lockfile_sha256:
+        lock = store.blob_path(record.lockfile_sha256).read_text(errors="replace")
+    found = cargovet.evidence(record, lock)
+    print(found.model_dump_json(indent=2) if args.json else cargovet.render(found))
     return 0
 
 

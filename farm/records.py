@@ -120,6 +120,23 @@ class ReproVerdict(BaseModel):
         return f"NOT reproducible across {self.runs} runs: {', '.join(self.differing)} differ"
 
 
+class HoneytokenVerdict(BaseModel):
+    """What a build did with the fake credentials farm planted (farm.honeytokens); the
+    values themselves are never stored, only their kinds ("ssh", "aws", "cargo", "git")."""
+
+    planted: list[str]
+    #: Kinds whose planted file the build opened (each a high-severity sensitive_read).
+    read: list[str] = Field(default_factory=list)
+    #: Kinds whose value showed up in a later recorded action: the build is exfiltrating.
+    exfiltrated: list[str] = Field(default_factory=list)
+    #: Kinds found in a declared output (that output was refused).
+    in_artifacts: list[str] = Field(default_factory=list)
+
+    @property
+    def exfiltrating(self) -> bool:
+        return bool(self.exfiltrated or self.in_artifacts)
+
+
 class FetchedPackage(BaseModel):
     """One dependency the fetch phase (farm.fetch) downloaded, verified and vendored."""
 
@@ -183,6 +200,8 @@ class BuildRecord(BaseModel):
     #: Packages whose behaviour profile gained something since their last known one
     #: (farm.profiles.judge); the report's ``behaviour_changed`` notes.
     behaviour_changes: list[BehaviourChange] = Field(default_factory=list)
+    #: None when no honeytokens were planted (farm.honeytokens).
+    honeytokens: HoneytokenVerdict | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

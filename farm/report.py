@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from farm.observe.classify import BlockedAction
 from farm.profiles.model import BehaviourChange
-from farm.records import BuildRecord, ObservationSummary, Status
+from farm.records import BuildRecord, HoneytokenVerdict, ObservationSummary, Status
 
 
 class ActionGroup(BaseModel):
@@ -49,6 +49,8 @@ class BuildReport(BaseModel):
     #: ``behaviour_changed`` notes: packages that do something their last known
     #: profile did not (farm.profiles).
     behaviour_changed: list[BehaviourChange] = Field(default_factory=list)
+    #: What the build did with farm's planted fake credentials (farm.honeytokens).
+    honeytokens: HoneytokenVerdict | None = None
 
 
 def build_report(record: BuildRecord) -> BuildReport:
@@ -62,6 +64,7 @@ def build_report(record: BuildRecord) -> BuildReport:
         packages=_per_package(actions),
         actions=actions,
         behaviour_changed=record.behaviour_changes,
+        honeytokens=record.honeytokens,
     )
 
 
@@ -106,6 +109,7 @@ def render(report: BuildReport) -> str:
         + ("" if obs.complete else f"; INCOMPLETE: {obs.problem}")
     )
     lines += [f"  QUARANTINED: {r}; artifacts withheld" for r in obs.quarantine_reasons]
+    lines += _honeytoken_lines(report.honeytokens)
     if obs.unlisted:
         lines.append(
             f"  {obs.unlisted} of {obs.actions} actions are not listed below "
@@ -122,3 +126,19 @@ def render(report: BuildReport) -> str:
             allowed = "  [allowed by policy]" if g.allowed else ""
             lines.append(f"  {g.kind:<15} {g.what}{times}{allowed}")
     return "\n".join(lines)
+
+
+def _honeytoken_lines(verdict: HoneytokenVerdict | None) -> list[str]:
+    if verdict is None:
+        return []
+    lines = []
+    if verdict.read:
+        lines.append(f"  HONEYTOKENS READ (severity high): {', '.join(verdict.read)}")
+    if verdict.exfiltrating:
+        kinds = sorted({*verdict.exfiltrated, *verdict.in_artifacts})
+        where = "later actions" if verdict.exfiltrated else ""
+        where += (" and " if where and verdict.in_artifacts else "") + (
+            "outputs" if verdict.in_artifacts else ""
+        )
+        lines.append(f"  EXFILTRATION: planted {', '.join(kinds)} credentials in {where}")
+    return lines

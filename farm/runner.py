@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from farm import cargo
+from farm import cargo, sinkhole
 from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
@@ -29,6 +29,8 @@ from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
 from farm.fetch.phase import fetch
 from farm.fetch.registry import Registry
+from farm.honeytokens import KINDS as HONEY_KINDS
+from farm.honeytokens import Finder, Honeytokens, Marker, Redactor, found_in_file, plant
 from farm.logs import CappedLog
 from farm.observe.classify import iter_actions, lock_versions
 from farm.observe.daemon import HostObserver
@@ -38,7 +40,7 @@ from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.profiles.derive import ProfileBuilder
 from farm.profiles.judge import apply as apply_profiles
 from farm.profiles.store import ProfileStore
-from farm.records import BuildRecord, Refusal, Status
+from farm.records import BuildRecord, HoneytokenVerdict, Refusal, Status
 from farm.sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
@@ -140,6 +142,8 @@ class Runner:
         if observer is None and settings.observing:
             observer = HostObserver()
         self.observer = observer if settings.observing else None
+        #: Build id -> the marker of its honeytokens, while it runs (values in memory only).
+        self._honey: dict[str, Marker] = {}
 
     def within(self, spec: BuildSpec) -> Path | None:
         """The directory ``spec.source`` must be opened beneath, if this runner serves."""
@@ -234,10 +238,23 @@ class Runner:
             self.observer.ready()  # runsc-observed refuses to start without it anyway
         record = self._start_record(build_id, spec, image_id)
         record.notes.extend(notes)
+        tokens = Honeytokens.generate()
+        self._honey[build_id] = Marker(Finder(tokens))
         try:
-            return self._run(record, spec, dirs, sandbox, registry)
+            return self._run(record, spec, dirs, sandbox, registry, tokens)
         finally:
+            self._honey.pop(build_id, None)
             self._release(dirs.root)
+
+    def _marker(self, build_id: str) -> Marker | None:
+        """The honeytokens of a build this runner is running, if any. (The observation
+        step also runs alone, on a record already spooled: tests/unit/test_observe_memory.)"""
+        return getattr(self, "_honey", {}).get(build_id)
+
+    def _sinkhole_enabled(self) -> bool:
+        """The resolver starts from gVisor's root pid 1 (farm.backends.local.backstop):
+        not under --insecure-runtime, where pid 1 is the build's own user."""
+        return getattr(self.backend, "name", "") == "local" and not self.settings.insecure_runtime
 
     def registry(self, spec: BuildSpec) -> Registry | None:
         """The operator's registry the spec names, if any; SpecError for another name."""
@@ -290,6 +307,7 @@ class Runner:
         dirs: BuildDirs,
         sandbox: SandboxSpec,
         registry: Registry | None,
+        tokens: Honeytokens,
     ) -> BuildRecord:
         started = time.monotonic()
         self.on_phase("snapshot", None)
@@ -297,6 +315,10 @@ class Runner:
         result: SandboxResult | None = None
         try:
             self._make_dirs(dirs, spec.resources.disk)
+            sandbox = plant(sandbox, tokens, dirs.disk / "home")
+            if self._sinkhole_enabled():
+                sandbox = sinkhole.prepare(sandbox, dirs.root, dirs.disk / "dns")
+            record.honeytokens = HoneytokenVerdict(planted=list(HONEY_KINDS))
             record.source_digest = snapshot(
                 spec.source,
                 dirs.src,
@@ -309,9 +331,14 @@ class Runner:
                 sandbox = self._fetch(record, spec, dirs, sandbox, registry)
             log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
-            result = self.backend.run(
-                sandbox, log=self._sink(log), on_created=self._created(record)
-            )
+            # The build's output is redacted before anything keeps or shows it.
+            redactor = Redactor(self._honey[record.id].finder, self._sink(log))
+            try:
+                result = self.backend.run(
+                    sandbox, log=redactor.write, on_created=self._created(record)
+                )
+            finally:
+                redactor.close()
         except (Interrupted, KeyboardInterrupt):
             record.status = Status.CANCELLED
             record.notes.append("cancelled by a signal; the sandbox was torn down")
@@ -459,10 +486,25 @@ class Runner:
         # and every action is judged though the record lists a capped number.
         # The profile builder notes execs, opens and actions on the way (one read).
         profiles = ProfileBuilder(versions)
-        stream = iter_actions(profiles.watch(trace.stream()), versions)
+        marker = self._marker(record.id)
+        sandbox_dns = dirs.disk / "dns"
+        dns_port = sinkhole.PORT if sandbox_dns.exists() else None
+        stream = iter_actions(profiles.watch(trace.stream()), versions, dns_port=dns_port)
+        if sandbox_dns.exists():
+            resolved = sinkhole.read_log(sandbox_dns)
+            stream = sinkhole.merge(stream, resolved)
+            if resolved.pid is None:
+                record.notes.append(
+                    "the sinkhole resolver did not start (does the image have /usr/bin/perl?): "
+                    "names the build resolved are not known"
+                )
+        # Honeytoken values are redacted before profiles or the record see an action.
+        stream = marker.mark(stream) if marker else stream
         actions = tally(profiles.actions(stream), spec.observe)
         seen = trace.seen()  # its counts are final once the stream is read
         judge(record, seen, seen.count, actions, spec.observe)
+        if marker and record.honeytokens:
+            _honey_verdict(record, marker)
         if seen.complete and not seen.lost:  # a partial record would fake a change
             apply_profiles(record, profiles.profiles(), ProfileStore(self.store.home), spec.observe)
 
@@ -476,6 +518,9 @@ class Runner:
 
     def _collect(self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs) -> None:
         got: Collected = collect(dirs, spec.outputs or [], spec.limits, self.store)
+        marker = self._marker(record.id)
+        if marker:
+            _refuse_tokens(record, got, marker.finder, self.store)
         record.artifacts, record.refused = got.artifacts, got.refused
         # A literal output path must exist; a wildcard may legitimately match nothing.
         found = {a.path for a in got.artifacts} | {r.path for r in got.refused}
@@ -486,6 +531,46 @@ class Runner:
             record.status = Status.FAILED
             record.artifacts = []  # all or nothing: a partial result is not a result
             record.notes += [f"output {r.path} refused: {r.reason}" for r in record.refused]
+
+
+def _refuse_tokens(record: BuildRecord, got: Collected, finder: Finder, store: Store) -> None:
+    """Refuse every output that holds a planted token: the build copied a credential
+    into what it ships. Its blob is deleted (the token is random, so no other record
+    can hold the same bytes) and the build fails like any refused output."""
+    kept = []
+    for artifact in got.artifacts:
+        blob = store.blob_path(artifact.sha256)
+        kind = found_in_file(blob, finder)
+        if kind is None:
+            kept.append(artifact)
+            continue
+        blob.unlink(missing_ok=True)
+        reason = f"contains the planted {kind} honeytoken: the build copied a credential"
+        got.refused.append(Refusal(path=artifact.path, reason=reason))
+        if record.honeytokens and kind not in record.honeytokens.in_artifacts:
+            record.honeytokens.in_artifacts.append(kind)
+    got.artifacts = kept
+    if record.honeytokens and record.honeytokens.in_artifacts:
+        kinds = ", ".join(record.honeytokens.in_artifacts)
+        record.notes.append(f"EXFILTRATION: the planted {kinds} credentials are in the outputs")
+
+
+def _honey_verdict(record: BuildRecord, marker: Marker) -> None:
+    """The build's use of its honeytokens, on the record and in its notes."""
+    verdict = record.honeytokens
+    assert verdict is not None
+    verdict.read = sorted(marker.read)
+    verdict.exfiltrated = sorted(marker.exfiltrated)
+    if verdict.read:
+        record.notes.append(
+            f"honeytokens read: the build opened farm's planted {', '.join(verdict.read)} "
+            "credentials (fake, fresh for this build; severity high)"
+        )
+    if verdict.exfiltrated:
+        record.notes.append(
+            f"EXFILTRATION: the value of the planted {', '.join(verdict.exfiltrated)} "
+            f"credentials appeared in {marker.leaks} later recorded actions (redacted)"
+        )
 
 
 def _check_disk(record: BuildRecord, spec: BuildSpec, dirs: BuildDirs) -> None:

@@ -46,6 +46,9 @@ class SandboxSpec(BaseModel):
     log_cap: int
     labels: dict[str, str]
     network: Literal["none"] = "none"
+    #: Run farm's sinkhole resolver beside the build (farm.sinkhole); the local backend
+    #: under gVisor starts it from the sandbox's pid 1, others ignore it.
+    sinkhole: bool = False
     read_only_root: Literal[True] = True
 
 

@@ -52,6 +52,10 @@ RESERVED_ENV = frozenset(
         "FARM_OUT",
         "LD_PRELOAD",
         "LD_LIBRARY_PATH",
+        # farm.honeytokens plants fake AWS credentials in these.
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
     }
 )
 

@@ -24,6 +24,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
+from farm import sinkhole
 from farm.backends.docker_errors import translated
 from farm.backends.hostprocs import kill_pids, sandbox_pids
 from farm.errors import (
@@ -65,10 +66,13 @@ def backstop(spec: SandboxSpec, *, gvisor: bool) -> dict[str, Any]:
     uid, _, gid = spec.user.partition(":")
     drop = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups"]
     drop += ["--inh-caps=-all", "--bounding-set=-all", "--"]
+    caps, init = BACKSTOP_CAPS, []
+    if spec.sinkhole:  # pid 1's child starts the resolver (port 53) beside the build
+        caps, init = [*BACKSTOP_CAPS, "NET_BIND_SERVICE"], sinkhole.init_argv()
     return {
         "user": "0:0",
-        "cap_add": BACKSTOP_CAPS,
-        "entrypoint": [*timeout, *drop],
+        "cap_add": caps,
+        "entrypoint": [*timeout, *init, *drop],
         "command": spec.argv,
     }
 

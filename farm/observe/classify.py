@@ -48,13 +48,18 @@ HARMLESS_DEVICES = frozenset(
     {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 )
 DENIED = frozenset({errnos.EACCES, errnos.EROFS, errnos.EPERM})
+#: Errors that mean the sandbox refused the call (EHOSTUNREACH: farm.sinkhole's
+#: addresses have no route), shown as "blocked".
+REFUSED = ("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH")
 #: Where a build may write (farm.policy's mounts, plus the kernel's scratch dirs).
 WRITABLE_ROOTS = (TARGET, OUT, TMP, "/dev/shm")
 #: Open files remembered to resolve ``/proc/<pid>/fd/N`` (oldest forgotten first).
 MAX_OPEN_FILES = 65536
 O_ACCMODE, O_CREAT, O_TRUNC, O_APPEND = 0o3, 0o100, 0o1000, 0o2000
 AT_FDCWD = -100
-AF_UNIX, AF_PACKET = 1, 17
+AF_UNIX, AF_NETLINK, AF_PACKET = 1, 16, 17
+#: Sockets whose peer is this sandbox's own kernel or processes: sends on them are IPC.
+LOCAL_DOMAINS = frozenset({AF_UNIX, AF_NETLINK})
 SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
 SEND_SYSCALLS = frozenset({"sendto", "sendmsg", "sendmmsg"})
 #: glibc asks nscd over this socket on every user lookup; it never leaves the sandbox.
@@ -104,6 +109,11 @@ class BlockedAction(BaseModel):
     spelled: str | None = None
     #: Set by the build's policy: allowed actions never quarantine a build.
     allowed: bool = False
+    #: farm.honeytokens: the kind of planted credential this read opened; the kinds
+    #: whose value this action's text held (then redacted); "high" for either.
+    honeytoken: str | None = None
+    exfiltrated: str | None = None
+    severity: str | None = None
 
     def who(self) -> str:
         if not self.package:
@@ -125,13 +135,18 @@ class BlockedAction(BaseModel):
             target = f"{target}/{self.protocol}"
         elif self.protocol and not self.target:
             target = f"{self.protocol} {target}"
-        return " ".join(w for w in (self.operation, target, self.result()) if w)
+        said = " ".join(w for w in (self.operation, target, self.result()) if w)
+        if self.honeytoken:
+            said += f" [honeytoken {self.honeytoken}: severity high]"
+        if self.exfiltrated:
+            said += f" [EXFILTRATION of honeytoken {self.exfiltrated}]"
+        return said
 
     def result(self) -> str:
         if self.errno == "EINPROGRESS":  # a non-blocking connect; nothing listens here
             return "attempted (EINPROGRESS)"
         if self.errno:
-            refused = self.errno in ("EACCES", "EPERM", "EROFS", "ECONNREFUSED", "ENETUNREACH")
+            refused = self.errno in REFUSED
             return f"{'blocked' if refused else 'failed'} ({self.errno})"
         return {
             "persistence": "killed with the sandbox",
@@ -176,6 +191,8 @@ class _Sockets:
     connected: set[tuple[int, int]] = field(default_factory=set)
     #: Loopback ports some process of this sandbox bound.
     bound: set[int] = field(default_factory=set)
+    #: farm.sinkhole's resolver port: a UDP connect there is a ``dns query`` action.
+    dns_port: int | None = None
 
 
 def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
@@ -184,11 +201,17 @@ def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[Blo
     return list(iter_actions(events, versions))
 
 
-def iter_actions(events: Iterable[TraceEvent], versions: dict[str, str]) -> Iterator[BlockedAction]:
+def iter_actions(
+    events: Iterable[TraceEvent], versions: dict[str, str], *, dns_port: int | None = None
+) -> Iterator[BlockedAction]:
     """:func:`classify` as a stream: memory stays bounded whatever the number of events
-    (only the process and socket tables grow, with processes and sockets)."""
+    (only the process and socket tables grow, with processes and sockets).
+
+    ``dns_port``: the sandbox runs farm.sinkhole's resolver on that loopback port; each
+    UDP connect to it is yielded as a ``dns query`` action, for farm.sinkhole.merge to
+    attribute names to (it consumes them: they are not attempts to leave the sandbox)."""
     table = ProcessTable(versions)
-    sockets = _Sockets()
+    sockets = _Sockets(dns_port=dns_port)
     files: dict[tuple[int, int], str] = {}
     for event in in_time_order(events):
         table.track(event)
@@ -289,7 +312,9 @@ def _judge_socket(event: TraceEvent, sockets: _Sockets) -> _Found | None:
         fd_key = (event.context.thread_group_id, fd)
         sockets.kinds[fd_key] = (domain, type_)
         sockets.connected.discard(fd_key)  # a reused fd number: a new socket
-    if domain == AF_PACKET or type_ in (SOCK_RAW, SOCK_PACKET):
+    # glibc's getaddrinfo opens a raw netlink socket to list addresses: it talks to
+    # gVisor's kernel only, so it is no raw network access.
+    if domain == AF_PACKET or (domain != AF_NETLINK and type_ in (SOCK_RAW, SOCK_PACKET)):
         return _Found("privilege", "raw socket", f"domain {domain} type {type_}")
     return None
 
@@ -321,6 +346,9 @@ def _judge_address(event: TraceEvent, sockets: _Sockets) -> _Found | None:
             return None
         return _Found("network", "bind", _hostport(addr), addr, protocol)
     sockets.connected.add(fd_key)
+    dns = sockets.dns_port is not None and addr.port == sockets.dns_port
+    if loopback and dns and protocol == "udp":
+        return _Found("network", "dns query", _hostport(addr), addr, protocol)
     if loopback and _own_loopback(event, addr, protocol, sockets):
         return None
     return _Found("network", "connect", _hostport(addr), addr, protocol)
@@ -355,8 +383,11 @@ def _judge_raw(event: TraceEvent, sockets: _Sockets) -> _Found | None:
     if name in SEND_SYSCALLS:
         fd_key = (event.context.thread_group_id, int(event.fields.get("arg1", -1)))
         domain_type = sockets.kinds.get(fd_key)
-        to_peer = fd_key in sockets.connected and not event.fields.get("arg5")
-        if to_peer or (domain_type and domain_type[0] == AF_UNIX):
+        # Only sendto's 5th argument is an address (sendmsg/sendmmsg carry theirs inside
+        # the message, which gVisor does not record; their 5th register is noise).
+        addressed = name == "sendto" and event.fields.get("arg5")
+        to_peer = fd_key in sockets.connected and not addressed
+        if to_peer or (domain_type and domain_type[0] in LOCAL_DOMAINS):
             return None  # judged at its connect (no address of its own), or local IPC
         return _Found("network", name, "", None, _protocol(domain_type))
     return _Found("privilege", name, "")

@@ -60,6 +60,12 @@ def expected(port: int) -> dict[tuple[str, str, str], set[tuple[str, str, str]]]
         ("persist-attack", "0.5.0", "build script"): {
             ("persistence", "outlived the build:", "sleep 600"),
         },
+        ("dns-attack", "0.10.0", "build script"): {
+            # farm.sinkhole: the name of each blocked connect, and a lookup on its own
+            ("network", "resolve", "exfil.example.net → connect :443"),
+            ("sensitive_read", "open", "/tmp/home/.aws/credentials"),  # a honeytoken
+            ("network", "resolve", "[honeytoken:aws].t.example.net"),  # DNS exfiltration
+        },
         ("macro-attack", "0.6.0", "proc macro"): {
             ("sensitive_read", "open", "/root/.ssh/id_ed25519"),
             ("network", "connect", f"127.0.0.1:{port}"),
@@ -227,3 +233,24 @@ def test_report_through_the_service(serve, home: Path, tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr
     assert "/usr/bin/cat: 1 action" in report.stdout
     assert "sensitive_read  open /etc/shadow blocked (EACCES)" in report.stdout
+
+
+def test_names_are_resolved_in_the_sandbox_and_reported(corpus: dict) -> None:
+    """dns-attack resolves a name and connects (every address of it, each protocol
+    glibc tries), then smuggles the planted AWS key id out in a DNS label."""
+    want = expected(corpus["port"])[("dns-attack", "0.10.0", "build script")]
+    actions = [a for a in corpus["out"]["blocked_actions"] if a["package"] == "dns-attack"]
+    assert {(a["kind"], a["operation"], a["target"]) for a in actions} == want
+    connects = [a for a in actions if a["target"].startswith("exfil.example.net")]
+    assert {(a["address"], a["port"], a["errno"]) for a in connects if a["protocol"] == "tcp"} == {
+        ("198.18.0.1", 443, "EHOSTUNREACH"),
+        ("2001:2::1", 443, "EHOSTUNREACH"),
+    }
+    report = corpus["report"]
+    assert "\ndns-attack 0.10.0 (build script): 4 actions\n" in report
+    assert "resolve exfil.example.net → connect :443/tcp blocked (EHOSTUNREACH) (x2)" in report
+    leak = [a for a in actions if a["exfiltrated"]]
+    assert [(a["target"], a["severity"]) for a in leak] == [
+        ("[honeytoken:aws].t.example.net", "high")
+    ]
+    assert "EXFILTRATION: planted aws credentials in later actions" in corpus["report"]

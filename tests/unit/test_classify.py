@@ -7,7 +7,7 @@ import socket
 import struct
 from pathlib import Path
 
-from farm.observe.classify import classify, lock_versions
+from farm.observe.classify import classify, iter_actions, lock_versions
 from farm.observe.events import Context, TraceEvent
 
 SCRIPT = "/build/target/release/build/evil-0123456789abcdef/build-script-build"
@@ -260,3 +260,24 @@ def test_lock_versions(tmp_path: Path) -> None:
     )
     assert lock_versions(tmp_path) == {"evil": "0.3.1"}
     assert lock_versions(tmp_path / "missing") == {}
+
+
+def test_getaddrinfo_through_the_sinkhole_is_one_dns_query() -> None:
+    """glibc's resolver, as recorded in gVisor: a raw netlink socket and its sendto
+    (address listing), a UDP socket connected to the resolver and a sendmmsg of the A
+    and AAAA queries on it (its 5th register is noise, not an address)."""
+    netlink = struct.pack("<H", 16) + b"\0" * 10
+    events = [
+        *cargo_root(),
+        ev("socket", tgid=1, domain=16, type=3 | 0o2000000, exit={"result": 3}),
+        ev("bind", tgid=1, fd=3, address=netlink),
+        ev("syscall", tgid=1, sysno=44, arg1=3, arg5=0x7FFD1234, exit={}),  # sendto netlink
+        ev("socket", tgid=1, domain=2, type=2 | 0o4000, exit={"result": 4}),
+        ev("connect", tgid=1, fd=4, address=inet("127.0.0.1", 53)),
+        ev("syscall", tgid=1, sysno=307, arg1=4, arg5=0x7FFD5678, exit={}),  # sendmmsg
+        ev("syscall", tgid=1, sysno=46, arg1=4, arg5=0x1, exit={}),  # sendmsg
+    ]
+    # Without a resolver, the connect is udp to nothing; the rest is not network.
+    assert [(a.operation, a.target) for a in classify(events, {})] == [("connect", "127.0.0.1:53")]
+    got = [(a.kind, a.operation, a.target) for a in iter_actions(events, {}, dns_port=53)]
+    assert got == [("network", "dns query", "127.0.0.1:53")]
