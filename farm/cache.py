@@ -16,8 +16,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from farm.reprocheck import REPORT_PATH
 from farm.sandbox import SandboxSpec
 from farm.signing import load_public_key, open_envelope, public_key_path
 from farm.spec import BuildSpec
-from farm.sqlitedb import create_schema
+from farm.sqlitedb import create_schema, transaction
 from farm.store import Store
 
 #: Part of every key: a new farm release may build differently, so it never reuses.
@@ -118,14 +117,8 @@ class Cache:
         home.mkdir(parents=True, exist_ok=True)
         create_schema(self.path, SCHEMA, wal=False)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.path)
 
     def lookup(self, key: str, min_runs: int = 0) -> BuildRecord | None:
         """The clean build stored under ``key`` and verified by ``min_runs`` runs if asked."""

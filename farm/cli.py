@@ -60,6 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INFRASTRUCTURE)
 
 
+def _git_host_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
+        "(repeatable; adds to $FARM_GIT_HOSTS)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="farm", description="Run untrusted builds in a gVisor sandbox with no network."
@@ -127,14 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         help="submit to this `farm serve` (default $FARM_SERVER; token from $FARM_TOKEN)",
     )
     b.add_argument("--local", action="store_true", help="build here even if FARM_SERVER is set")
-    b.add_argument(
-        "--git-host",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
-        "(repeatable; adds to $FARM_GIT_HOSTS)",
-    )
+    _git_host_option(b)
     b.add_argument(
         "--registry",
         metavar="INDEX_URL|NAME",
@@ -150,14 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("path", help="project directory (with Cargo.lock)")
     f.add_argument("--dest", type=Path, required=True, help="a new directory for the result")
-    f.add_argument(
-        "--git-host",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
-        "(repeatable; adds to $FARM_GIT_HOSTS)",
-    )
+    _git_host_option(f)
     f.add_argument(
         "--registry",
         metavar="INDEX_URL|NAME",
@@ -235,13 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         help="connections still sending their request head; beyond it the oldest is closed "
         "(default 256)",
     )
-    sv.add_argument(
-        "--git-host",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="a host git dependencies may be fetched from (repeatable; default $FARM_GIT_HOSTS)",
-    )
+    _git_host_option(sv)
     sv.add_argument(
         "--registries",
         type=Path,

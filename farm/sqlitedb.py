@@ -1,13 +1,17 @@
-"""Create an SQLite database's schema safely when several threads or processes start at once.
+"""Create an SQLite database's schema safely when several threads or processes start at
+once, and open the short-lived connections farm uses on it.
 
-Callers: ``farm.store.Store``, ``farm.queue.Queue`` and ``farm.cache.Cache``, each once
-in its constructor. Each then opens its own short-lived connections.
+Callers: ``farm.store.Store``, ``farm.queue.Queue``, ``farm.cache.Cache`` and
+``farm.profiles.store.ProfileStore``, each once in its constructor; all but the queue
+(which needs BEGIN IMMEDIATE) then use :func:`transaction`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -33,3 +37,15 @@ def create_schema(path: Path, schema: str, *, wal: bool, patience: float = 30.0)
         finally:
             db.close()
         time.sleep(0.05)
+
+
+@contextmanager
+def transaction(path: Path, timeout: float = 30.0) -> Iterator[sqlite3.Connection]:
+    """One connection per call (sqlite3 connections must not cross threads), committed
+    when the block ends and rolled back if it raises, then closed."""
+    db = sqlite3.connect(path, timeout=timeout)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()

@@ -13,13 +13,13 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
 from farm.errors import NotFoundError
 from farm.records import BuildRecord, Status
-from farm.sqlitedb import create_schema
+from farm.sqlitedb import create_schema, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -50,14 +50,8 @@ class Store:
         self.blobs.mkdir(parents=True, exist_ok=True)
         create_schema(home / "index.sqlite", SCHEMA, wal=True)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.home / "index.sqlite", timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.home / "index.sqlite")
 
     # blobs
 

@@ -14,8 +14,9 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from farm.atomic import write_atomic
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -54,17 +55,7 @@ class CrateCache:
             return False
         path = self.path(sha256)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, data)
         return True
 
 

@@ -29,12 +29,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from farm.atomic import write_atomic
 from farm.ecosystems.cargo import cratefile
 from farm.errors import FarmError, MirrorError
 from farm.mirror.indexline import IndexLine, index_line
@@ -175,7 +175,7 @@ class Mirror:
                 held.crates.append(entry)
                 self._write_manifest(held)
                 return entry
-            _write_atomic(self.crate_path(entry.name, entry.version), data)
+            write_atomic(self.crate_path(entry.name, entry.version), data, 0o644)
             self._write_index_line(line)
             held.crates = sorted([*held.crates, entry], key=lambda e: (e.name, e.version))
             self._write_manifest(held)
@@ -188,7 +188,7 @@ class Mirror:
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [t for t in lines if t and json.loads(t).get("vers") != line.vers]
-        _write_atomic(path, "".join(t + "\n" for t in [*kept, line.to_json()]).encode())
+        write_atomic(path, "".join(t + "\n" for t in [*kept, line.to_json()]).encode(), 0o644)
 
     def _read_manifest(self) -> MirrorManifest:
         path = self.path / MANIFEST_FILE
@@ -201,7 +201,7 @@ class Mirror:
 
     def _write_manifest(self, manifest: MirrorManifest) -> None:
         text = json.dumps(manifest.model_dump(), indent=1, sort_keys=True) + "\n"
-        _write_atomic(self.path / MANIFEST_FILE, text.encode())
+        write_atomic(self.path / MANIFEST_FILE, text.encode(), 0o644)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -249,18 +249,3 @@ def _conflict(held: list[CrateEntry], new: CrateEntry) -> CrateEntry | None:
             "so use a new mirror directory rather than replacing it"
         )
     return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

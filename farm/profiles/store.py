@@ -9,13 +9,12 @@ traceable to the builds it came from.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 
 from farm.profiles.model import Profile
-from farm.sqlitedb import create_schema
+from farm.sqlitedb import create_schema, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (
@@ -37,14 +36,8 @@ class ProfileStore:
         home.mkdir(parents=True, exist_ok=True)
         create_schema(self.path, SCHEMA, wal=True)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.path)
 
     def save(self, tenant: str, build_id: str, when: datetime, profiles: list[Profile]) -> None:
         with self._db() as db:
