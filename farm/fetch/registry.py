@@ -20,7 +20,6 @@ import os
 import re
 import ssl
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -28,6 +27,7 @@ from urllib.parse import urljoin, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.errors import FetchError, InputError, PackageMissingError, RegistryUnreachableError
+from farm.httpread import BodyTooLarge, Deadline, TooSlow, read_body
 
 CRATES_IO = "crates-io"
 CRATES_IO_INDEX = "sparse+https://index.crates.io/"
@@ -315,16 +315,23 @@ class RegistryClient:
         if self._token:
             headers["Authorization"] = self._token
         try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-            if resp.status in (301, 302, 303, 307, 308):
-                location = resp.getheader("Location")
-                if not location:
-                    raise FetchError(f"{what}: {url} redirected without a Location")
-                return resp.status, location, b""
-            if resp.status != 200:
-                return resp.status, None, b""
-            return 200, None, self._read(resp, url, cap, what)
+            with Deadline(conn, self.caps.deadline_seconds):
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                if resp.status in (301, 302, 303, 307, 308):
+                    location = resp.getheader("Location")
+                    if not location:
+                        raise FetchError(f"{what}: {url} redirected without a Location")
+                    return resp.status, location, b""
+                if resp.status != 200:
+                    return resp.status, None, b""
+                return 200, None, read_body(resp, cap)
+        except BodyTooLarge as exc:
+            raise FetchError(f"{what}: {url} {exc}; refusing") from None
+        except TooSlow:
+            raise RegistryUnreachableError(
+                f"{what}: {url} took longer than {self.caps.deadline_seconds:.0f} s"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise RegistryUnreachableError(
                 f"{what}: cannot reach registry {self.registry.name} at {url}: {exc}; "
@@ -332,23 +339,6 @@ class RegistryClient:
             ) from None
         finally:
             conn.close()
-
-    def _read(self, resp: http.client.HTTPResponse, url: str, cap: int, what: str) -> bytes:
-        length = resp.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) > cap:
-            raise FetchError(f"{what}: {url} is {length} bytes, above the {cap} cap; refusing")
-        deadline = time.monotonic() + self.caps.deadline_seconds
-        chunks, total = [], 0
-        while chunk := resp.read(min(1 << 20, cap + 1 - total) or 1):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > cap:
-                raise FetchError(f"{what}: {url} sent more than {cap} bytes; refusing")
-            if time.monotonic() > deadline:
-                raise RegistryUnreachableError(
-                    f"{what}: {url} took longer than {self.caps.deadline_seconds:.0f} s"
-                )
-        return b"".join(chunks)
 
 
 def _connection(origin: _Origin, timeout: float) -> http.client.HTTPConnection:
