@@ -59,4 +59,5 @@ def apply(
             record.observation.quarantine_reasons.append(reason)
         record.notes += [f"quarantined (enforce mode): {reason}"]
         record.notes.append(f"artifacts withheld; see `farm report {record.id}`")
-    store.save(record.tenant, record.id, record.created_at, profiles)
+    clean = record.status is Status.SUCCEEDED
+    store.save(record.tenant, record.id, record.created_at, profiles, accepted=clean)

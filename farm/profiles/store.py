@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     build_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
     doc TEXT NOT NULL,
+    -- 1: the build was clean, so this profile may be a later build's baseline.
+    accepted INTEGER NOT NULL,
     PRIMARY KEY (tenant, package, version, build_id)
 );
 CREATE INDEX IF NOT EXISTS profiles_package ON profiles(tenant, package, created_at);
@@ -39,21 +41,41 @@ class ProfileStore:
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self.path)
 
-    def save(self, tenant: str, build_id: str, when: datetime, profiles: list[Profile]) -> None:
+    def save(
+        self,
+        tenant: str,
+        build_id: str,
+        when: datetime,
+        profiles: list[Profile],
+        accepted: bool = True,
+    ) -> None:
+        """Keep one build's profiles; only an ``accepted`` (clean) build's become the
+        baseline later builds are compared with, or a quarantined build, retried, would
+        pass as its own baseline."""
         with self._db() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (tenant, p.package, p.version, build_id, when.isoformat(), p.model_dump_json())
+                    (
+                        tenant,
+                        p.package,
+                        p.version,
+                        build_id,
+                        when.isoformat(),
+                        p.model_dump_json(),
+                        int(accepted),
+                    )
                     for p in profiles
                 ],
             )
 
     def history(
-        self, tenant: str, package: str, version: str | None = None
+        self, tenant: str, package: str, version: str | None = None, accepted: bool = False
     ) -> list[tuple[str, Profile]]:
-        """(build id, profile) of ``package`` (at ``version``), newest first."""
+        """(build id, profile) of ``package`` (at ``version``; only accepted builds' if
+        ``accepted``), newest first."""
         query = "SELECT build_id, doc FROM profiles WHERE tenant = ? AND package = ?"
+        query += " AND accepted = 1" if accepted else ""
         args = [tenant, package]
         if version is not None:
             query, args = query + " AND version = ?", [*args, version]
@@ -70,8 +92,8 @@ class ProfileStore:
     def last_known(
         self, tenant: str, package: str, *, before_build: str
     ) -> tuple[str, Profile] | None:
-        """The newest profile of ``package`` from a build other than ``before_build``."""
-        for build_id, profile in self.history(tenant, package):
+        """The newest profile of ``package`` from a clean build other than ``before_build``."""
+        for build_id, profile in self.history(tenant, package, accepted=True):
             if build_id != before_build:
                 return build_id, profile
         return None

@@ -137,6 +137,13 @@ def test_a_new_secret_read_is_noted_and_quarantines_when_asked(tmp_path: Path) -
     assert [b for b, _ in store.history("t", "tattle")] == ["b2", "b1"]
     assert [p.version for p in store.of_build("b2")] == ["0.2.0"]
 
+    # Retried, the same quarantined behaviour is compared with the last clean build,
+    # not with its own quarantined first try.
+    retry = record("b3", T0 + timedelta(minutes=2))
+    apply(retry, [profile("0.2.0", reads=["/usr/lib/x", "/etc/shadow"])], store, policy)
+    assert retry.status is Status.QUARANTINED
+    assert [c.base_build for c in retry.behaviour_changes] == ["b1"]
+
 
 def test_info_changes_are_noted_without_quarantine_and_audit_never_quarantines(
     tmp_path: Path,
