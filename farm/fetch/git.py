@@ -99,8 +99,12 @@ class TreeFile:
 class Checkout:
     """One fetched commit, read with farm.gitread. Use as a context manager."""
 
-    def __init__(self, tmp: tempfile.TemporaryDirectory[str], repo: Repo, fd: int) -> None:
+    def __init__(
+        self, tmp: tempfile.TemporaryDirectory[str], repo: Repo, fd: int, size: int = 0
+    ) -> None:
         self._tmp, self._repo, self._fd = tmp, repo, fd
+        #: Bytes the fetched repository takes on disk (counted against the phase's cap).
+        self.size = size
 
     def __enter__(self) -> Checkout:
         return self
@@ -134,16 +138,19 @@ class Checkout:
         return body
 
 
-def fetch_commit(source: GitSource, allowed_hosts: frozenset[str], what: str) -> Checkout:
-    """Fetch ``source.commit`` into a new bare repository; raises FetchError when the host
-    is not allowed or the commit cannot be fetched (naming the package and the fix)."""
+def fetch_commit(
+    source: GitSource, allowed_hosts: frozenset[str], what: str, work: Path | None = None
+) -> Checkout:
+    """Fetch ``source.commit`` into a new bare repository under ``work`` (the build's own
+    directory, not the host's /tmp); raises FetchError when the host is not allowed or
+    the commit cannot be fetched (naming the package and the fix)."""
     if source.host not in allowed_hosts:
         raise FetchError(
             f"{what}: git dependency from {source.host}, which is not an allowed git host; "
             f"allow it with --git-host {source.host} (FARM_GIT_HOSTS), or vendor the "
             "dependency into the source tree"
         )
-    tmp = tempfile.TemporaryDirectory(prefix="farm-git-")
+    tmp = tempfile.TemporaryDirectory(prefix="farm-git-", dir=work)
     try:
         root = Path(tmp.name)
         (root / "home").mkdir()
@@ -164,7 +171,7 @@ def fetch_commit(source: GitSource, allowed_hosts: frozenset[str], what: str) ->
                 doing,
             )  # fmt: skip
         fd = os.open(root / "repo.git", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        checkout = Checkout(tmp, Repo(fd), fd)
+        checkout = Checkout(tmp, Repo(fd), fd, _tree_size(root / "repo.git"))
         try:
             checkout._repo.commit(source.commit)
         except GitError as exc:
@@ -231,3 +238,12 @@ def _entries(repo: Repo, tree: str) -> Iterator[tuple[int, str, str]]:
             raise GitError(f"tree {tree} has an entry named {name!r}")
         yield int(body[i:space], 8), name, body[nul + 1 : nul + 21].hex()
         i = nul + 21
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of the regular files below ``path`` (git's own repository: no links)."""
+    return sum(
+        os.lstat(os.path.join(top, name)).st_size
+        for top, _, files in os.walk(path)
+        for name in files
+    )

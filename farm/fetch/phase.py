@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from farm.records import FetchedPackage
 
 #: Bytes the vendored packages may hold in all, unless the caller says otherwise.
 DEFAULT_MAX_BYTES = 8 << 30
+#: Distinct git repository commits one lock may name (each is a clone on the build disk).
+MAX_GIT_REPOS = 64
 
 
 class FetchResult(BaseModel):
@@ -83,18 +86,19 @@ def fetch(
     fetched: list[FetchedPackage] = []
     mounts: list[tuple[Path, str]] = []
     written = 0
-    with _Checkouts(git_hosts) as checkouts:
+    with _Checkouts(git_hosts, dest.parent, [p for _, ps in plans for p in ps]) as checkouts:
         for eco, packages in plans:
             for package in packages:
                 if package.git is not None:
                     checkout = checkouts.get(package)
                     written += eco.vendor_git(package, checkout, dest)
+                    checkouts.done(package)
                     fetched.append(_fetched(eco, package, registry, cached=False))
                 else:
                     data, cached = _obtain(package, client, cache, say)
                     written += eco.vendor(package, data, dest)
                     fetched.append(_fetched(eco, package, registry, cached))
-                if written > max_bytes:
+                if written + checkouts.fetched > max_bytes:
                     raise FetchError(
                         f"{package}: the vendored dependencies pass {max_bytes} bytes; "
                         "raise resources.disk (--disk) if the project really needs them"
@@ -104,11 +108,22 @@ def fetch(
 
 
 class _Checkouts:
-    """Each repository commit fetched once per phase, however many packages it holds."""
+    """Each repository commit fetched once per phase, however many packages it holds,
+    into the build's own directory ``work``, and removed as soon as its last package is
+    vendored. What the fetches wrote counts against the phase's byte cap (``fetched``),
+    and a lock may name at most MAX_GIT_REPOS repository commits: a tenant's lock must
+    not make the host fetch without end."""
 
-    def __init__(self, hosts: frozenset[str]) -> None:
-        self.hosts = hosts
+    def __init__(self, hosts: frozenset[str], work: Path, packages: list[Package]) -> None:
+        self.hosts, self.work = hosts, work
         self.open: dict[tuple[str, str], Checkout] = {}
+        self.left = Counter(_repo_key(p) for p in packages if p.git is not None)
+        self.fetched = 0
+        if len(self.left) > MAX_GIT_REPOS:
+            raise FetchError(
+                f"Cargo.lock names {len(self.left)} git repository commits, above the "
+                f"{MAX_GIT_REPOS} cap; vendor some of them into the source tree"
+            )
 
     def __enter__(self) -> _Checkouts:
         return self
@@ -118,12 +133,25 @@ class _Checkouts:
             checkout.__exit__()
 
     def get(self, package: Package) -> Checkout:
-        git = package.git
-        assert git is not None
-        key = (git.url, git.commit)
+        key = _repo_key(package)
         if key not in self.open:
-            self.open[key] = fetch_commit(git, self.hosts, str(package))
+            assert package.git is not None
+            checkout = fetch_commit(package.git, self.hosts, str(package), self.work)
+            self.open[key] = checkout
+            self.fetched += checkout.size
         return self.open[key]
+
+    def done(self, package: Package) -> None:
+        """``package`` is vendored: drop its repository once nothing else needs it."""
+        key = _repo_key(package)
+        self.left[key] -= 1
+        if self.left[key] == 0:
+            self.open.pop(key).__exit__()
+
+
+def _repo_key(package: Package) -> tuple[str, str]:
+    assert package.git is not None
+    return package.git.url, package.git.commit
 
 
 def _obtain(

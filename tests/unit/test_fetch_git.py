@@ -5,6 +5,7 @@ fetched by its full commit id with git run with no configuration, vendored like 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from farm.errors import FetchError, LockfileError
 from farm.fetch.cache import CrateCache
-from farm.fetch.phase import fetch
+from farm.fetch.phase import MAX_GIT_REPOS, fetch
 from farm.fetch.registry import Registry
 from tests.gitrepo import bare_repo
 from tests.registry import TestRegistry, serve
@@ -173,3 +174,44 @@ def test_a_package_the_repository_does_not_hold(tmp_path: Path, registry: TestRe
     src = _project(tmp_path / "app", url, commit, name="absent")
     with pytest.raises(FetchError, match=r"absent 0.2.0: no Cargo.toml of package absent"):
         _run(tmp_path, registry, src, {"127.0.0.1"})
+
+
+def test_a_clone_lives_in_the_builds_directory_and_counts_against_its_cap(
+    tmp_path: Path, registry: TestRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the host's /tmp: a tenant's lock must not fill a disk farm did not give
+    it. The host's temporary directory is made unusable; the fetch must not need it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-host-tmp"))
+    blob = bytes(range(256)) * 4096  # 1 MiB that does not compress away, outside the crate
+    files = {**_files(tmp_path / "M"), "data/big.bin": blob}
+    bare, commit = bare_repo(tmp_path / "repo", files)
+    registry.static["/git/repo.git/"] = bare
+    url = f"http://127.0.0.1:{registry.port}/git/repo.git"
+    src = _project(tmp_path / "app", url, commit)
+    reg = Registry(name="test", index=registry.index)
+    cache = CrateCache(tmp_path / "cache")
+    hosts = frozenset({"127.0.0.1"})
+    with pytest.raises(FetchError, match="pass 262144 bytes"):  # the clone counts
+        fetch(src, tmp_path / "out", reg, cache, git_hosts=hosts, max_bytes=256 << 10)
+    result = fetch(src, tmp_path / "ok", reg, cache, git_hosts=hosts)
+    assert [p.commit for p in result.packages] == [commit]
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("farm-git-")] == []  # removed
+
+
+def test_a_lock_naming_too_many_git_repositories_is_refused_before_any_fetch(
+    tmp_path: Path, registry: TestRegistry
+) -> None:
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "Cargo.toml").write_text('[package]\nname = "app"\nversion = "0.1.0"\n')
+    url = f"http://127.0.0.1:{registry.port}/git/r"
+    deps = "".join(
+        f'[[package]]\nname = "d{i}"\nversion = "0.1.0"\nsource = "git+{url}{i}.git#{i:040x}"\n\n'
+        for i in range(MAX_GIT_REPOS + 1)
+    )
+    (root / "Cargo.lock").write_text(
+        f'version = 3\n\n[[package]]\nname = "app"\nversion = "0.1.0"\n\n{deps}'
+    )
+    with pytest.raises(FetchError, match=f"{MAX_GIT_REPOS + 1} git repository commits"):
+        _run(tmp_path, registry, root, {"127.0.0.1"})
+    assert not [r for r in registry.requests if r.startswith("/git/")]
