@@ -20,6 +20,7 @@ import stat
 import tomllib
 from pathlib import Path
 
+from farm import tomlread
 from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
 from farm.errors import SpecError
 
@@ -125,7 +126,7 @@ def _read(fd: int, member: _Parts) -> dict:
             text = fh.read(MAX_MANIFEST + 1)
         if len(text) > MAX_MANIFEST:
             raise OSError(errno.EFBIG, f"larger than {MAX_MANIFEST} bytes")
-        return tomllib.loads(text.decode())
+        return tomlread.loads(text.decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError([f"source: cannot read {where}: {exc}"]) from None
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from farm import __version__
+from farm import __version__, tomlread
 from farm.collect import open_no_follow
 from farm.policy import HOSTNAME, baseline_env
 from farm.records import BuildRecord
@@ -178,8 +178,8 @@ def crates(lock: str) -> list[dict[str, Any]]:
     """Each registry or git package in Cargo.lock's text; local packages are part of the
     source. A lockfile that is not TOML lists none (it did not build with cargo anyway)."""
     try:
-        packages = tomllib.loads(lock).get("package", [])
-    except (tomllib.TOMLDecodeError, RecursionError):  # deep nesting recurses in tomllib
+        packages = tomlread.loads(lock).get("package", [])
+    except tomllib.TOMLDecodeError:
         return []
     out = []
     for p in packages if isinstance(packages, list) else []:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from farm import tomlread
 from farm.errors import SpecError
 from farm.settings import DEFAULT_IMAGE
 
@@ -323,7 +323,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     """
     try:
         text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = tomlread.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
         raise SpecError([f"spec file {str(path)!r}: {exc}"]) from None
     if not isinstance(data, dict):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from farm import tomlread
 from farm.observe.events import TraceEvent, in_time_order
 from farm.observe.paths import Where, canonical
 from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
@@ -161,7 +162,7 @@ class BlockedAction(BaseModel):
 def lock_versions(source: Path) -> dict[str, str]:
     """Package name -> version from Cargo.lock, where the name is unambiguous."""
     try:
-        packages = tomllib.loads((source / "Cargo.lock").read_text()).get("package", [])
+        packages = tomlread.loads((source / "Cargo.lock").read_text()).get("package", [])
     except (OSError, tomllib.TOMLDecodeError):
         return {}
     seen: dict[str, list[str]] = {}

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from farm import tomlread
 from farm.errors import CrateRejectedError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -107,7 +108,7 @@ def manifest_of(crate: Crate) -> dict[str, Any]:
     if text is None:
         raise CrateRejectedError(f"{crate.top}: the crate has no Cargo.toml")
     try:
-        manifest = tomllib.loads(text.decode("utf-8"))
+        manifest = tomlread.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CrateRejectedError(f"{crate.top}: Cargo.toml does not parse ({exc})") from None
     package = manifest.get("package")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
+from farm import tomlread
 from farm.ecosystems import Package
 from farm.ecosystems.cargo.cratefile import CHECKSUM_FILE, Member
 from farm.errors import FetchError
@@ -72,8 +73,8 @@ def _find(
 
 def _parse(data: bytes) -> dict[str, Any] | None:
     try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return tomlread.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None  # cargo would skip it too, unless it is the one asked for
 
 

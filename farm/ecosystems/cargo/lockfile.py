@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from farm import tomlread
 from farm.errors import LockfileError
 
 #: A Cargo.lock larger than this is not one (the biggest real ones are about 1 MiB).
@@ -94,7 +95,7 @@ def read_lock(text: str | bytes) -> Lockfile:
         except UnicodeDecodeError as exc:
             raise LockfileError(f"Cargo.lock: not UTF-8 ({exc})") from None
     try:
-        doc = tomllib.loads(text)
+        doc = tomlread.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LockfileError(
             f"Cargo.lock: not valid TOML ({exc}); regenerate it with `cargo generate-lockfile`"

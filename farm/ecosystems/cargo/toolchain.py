@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from farm import cargo
+from farm import cargo, tomlread
 from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
 from farm.ecosystems.cargo.imagefacts import (
     EDITION_SINCE,
@@ -105,7 +105,7 @@ def _lock_problems(fd: int, facts: ImageFacts, notes: list[str]) -> list[str]:
     if text is None:
         return []
     try:
-        version = tomllib.loads(text).get("version", 1)
+        version = tomlread.loads(text).get("version", 1)
     except tomllib.TOMLDecodeError as exc:
         return [f"Cargo.lock: not TOML ({exc}); regenerate it with `cargo generate-lockfile`"]
     if version in facts.lockfile_versions:
@@ -218,7 +218,7 @@ def _toolchain_table(name: str, text: str) -> dict | str:
     """The [toolchain] table, or a problem. The legacy ``rust-toolchain`` may instead be
     one line naming the channel, as rustup reads it."""
     try:
-        table = tomllib.loads(text).get("toolchain")
+        table = tomlread.loads(text).get("toolchain")
     except tomllib.TOMLDecodeError as exc:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if name.endswith(".toml") or len(lines) != 1:
