@@ -30,7 +30,7 @@ def test_a_deep_cargo_lock_is_a_lockfile_error() -> None:
 
 def test_a_deep_manifest_is_a_spec_error(tmp_path: Path) -> None:
     (tmp_path / "Cargo.toml").write_text(DEEP)
-    with pytest.raises(SpecError, match="Cargo.toml"):
+    with pytest.raises(SpecError, match=r"Cargo\.toml"):
         cargo.binary_outputs(tmp_path)
 
 
