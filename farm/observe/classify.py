@@ -63,6 +63,8 @@ AF_UNIX, AF_NETLINK, AF_PACKET = 1, 16, 17
 LOCAL_DOMAINS = frozenset({AF_UNIX, AF_NETLINK})
 SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
 SEND_SYSCALLS = frozenset({"sendto", "sendmsg", "sendmmsg"})
+#: What a send to an address the sandbox has no route to fails with.
+UNROUTED = frozenset({errnos.ENETUNREACH, errnos.EHOSTUNREACH, errnos.EPERM, errnos.EACCES})
 #: glibc asks nscd over this socket on every user lookup; it never leaves the sandbox.
 BENIGN_UNIX = frozenset({"/var/run/nscd/socket", "/run/nscd/socket"})
 
@@ -194,6 +196,8 @@ class _Sockets:
     bound: set[int] = field(default_factory=set)
     #: farm.sinkhole's resolver port: a UDP connect there is a ``dns query`` action.
     dns_port: int | None = None
+    #: (tgid, fd) of UDP sockets connected to that resolver.
+    resolver: set[tuple[int, int]] = field(default_factory=set)
 
 
 def classify(events: Iterable[TraceEvent], versions: dict[str, str]) -> list[BlockedAction]:
@@ -349,6 +353,7 @@ def _judge_address(event: TraceEvent, sockets: _Sockets) -> _Found | None:
     sockets.connected.add(fd_key)
     dns = sockets.dns_port is not None and addr.port == sockets.dns_port
     if loopback and dns and protocol == "udp":
+        sockets.resolver.add(fd_key)
         return _Found("network", "dns query", _hostport(addr), addr, protocol)
     if loopback and _own_loopback(event, addr, protocol, sockets):
         return None
@@ -388,6 +393,11 @@ def _judge_raw(event: TraceEvent, sockets: _Sockets) -> _Found | None:
         # the message, which gVisor does not record; their 5th register is noise).
         addressed = name == "sendto" and event.fields.get("arg5")
         to_peer = fd_key in sockets.connected and not addressed
+        if fd_key in sockets.resolver and event.errno in UNROUTED:
+            # The resolver always takes a datagram sent to it; one that found no route
+            # carried an address of its own (sendmsg's msg_name, which gVisor does not
+            # record): a send elsewhere hidden behind the connect to the resolver.
+            return _Found("network", name, "", None, _protocol(domain_type))
         if to_peer or (domain_type and domain_type[0] in LOCAL_DOMAINS):
             return None  # judged at its connect (no address of its own), or local IPC
         return _Found("network", name, "", None, _protocol(domain_type))

@@ -281,3 +281,18 @@ def test_getaddrinfo_through_the_sinkhole_is_one_dns_query() -> None:
     assert [(a.operation, a.target) for a in classify(events, {})] == [("connect", "127.0.0.1:53")]
     got = [(a.kind, a.operation, a.target) for a in iter_actions(events, {}, dns_port=53)]
     assert got == [("network", "dns query", "127.0.0.1:53")]
+
+
+def test_a_send_elsewhere_on_the_resolvers_socket_is_a_network_action() -> None:
+    """A build connects a UDP socket to the sinkhole, then sendmsg()s with an address of
+    its own in msg_name (which gVisor does not record): it fails for lack of a route,
+    where every real query to the resolver succeeds. That failure is the attempt."""
+    events = [
+        *cargo_root(),
+        ev("socket", tgid=1, domain=2, type=2, exit={"result": 4}),
+        ev("connect", tgid=1, fd=4, address=inet("127.0.0.1", 53)),
+        ev("syscall", tgid=1, sysno=307, arg1=4, arg5=0x7FFD5678, exit={}),  # a real query
+        ev("syscall", tgid=1, sysno=46, arg1=4, exit={"errorno": 101}),  # ENETUNREACH
+    ]
+    got = [(a.kind, a.operation) for a in iter_actions(events, {}, dns_port=53)]
+    assert got == [("network", "dns query"), ("network", "sendmsg")]
