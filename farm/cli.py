@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -159,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
         "--registry",
         metavar="INDEX_URL|NAME",
         help="sparse index URL or a name in $FARM_REGISTRIES (default: crates.io)",
+    )
+    f.add_argument(
+        "--within",
+        type=Path,
+        metavar="DIR",
+        help="the project path must lie inside DIR, reached without following any link "
+        "(the cluster's fetch pod: the checked-out tree is the tenant's)",
     )
     f.add_argument(
         "--always-vendor",
@@ -456,11 +464,13 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     settings = _with_git_hosts(settings, args.git_host)
     if args.dest.exists():
         raise InputError(f"--dest {args.dest}: already exists; give a new directory")
+    within = args.within.resolve() if args.within else None
     result = fetch(
-        Path(args.path).resolve(),
+        Path(os.path.abspath(args.path)) if within else Path(args.path).resolve(),
         args.dest.resolve(),
         registry or Registry(),
         CrateCache(settings.crate_cache),
+        within=within,
         say=lambda m: print(f"farm: {m}", file=sys.stderr),
         git_hosts=frozenset(settings.git_hosts),
     )

@@ -398,6 +398,8 @@ def fetch_command(spec: ClusterBuildSpec, config: ControllerConfig) -> list[str]
     registry the Build names, with the operator's git hosts."""
     project = "/".join(p for p in (WORK_DIR, _subdir(spec)) if p)
     argv = ["farm", "fetch", project, "--dest", f"{WORK_DIR}/{DEPS_DIR}", "--always-vendor"]
+    # The subdir is the tenant's: a link there must not lead the fetch out of the tree.
+    argv += ["--within", f"{WORK_DIR}/repo"]
     argv += ["--registry", config.registry_for(spec.registry).name]
     for host in config.git_hosts:
         argv += ["--git-host", host]

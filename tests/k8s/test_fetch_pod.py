@@ -59,6 +59,7 @@ def test_the_fetch_container_runs_farm_fetch_and_no_cargo() -> None:
     assert args.func is cli.cmd_fetch
     assert args.path == "/work/repo/app"
     assert str(args.dest) == f"{objects.WORK_DIR}/{objects.DEPS_DIR}"
+    assert str(args.within) == f"{objects.WORK_DIR}/repo"  # a subdir link stays inside
     assert args.registry == "mirror" and args.always_vendor
     assert args.git_host == ["git.corp.test"]
     # cargo appears nowhere in the pod: not in a command, an argument or a script.

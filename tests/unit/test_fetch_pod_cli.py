@@ -37,3 +37,24 @@ def test_registries_json_names_the_registries_and_refuses_a_file_too(tmp_path: P
         Settings.from_env({"FARM_REGISTRIES_JSON": json.dumps([{"name": "x", "index": "ftp:/"}])})
     with pytest.raises(InputError, match="not both"):
         Settings.from_env({"FARM_REGISTRIES_JSON": "[]", "FARM_REGISTRIES": str(tmp_path)})
+
+
+def test_within_a_subdir_that_is_a_link_out_of_the_tree_is_refused(tmp_path: Path) -> None:
+    """The cluster's fetch pod runs `farm fetch /work/repo/<subdir> --within /work/repo`:
+    the subdir is the tenant's, and a link there must not lead the fetch out of the tree
+    (here to another project with a lock, which would otherwise be fetched)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "Cargo.toml").write_text('[package]\nname = "o"\nversion = "0.1.0"\n')
+    (outside / "Cargo.lock").write_text('version = 3\n[[package]]\nname = "o"\nversion = "0.1.0"\n')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "sub").symlink_to(outside)
+    dest = tmp_path / "d"
+    args = ["fetch", str(repo / "sub"), "--dest", str(dest), "--within", str(repo), "--json"]
+    done = farm(tmp_path, *args)
+    assert done.returncode != 0 and "cannot open" in done.stderr, done.stderr
+    assert not dest.exists()
+    # Without --within (an operator's own tree) the same link is followed.
+    done = farm(tmp_path, *args[:-3], "--json")
+    assert done.returncode == 0, done.stderr
