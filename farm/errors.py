@@ -126,3 +126,38 @@ class VerificationError(FarmError):
     """A signature, digest or policy requirement did not hold (``farm verify``)."""
 
     exit_code = ExitCode.BUILD_FAILED
+
+
+class FetchError(FarmError):
+    """The fetch phase (``farm.fetch``) refused a project's dependencies; raised before any
+    sandbox exists. The message names the package and says what to change.
+
+        FetchError                  exit 2
+        ├── LockfileError           exit 2: Cargo.lock is missing, unreadable or out of bounds
+        ├── PackageMissingError     exit 2: the registry has no such name+version
+        ├── CrateRejectedError      exit 1: a downloaded .crate broke the unpacking rules
+        ├── ChecksumMismatchError   exit 1: the registry's bytes differ from the lock
+        └── RegistryUnreachableError exit 4: the registry could not be reached
+    """
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class LockfileError(FetchError):
+    pass
+
+
+class PackageMissingError(FetchError):
+    pass
+
+
+class CrateRejectedError(FetchError):
+    exit_code = ExitCode.BUILD_FAILED
+
+
+class ChecksumMismatchError(FetchError):
+    exit_code = ExitCode.BUILD_FAILED
+
+
+class RegistryUnreachableError(FetchError):
+    exit_code = ExitCode.INFRASTRUCTURE

@@ -1,0 +1,1 @@
+"""Cargo specifics: Cargo.lock reading (``lockfile``), safe .crate unpacking (``cratefile``)."""
