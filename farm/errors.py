@@ -19,7 +19,10 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     │   └── ArtifactServiceError   the controller's Service has no ClusterIP to upload to
     ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
     ├── VerificationError          exit 1: `farm verify` rejected an artifact or provenance
-    └── NotFoundError              exit 2: no such build id
+    ├── NotFoundError              exit 2: no such build id
+    ├── MirrorError                exit 2: `farm mirror` refused a crate, name or download
+    │                                      (bad .crate, checksum or signature mismatch, conflict)
+    └── MirrorSourceError          exit 4: an upstream (registry, Debian archive) unreachable
 """
 
 from __future__ import annotations
@@ -70,8 +73,18 @@ class NotFoundError(InputError):
     pass
 
 
+class MirrorError(InputError):
+    """``farm mirror`` refused something: a malformed ``.crate``, a bad name or version,
+    a different checksum for a version it already holds, or a download whose checksum or
+    signature does not match (``farm.mirror``)."""
+
+
 class InfrastructureError(FarmError):
     exit_code = ExitCode.INFRASTRUCTURE
+
+
+class MirrorSourceError(InfrastructureError):
+    """An upstream of ``farm mirror`` (a registry, Debian's archive) could not be read."""
 
 
 class RuntimeMissingError(InfrastructureError):
