@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from farm.errors import MirrorError
 from farm.mirror.debarchive import DebianArchive, DebianArchiveError, DebianLookupError, Pinned
+from farm.mirror.layout import crate_filename
 
 LIBRUST = re.compile(r"librust-[a-z0-9][a-z0-9+.-]*-dev")
 REGISTRY = "usr/share/cargo/registry/"
@@ -212,12 +214,13 @@ def _repack(deb_name: str, crate_dir: str, files: dict[str, tuple[bytes, bool]])
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DebianArchiveError(f"{deb_name}: {crate_dir}/Cargo.toml: {exc}") from None
     name, version = str(package.get("name", "")), str(package.get("version", ""))
-    if f"{name}-{version}" != crate_dir:
-        raise DebianArchiveError(
-            f"{deb_name}: {crate_dir}/Cargo.toml names {name} {version}; "
-            "refusing a mismatched directory"
-        )
-    return DerivedCrate(name, version, repack(crate_dir, files), deb_name)
+    try:
+        prefix = crate_filename(name, version).removesuffix(".crate")
+    except MirrorError as exc:
+        raise DebianArchiveError(f"{deb_name}: {crate_dir}/Cargo.toml: {exc}") from None
+    # The crate's own name and version, not the directory's: Debian names some
+    # directories after the package (md-0.10.1 holds md-5 0.10.1).
+    return DerivedCrate(name, version, repack(prefix, files), deb_name)
 
 
 def _data_tar(deb: bytes, deb_name: str) -> bytes:
@@ -276,17 +279,22 @@ class _Mirror(Protocol):
 
 
 def add_program(
-    mirror: _Mirror, archive: DebianArchive, suite: str, program: str
+    mirror: _Mirror,
+    archive: DebianArchive,
+    suite: str,
+    program: str,
+    extra: Iterable[str] = (),
 ) -> list[DerivedCrate]:
     """Fill ``mirror`` with the derived crates ``program`` needs in ``suite``; returns them.
 
     One name+version may come from two .debs (e.g. librust-ahash-dev and librust-ahash-0.7-dev
     with different Debian revisions); the first in package-name order is kept, so the
-    mirror never holds two checksums for one version.
+    mirror never holds two checksums for one version. ``extra`` names more librust
+    packages to start from: dev-dependencies Debian does not build-depend on (tests off).
     """
     closure = Closure(archive, suite)
     added: dict[tuple[str, str], DerivedCrate] = {}
-    for stanza in closure.closure(closure.roots_for_program(program)):
+    for stanza in closure.closure([*closure.roots_for_program(program), *extra]):
         for crate in derive(archive, stanza):
             if (crate.name, crate.version) not in added:
                 mirror.add_crate(crate.data, crate.origin)
