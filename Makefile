@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench
+.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench realworld
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ lint: $(VENV)/.installed
 
 test: setup tools lint
 	$(VENV)/bin/pytest
+
+# The whole realworld corpus (docs/realworld.md): five Debian-packaged programs, each
+# built twice in gVisor from a loopback mirror of Debian-derived crates. A plain `make
+# test` runs only the smallest one. Downloads are cached in FARM_REALWORLD_CACHE.
+realworld: setup
+	$(VENV)/bin/pytest -m realworld tests/realworld
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
