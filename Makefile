@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench realworld
+.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,7 @@ test: setup tools lint
 # The whole realworld corpus (docs/realworld.md): five Debian-packaged programs, each
 # built twice in gVisor from a loopback mirror of Debian-derived crates. A plain `make
 # test` runs only the smallest one. Downloads are cached in FARM_REALWORLD_CACHE.
+.PHONY: realworld
 realworld: setup
 	$(VENV)/bin/pytest -m realworld tests/realworld
 
