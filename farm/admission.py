@@ -158,12 +158,23 @@ class Admission(BaseModel):
 
     ceilings: Ceilings | None = Field(default_factory=Ceilings)
     allowed_images: ImageAllowlist = Field(default_factory=ImageAllowlist)
+    #: Names of the operator's registries a spec may pick (farm serve --registries);
+    #: None: not checked here (a local build's runner checks its own settings).
+    registries: frozenset[str] | None = None
 
     def check(self, spec: BuildSpec, check_runs: int | None = None) -> list[str]:
         """Every reason to refuse ``spec``, one line each; empty if it is admitted."""
         problems = self.ceilings.check(spec, check_runs) if self.ceilings else []
         image = self.allowed_images.check(spec.image)
-        return [*problems, image] if image else problems
+        problems = [*problems, image] if image else problems
+        registries = self.registries
+        if spec.registry is not None and registries is not None and spec.registry not in registries:
+            known = ", ".join(sorted(registries)) or "none"
+            problems.append(
+                f"registry: {spec.registry!r} is not one of this installation's registries "
+                f"(configured: {known})"
+            )
+        return problems
 
     def enforce(self, spec: BuildSpec, hint: str, check_runs: int | None = None) -> None:
         """Raises NotAdmittedError listing every problem; ``hint`` says who changes what."""

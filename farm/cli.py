@@ -9,6 +9,7 @@ and ``farm.verify``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ExitCode, FarmError, InputError
+from farm.fetch.registry import Registry, load_registries, registry_from_cli
 from farm.images import RECIPES, VERSION
 from farm.logs import CappedLog
 from farm.observe.classify import BlockedAction
@@ -40,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     cut = words.index("--") if "--" in words else len(words)
     args = _parser().parse_args(words[:cut])
     args.build_argv = words[cut + 1 :]
-    settings = Settings.from_env(
-        insecure_runtime=getattr(args, "insecure_runtime", None),
-        observe=getattr(args, "observe", None),
-    )
     try:
+        settings = Settings.from_env(
+            insecure_runtime=getattr(args, "insecure_runtime", None),
+            observe=getattr(args, "observe", None),
+        )
         return int(args.func(args, settings))
     except FarmError as exc:
         print(f"farm: error: {exc}", file=sys.stderr)
@@ -122,7 +124,44 @@ def _parser() -> argparse.ArgumentParser:
         help="submit to this `farm serve` (default $FARM_SERVER; token from $FARM_TOKEN)",
     )
     b.add_argument("--local", action="store_true", help="build here even if FARM_SERVER is set")
+    b.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
+        "(repeatable; adds to $FARM_GIT_HOSTS)",
+    )
+    b.add_argument(
+        "--registry",
+        metavar="INDEX_URL|NAME",
+        help="run the fetch phase first: download Cargo.lock's crates from this sparse "
+        "registry (e.g. sparse+http://127.0.0.1:8080/index/) or a registry named in "
+        "$FARM_REGISTRIES; the sandbox sees them read-only at /vendor",
+    )
     b.set_defaults(func=cmd_build)
+
+    f = sub.add_parser(
+        "fetch",
+        help="run only the fetch phase: vendor a project's locked dependencies into DIR",
+    )
+    f.add_argument("path", help="project directory (with Cargo.lock)")
+    f.add_argument("--dest", type=Path, required=True, help="a new directory for the result")
+    f.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host the fetch phase may fetch Cargo.lock's git dependencies from "
+        "(repeatable; adds to $FARM_GIT_HOSTS)",
+    )
+    f.add_argument(
+        "--registry",
+        metavar="INDEX_URL|NAME",
+        help="sparse index URL or a name in $FARM_REGISTRIES (default: crates.io)",
+    )
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_fetch)
 
     sv = sub.add_parser("serve", help="run builds as a service: HTTP API, queue, /metrics")
     sv.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -186,6 +225,20 @@ def _parser() -> argparse.ArgumentParser:
         default=256,
         help="connections still sending their request head; beyond it the oldest is closed "
         "(default 256)",
+    )
+    sv.add_argument(
+        "--git-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host git dependencies may be fetched from (repeatable; default $FARM_GIT_HOSTS)",
+    )
+    sv.add_argument(
+        "--registries",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of the registries specs may name ({name, index, token_file}); "
+        "default $FARM_REGISTRIES. A spec names one; it never gives a URL or token",
     )
     sv.set_defaults(func=cmd_serve)
 
@@ -356,10 +409,75 @@ def _runner(settings: Settings, **kw: Any) -> Runner:
     return Runner(settings, LocalBackend(settings), Store(settings.home), **kw)
 
 
+def _with_git_hosts(settings: Settings, hosts: list[str]) -> Settings:
+    if not hosts:
+        return settings
+    merged = tuple(dict.fromkeys([*settings.git_hosts, *(h.lower() for h in hosts)]))
+    return dataclasses.replace(settings, git_hosts=merged)
+
+
+def _registry_choice(value: str | None, settings: Settings) -> tuple[Settings, Registry | None]:
+    """``--registry``: a name the operator configured, or (the CLI user being the operator
+    of a local build) a sparse index URL, added to this run's settings."""
+    if value is None:
+        return settings, None
+    if value in settings.registries:
+        return settings, settings.registries[value]
+    registry = registry_from_cli(value)
+    registries = {**settings.registries, registry.name: registry}
+    return dataclasses.replace(settings, registries=registries), registry
+
+
+def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.fetch.cache import CrateCache
+    from farm.fetch.phase import fetch
+
+    settings, registry = _registry_choice(args.registry, settings)
+    settings = _with_git_hosts(settings, args.git_host)
+    if args.dest.exists():
+        raise InputError(f"--dest {args.dest}: already exists; give a new directory")
+    result = fetch(
+        Path(args.path).resolve(),
+        args.dest.resolve(),
+        registry or Registry(),
+        CrateCache(settings.crate_cache),
+        say=lambda m: print(f"farm: {m}", file=sys.stderr),
+        git_hosts=frozenset(settings.git_hosts),
+    )
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return 0
+    if not result.mounts:
+        print("farm: nothing to fetch: no project farm knows (Cargo.toml)", file=sys.stderr)
+    for p in result.packages:
+        if p.commit:
+            print(f"{p.name} {p.version} git:{p.commit} ({p.source})")
+            continue
+        print(f"{p.name} {p.version} sha256:{p.sha256} ({'cache' if p.cached else p.registry})")
+    for source, target in result.mounts:
+        print(f"mount {source} read-only at {target}")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from farm.buildflow import run_build, validate_check
 
-    spec = build_spec(_spec_data(args))  # bad input stops here: nothing created yet
+    data = _spec_data(args)
+    server = args.server or (None if args.local else settings.server)
+    if args.registry and server:
+        if "://" in args.registry:
+            raise InputError(
+                "--registry: farm serve takes only the NAME of a registry its operator "
+                "configured (farm serve --registries), never a URL"
+            )
+        data["registry"] = args.registry  # the server checks it is one of its own
+    elif args.registry:
+        settings, registry = _registry_choice(args.registry, settings)
+        data["registry"] = registry.name if registry else None
+    if args.git_host and server:
+        raise InputError("--git-host: the operator of farm serve allows git hosts there")
+    settings = _with_git_hosts(settings, args.git_host)
+    spec = build_spec(data)  # bad input stops here: nothing created yet
     validate_check(args.check)
     if settings.insecure_runtime:
         print(
@@ -369,7 +487,6 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.observe and settings.insecure_runtime:
         raise InputError("--observe needs gVisor; drop --insecure-runtime")
-    server = args.server or (None if args.local else settings.server)
     if server:
         return _build_remote(args, settings, spec, server)
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
@@ -682,6 +799,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         }
         bad = [f"{flags[str(e['loc'][0])]}: {e['msg']}" for e in exc.errors()]
         raise InputError("; ".join(bad)) from None
+    if args.registries:
+        settings = dataclasses.replace(settings, registries=load_registries(args.registries))
+    settings = _with_git_hosts(settings, args.git_host)
     options = ServeOptions(
         bind=args.bind,
         port=args.port,

@@ -114,7 +114,28 @@ def _dependencies(record: BuildRecord, spec: BuildSpec, lock: str | None) -> lis
             "digest": {"sha256": _hex(record.image_id)},
         },
     ]
+    if record.fetched is not None:
+        return deps + fetched(record)
     return deps + (crates(lock) if lock else [])
+
+
+def fetched(record: BuildRecord) -> list[dict[str, Any]]:
+    """Each package the fetch phase downloaded: its checksum is the lock's, which the
+    bytes were verified against, and the registry is where they came from."""
+    return [
+        {
+            "name": p.name,
+            "uri": f"pkg:{p.ecosystem}/{p.name}@{p.version}",
+            "digest": {"sha256": p.sha256} if p.sha256 else {"gitCommit": p.commit or ""},
+            "annotations": {
+                "source": p.source,
+                "registry": p.registry,
+                "registryIndex": p.index,
+                "fetchedBy": "farm fetch phase (verified against the lockfile)",
+            },
+        }
+        for p in record.fetched or []
+    ]
 
 
 def lockfile(record: BuildRecord, spec: BuildSpec, store: Store) -> str | None:

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from farm.errors import ExitCode
 
@@ -119,6 +119,26 @@ class ReproVerdict(BaseModel):
         return f"NOT reproducible across {self.runs} runs: {', '.join(self.differing)} differ"
 
 
+class FetchedPackage(BaseModel):
+    """One dependency the fetch phase (farm.fetch) downloaded, verified and vendored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ecosystem: str
+    name: str
+    version: str
+    #: The archive's sha256: the lockfile's checksum, which the bytes were checked against
+    #: (None for a git package, which ``commit`` names instead).
+    sha256: str | None = None
+    commit: str | None = None
+    #: The lockfile's source id, and the registry the bytes came from (name and index).
+    source: str
+    registry: str
+    index: str
+    #: True when the verified bytes came from the shared crate cache.
+    cached: bool = False
+
+
 class BuildRecord(BaseModel):
     id: str
     status: Status
@@ -157,6 +177,8 @@ class BuildRecord(BaseModel):
     #: crates: a cluster build's as its collector uploaded it, a local build's from its
     #: snapshot (records made before that have none; theirs is read from the source).
     lockfile_sha256: str | None = None
+    #: What the fetch phase vendored; None when the build had no fetch phase.
+    fetched: list[FetchedPackage] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

@@ -25,6 +25,9 @@ from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
+from farm.fetch.cache import CrateCache
+from farm.fetch.phase import fetch
+from farm.fetch.registry import Registry
 from farm.logs import CappedLog
 from farm.observe.classify import iter_actions, lock_versions
 from farm.observe.daemon import HostObserver
@@ -32,7 +35,7 @@ from farm.observe.spool import TraceRecord
 from farm.observe.verdict import judge, tally
 from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.records import BuildRecord, Refusal, Status
-from farm.sandbox import Backend, SandboxResult, SandboxSpec
+from farm.sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
 from farm.spec import BuildSpec, format_size
@@ -213,6 +216,7 @@ class Runner:
         after the policy's own checks have passed on the original. Raises
         NotAdmittedError for an image the host does not allow."""
         check_local_image(self.settings, spec)
+        registry = self.registry(spec)  # an unknown name stops here: nothing created yet
         spec = resolve(spec, within=self.within(spec))
         build_id = build_id or new_build_id()
         dirs = BuildDirs(self.settings.work_dir / build_id)
@@ -225,9 +229,24 @@ class Runner:
             self.observer.ready()  # runsc-observed refuses to start without it anyway
         record = self._start_record(build_id, spec, image_id)
         try:
-            return self._run(record, spec, dirs, sandbox)
+            return self._run(record, spec, dirs, sandbox, registry)
         finally:
             self._release(dirs.root)
+
+    def registry(self, spec: BuildSpec) -> Registry | None:
+        """The operator's registry the spec names, if any; SpecError for another name."""
+        if spec.registry is None:
+            return None
+        found = self.settings.registries.get(spec.registry)
+        if found is None:
+            known = ", ".join(sorted(self.settings.registries)) or "none"
+            raise SpecError(
+                [
+                    f"registry: {spec.registry!r} is not one of this installation's "
+                    f"registries (configured: {known}); the operator adds them (FARM_REGISTRIES)"
+                ]
+            )
+        return found
 
     def _start_record(self, build_id: str, spec: BuildSpec, image_id: str) -> BuildRecord:
         record = BuildRecord(
@@ -251,7 +270,12 @@ class Runner:
         return record
 
     def _run(
-        self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs, sandbox: SandboxSpec
+        self,
+        record: BuildRecord,
+        spec: BuildSpec,
+        dirs: BuildDirs,
+        sandbox: SandboxSpec,
+        registry: Registry | None,
     ) -> BuildRecord:
         started = time.monotonic()
         self.on_phase("snapshot", None)
@@ -267,6 +291,8 @@ class Runner:
                 within=self.within(spec),
             )
             record.lockfile_sha256 = self._keep_lockfile(dirs)
+            if registry is not None:
+                sandbox = self._fetch(record, spec, dirs, sandbox, registry)
             log = CappedLog(dirs.root / "build.log", spec.limits.log)
             self.on_phase("build", log)
             result = self.backend.run(
@@ -279,7 +305,8 @@ class Runner:
         except FarmError as exc:
             # Bad input (a FIFO in the source, a command missing from the image) is the
             # user's to fix, not the host's.
-            user_error = exc.exit_code == ExitCode.BAD_INPUT
+            # So is a dependency the fetch phase refused (a checksum mismatch, exit 1).
+            user_error = exc.exit_code != ExitCode.INFRASTRUCTURE
             record.status = Status.FAILED if user_error else Status.ERROR
             record.notes.append(str(exc))
             raise
@@ -292,6 +319,31 @@ class Runner:
                 log.close()
             self._finish(record, spec, dirs, log, result, started)
         return record
+
+    def _fetch(
+        self,
+        record: BuildRecord,
+        spec: BuildSpec,
+        dirs: BuildDirs,
+        sandbox: SandboxSpec,
+        registry: Registry,
+    ) -> SandboxSpec:
+        """The fetch phase, on the snapshot (so what is fetched is what the lock that is
+        built names), before any sandbox exists; its result is mounted read-only."""
+        self.on_phase("fetch", None)
+        result = fetch(
+            dirs.src,
+            dirs.root / "fetch",
+            registry,
+            CrateCache(self.settings.crate_cache),
+            max_bytes=spec.resources.disk,
+            git_hosts=frozenset(self.settings.git_hosts),
+        )
+        record.fetched = result.packages
+        mounts = [
+            Mount(source=m.source, target=m.target, read_only=True) for m in result.build_mounts()
+        ]
+        return sandbox.model_copy(update={"mounts": [*sandbox.mounts, *mounts]})
 
     def _keep_lockfile(self, dirs: BuildDirs) -> str | None:
         """The snapshot's Cargo.lock, kept in the store: provenance then lists exactly the

@@ -78,7 +78,11 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
         settings = dataclasses.replace(settings, allowed_images=options.allowed_images)
         origin = "--allow-image"
     images = ImageAllowlist.parse(settings.allowed_images, origin)
-    admission = Admission(ceilings=options.ceilings, allowed_images=images)
+    admission = Admission(
+        ceilings=options.ceilings,
+        allowed_images=images,
+        registries=frozenset(settings.registries),
+    )
     with _serve_lock(settings.home):
         service = _service(settings, options, tokens is not None, admission)
         api = Api(service, service.store, settings.work_dir, tokens)

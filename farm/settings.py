@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.fetch.registry import Registry, load_registries
+
 #: Label put on every container, volume and image farm creates; cleanup selects on it.
 MANAGED_LABEL = "io.farm.managed"
 BUILD_LABEL = "io.farm.build"
@@ -42,6 +44,12 @@ class Settings:
     #: The images builds may run (farm.admission, farm.imageref patterns), from
     #: FARM_ALLOWED_IMAGES (comma- or space-separated); default farm's builder image.
     allowed_images: tuple[str, ...] = (DEFAULT_IMAGE,)
+    #: The operator's registries by name (FARM_REGISTRIES: a JSON file, see
+    #: farm.fetch.registry.load_registries); a spec may only name one of them.
+    registries: dict[str, Registry] = field(default_factory=dict)
+    #: Hosts git dependencies may be fetched from (FARM_GIT_HOSTS, comma- or
+    #: space-separated; ``--git-host``). Empty: a lockfile's git dependency is refused.
+    git_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -54,6 +62,12 @@ class Settings:
             "server": env.get("FARM_SERVER") or None,
             "token": env.get("FARM_TOKEN") or None,
             "allowed_images": _words(env.get("FARM_ALLOWED_IMAGES")),
+            "git_hosts": tuple(h.lower() for h in _words(env.get("FARM_GIT_HOSTS")) or ()) or None,
+            "registries": (
+                load_registries(Path(env["FARM_REGISTRIES"]))
+                if env.get("FARM_REGISTRIES")
+                else None
+            ),
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -69,6 +83,11 @@ class Settings:
         if self.insecure_runtime:
             return self.insecure_runtime
         return f"{self.runtime}-observed" if self.observe else self.runtime
+
+    @property
+    def crate_cache(self) -> Path:
+        """The shared, content-addressed cache of verified crates (farm.fetch.cache)."""
+        return self.home / "crates"
 
     @property
     def work_dir(self) -> Path:

@@ -196,6 +196,10 @@ class BuildSpec(BaseModel):
     tenant: str = "default"
     source_date_epoch: int | None = Field(None, ge=0)
     observe: ObservePolicy = Field(default_factory=ObservePolicy)
+    #: The NAME of one of the operator's registries (farm.fetch.registry): its packages
+    #: are fetched before the build. Never a URL: a spec must not aim farm's own
+    #: process at an address (SSRF). None: no fetch phase (the image's crates only).
+    registry: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
     @field_validator("source")
     @classmethod

@@ -271,6 +271,12 @@ def _job(
         "metadata": meta,
         "spec": {
             "backoffLimit": 0,
+            # A pod evicted, preempted or drained (DisruptionTarget) did not fail: the
+            # Job makes a fresh pod, a fresh sandbox, instead of failing the Build. Any
+            # other pod failure still ends the Job at once (backoffLimit 0).
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+            },
             "activeDeadlineSeconds": deadline,
             "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
             # Kueue admits a suspended Job by unsuspending it; without Kueue it runs now.

@@ -95,6 +95,15 @@ class ClusterBuildSpec(BuildSpec):
     def _source_is_dir(cls, value: Any) -> Any:  # replaces BuildSpec's local-dir check
         return value
 
+    @field_validator("registry")
+    @classmethod
+    def _no_registry(cls, value: str | None) -> str | None:
+        # A cluster build's fetch Job reaches the controller's mirrors (config `mirrors`);
+        # naming one of the local operator's registries would be silently ignored.
+        if value is not None:
+            raise ValueError("not supported on the cluster yet: leave it out")
+        return value
+
     @field_validator("check")
     @classmethod
     def _runs(cls, value: int) -> int:

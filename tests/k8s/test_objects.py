@@ -159,3 +159,13 @@ def test_each_check_run_is_its_own_varied_pod_and_only_its_collect_window_opens(
     assert build_env == list(varied.env.items()) != list(SANDBOX.env.items())
     assert pod["hostname"] == "farm-check-1" != SANDBOX.hostname
     assert ("CARGO_BUILD_JOBS", "1") in build_env
+
+
+def test_a_disrupted_pod_is_replaced_but_any_other_failure_ends_the_job() -> None:
+    """Eviction, preemption or a drain (DisruptionTarget) is not the build's failure."""
+    fetch = objects.fetch_job(REF, SPEC, SANDBOX, CONFIG)
+    for job in (fetch, BUILD):
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["podFailurePolicy"] == {
+            "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+        }

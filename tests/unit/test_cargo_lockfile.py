@@ -132,3 +132,9 @@ def test_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
         read_lock(V3)
     with pytest.raises(LockfileError, match="not UTF-8"):
         read_lock(b"version = 3\n# \xff\n")
+
+
+def test_debian_placeholder_checksum_says_how_to_fix_it() -> None:
+    text = V3.replace(SERDE, "Could not get crate checksum")
+    with pytest.raises(LockfileError, match=r"serde.*Could not get crate checksum.*regenerate"):
+        read_lock(text)

@@ -146,7 +146,11 @@ def _package(index: int, entry: Any, v1_sums: dict[tuple[str, str, str], str]) -
     if checksum is not None and (
         not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum)
     ):
-        raise LockfileError(f"{where}: checksum must be 64 lowercase hex digits")
+        raise LockfileError(
+            f"{where}: checksum {str(checksum)[:40]!r} is not a sha256 (64 lowercase hex "
+            "digits); a lock written against Debian's vendored crates says 'Could not get "
+            "crate checksum': regenerate it against the registry (`cargo generate-lockfile`)"
+        )
     return LockedPackage(name=name, version=version, source=source, checksum=checksum)
 
 

@@ -57,3 +57,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The node monitor's namespace: its own (hostPath, uid 0), labelled for Pod Security
+`privileged`, so the release namespace can enforce `restricted`. */}}
+{{- define "farm.monitorNamespace" -}}
+{{- default .Release.Namespace .Values.nodeMonitor.namespace.name -}}
+{{- end -}}

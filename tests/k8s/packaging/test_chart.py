@@ -108,6 +108,8 @@ def test_default_install_has_every_component(default_objects: list[Obj]) -> None
     # Off by default: a managed gVisor cluster has its own, and creating it would clash.
     assert find(default_objects, "RuntimeClass") == []
     (runtime,) = find(chart.render(sets=["runtimeClass.create=true"]), "RuntimeClass")
+    # A gVisor pod's fixed cost is accounted by default (values.yaml measures it).
+    assert runtime["overhead"]["podFixed"] == {"cpu": "100m", "memory": "128Mi"}
     assert (runtime["metadata"]["name"], runtime["handler"]) == ("gvisor", "runsc")
     crd = find(default_objects, "CustomResourceDefinition")[0]
     assert crd["metadata"]["name"] == "builds.farm.dev"

@@ -1,0 +1,168 @@
+"""Cargo in the fetch phase: Cargo.lock's registry packages in, a vendor directory and a
+cargo config out.
+
+Callers: ``farm.fetch.phase`` through ``farm.ecosystems.Ecosystem``. The result is a cargo
+*directory source* (``vendor/{name}-{version}/`` with ``.cargo-checksum.json`` listing
+every file and the package's checksum), which any cargo reads, old or new, sparse-aware or
+not. The config replaces crates.io (and any other registry the lock names) with it; the
+build sandbox mounts it over ``/.cargo/config.toml`` because cargo reads that file for any
+working directory and farm's images already use that path (farm.k8s.objects VENDOR_CONFIG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from farm.confine import FILE_FLAGS, open_beneath
+from farm.ecosystems import BuildMount, Package
+from farm.ecosystems.cargo import cratefile
+from farm.ecosystems.cargo.gitpackage import git_package_files
+from farm.ecosystems.cargo.lockfile import MAX_LOCK_BYTES, Lockfile, read_lock
+from farm.errors import LockfileError
+from farm.fetch.git import Checkout, GitSource
+
+#: Where the build sandbox sees the vendored crates and their source replacement.
+VENDOR_DIR = "/vendor"
+CONFIG_TARGET = "/.cargo/config.toml"
+CRATES_IO_SOURCE = "registry+https://github.com/rust-lang/crates.io-index"
+_VENDOR_SOURCE = "farm-vendor"
+
+NO_LOCK = (
+    "the project has no Cargo.lock, and the fetch phase downloads exactly what a lock names: "
+    "run `cargo generate-lockfile` in it and commit Cargo.lock, or pass --resolve-lock to "
+    "have farm resolve one against the registry"
+)
+
+
+class Cargo:
+    name = "cargo"
+
+    def __init__(self) -> None:
+        #: The lock ``packages`` read, for checks that depend on it (its version against
+        #: the image's cargo: the ``inspect`` hook of ``farm.fetch.phase.fetch``).
+        self.lock: Lockfile | None = None
+
+    def detect(self, source_fd: int) -> bool:
+        return _regular(source_fd, "Cargo.toml")
+
+    def packages(self, source_fd: int) -> list[Package]:
+        text = _read_lock(source_fd)
+        lock = self.lock = read_lock(text)
+        out = []
+        for p in lock.packages:
+            if p.is_git:
+                git = GitSource.parse(p.source or "", str(p))
+                out.append(Package(p.name, p.version, None, p.source or "", git))
+                continue
+            if not p.is_registry:
+                continue
+            if p.checksum is None:
+                raise LockfileError(
+                    f"{p}: Cargo.lock has no checksum for it; regenerate the lock "
+                    "(`cargo generate-lockfile`) so every registry package has one"
+                )
+            out.append(Package(p.name, p.version, p.checksum, p.source or ""))
+        _refuse_collisions(out)
+        return out
+
+    def vendor(self, package: Package, data: bytes, dest: Path) -> int:
+        root = dest / "vendor"
+        root.mkdir(mode=0o755, exist_ok=True)
+        crate = cratefile.open_crate(data, package.name, package.version)
+        sums = cratefile.write_crate(crate, root / f"{package.name}-{package.version}")
+        _write_checksums(root / f"{package.name}-{package.version}", sums, package.checksum)
+        return sum(len(m.data) for m in crate.members)
+
+    def vendor_git(self, package: Package, checkout: Checkout, dest: Path) -> int:
+        assert package.git is not None
+        members = git_package_files(package, checkout)
+        root = dest / "vendor"
+        root.mkdir(mode=0o755, exist_ok=True)
+        crate = cratefile.Crate(top=f"{package.name}-{package.version}", members=members)
+        sums = cratefile.write_crate(crate, root / crate.top)
+        _write_checksums(root / crate.top, sums, None)
+        return sum(len(m.data) for m in members)
+
+    def finish(self, packages: list[Package], dest: Path) -> list[BuildMount]:
+        (dest / "vendor").mkdir(mode=0o755, exist_ok=True)
+        config = dest / "cargo-config.toml"
+        config.write_text(cargo_config(packages))
+        config.chmod(0o644)
+        return [BuildMount(dest / "vendor", VENDOR_DIR), BuildMount(config, CONFIG_TARGET)]
+
+
+def cargo_config(packages: list[Package]) -> str:
+    """Source replacement of crates.io, and of every other registry the lock names, by
+    the vendor directory."""
+    lines = [
+        "# Written by farm's fetch phase: every registry crate comes from /vendor.",
+        "[source.crates-io]",
+        f'replace-with = "{_VENDOR_SOURCE}"',
+        "",
+        f"[source.{_VENDOR_SOURCE}]",
+        f'directory = "{VENDOR_DIR}"',
+    ]
+    registries = {p.source for p in packages if p.git is None}
+    others = sorted(registries - {CRATES_IO_SOURCE})
+    for i, source in enumerate(others, 1):
+        url = source.removeprefix("registry+")
+        lines += ["", f"[source.farm-registry-{i}]", f"registry = {json.dumps(url)}"]
+        lines.append(f'replace-with = "{_VENDOR_SOURCE}"')
+    gits = sorted({(p.git.url, p.git.query) for p in packages if p.git is not None})
+    for i, (url, query) in enumerate(gits, 1):
+        # cargo matches a replacement by URL and reference, exactly as the lock spells them.
+        lines += ["", f"[source.farm-git-{i}]", f"git = {json.dumps(url)}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in query]
+        lines.append(f'replace-with = "{_VENDOR_SOURCE}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_checksums(crate_dir: Path, sums: dict[str, str], package: str | None) -> None:
+    body = json.dumps({"files": sums, "package": package}, sort_keys=True)
+    fd = os.open(
+        crate_dir / cratefile.CHECKSUM_FILE,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
+    )
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)
+
+
+def _refuse_collisions(packages: list[Package]) -> None:
+    seen: dict[str, Package] = {}
+    for p in packages:
+        key = f"{p.name}-{p.version}"
+        if key in seen:
+            raise LockfileError(
+                f"{p}: locked from two registries ({seen[key].source} and {p.source}); "
+                "one vendor directory cannot hold both, so keep one of them in Cargo.toml"
+            )
+        seen[key] = p
+
+
+def _regular(dir_fd: int, name: str) -> bool:
+    try:
+        fd = open_beneath(dir_fd, (name,), FILE_FLAGS)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def _read_lock(dir_fd: int) -> bytes:
+    """Cargo.lock, never through a link and never more than the lock cap."""
+    try:
+        fd = open_beneath(dir_fd, ("Cargo.lock",), FILE_FLAGS)
+    except FileNotFoundError:
+        raise LockfileError(NO_LOCK) from None
+    except OSError as exc:
+        raise LockfileError(f"Cargo.lock: cannot open it ({exc.strerror}); {NO_LOCK}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise LockfileError(f"Cargo.lock is not a regular file; {NO_LOCK}")
+        return fh.read(MAX_LOCK_BYTES + 1)
