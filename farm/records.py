@@ -119,6 +119,19 @@ class ReproVerdict(BaseModel):
         return f"NOT reproducible across {self.runs} runs: {', '.join(self.differing)} differ"
 
 
+class LockResolution(BaseModel):
+    """A Cargo.lock farm resolved (``--resolve-lock``, farm.fetch.resolve), not the tenant."""
+
+    resolved_by: str = "farm: cargo generate-lockfile --offline in a sandbox with no network"
+    mirror: str
+    image: str
+    image_id: str
+    lock_sha256: str
+
+    def describe(self) -> str:
+        return f"lock resolved by farm against mirror {self.mirror} (image {self.image})"
+
+
 class FetchedPackage(BaseModel):
     """One dependency the fetch phase (farm.fetch) downloaded, verified and vendored."""
 
@@ -179,6 +192,8 @@ class BuildRecord(BaseModel):
     lockfile_sha256: str | None = None
     #: What the fetch phase vendored; None when the build had no fetch phase.
     fetched: list[FetchedPackage] | None = None
+    #: Set when farm resolved the lock that was built (``--resolve-lock``), not the tenant.
+    lock_resolution: LockResolution | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

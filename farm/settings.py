@@ -47,6 +47,9 @@ class Settings:
     #: The operator's registries by name (FARM_REGISTRIES: a JSON file, see
     #: farm.fetch.registry.load_registries); a spec may only name one of them.
     registries: dict[str, Registry] = field(default_factory=dict)
+    #: ``farm build --resolve-lock DIR``: a farm mirror directory the snapshot's
+    #: Cargo.lock is resolved against before the fetch phase (farm.fetch.resolve).
+    resolve_mirror: Path | None = None
     #: Hosts git dependencies may be fetched from (FARM_GIT_HOSTS, comma- or
     #: space-separated; ``--git-host``). Empty: a lockfile's git dependency is refused.
     git_hosts: tuple[str, ...] = ()

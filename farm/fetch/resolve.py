@@ -33,9 +33,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from farm.backends.local import LocalBackend
 from farm.ecosystems.cargo.lockfile import Lockfile, read_lock
 from farm.errors import InputError, LockfileError
+from farm.records import LockResolution
 from farm.sandbox import Backend, Mount, SandboxSpec
 from farm.settings import BUILD_LABEL, SANDBOX_UID, Settings
 
@@ -65,19 +65,6 @@ cat Cargo.lock
 """
 
 
-class LockResolution(BaseModel):
-    """What provenance records about a lock farm resolved (not the tenant's own lock)."""
-
-    resolved_by: str = "farm: cargo generate-lockfile --offline in a sandbox"
-    mirror: str
-    image: str
-    image_id: str
-    lock_sha256: str
-
-    def describe(self) -> str:
-        return f"lock resolved by farm against mirror {self.mirror} (image {self.image})"
-
-
 class ResolvedLock(BaseModel):
     text: str
     lockfile: Lockfile
@@ -105,7 +92,10 @@ def resolve_lock(
     image = image or settings.default_image
     # Observation watches third-party code; this sandbox runs only cargo's resolver.
     quiet = dataclasses.replace(settings, observe=False)
-    backend = backend or LocalBackend(quiet)
+    if backend is None:
+        from farm.backends.local import LocalBackend  # docker-py: only when resolving
+
+        backend = LocalBackend(quiet)
     run_id = secrets.token_hex(6)
     work = settings.work_dir / f"resolve-{run_id}"
     work.mkdir(parents=True, mode=0o755)

@@ -4,7 +4,9 @@ tree is never written. The crates are made by farm's own deterministic repack.""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,11 @@ from farm.fetch.resolve import resolve_lock
 from farm.mirror.debian_binary import repack
 from farm.mirror.store import Mirror
 from farm.settings import Settings
+from tests.registry import TestRegistry, serve
+
+from .conftest import farm, farm_json
+
+IMAGE = "farm/rust:bookworm"
 
 
 def _crate(name: str, version: str, deps: str = "") -> bytes:
@@ -70,3 +77,33 @@ def test_a_dependency_the_mirror_lacks_fails_with_cargos_reason(
         LockfileError, match=r"(?s)no matching package named `absent`.*farm mirror add"
     ):
         resolve_lock(src, mirror.path, settings=Settings.from_env({"FARM_HOME": str(home)}))
+
+
+def test_farm_build_resolve_lock_builds_and_says_so_in_provenance(
+    home: Path, tmp_path: Path, mirror: Mirror
+) -> None:
+    src = _project(tmp_path / "app", 'mid = "0.3"\n')
+    held = {
+        (e.name, e.version): (mirror.path / f"{e.name}-{e.version}.crate").read_bytes()
+        for e in mirror.entries()
+    }
+    with serve(TestRegistry(crates=held)) as registry:
+        code, out = farm_json(
+            home,
+            "build",
+            str(src),
+            "--resolve-lock",
+            str(mirror.path),
+            "--registry",
+            registry.index,
+        )
+    assert code == 0, out
+    assert not (src / "Cargo.lock").exists()  # resolved into farm's snapshot, not the tree
+    envelope = tmp_path / "prov.json"
+    assert farm(home, "provenance", out["id"], "--out", str(envelope)).returncode == 0
+    statement = json.loads(base64.b64decode(json.loads(envelope.read_text())["payload"]))
+    deps = {d["name"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    note = deps["Cargo.lock"]["annotations"]["note"]
+    assert note == f"lock resolved by farm against mirror {mirror.path.resolve()} (image {IMAGE})"
+    leaf = hashlib.sha256(held[("leaf", "1.2.0")]).hexdigest()
+    assert deps["leaf"]["digest"] == {"sha256": leaf}
