@@ -2,10 +2,12 @@
 from a loopback mirror of Debian-derived crates.
 
 Per program: fill a mirror with the librust-*-dev closure Debian builds it with (repacked,
-origin ``debian-derived:<deb>``), resolve its lock against that mirror in a sandbox
-(farm.fetch.resolve), serve the mirror on 127.0.0.1 and ``farm build --registry`` it through
-the fetch phase in gVisor, twice (``--check 2``: bit-reproducible), then run the binary's
-``--version`` in a gVisor sandbox, never on the host.
+origin ``debian-derived:<deb>``), serve it on 127.0.0.1, and ``farm build --resolve-lock
+MIRROR --registry URL --check 2``: the lock resolved against the mirror in a sandbox
+(farm.fetch.resolve), every crate fetched and verified by the fetch phase, the build run
+twice in gVisor and compared bit for bit. Then the binary's ``--version`` runs in a gVisor
+sandbox, never on the host, and provenance is checked: the lock is farm's, every crate
+the mirror's own, Debian-derived.
 
 Marker ``realworld`` (every program; `make realworld`) is off by default; the smallest
 program also carries ``realworld_ci`` and so runs with a plain ``pytest`` (pyproject addopts).
@@ -14,6 +16,7 @@ Downloads are cached in FARM_REALWORLD_CACHE (default ~/.cache/farm-realworld).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +25,9 @@ import docker
 import pytest
 from farm.mirror.serve import MirrorServer
 
-from farm.fetch.resolve import resolve_lock
-from farm.settings import MANAGED_LABEL, Settings
+from farm.settings import MANAGED_LABEL
 from farm.store import Store
-from tests.e2e.conftest import farm_json
+from tests.e2e.conftest import farm, farm_json
 from tests.realworld.programs import CORPUS, Program, fill_mirror, program_source
 
 pytestmark = pytest.mark.realworld
@@ -57,19 +59,13 @@ def test_program_builds_reproducibly_from_the_derived_mirror(
 ) -> None:
     program, server = served
     src = program_source(program, server.mirror, tmp_path / "src")
-    settings = Settings.from_env({"FARM_HOME": str(home)})
-    resolved = resolve_lock(src, server.mirror.path, settings=settings, image=program.image)
-    (src / "Cargo.lock").write_text(resolved.text)
-    held = {(e.name, e.version): e.cksum for e in server.mirror.entries()}
-    for package in resolved.lockfile.packages:
-        if package.is_registry:  # every locked crate is the mirror's own, by checksum
-            assert held[(package.name, package.version)] == package.checksum
-
     output = f"target/release/{program.binary}"
     code, built = farm_json(
         home,
         "build",
         str(src),
+        "--resolve-lock",
+        str(server.mirror.path),
         "--registry",
         server.index_url,
         "--image",
@@ -84,9 +80,26 @@ def test_program_builds_reproducibly_from_the_derived_mirror(
     assert code == 0, json.dumps(built, indent=1)[-4000:]
     assert built["reproducibility"]["result"] == "reproducible", built["reproducibility"]
     (artifact,) = built["artifacts"]
-    binary = Store(home).blob_path(artifact["sha256"])
-    version = run_in_gvisor(client, binary, program.image, "--version")
+    version = run_in_gvisor(
+        client, Store(home).blob_path(artifact["sha256"]), program.image, "--version"
+    )
     assert program.version in version, version
+
+    # Provenance: the lock is farm's, against this mirror; every crate is the mirror's own.
+    envelope = tmp_path / "provenance.json"
+    assert farm(home, "provenance", built["id"], "--out", str(envelope)).returncode == 0
+    statement = json.loads(base64.b64decode(json.loads(envelope.read_text())["payload"]))
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    lock = next(d for d in deps if d["name"] == "Cargo.lock")
+    assert lock["annotations"]["mirror"] == str(server.mirror.path.resolve())
+    held = {(e.name, e.version): e for e in server.mirror.entries()}
+    crates = [d for d in deps if d["uri"].startswith("pkg:cargo/")]
+    assert crates
+    for dep in crates:
+        name, _, version = dep["uri"].removeprefix("pkg:cargo/").partition("@")
+        entry = held[(name, version)]
+        assert dep["digest"] == {"sha256": entry.cksum}
+        assert entry.origin.startswith("debian-derived:")
 
 
 def run_in_gvisor(client: docker.DockerClient, binary: Path, image: str, *args: str) -> str:
