@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farm.fetch.resolve import resolve_lock  # noqa: E402
-from farm.mirror.serve import MirrorServer  # noqa: E402
+from farm.mirror import serve as mirror_serve  # noqa: E402
 from farm.settings import Settings  # noqa: E402
 from tests.realworld.programs import CORPUS, Program, fill_mirror, program_source  # noqa: E402
 
@@ -59,7 +59,7 @@ def measure(program: Program, work: Path) -> dict:
     settings = Settings.from_env({"FARM_HOME": str(work / "home")})
     resolved = resolve_lock(src, mirror.path, settings=settings, image=program.image)
     (src / "Cargo.lock").write_text(resolved.text)
-    server = MirrorServer(mirror, "127.0.0.1", 0).start()
+    server = mirror_serve.MirrorServer(mirror, "127.0.0.1", 0).start()
     try:
         runs = {
             name: cold_build(src, program, server.index_url, flags)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from farm.mirror.serve import MirrorServer
 
+from farm.mirror import serve as mirror_serve
 from farm.settings import MANAGED_LABEL
 from farm.store import Store
 from tests.e2e.conftest import farm, farm_json
@@ -41,11 +41,11 @@ def _param(i: int, program: Program) -> object:
 @pytest.fixture
 def served(
     tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[Program, MirrorServer]]:
+) -> Iterator[tuple[Program, mirror_serve.MirrorServer]]:
     program: Program = request.param
     mirror, crates = fill_mirror(program, tmp_path / "mirror")
     assert crates and all(c.origin.startswith("debian-derived:") for c in crates)
-    server = MirrorServer(mirror, "127.0.0.1", 0).start()
+    server = mirror_serve.MirrorServer(mirror, "127.0.0.1", 0).start()
     try:
         yield program, server
     finally:
@@ -55,7 +55,10 @@ def served(
 
 @pytest.mark.parametrize("served", [_param(i, p) for i, p in enumerate(CORPUS)], indirect=True)
 def test_program_builds_reproducibly_from_the_derived_mirror(
-    served: tuple[Program, MirrorServer], home: Path, tmp_path: Path, client: docker.DockerClient
+    served: tuple[Program, mirror_serve.MirrorServer],
+    home: Path,
+    tmp_path: Path,
+    client: docker.DockerClient,
 ) -> None:
     program, server = served
     src = program_source(program, server.mirror, tmp_path / "src")
