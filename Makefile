@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench
+.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench test-crates
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check farm tests bench examples
 	$(VENV)/bin/ruff format --check farm tests bench examples
 
-test: setup tools lint
+# Real crates.io crates from Debian's signed source archive, cached (tests/realcrates.py).
+test-crates: $(VENV)/.installed
+	$(VENV)/bin/python -m tests.realcrates
+
+test: setup tools lint test-crates
 	$(VENV)/bin/pytest
 
 # The whole realworld corpus (docs/realworld.md): five Debian-packaged programs, each

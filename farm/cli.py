@@ -26,6 +26,7 @@ from farm.errors import ExitCode, FarmError, InputError
 from farm.fetch.registry import Registry, load_registries, registry_from_cli
 from farm.images import RECIPES, VERSION
 from farm.logs import CappedLog
+from farm.mirror.command import add_parsers as add_mirror_parsers
 from farm.observe.classify import BlockedAction
 from farm.observe.daemon import ObserverPaths
 from farm.records import BuildRecord
@@ -321,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     obs.set_defaults(func=cmd_observer)
     _k8s_parsers(sub)
+    add_mirror_parsers(sub)
     doc = sub.add_parser("doctor", help="check the host and say how to fix it")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)

@@ -15,3 +15,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
         if kind in ("unit", "e2e", "k8s", "realworld"):
             item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.fixture(scope="session")
+def real_crates() -> dict[str, bytes]:
+    """Real crates.io crates (tests/realcrates.py): name -> bytes, each checked against its
+    pinned sha256; downloaded from Debian's signed archive once, then cached."""
+    from tests.realcrates import ensure
+
+    return ensure()

@@ -1,8 +1,12 @@
 """``farm mirror``: an offline, crates.io-compatible registry kept in one directory.
 
-The directory is at once a sparse registry that ``farm.mirror.serve`` serves over HTTP
-and a cargo ``local-registry`` (docs/mirror.md). ``store`` writes it, ``indexline``
-derives cargo's index lines from a ``.crate``, ``layout`` names its files, ``fill``
-adds crates from files, a Cargo.lock or Debian source packages, and ``debian`` reads
-Debian's signed archive.
+The directory is at once a sparse registry that ``serve`` serves over HTTP and a cargo
+``local-registry`` (docs/mirror.md). Modules, from the bottom up: ``layout`` (names and
+paths, validated), ``indexline`` (cargo's index line from a crate's Cargo.toml),
+``store`` (``Mirror``: the write API), ``download`` (one bounded HTTP GET), ``debian``
+(Debian's archive, read through its signature), ``fill`` (``farm mirror add`` from
+files, a Cargo.lock or Debian sources), ``serve`` (the HTTP server) and ``command``
+(the CLI subcommands, added by ``farm.cli``). The Debian-derived tier: ``debarchive``
+(Debian's Packages and Sources indexes through InRelease) and ``debian_binary``
+(librust-*-dev closures repacked into crates, origin ``debian-derived``).
 """

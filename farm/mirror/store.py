@@ -14,9 +14,11 @@ One layout serves two readers (docs/mirror.md):
   bytes came from and how they were checked.
 
 A published version never changes: adding different bytes for a name and version the
-mirror holds is refused, and adding the same bytes again is a no-op. Writes go through a
-temporary file and a rename under an exclusive lock, so a reader (a running server or
-cargo) sees either the old or the new file, and two ``farm mirror add`` do not interleave.
+mirror holds is refused, and adding the same bytes again is a no-op (except that a
+``file`` origin is replaced by the origin of a source that checked the same bytes).
+Writes go through a temporary file and a rename under an exclusive lock, so a reader
+(a running server or cargo) sees either the old or the new file, and two
+``farm mirror add`` do not interleave.
 """
 
 from __future__ import annotations
@@ -166,8 +168,13 @@ class Mirror:
         with self._locked():
             held = self._read_manifest()
             existing = _conflict(held.crates, entry)
-            if existing is not None:
+            if existing is not None and (existing.origin != "file" or origin == "file"):
                 return existing
+            if existing is not None:  # the same bytes, now from a source that checked them
+                held.crates.remove(existing)
+                held.crates.append(entry)
+                self._write_manifest(held)
+                return entry
             _write_atomic(self.crate_path(entry.name, entry.version), data)
             self._write_index_line(line)
             held.crates = sorted([*held.crates, entry], key=lambda e: (e.name, e.version))

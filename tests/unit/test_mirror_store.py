@@ -139,9 +139,19 @@ def test_add_crate_writes_a_local_registry_layout(tmp_path: Path) -> None:
 def test_same_bytes_again_is_a_no_op(tmp_path: Path) -> None:
     mirror = Mirror(tmp_path / "m").create()
     data = make_crate("demo", "0.1.0")
-    first = mirror.add_crate(data, "file")
-    assert mirror.add_crate(data, "crates.io") == first
-    assert len(_line(mirror, "demo")) == 1 and len(mirror.entries()) == 1
+    first = mirror.add_crate(data, "crates.io")
+    assert mirror.add_crate(data, "file") == first
+    assert mirror.add_crate(data, "debian-source:rust-demo_0.1.0-1") == first
+    assert len(_line(mirror, "demo")) == 1 and mirror.entries() == [first]
+
+
+def test_same_bytes_from_a_checked_source_replace_a_file_origin(tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "m").create()
+    data = make_crate("demo", "0.1.0")
+    mirror.add_crate(data, "file")
+    checked = mirror.add_crate(data, "debian-source:rust-demo_0.1.0-1")
+    assert mirror.entries() == [checked] and checked.origin.startswith("debian-source:")
+    assert len(_line(mirror, "demo")) == 1
 
 
 def test_different_cksum_for_a_held_version_is_refused(tmp_path: Path) -> None:
@@ -232,3 +242,36 @@ def test_create_refuses_a_non_empty_directory_and_add_needs_a_mirror(tmp_path: P
     mirror = Mirror(tmp_path / "m").create()
     mirror.add_crate(make_crate("demo", "0.1.0"), "file")
     assert Mirror(tmp_path / "m").create().entries() == mirror.entries()  # idempotent
+
+
+def test_real_serde_line(tmp_path: Path, real_crates: dict[str, bytes]) -> None:
+    """crates.io's serde 1.0.152 (Debian's orig tarball): its dependencies and features as
+    crates.io lists them; tests/e2e/test_mirror_cargo.py has cargo itself read it."""
+    mirror = Mirror(tmp_path / "m").create()
+    mirror.add_crate(real_crates["serde"], "debian-source:rust-serde_1.0.152-2")
+    (line,) = _line(mirror, "serde")
+    derive = {"name": "serde_derive", "features": [], "default_features": True, "target": None}
+    assert line == {
+        "name": "serde",
+        "vers": "1.0.152",
+        "deps": [
+            {**derive, "req": "=1.0.152", "optional": True, "kind": "normal"},
+            {**derive, "req": "^1.0", "optional": False, "kind": "dev"},
+        ],
+        "cksum": "bb7d1f0d3021d347a83e556fc4683dea2ea09d87bccdf88ff5c12545d89d5efb",
+        "features": {
+            "alloc": [],
+            "default": ["std"],
+            "derive": ["serde_derive"],
+            "rc": [],
+            "std": [],
+            "unstable": [],
+        },
+        "yanked": False,
+        "rust_version": "1.13",
+    }
+    # cfg-if 1.0.4 renames a dependency (core = rustc-std-workspace-core)
+    mirror.add_crate(real_crates["cfg-if"], "debian-source:rust-cfg-if_1.0.4-1")
+    (cfg_if,) = _line(mirror, "cfg-if")
+    assert cfg_if["deps"][0]["name"] == "core"
+    assert cfg_if["deps"][0]["package"] == "rustc-std-workspace-core"
