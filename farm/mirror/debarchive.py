@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.errors import InfrastructureError, InputError
+from farm.errors import MirrorError, MirrorSourceError
 
 DEFAULT_ARCHIVE = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -40,11 +40,11 @@ MAX_POOL_FILE = 256 << 20
 TIMEOUT = 60
 
 
-class DebianArchiveError(InfrastructureError):
+class DebianArchiveError(MirrorSourceError):
     """The archive could not be read, or a file did not match what the signature pins."""
 
 
-class DebianLookupError(InputError):
+class DebianLookupError(MirrorError):
     """A program, package or suite the caller named is not in the archive's indexes."""
 
 

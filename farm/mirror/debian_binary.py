@@ -39,6 +39,7 @@ from farm.mirror.debarchive import DebianArchive, DebianArchiveError, DebianLook
 from farm.mirror.layout import crate_filename
 
 LIBRUST = re.compile(r"librust-[a-z0-9][a-z0-9+.-]*-dev")
+PROGRAM = re.compile(r"[a-z0-9][a-z0-9+.-]{0,100}")
 REGISTRY = "usr/share/cargo/registry/"
 #: cargo's own fixed mtime for crate members (1153704088 = 2006-07-24), as crates.io has.
 CRATE_MTIME = 1153704088
@@ -292,6 +293,8 @@ def add_program(
     mirror never holds two checksums for one version. ``extra`` names more librust
     packages to start from: dev-dependencies Debian does not build-depend on (tests off).
     """
+    if not PROGRAM.fullmatch(program):
+        raise DebianLookupError(f"{program!r} is not a Debian program name like ripgrep or fd-find")
     closure = Closure(archive, suite)
     added: dict[tuple[str, str], DerivedCrate] = {}
     for stanza in closure.closure([*closure.roots_for_program(program), *extra]):
