@@ -1,9 +1,10 @@
 """Lock resolution behind an explicit flag: the image's own cargo writes Cargo.lock against
 a farm mirror, in a gVisor sandbox with no network.
 
-Callers: ``farm build --resolve-lock MIRROR`` / ``farm fetch --resolve-lock MIRROR``
-(farm.cli) and the realworld corpus (tests/realworld), whose programs are re-resolved
-against the Debian-derived mirror tier (farm.mirror.debian_binary).
+Callers: ``farm.runner`` for ``farm build --resolve-lock MIRROR_DIR`` (local builds only:
+``farm fetch`` and the cluster use the lock they are given), the realworld corpus
+(tests/realworld) and bench/realworld.py, whose programs are re-resolved against the
+Debian-derived mirror tier (farm.mirror.debian_binary).
 
 Why a sandbox: cargo's resolver is trusted code, but it reads the tenant's manifests, and
 farm never runs anything on a tenant's input outside one. What the sandbox sees:
