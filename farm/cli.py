@@ -489,6 +489,11 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     if args.resolve_lock and server:
         raise InputError("--resolve-lock: builds on farm serve use the lock they are given")
     if args.resolve_lock:
+        if not (args.resolve_lock / "index").is_dir():
+            raise InputError(
+                f"--resolve-lock: {args.resolve_lock} is not a farm mirror (no index/); "
+                "make one with `farm mirror create` and `farm mirror add`"
+            )
         settings = dataclasses.replace(settings, resolve_mirror=args.resolve_lock.resolve())
     settings = _with_git_hosts(settings, args.git_host)
     spec = build_spec(data)  # bad input stops here: nothing created yet
