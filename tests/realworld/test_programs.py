@@ -83,10 +83,9 @@ def test_program_builds_reproducibly_from_the_derived_mirror(
     assert code == 0 or built.get("reproducibility"), json.dumps(built, indent=1)[-4000:]
     verdict = built["reproducibility"]
     assert verdict["result"] == "reproducible", _diffoscope(home, verdict)
-    (artifact,) = built["artifacts"]
-    version = run_in_gvisor(
-        client, Store(home).blob_path(artifact["sha256"]), program.image, "--version"
-    )
+    dest = tmp_path / "artifacts"
+    assert farm(home, "artifacts", built["id"], "--dest", str(dest)).returncode == 0
+    version = run_in_gvisor(client, dest / output, program.image, "--version")
     assert program.version in version, version
 
     # Provenance: the lock is farm's, against this mirror; every crate is the mirror's own.
@@ -107,20 +106,27 @@ def test_program_builds_reproducibly_from_the_derived_mirror(
 
 
 def run_in_gvisor(client: docker.DockerClient, binary: Path, image: str, *args: str) -> str:
-    """Run a built binary in gVisor, read-only, with no network (never on the host)."""
-    out = client.containers.run(
+    """Run a built binary in gVisor, read-only, with no network (never on the host); the
+    container is removed by id whatever happens."""
+    container = client.containers.create(
         image,
         ["/app", *args],
         entrypoint=[],
         runtime="runsc",
         network_mode="none",
-        remove=True,
         read_only=True,
         user="10001:10001",
         labels={MANAGED_LABEL: "true"},
         volumes={str(binary): {"bind": "/app", "mode": "ro"}},
     )
-    return out.decode()
+    try:
+        container.start()
+        status = container.wait(timeout=120)["StatusCode"]
+        out = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert status == 0, out
+    return out
 
 
 def _diffoscope(home: Path, verdict: dict) -> str:
