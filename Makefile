@@ -6,7 +6,7 @@ FARM := $(VENV)/bin/farm
 PYTHON ?= python3
 export FARM_HOME ?= $(HOME)/.local/share/farm
 
-.PHONY: setup tools manifests wheels images dashboard-png demo test lint bench test-crates
+.PHONY: setup tools apiserver manifests wheels images dashboard-png demo test lint bench test-crates
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,17 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 	$(FARM) host setup
 	$(FARM) image build rust
+	$(FARM) image build rust --suite trixie
 
 # helm, kubectl (kustomize), promtool and prometheus for the packaging tests (tests/k8s).
 tools: $(VENV)/.installed
 	$(VENV)/bin/python -m farm.devtools
+
+# The real Kubernetes 1.36 custom-resource API server and etcd for tests/k8s, built once
+# from Debian sid's packages in a throw-away chroot (needs root and mmdebstrap, which
+# `setup` installs; ~3 min, 4.3 GB temporary disk) and cached in .tools/apiserver.
+apiserver: $(VENV)/.installed
+	$(VENV)/bin/python -m farm.devapiserver
 
 # Regenerate manifests/base and manifests/monitoring from helm/farm (tests/k8s checks drift).
 manifests: tools
@@ -54,7 +61,7 @@ lint: $(VENV)/.installed
 test-crates: $(VENV)/.installed
 	$(VENV)/bin/python -m tests.realcrates
 
-test: setup tools lint test-crates
+test: setup tools apiserver lint test-crates
 	$(VENV)/bin/pytest
 
 # The whole realworld corpus (docs/realworld.md): five Debian-packaged programs, each

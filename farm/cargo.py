@@ -148,3 +148,9 @@ def _file_fd(fd: int, parts: _Parts) -> int | None:
         os.close(file_fd)
         return None
     return file_fd
+
+
+def manifests(fd: int) -> list[tuple[_Parts, dict]]:
+    """(member path, parsed Cargo.toml) of the package or workspace open at ``fd``: the
+    root first. For ``farm.ecosystems.cargo.toolchain``; raises SpecError as ``_read``."""
+    return [(member, _read(fd, member)) for member in _members(fd)]

@@ -25,6 +25,7 @@ from typing import Any
 from farm.errors import ExitCode, FarmError, InputError
 from farm.fetch.registry import Registry, load_registries, registry_from_cli
 from farm.images import RECIPES, VERSION
+from farm.k8s import names
 from farm.logs import CappedLog
 from farm.mirror.command import add_parsers as add_mirror_parsers
 from farm.observe.classify import BlockedAction
@@ -330,11 +331,18 @@ def _parser() -> argparse.ArgumentParser:
     host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
     hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
     hs.set_defaults(func=cmd_host_setup)
+    from farm import images  # the suites of `farm image build/export --suite`
+
     image = sub.add_parser("image", help="farm's images").add_subparsers(required=True)
     ib = image.add_parser("build", help="build an image offline with mmdebstrap")
     ib.add_argument("name", choices=list(RECIPES))
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
+    ib.add_argument(
+        "--suite",
+        choices=images.SUITES,
+        help="Debian suite of the rust/fetch image (docs/toolchains.md)",
+    )
     ib.add_argument(
         "--wheelhouse", type=Path, help="farm image: wheels of farm and its dependencies"
     )
@@ -342,6 +350,7 @@ def _parser() -> argparse.ArgumentParser:
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
     ie.add_argument("name", choices=list(RECIPES))
     ie.add_argument("-o", "--output", type=Path, required=True)
+    ie.add_argument("--suite", choices=images.SUITES, help="Debian suite of the rust/fetch image")
     ie.set_defaults(func=cmd_image_export)
     return p
 
@@ -362,6 +371,11 @@ def _k8s_parsers(sub: Any) -> None:
     mon.add_argument("--spool", type=Path, default=ObserverPaths.spool)
     mon.add_argument("--kubeconfig")
     mon.add_argument("--metrics-port", type=int, default=9091)
+    mon.add_argument(
+        "--run-namespace",
+        default=names.RUN_NAMESPACE,
+        help="the controller's run_namespace: only its pods are build pods",
+    )
     mon.set_defaults(func=cmd_node_monitor)
 
 
@@ -860,6 +874,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         force=args.force,
         wheels=args.wheelhouse,
         mirror=args.mirror,
+        suite=args.suite,
         log=lambda m: print(m, file=sys.stderr),
     )
     print(json.dumps(info, indent=2))
@@ -870,7 +885,7 @@ def cmd_image_export(args: argparse.Namespace, settings: Settings) -> int:
     from farm.backends.local import LocalBackend
     from farm.images import export_image
 
-    info = export_image(args.name, args.output, LocalBackend(settings).client)
+    info = export_image(args.name, args.output, LocalBackend(settings).client, args.suite)
     print(json.dumps(info, indent=2))
     return 0
 

@@ -26,6 +26,7 @@ import docker
 from farm import wheelhouse
 from farm.backends.docker_errors import translated
 from farm.digests import file_sha256
+from farm.ecosystems.cargo import imagefacts
 from farm.errors import ImageError, InputError
 from farm.k8s.names import COLLECTOR_UID
 from farm.settings import MANAGED_LABEL, Settings
@@ -73,6 +74,9 @@ class Recipe:
     config: tuple[str, ...] = ()
     title: str = ""
     description: str = ""
+    #: Label the image with its Rust toolchain (farm.ecosystems.cargo.imagefacts), read from the
+    #: rootfs's dpkg status at build time: builds are checked against it before they run.
+    toolchain: bool = False
 
     @property
     def digest(self) -> str:
@@ -105,7 +109,11 @@ RUST = Recipe(
     ),
     epoch=1_700_000_000,
     files=(("/.cargo/config.toml", CARGO_CONFIG),),
+    toolchain=True,
 )
+#: Debian suites the rust and fetch images are built from (docs/toolchains.md): the
+#: same packages exist in each; the first is the recipes' own.
+SUITES = ("bookworm", "trixie")
 RECIPES = {
     "rust": RUST,
     # The Kubernetes fetch phase (farm.k8s.objects.FETCH_SCRIPT): git, plus the same
@@ -145,11 +153,20 @@ RECIPES = {
 }
 
 
-def recipe(name: str) -> Recipe:
+def recipe(name: str, suite: str | None = None) -> Recipe:
+    """The named recipe, from Debian ``suite`` (default: the recipe's own). Only the
+    toolchain images (rust, fetch) come in other suites; their tag names the suite."""
     try:
-        return RECIPES[name]
+        r = RECIPES[name]
     except KeyError:
         raise ImageError(f"no image recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+    if suite is None or suite == r.suite:
+        return r
+    if not r.toolchain or suite not in SUITES:
+        choices = ", ".join(SUITES) if r.toolchain else r.suite
+        raise InputError(f"--suite {suite}: the {name} image is built from {choices}")
+    repo = r.tag.rsplit(":", 1)[0]
+    return dataclasses.replace(r, suite=suite, tag=f"{repo}:{suite}")
 
 
 def build_rootfs(
@@ -238,15 +255,17 @@ def build_image(
     force: bool = False,
     wheels: Path | None = None,
     mirror: str | None = None,
+    suite: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Build and import the named image unless an identical one exists (idempotent).
 
     ``mirror`` replaces the recipe's Debian mirror (an air-gapped site's own);
-    ``wheels`` is a wheelhouse for the farm image (default: built from farm's source).
+    ``wheels`` is a wheelhouse for the farm image (default: built from farm's source);
+    ``suite`` a Debian suite of SUITES for the toolchain images.
     Returns ``{tag, image_id, rootfs_sha256, recipe}``. Raises ImageError.
     """
-    r = recipe(name)
+    r = recipe(name, suite)
     if wheels is not None and not r.python:
         raise InputError(f"--wheelhouse is for the farm image; the {name} image has no Python")
     if mirror:
@@ -283,7 +302,8 @@ def _build(
     tar = images / f"{r.name}-{r.digest[:12]}.tar"
     try:
         rootfs = build_rootfs(r, tar, log, wheels)
-        image_id = _import(client, r, tar, rootfs, settings)
+        extra = imagefacts.labels_of_rootfs(tar) if r.toolchain else {}
+        image_id = _import(client, r, tar, rootfs, settings, extra)
     finally:
         tar.unlink(missing_ok=True)
     store.record_image(r.tag, image_id, rootfs, r.digest)
@@ -321,9 +341,15 @@ def labels(r: Recipe, rootfs: str, settings: Settings) -> dict[str, str]:
 
 
 def _import(
-    client: docker.DockerClient, r: Recipe, tar: Path, rootfs: str, settings: Settings
+    client: docker.DockerClient,
+    r: Recipe,
+    tar: Path,
+    rootfs: str,
+    settings: Settings,
+    extra: dict[str, str],
 ) -> str:
-    changes = [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels(r, rootfs, settings).items())]
+    values = {**labels(r, rootfs, settings), **extra}
+    changes = [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(values.items())]
     changes.append('ENV PATH="/usr/local/bin:/usr/bin:/bin"')
     changes.extend(r.config)
     repo, tag = r.tag.rsplit(":", 1)
@@ -332,19 +358,32 @@ def _import(
         return str(client.images.get(r.tag).id)
 
 
-def export_image(name: str, dest: Path, client: docker.DockerClient) -> dict[str, str]:
+def export_image(
+    name: str, dest: Path, client: docker.DockerClient, suite: str | None = None
+) -> dict[str, str]:
     """`docker save` the named image to ``dest``, for nodes without a registry:
     ``ctr -n k8s.io images import`` or ``docker load`` reads it. Raises ImageError."""
-    tag = recipe(name).tag
+    tag = recipe(name, suite).tag
     with translated(f"export {tag}"):
         try:
             image = client.images.get(tag)
         except docker.errors.ImageNotFound:
-            raise ImageError(f"no image {tag}; run `farm image build {name}` first") from None
+            suite_flag = f" --suite {suite}" if suite else ""
+            raise ImageError(
+                f"no image {tag}; run `farm image build {name}{suite_flag}` first"
+            ) from None
         with dest.open("wb") as out:
             for chunk in image.save(named=True):
                 out.write(chunk)
     return {"tag": tag, "image_id": str(image.id), "file": str(dest), "sha256": file_sha256(dest)}
 
 
-__all__ = ["MANAGED_LABEL", "RECIPES", "build_image", "build_rootfs", "export_image", "recipe"]
+__all__ = [
+    "MANAGED_LABEL",
+    "RECIPES",
+    "SUITES",
+    "build_image",
+    "build_rootfs",
+    "export_image",
+    "recipe",
+]

@@ -23,6 +23,7 @@ from farm import cargo
 from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
+from farm.ecosystems.cargo import toolchain
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
@@ -226,9 +227,11 @@ class Runner:
             sandbox = vary(sandbox)
         self.on_phase("preflight", None)
         image_id = self.backend.preflight(sandbox)  # raises before anything exists
+        notes = self._toolchain_notes(spec)  # also raises before anything exists
         if self.observer:
             self.observer.ready()  # runsc-observed refuses to start without it anyway
         record = self._start_record(build_id, spec, image_id)
+        record.notes.extend(notes)
         try:
             return self._run(record, spec, dirs, sandbox, registry)
         finally:
@@ -269,6 +272,14 @@ class Runner:
             )
         self.store.save(record)
         return record
+
+    def _toolchain_notes(self, spec: BuildSpec) -> list[str]:
+        """The project against the image's toolchain (farm.ecosystems.cargo.toolchain);
+        a backend that cannot read image labels skips the check."""
+        if not isinstance(self.backend, toolchain.ImageLabels):
+            return []
+        labels = self.backend.image_labels(spec.image)
+        return toolchain.check(spec.source, spec.image, labels, self.within(spec))
 
     def _run(
         self,

@@ -20,6 +20,9 @@ BUILD_LABEL = "io.farm.build"
 HOME_LABEL = "io.farm.home"
 
 DEFAULT_IMAGE = "farm/rust:bookworm"
+#: farm's own builder images (farm.images: ``farm image build rust --suite S``); a local
+#: build may use any of them unless FARM_ALLOWED_IMAGES says otherwise.
+TOOLCHAIN_IMAGES = (DEFAULT_IMAGE, "farm/rust:trixie")
 #: The uid/gid builds run as: not root, and not an id that exists on the host.
 SANDBOX_UID = 10001
 
@@ -42,8 +45,8 @@ class Settings:
     server: str | None = None
     token: str | None = None
     #: The images builds may run (farm.admission, farm.imageref patterns), from
-    #: FARM_ALLOWED_IMAGES (comma- or space-separated); default farm's builder image.
-    allowed_images: tuple[str, ...] = (DEFAULT_IMAGE,)
+    #: FARM_ALLOWED_IMAGES (comma- or space-separated); default farm's builder images.
+    allowed_images: tuple[str, ...] = TOOLCHAIN_IMAGES
     #: The operator's registries by name (FARM_REGISTRIES: a JSON file, see
     #: farm.fetch.registry.load_registries); a spec may only name one of them.
     registries: dict[str, Registry] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 
 Callers: tools that list or clean up sandboxes through ``farm.sandbox.Backend`` (the
 reaper logic of ``farm.runner``), pointed at a cluster. A cluster sandbox is one Build's
-set of objects, identified as ``<namespace>/<8-hex build label>``.
+set of objects, identified as ``<namespace>/<build label>`` (the Build's uid); the
+objects of every Build are in the controller's run namespace (``farm.k8s.names``).
 
 ``run`` does not fit a cluster and is refused: the protocol hands over host paths
 (``SandboxSpec.mounts``) that no pod can mount, and a cluster build is asynchronous.
@@ -26,7 +27,9 @@ from farm.sandbox import LogSink, SandboxResult, SandboxSpec
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, kube: Kube, metrics: Metrics, namespace: str | None = None) -> None:
+    def __init__(
+        self, kube: Kube, metrics: Metrics, namespace: str | None = names.RUN_NAMESPACE
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self._teardown = Teardown(kube, metrics)

@@ -114,6 +114,11 @@ class LocalBackend:
                 raise
             raise InputError(f"image: {spec.image!r} is not in dockerd; check --image") from exc
 
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        """The labels of a local image (its toolchain facts: farm.ecosystems.cargo)."""
+        with translated(f"look up image {image}"):
+            return dict(self.client.images.get(image).labels or {})
+
     def run(
         self, spec: SandboxSpec, *, log: LogSink, on_created: Callable[[str], None]
     ) -> SandboxResult:

@@ -49,6 +49,13 @@ class ControllerConfig(BaseModel):
     controller_labels: dict[str, str] = Field(
         default_factory=lambda: {"app.kubernetes.io/name": "farm-controller"}
     )
+    #: Where every Build's Jobs, pods, sources volume, token Secrets, NetworkPolicies
+    #: and ServiceAccounts are created, whatever namespace the Build is in. Tenants get
+    #: no grant here (only on ``builds`` in their own namespaces), so nobody but the
+    #: controller and the Job controller creates objects in it: a tenant who may edit
+    #: their namespace cannot mount a build's volume, read or plant its token, or pass
+    #: a pod off as its build pod (docs/kubernetes.md, "Where a Build's objects live").
+    run_namespace: str = Field(names.RUN_NAMESPACE, pattern=names.DNS_LABEL, max_length=63)
     #: The controller's Service in ``namespace``: the collector uploads to its ClusterIP
     #: and its port named ``artifacts`` (farm.k8s.endpoint), never to its DNS name,
     #: since the collect NetworkPolicy allows no DNS (docs/kubernetes.md).

@@ -2,8 +2,9 @@
 
 Callers: ``farm controller`` (``farm.cli``) and the k8s tests, which run two of these
 against one fake API server. Only the Lease holder reconciles: on becoming leader it
-reaps orphans, starts list+watch of Builds and of the Jobs and pods it owns (any
-change of one queues its Build's key), and starts workers. ``stop`` is graceful:
+reaps orphans, starts list+watch of Builds (in every namespace) and of the Jobs and
+pods it made (in the run namespace only; any change of one queues the key of the Build
+its annotations name), and starts workers. ``stop`` is graceful:
 informers stop, workers finish the Build in hand, then the Lease is released.
 """
 
@@ -70,10 +71,12 @@ class Controller:
         self.queue.add(f"{meta['namespace']}/{meta['name']}")
 
     def _on_owned(self, obj: Obj) -> None:
-        meta = obj["metadata"]
-        build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
-        if build:
-            self.queue.add(f"{meta['namespace']}/{build}")
+        # The Build's namespace is the annotation's: the object's own is the run namespace.
+        notes = obj["metadata"].get("annotations") or {}
+        build = notes.get(names.BUILD_NAME_ANNOTATION)
+        namespace = notes.get(names.BUILD_NAMESPACE_ANNOTATION)
+        if build and namespace:
+            self.queue.add(f"{namespace}/{build}")
 
     def _collected(self, key: str) -> None:
         namespace, name, _ = key.split("/", 2)
@@ -102,12 +105,12 @@ class Controller:
                 self._on_build,
             ),
             "jobs": (
-                functools.partial(k.batch.list_job_for_all_namespaces),
+                functools.partial(k.batch.list_namespaced_job, self.config.run_namespace),
                 MANAGED,
                 self._on_owned,
             ),
             "pods": (
-                functools.partial(k.core.list_pod_for_all_namespaces),
+                functools.partial(k.core.list_namespaced_pod, self.config.run_namespace),
                 MANAGED,
                 self._on_owned,
             ),
@@ -163,14 +166,13 @@ class Controller:
         return delay
 
     def reap(self) -> int:
-        """Delete leftovers of Builds that no longer exist."""
+        """Delete leftovers (in the run namespace) of Builds that no longer exist, in
+        whichever namespace they were: the build label is the Build's uid."""
         live = {
-            f"{b['metadata']['namespace']}/{names.short_uid(b['metadata']['uid'])}": bool(
-                (b.get("status") or {}).get("tornDown")
-            )
+            b["metadata"]["uid"]: bool((b.get("status") or {}).get("tornDown"))
             for b in self.kube.list_builds().get("items") or []
         }
-        return self.reconciler.teardown.reap(live)
+        return self.reconciler.teardown.reap(self.config.run_namespace, live)
 
     def _reap_loop(self) -> None:
         while not self._stopping.wait(self.reap_seconds):

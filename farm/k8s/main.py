@@ -111,5 +111,6 @@ def run_node_monitor(args: Any, settings: Settings) -> int:
     metrics = Metrics(registry)
     start_http_server(args.metrics_port, registry=registry)
     stop = _stop_on_signals()
-    serve(Kube(api_client(args.kubeconfig)), metrics, paths, args.node, stop)
+    kube = Kube(api_client(args.kubeconfig))
+    serve(kube, metrics, paths, args.node, stop, run_namespace=args.run_namespace)
     return int(ExitCode.OK)

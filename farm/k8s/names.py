@@ -2,7 +2,10 @@
 
 Callers: every ``farm.k8s`` module. Object names are a pure function of the Build's
 name and uid, so a restarted controller finds (or re-creates) exactly the same objects
-and a create that races another returns 409 instead of a duplicate.
+and a create that races another returns 409 instead of a duplicate. Every Build's
+objects live in one run namespace (``ControllerConfig.run_namespace``), whatever
+namespace the Build is in: the uid in each name keeps two Builds of the same name in
+different namespaces apart, and annotations name the Build (docs/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -18,8 +21,22 @@ SINGULAR = "build"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 FINALIZER = f"{GROUP}/teardown"
 
-#: Label on every object the controller creates; the orphan reaper selects on it.
+#: Label on every object the controller creates: the Build's uid (unique cluster-wide,
+#: so one shared run namespace needs nothing more); teardown and the orphan reaper select on it.
 BUILD_LABEL = f"{GROUP}/build"
+#: Annotations naming the Build an execution object belongs to. Builds live in tenants'
+#: namespaces and their objects in the run namespace, so the object's own namespace
+#: says nothing about the Build's (and ownerReferences cannot cross namespaces).
+BUILD_NAME_ANNOTATION = f"{GROUP}/build-name"
+BUILD_NAMESPACE_ANNOTATION = f"{GROUP}/build-namespace"
+#: The namespace every Build's Jobs, pods, volumes, Secrets, policies and accounts are
+#: created in (ControllerConfig.run_namespace's default; the chart's runNamespace.name).
+RUN_NAMESPACE = "farm-builds"
+#: A namespace name (an RFC 1123 label).
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: The label the Job controller puts on the pods it creates: the Job's uid. In the run
+#: namespace only the Job controller creates pods, so a run's pod is found by it.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PHASE_LABEL = f"{GROUP}/phase"
 MANAGED_BY = "farm-controller"
 RUNTIME_CLASS = "gvisor"
@@ -60,13 +77,13 @@ def run_role(role: str, run: int) -> str:
 
 
 def labels(build: str, uid: str, phase: str | None = None) -> dict[str, str]:
-    """Labels of every object created for one Build (uid-qualified, so a re-created
-    Build of the same name never adopts its predecessor's leftovers)."""
+    """Labels of every object created for one Build (the uid, so a re-created Build of
+    the same name, or a Build of the same name in another namespace, never shares them)."""
     out = {
         "app.kubernetes.io/name": "farm",
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/instance": build[:63].rstrip("-."),
-        BUILD_LABEL: short_uid(uid),
+        BUILD_LABEL: uid,
     }
     if phase:
         out["app.kubernetes.io/component"] = phase

@@ -1,19 +1,25 @@
 """The node monitor: one per node (a DaemonSet), it turns what gVisor saw inside each
 build pod into Build status and metrics.
 
-Callers: ``farm node-monitor`` (``farm.k8s.main``). It runs the same observer as a
-local build: the DaemonSet's pod runs ``farm.observe``'s daemon on a hostPath socket
-that every node's runsc points at (containerd ``runsc.toml`` → ``pod-init-config``, see
-docs/kubernetes.md), and reads one container's record with ``collect(container_id)``
-once the build container has exited. The container id is the one the kubelet reports
-in ``initContainerStatuses[].containerID`` (``containerd://<id>``), which is the id
-runsc names the container by; the pod's ``farm.dev/build-name`` annotation names the
-Build. Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked``
-and ``blockedByKind``; the whole classified record goes into ``status.observation``
-(for a check run, those three fields under ``status.checkRuns.<run>``). It is a merge
-patch of just those fields, so it never fights the controller's own status writes.
-The controller waits for that record before it finishes the build, and judges it by
-the Build's observe policy; the monitor applies no policy itself. Each record names the
+Callers: ``farm node-monitor`` (``farm.k8s.main``). It runs the same observer as a local
+build: the DaemonSet's pod runs ``farm.observe``'s daemon on a hostPath socket that
+every node's runsc points at (containerd ``runsc.toml`` → ``pod-init-config``, see
+docs/kubernetes.md), and reads the build container's own record: a pod is one gVisor
+sandbox whose containers share one trace connection, and the spool keeps one record per
+container, ended when that container is over (farm.observe.lifecycle). Each scan asks
+for it without waiting (``poll``), so no pod holds up another. The container id is the
+one the kubelet reports in ``initContainerStatuses[].containerID``
+(``containerd://<id>``), the id runsc names the container by. It considers only pods in
+the run namespace (where only the Job controller creates pods, for the controller's
+Jobs), and the pod's ``farm.dev/build-namespace`` and ``farm.dev/build-name``
+annotations name the Build: a pod elsewhere, whatever its labels, is never reported,
+and the pod's own namespace is never taken for the Build's.
+Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked`` and
+``blockedByKind``; the whole classified record goes into ``status.observation`` (for a
+check run, those three fields under ``status.checkRuns.<run>``). It is a merge patch of
+just those fields, so it never fights the controller's own status writes. The
+controller waits for that record before it finishes the build, and judges it by the
+Build's observe policy; the monitor applies no policy itself. Each record names the
 monitor's node (``nodeName``, from the downward API), and the controller accepts it only
 from the node the build pod ran on.
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -47,7 +54,15 @@ log = logging.getLogger(__name__)
 class ObservationSource(Protocol):
     """``farm.observe.daemon.HostObserver`` satisfies this."""
 
-    def collect(self, container_id: str) -> TraceRecord: ...
+    def poll(self, container_id: str) -> TraceRecord | None: ...
+
+    def collect(self, container_id: str, timeout: float | None = None) -> TraceRecord: ...
+
+
+#: How long after the kubelet reports the build container terminated the monitor waits
+#: for its record to end (the killed children's last events, a slow spool) before it
+#: reports the record as it is: incomplete. Asked for on each scan, never waited on.
+RECORD_WAIT = 30.0
 
 
 def observation_status(
@@ -86,10 +101,23 @@ def _status(container_id: str, seen: Observation, counted: Tally, node: str) -> 
 
 class NodeMonitor:
     def __init__(
-        self, kube: Kube, metrics: Metrics, source: ObservationSource, node_name: str
+        self,
+        kube: Kube,
+        metrics: Metrics,
+        source: ObservationSource,
+        node_name: str,
+        run_namespace: str = names.RUN_NAMESPACE,
+        *,
+        record_wait: float = RECORD_WAIT,
     ) -> None:
         self.kube, self.metrics, self.source = kube, metrics, source
-        self.node_name = node_name
+        self.node_name, self.record_wait = node_name, record_wait
+        #: The controller's run namespace (ControllerConfig.run_namespace): the only
+        #: one whose pods are build pods.
+        self.run_namespace = run_namespace
+        #: When each terminated build container's record was first asked for and was
+        #: not there yet (monotonic seconds).
+        self.waiting: dict[str, float] = {}
         #: Containers already reported; a restarted monitor reports again (status is
         #: set, not added to, so only the Prometheus counter can count twice).
         self.done: set[str] = set()
@@ -97,43 +125,61 @@ class NodeMonitor:
         self.pending: dict[str, dict[str, Any]] = {}
 
     def scan(self) -> int:
-        """Report every finished build container on this node not reported yet."""
+        """Report every finished build container on this node whose record has ended
+        (or waited out ``record_wait``); the rest are asked again on the next scan, so
+        no pod holds up another."""
         selector = f"{MANAGED},{names.PHASE_LABEL}=build"
-        pods = self.kube.list("Pod", None, selector, fields=f"spec.nodeName={self.node_name}")
+        node = f"spec.nodeName={self.node_name}"
+        pods = self.kube.list("Pod", self.run_namespace, selector, fields=node)
         reported = 0
         for pod in pods:
             cid = build_container_id(pod)
             if cid and cid not in self.done and build_exit_code(pod) is not None:
                 try:
-                    self.report(pod, cid)
+                    reported += self.report(pod, cid)
                 except Exception as exc:  # the next pod must not wait on this one
                     log.warning("node monitor: pod %s: %s", pod["metadata"]["name"], exc)
-                    continue
-                reported += 1
         return reported
 
-    def report(self, pod: Obj, container_id: str) -> None:
-        meta = pod["metadata"]
-        namespace = meta["namespace"]
-        build = (meta.get("annotations") or {}).get(f"{names.GROUP}/build-name")
+    def report(self, pod: Obj, container_id: str) -> bool:
+        """Ship the container's record into its Build's status; False (nothing done)
+        while the record has not ended and ``record_wait`` has not run out."""
+        namespace, build = build_of(pod)
         if container_id not in self.pending:
+            trace = self._record(container_id)
+            if trace is None:
+                return False
             # The observer hands a record out once (reading consumes it), so it is kept
             # until the patch lands: a failed patch must not turn into a missing record.
-            self.pending[container_id] = _for_run(pod, self._observe(pod, container_id))
+            self.pending[container_id] = _for_run(pod, self._observe(pod, trace))
         try:
-            if build:
+            if build and namespace:
                 self.kube.patch_build_status(namespace, build, self.pending[container_id])
         except KubeNotFoundError:
             pass  # the Build was deleted meanwhile: nothing to annotate
         del self.pending[container_id]
         self.done.add(container_id)
+        return True
 
-    def _observe(self, pod: Obj, container_id: str) -> dict[str, Any]:
-        """Collect and classify one container's record, count it, and return the run's
-        status fields that carry it."""
-        namespace = pod["metadata"]["namespace"]
+    def _record(self, container_id: str) -> TraceRecord | None:
+        """The container's record once it has ended; after ``record_wait`` whatever is
+        there, incomplete and saying why; None meanwhile."""
+        trace = self.source.poll(container_id)
+        if trace is not None:
+            self.waiting.pop(container_id, None)
+            return trace
+        since = self.waiting.setdefault(container_id, time.monotonic())
+        if time.monotonic() - since < self.record_wait:
+            return None
+        del self.waiting[container_id]
+        return self.source.collect(container_id, timeout=0)
+
+    def _observe(self, pod: Obj, trace: TraceRecord) -> dict[str, Any]:
+        """Classify one container's record, count it, and return the run's status
+        fields that carry it."""
+        container_id = trace.container_id
+        namespace, _ = build_of(pod)
         runs = _runs(pod)
-        trace = self.source.collect(container_id)
         # No Cargo.lock here (the sources are on the build's volume): a proc macro whose
         # compilation gVisor did not see is named without its version. A stream: the
         # spool may hold millions of events, and only the capped listing is kept.
@@ -167,6 +213,7 @@ def serve(
     node_name: str,
     stop: threading.Event,
     *,
+    run_namespace: str = names.RUN_NAMESPACE,
     interval: float = 1.0,
     prune_every: float = PRUNE_EVERY,
 ) -> None:
@@ -175,7 +222,18 @@ def serve(
     Leaving stops the daemon, whose records of sandboxes still running are then
     incomplete: a restart or rollout never passes for a clean build."""
     with ObserverDaemon(paths, prune_every=prune_every):
-        NodeMonitor(kube, metrics, HostObserver(paths), node_name).run(stop, interval)
+        monitor = NodeMonitor(kube, metrics, HostObserver(paths), node_name, run_namespace)
+        monitor.run(stop, interval)
+
+
+def build_of(pod: Obj) -> tuple[str, str]:
+    """(namespace, name) of the Build a build pod is for, from the controller's
+    annotations ("" where missing); never the pod's own namespace, the run namespace."""
+    notes = pod["metadata"].get("annotations") or {}
+    return (
+        str(notes.get(names.BUILD_NAMESPACE_ANNOTATION) or ""),
+        str(notes.get(names.BUILD_NAME_ANNOTATION) or ""),
+    )
 
 
 def _runs(pod: Obj) -> int:

@@ -10,6 +10,13 @@ Per Build: a permissionless ServiceAccount, a sources PVC, a collector-token Sec
 a fetch Job and NetworkPolicy (egress to mirrors only), and a build Job whose pod runs
 the untrusted build as an init container under gVisor with a deny-all NetworkPolicy,
 then a trusted collector container (see docs/kubernetes.md, "Artifacts").
+
+All of them go in the controller's run namespace (``BuildRef.run_namespace``), never in
+the Build's own: whoever may edit the Build's namespace could otherwise mount the
+sources volume, read or plant the token Secret, or pass a pod of theirs off as the build
+pod (docs/kubernetes.md, "Where a Build's objects live"). They carry no ownerReference
+to the Build (one across namespaces is invalid, and the garbage collector would delete
+the object at once); annotations name the Build, and the uid label finds them.
 """
 
 from __future__ import annotations
@@ -59,12 +66,15 @@ fi
 
 @dataclass(frozen=True)
 class BuildRef:
-    """The identity of one Build object; every name below derives from it."""
+    """The identity of one Build object; every name below derives from it.
+    ``namespace`` is the Build's; ``run_namespace`` is where its objects are created
+    (the controller's ``ControllerConfig.run_namespace``)."""
 
     namespace: str
     name: str
     uid: str
     generation: int = 1
+    run_namespace: str = names.RUN_NAMESPACE
 
     def object_name(self, role: str) -> str:
         return names.object_name(self.name, self.uid, role)
@@ -72,13 +82,20 @@ class BuildRef:
     def labels(self, phase: str | None = None) -> dict[str, str]:
         return names.labels(self.name, self.uid, phase)
 
+    def annotations(self) -> dict[str, str]:
+        """Which Build an object is for: the controller and the node monitor read the
+        Build's namespace from here, never from the object's own namespace."""
+        return {
+            names.BUILD_NAME_ANNOTATION: self.name,
+            names.BUILD_NAMESPACE_ANNOTATION: self.namespace,
+        }
+
     def meta(self, role: str, phase: str | None = None) -> dict[str, Any]:
         return {
             "name": self.object_name(role),
-            "namespace": self.namespace,
+            "namespace": self.run_namespace,
             "labels": self.labels(phase),
-            "annotations": {f"{names.GROUP}/build-name": self.name},
-            "ownerReferences": [owner_reference(self)],
+            "annotations": self.annotations(),
         }
 
     def upload_key(self, run: int = 0) -> str:
@@ -100,19 +117,6 @@ def sandbox_spec(ref: BuildRef, spec: ClusterBuildSpec) -> SandboxSpec:
     root = Path("/nonexistent")
     build_id = names.object_name(ref.name, ref.uid, "build")
     return policy.sandbox_for(filled, build_id, policy.BuildDirs(root), Settings(home=root))
-
-
-def owner_reference(ref: BuildRef) -> dict[str, Any]:
-    """Owner reference to the Build, so Kubernetes' garbage collector is a second
-    line of teardown; blockOwnerDeletion makes foreground deletion wait for it."""
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "name": ref.name,
-        "uid": ref.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def service_account(ref: BuildRef) -> dict[str, Any]:
@@ -258,10 +262,7 @@ def _job(
     """A Job named for ``role``; ``template`` is the pod's metadata when it is not just
     the phase's labels (a build run's)."""
     meta = ref.meta(role, role)
-    pod_meta = template or {
-        "labels": ref.labels(role),
-        "annotations": {f"{names.GROUP}/build-name": ref.name},
-    }
+    pod_meta = template or {"labels": ref.labels(role), "annotations": ref.annotations()}
     meta["labels"] = {**meta["labels"], **pod_meta["labels"]}
     if queue:
         meta["labels"][names.KUEUE_QUEUE_LABEL] = queue
@@ -383,10 +384,7 @@ def build_job(
     deadline = sandbox.deadline_seconds + config.collect_grace_seconds
     template = {
         "labels": ref.run_labels(run),
-        "annotations": {
-            f"{names.GROUP}/build-name": ref.name,
-            names.RUNS_ANNOTATION: str(max(1, spec.check)),
-        },
+        "annotations": {**ref.annotations(), names.RUNS_ANNOTATION: str(max(1, spec.check))},
     }
     role = names.run_role("build", run)
     return _job(ref, role, pod, deadline, config, spec.queue, template)

@@ -5,6 +5,9 @@ tests/k8s/packaging/test_chart.py), so the table is the one reference for what t
 controller (farm/k8s/kube.py via reconcile, teardown, watching, collector), its leader
 election (farm/k8s/leader.py) and the node monitor (farm/k8s/nodemonitor.py) call. A new
 call in farm/k8s means a new row here, and the chart test then says the chart lacks it.
+Each table says where it is granted: cluster-wide (a ClusterRole), or a Role in the
+controller's namespace or in the run namespace (tests/k8s/conftest.py checks each call
+against the table of its namespace).
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ def _grant(group: str, resource: str, *verbs: str, names: tuple[str, ...] = ()) 
     return Grant(group, resource, frozenset(verbs), frozenset(names))
 
 
-#: Cluster-wide: Builds may live in any namespace.
+#: Cluster-wide: Builds may live in any namespace, and their Events go beside them.
+#: Nothing else: the objects that run a Build are in the run namespace (RUN_OBJECTS).
 CONTROLLER: tuple[Grant, ...] = (
     _grant(GROUP, "builds", "get", "list", "watch", "patch"),
     _grant(GROUP, "builds/status", "get", "update", "patch"),
-    # Setting blockOwnerDeletion on objects a Build owns needs update on its finalizers.
-    _grant(GROUP, "builds/finalizers", "update"),
+    _grant("", "events", "create", "patch"),
+)
+
+#: The run namespace only (ControllerConfig.run_namespace): every Build's Jobs, pods,
+#: volumes, token Secrets, policies and accounts. No cluster-wide secrets, pods or Jobs.
+RUN_OBJECTS: tuple[Grant, ...] = (
     _grant("batch", "jobs", "create", "get", "list", "watch", "delete"),
     _grant("", "pods", "get", "list", "watch", "delete"),
     _grant("", "pods/log", "get"),
@@ -42,7 +50,6 @@ CONTROLLER: tuple[Grant, ...] = (
     _grant("", "serviceaccounts", "create", "get", "list", "delete"),
     _grant("", "persistentvolumeclaims", "create", "get", "list", "delete"),
     _grant("networking.k8s.io", "networkpolicies", "create", "get", "list", "delete"),
-    _grant("", "events", "create", "patch"),
 )
 
 #: The controller's own namespace only; get/update only on its one Lease.
@@ -58,10 +65,18 @@ ARTIFACT_SERVICE_READ: tuple[Grant, ...] = (
     _grant("", "services", "get", names=(ARTIFACT_SERVICE,)),
 )
 
-#: Cluster-wide: reads the pods on its node, patches its record and counts into Build status.
-NODE_MONITOR: tuple[Grant, ...] = (
-    _grant("", "pods", "list"),
-    _grant(GROUP, "builds/status", "patch"),
+#: Cluster-wide: patches its record and counts into the status of a Build, anywhere.
+NODE_MONITOR: tuple[Grant, ...] = (_grant(GROUP, "builds/status", "patch"),)
+
+#: The run namespace only: lists the build pods on its node there.
+NODE_MONITOR_PODS: tuple[Grant, ...] = (_grant("", "pods", "list"),)
+
+#: Not farm's own: what a team needs to run builds in its namespace, granted (by a
+#: RoleBinding there) instead of ``edit``, which would also let it create pods, Secrets
+#: and volumes. The chart's ``<fullname>-build-author`` ClusterRole.
+BUILD_AUTHOR: tuple[Grant, ...] = (
+    _grant(GROUP, "builds", "create", "get", "list", "watch", "delete"),
+    _grant(GROUP, "builds/status", "get"),
 )
 
 

@@ -137,7 +137,8 @@ class Reconciler:
         except KubeNotFoundError:
             return None
         meta = build["metadata"]
-        ref = BuildRef(namespace, name, meta["uid"], int(meta.get("generation") or 1))
+        generation = int(meta.get("generation") or 1)
+        ref = BuildRef(namespace, name, meta["uid"], generation, self.config.run_namespace)
         try:
             if meta.get("deletionTimestamp"):
                 return self._finalize(build, ref)
@@ -241,7 +242,8 @@ class Reconciler:
         An existing Job is read first: it needs no artifact address, so a Service
         lookup that fails later does not hold up builds already running.
         Raises ArtifactServiceError if a Job is to be made but the Service has no address."""
-        existing = self._existing("Job", ref.namespace, ref.object_name(names.run_role("build", k)))
+        role = names.run_role("build", k)
+        existing = self._existing("Job", ref.run_namespace, ref.object_name(role))
         if existing is not None or (k and not node):
             return existing
         vary = reprocheck.variation(k)  # as local --check's run k
@@ -252,7 +254,10 @@ class Reconciler:
 
     def _run0_node(self, ref: BuildRef) -> str | None:
         """The node of run 0's pod, once the scheduler has given it one."""
-        return ((self._pod(ref, 0) or {}).get("spec") or {}).get("nodeName")
+        job = self._existing("Job", ref.run_namespace, ref.object_name("build"))
+        if job is None:
+            return None
+        return pod_node(self._pod(job)) or None
 
     def _existing(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
@@ -265,7 +270,7 @@ class Reconciler:
     ) -> Run:
         """``run`` with its ending and observation, or with what it still waits for."""
         k, state = run.index, run.state
-        pod = self._pod(ref, k)
+        pod = self._pod(job)
         if pod is not None:
             state.containerIDs = container_ids(pod)
         exit_code = build_exit_code(pod)
@@ -372,7 +377,7 @@ class Reconciler:
     def _teardown_finished(self, build: Obj, ref: BuildRef, status: BuildStatus) -> float | None:
         if status.tornDown:
             return None
-        if not self.teardown.step(ref.namespace, names.short_uid(ref.uid)):
+        if not self.teardown.step(ref.run_namespace, ref.uid):
             return 1.0
         self._forget_uploads(ref)
         status.tornDown = True
@@ -385,7 +390,7 @@ class Reconciler:
         meta = build["metadata"]
         if names.FINALIZER not in (meta.get("finalizers") or []):
             return None
-        if not self.teardown.step(ref.namespace, names.short_uid(ref.uid)):
+        if not self.teardown.step(ref.run_namespace, ref.uid):
             return 1.0
         self._forget_uploads(ref)
         rest = [f for f in meta["finalizers"] if f != names.FINALIZER]
@@ -399,15 +404,32 @@ class Reconciler:
 
     # --- objects ----------------------------------------------------------------------
     def _ensure(self, obj: Obj) -> Obj:
-        """Create ``obj`` unless it exists; either way return the live object."""
+        """Create ``obj`` unless it exists; either way return the live object.
+
+        Adopting an object that exists is safe only because every ``obj`` is in the run
+        namespace, where nobody but this controller may create these kinds (tenants
+        have no grant there; pods come only from the Job controller): one that exists
+        is this controller's own, made before a restart or by a racing reconcile. In
+        the Build's namespace, whoever may edit it could plant a token Secret or a
+        sources volume of their choosing under the expected name. The uid label check
+        below is not a security check (labels are forgeable); it turns a name collision
+        between two Builds (same name, same 8-hex uid hash) into an error rather than
+        one Build using the other's object.
+
+        Raises KubernetesError if an object of the name exists for another Build."""
         meta = obj["metadata"]
+        assert meta["namespace"] == self.config.run_namespace, meta
         try:
             return {**self.kube.create(obj), "kind": obj["kind"]}
         except ConflictError:
-            return {
-                **self.kube.get(obj["kind"], meta["namespace"], meta["name"]),
-                "kind": obj["kind"],
-            }
+            live = self.kube.get(obj["kind"], meta["namespace"], meta["name"])
+        owner = (live["metadata"].get("labels") or {}).get(names.BUILD_LABEL)
+        if owner != meta["labels"][names.BUILD_LABEL]:
+            raise KubernetesError(
+                f"{obj['kind']} {meta['namespace']}/{meta['name']} exists for another Build "
+                f"(uid {owner}); delete it or rename the Build"
+            )
+        return {**live, "kind": obj["kind"]}
 
     def _ensure_common(self, ref: BuildRef) -> None:
         self._ensure(objects.service_account(ref))
@@ -422,9 +444,19 @@ class Reconciler:
         secret = self._ensure(objects.token_secret(ref, secrets.token_urlsafe(32), run))
         return base64.b64decode(secret["data"]["token"]).decode()
 
-    def _pod(self, ref: BuildRef, run: int) -> Obj | None:
-        sel = ",".join(f"{k}={v}" for k, v in ref.run_labels(run).items())
-        pods = self.kube.list("Pod", ref.namespace, sel)
+    def _pod(self, job: Obj) -> Obj | None:
+        """The newest pod of ``job``: by the Job controller's own label (the Job's uid)
+        and its controller ownerReference, never by farm's labels, which anyone who may
+        create a pod could copy. In the run namespace only the Job controller creates
+        pods, so the pod a build's exit code, log and node come from is the Job's."""
+        meta = job["metadata"]
+        pods = [
+            p
+            for p in self.kube.list(
+                "Pod", meta["namespace"], f"{names.JOB_UID_LABEL}={meta['uid']}"
+            )
+            if controlled_by(p, meta["uid"])
+        ]
         return max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
 
     def _record_log(
@@ -434,7 +466,7 @@ class Reconciler:
             return
         try:
             data = self.kube.pod_log(
-                ref.namespace, pod["metadata"]["name"], "build", spec.limits.log
+                pod["metadata"]["namespace"], pod["metadata"]["name"], "build", spec.limits.log
             )
         except KubernetesError as exc:
             log.warning("no log for %s: %s", ref.name, exc)
@@ -664,6 +696,12 @@ def build_container_id(pod: Obj | None) -> str | None:
     by, so the node monitor's record and the controller's wait agree on it."""
     found = _build_container(pod).get("containerID")
     return str(found).split("://", 1)[-1] if found else None
+
+
+def controlled_by(obj: Obj, uid: str) -> bool:
+    """Whether ``obj``'s controller ownerReference is the object with ``uid``."""
+    owners = obj["metadata"].get("ownerReferences") or []
+    return any(o.get("uid") == uid and o.get("controller") for o in owners)
 
 
 def pod_node(pod: Obj | None) -> str:

@@ -5,7 +5,8 @@ Callers: ``farm.runner`` (through ``daemon.HostObserver`` and ``classify``/``ver
 ``farm observer`` (``daemon.ObserverDaemon``), ``farm host setup`` (``pod_init_config``).
 Layers, lowest first: ``wire`` (protobuf and datagram bytes), ``points`` (message
 schemas and the points farm enables), ``events`` (typed events), ``sink`` (the socket
-server), ``spool`` (one file of raw datagrams per sandbox), ``daemon`` (the host daemon
+server), ``lifecycle`` (which container a datagram is for, when it is over), ``spool``
+(one file of raw datagrams per container), ``daemon`` (the host daemon
 and the runner's observer), ``processes`` (process tree and cargo attribution),
 ``classify`` (BlockedAction), ``verdict`` (allow rules, enforce). See docs/observer.md.
 """

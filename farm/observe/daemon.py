@@ -3,7 +3,8 @@
 Callers: ``farm observer`` runs :class:`ObserverDaemon` in the foreground; any farm
 process (the CLI, ``farm serve`` with its worker threads, the Kubernetes node monitor)
 uses :class:`HostObserver`, which starts the daemon on demand and reads one
-container's record from the spool once its sandbox is gone. A long-running service
+container's record from the spool once that container is over (``collect`` waits for
+it, ``poll`` does not). A long-running service
 may instead run ``ObserverDaemon`` in-process and still hand ``HostObserver`` to its
 workers: they meet only through the files under :class:`ObserverPaths`.
 
@@ -31,7 +32,13 @@ from types import TracebackType
 
 from farm.errors import InfrastructureError
 from farm.observe.sink import TraceSink
-from farm.observe.spool import PRUNE_EVERY, SpooledRecord, SpoolWriter, read_observation
+from farm.observe.spool import (
+    PRUNE_EVERY,
+    SpooledRecord,
+    SpoolWriter,
+    finished_record,
+    read_observation,
+)
 
 RUN_DIR = Path("/run/farm")
 #: Fixed, because dockerd passes runsc's --pod-init-config per runtime, not per build.
@@ -205,6 +212,11 @@ class HostObserver:
         """The container's record, to be read once as a stream (see SpooledRecord)."""
         wait = self.collect_timeout if timeout is None else timeout
         return read_observation(self.paths.spool, container_id, timeout=wait)
+
+    def poll(self, container_id: str) -> SpooledRecord | None:
+        """The container's record if it has ended (its container is over, or its
+        sandbox gone), else None at once (the node monitor asks on every scan)."""
+        return finished_record(self.paths.spool, container_id)
 
     def _spawn(self, timeout: float = 20.0) -> None:
         self.paths.spool.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -56,7 +56,9 @@ class RawHandler(Protocol):
     """Takes every datagram undecoded (the host observer daemon spools them to disk).
 
     ``container_id`` is what the sink has learned so far on this connection ("" until
-    the first datagram that names it). Called on the connection's thread. ``hangup``'s
+    the first datagram that names it): the first container, which under Kubernetes is
+    the pod's pause. The spool writer therefore reads each datagram's own id instead.
+    Called on the connection's thread. ``hangup``'s
     ``finished`` is True only when runsc closed the connection (its sandbox is gone);
     False when the sink cut it (``close()``: a restart or rollout of the daemon) or a
     read failed, so whatever came after is missing.

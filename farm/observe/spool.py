@@ -1,23 +1,34 @@
-"""The observer's spool: one file of raw gVisor datagrams per sandbox connection.
+"""The observer's spool: one file of raw gVisor datagrams per container.
 
 Callers: ``farm.observe.daemon`` writes it (:class:`SpoolWriter` is the raw handler of
 its ``TraceSink``); any farm process reads one container's record with
 :func:`read_observation` once the sandbox is gone (``farm.runner`` through
-``HostObserver``, later the Kubernetes node monitor). Nothing here knows Docker: a
-container id is whatever runsc put in the trace context.
+``HostObserver``) and the Kubernetes node monitor (:func:`finished_record`). Nothing
+here knows Docker: a container id is whatever runsc put in the trace context.
 
-Layout of the spool directory, per runsc connection number N:
+One runsc connection serves one sandbox, and a Kubernetes pod is one sandbox whose
+pause, build and collector containers share it. So the spool keeps one record per
+*container*, split by each event's own container id, and ends it when that container
+is over (its init and every task of it the trace saw have exited; see
+farm.observe.lifecycle), while the sandbox runs on. Layout, for runsc connection N:
 
-- ``conn-N.part``: datagrams of a connection whose container id is not known yet;
-- ``<container>.N.part``: renamed when the first datagram names the container;
-- ``<container>.N.meta`` then ``<container>.N.trace``: written at hang-up. The rename to
-  ``.trace`` is the "complete" signal, so a reader never sees a half-written record.
+- ``<container>.N.part``: the container's record while it runs;
+- ``<container>.N.meta`` then ``<container>.N.trace``: written when the container is
+  over, or at hang-up for the containers still running then. The rename to ``.trace``
+  is the "complete" signal, so a reader never sees a half-written record;
+- ``<container>.N-K.part``: events of a container whose record had already ended (a
+  task the trace never saw start). Kept apart and marked ``late``: a reader that finds
+  one reports the container's record incomplete;
 - ``<container>.N.cut`` beside the ``.part``: the daemon itself cut the connection
-  (it was stopped: a restart or rollout) while the sandbox was still running. The
+  (it was stopped: a restart or rollout) while the container was still running. The
   marker holds what ``.meta`` would; the ``.part`` keeps its name, so a reader that
   does not know the marker still never takes the record for complete (it waits for the
   hang-up, then reports the connection as still open). :func:`read_observation` returns
   such a record at once, with its events, as incomplete.
+
+gVisor's drop count is per connection: a drop is counted into every record open when
+it is reported, since the lost event may have been any of theirs. A datagram naming no
+container goes into every open record too, where the reader counts it.
 
 A record is ``u32 little-endian length`` + the datagram exactly as runsc sent it.
 Decoding (and counting what does not decode) happens once, in the reader, as a
@@ -27,6 +38,7 @@ would take in memory (docs/observer.md, "Memory").
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import logging
@@ -43,6 +55,7 @@ from typing import BinaryIO, Protocol
 from pydantic import ConfigDict, Field
 
 from farm.observe.events import TraceEvent, in_time_order, to_event
+from farm.observe.lifecycle import LiveTasks, container_of
 from farm.observe.wire import DecodeError, split_datagram
 from farm.records import TraceCompleteness
 
@@ -51,6 +64,16 @@ _LEN = struct.Struct("<I")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: One sandbox may spool this much; the rest is counted as overflow, never kept.
 MAX_SPOOL_BYTES = 512 << 20
+#: Container ids remembered per connection (a pod has a handful).
+_MAX_NAMES = 256
+#: Why a record with a late segment is incomplete.
+LATE_PROBLEM = (
+    "events of this container arrived after its record had ended (a task the trace "
+    "never saw start): they are kept, but the record cannot vouch it saw them all in time"
+)
+#: Datagrams naming no container kept for a connection's first record (runsc's first
+#: datagram names one: this only bounds a broken peer).
+_MAX_ORPHANS = 64
 #: Records nobody collected (a farm process died mid-build) are pruned after this.
 STALE_SECONDS = 6 * 3600
 #: The daemon prunes this often (and at start).
@@ -101,18 +124,55 @@ class TraceRecord(Protocol):
 
 
 @dataclass
-class _Open:
-    number: int
+class _Record:
+    """One container's record, being written: ``<container>.<segment>.part``."""
+
+    container_id: str
+    segment: str
     path: Path
     file: BinaryIO
-    container_id: str = ""
+    tasks: LiveTasks = dataclasses.field(default_factory=LiveTasks)
     datagrams: int = 0
-    size: int = 0
     overflow: int = 0
+    #: gVisor's drops while this record was open: which container lost the event is
+    #: unknown, so every record open at the time counts it.
+    dropped: int = 0
+    #: Events of a container whose record had already ended (see SpoolWriter).
+    late: bool = False
+
+    def meta(self) -> str:
+        return json.dumps(
+            {
+                "datagrams": self.datagrams,
+                "overflow": self.overflow,
+                "dropped": self.dropped,
+                "late": self.late,
+            }
+        )
+
+
+@dataclass
+class _Connection:
+    """One runsc connection (one sandbox): its containers' records, split by each
+    event's own container id."""
+
+    number: int
+    records: dict[str, _Record] = dataclasses.field(default_factory=dict)
+    #: Containers whose records ended on this connection: a later event is "late".
+    ended: set[str] = dataclasses.field(default_factory=set)
+    #: Container ids as they arrive -> their file names (decoded and checked once).
+    names: dict[bytes, str] = dataclasses.field(default_factory=dict)
+    #: Datagrams naming no container before any record was open (bounded).
+    orphans: list[bytes] = dataclasses.field(default_factory=list)
+    last_dropped: int = 0
+    size: int = 0
+    segments: int = 0
 
 
 class SpoolWriter:
-    """``TraceSink`` raw handler: append each connection's datagrams to its own file.
+    """``TraceSink`` raw handler: split each connection's datagrams by container id,
+    one record file per container, and end a container's record as soon as the
+    container is over (farm.observe.lifecycle), while its sandbox runs on.
 
     Each connection's thread touches only its own entry; the lock guards the table.
     """
@@ -127,53 +187,61 @@ class SpoolWriter:
         self.directory = directory
         self.logger = logger or logging.getLogger(__name__)
         self.max_bytes = max_bytes
-        self._open: dict[int, _Open] = {}
+        self._open: dict[int, _Connection] = {}
         self._lock = threading.Lock()
 
     def datagram(self, connection: int, container_id: str, data: bytes) -> None:
-        spool = self._spool(connection)
-        if container_id and not spool.container_id:
-            self._name(spool, container_id)
-        if spool.size + len(data) > self.max_bytes:
-            spool.overflow += 1
+        """Spool one datagram under its own context's container id (the sink's
+        ``container_id``, the connection's first, is not used: a pod has several)."""
+        conn = self._connection(connection)
+        try:
+            header, payload = split_datagram(data)
+        except DecodeError:
+            self._unattributed(conn, data)
             return
-        spool.file.write(_LEN.pack(len(data)) + data)
-        spool.size += _LEN.size + len(data)
-        spool.datagrams += 1
+        raw = container_of(payload)
+        owner = conn.names.get(raw)
+        if owner is None:
+            owner = _safe_name(raw.decode("utf-8", "backslashreplace"), self.logger)
+            if len(conn.names) < _MAX_NAMES:
+                conn.names[raw] = owner
+        if not owner:
+            self._count_drops(conn, header.dropped)
+            self._unattributed(conn, data)
+            return
+        record = conn.records.get(owner) or self._open_record(conn, owner)
+        # After opening: a drop reported by a container's first datagram may have been
+        # its own container/start.
+        self._count_drops(conn, header.dropped)
+        self._write(conn, record, data)
+        if record.tasks.see(header, payload):
+            self._end(conn, record, finished=True)
+            conn.ended.add(owner)
 
     def hangup(self, connection: int, container_id: str, finished: bool) -> None:
-        """Close the connection's file: a record complete only if runsc ``finished`` it
-        (``.trace``); one the daemon cut stays ``.part`` with a ``.cut`` marker."""
+        """End every record still open on the connection: complete only if runsc
+        ``finished`` it (``.trace``); one the daemon cut stays ``.part`` with a
+        ``.cut`` marker."""
         with self._lock:
-            spool = self._open.pop(connection, None)
-        if spool is None:
+            conn = self._open.pop(connection, None)
+        if conn is None:
             return  # a probe or a failed handshake: nothing was spooled
-        spool.file.close()
-        if not spool.container_id:
-            self.logger.warning("trace connection %d never named its container", connection)
-            return  # stays conn-N.part until pruned: nobody can ask for it
-        stem = f"{spool.container_id}.{spool.number}"
-        meta = json.dumps(
-            {"datagrams": spool.datagrams, "bytes": spool.size, "overflow": spool.overflow}
-        )
-        if not finished:
-            self.logger.warning("cut the trace connection of %s: its record is incomplete", stem)
-            (self.directory / f"{stem}.cut").write_text(meta)
-            return
-        (self.directory / f"{stem}.meta").write_text(meta)
-        spool.path.rename(self.directory / f"{stem}.trace")
+        if not conn.records and not conn.ended:
+            self.logger.warning("trace connection %d never named a container", connection)
+        for record in list(conn.records.values()):
+            self._end(conn, record, finished)
 
     def prune(self, now: float | None = None) -> list[str]:
         """Remove records older than STALE_SECONDS; returns their names.
 
         Never the spool of a connection still open: its sandbox is alive, however long
         it runs, and its buffered file's mtime says nothing about that. Each open
-        connection's file is known here; any other ``.part`` is a dead daemon's. (A
-        connection opened or renamed after ``live`` is taken has a fresh file.)
+        record's file is known here; any other ``.part`` is a dead daemon's. (A
+        record opened after ``live`` is taken has a fresh file.)
         """
         cutoff = (now or time.time()) - STALE_SECONDS
         with self._lock:
-            live = {spool.path.name for spool in self._open.values()}
+            live = {r.path.name for c in self._open.values() for r in c.records.values()}
         gone = []
         for path in self.directory.iterdir():
             if path.name in live or path.suffix not in (".trace", ".meta", ".part", ".cut"):
@@ -186,23 +254,82 @@ class SpoolWriter:
                 continue  # collected meanwhile
         return gone
 
-    def _spool(self, connection: int) -> _Open:
-        spool = self._open.get(connection)  # only this connection's thread adds it
-        if spool is None:
-            path = self.directory / f"conn-{connection}.part"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            spool = _Open(connection, path, os.fdopen(fd, "wb", buffering=1 << 20))
+    def _connection(self, number: int) -> _Connection:
+        conn = self._open.get(number)  # only this connection's thread adds it
+        if conn is None:
+            conn = _Connection(number)
             with self._lock:
-                self._open[connection] = spool
-        return spool
+                self._open[number] = conn
+        return conn
 
-    def _name(self, spool: _Open, container_id: str) -> None:
-        if not _SAFE_ID.match(container_id):
-            self.logger.warning("container id %r is not a plain name", container_id)
-            container_id = "invalid-id"
-        path = self.directory / f"{container_id}.{spool.number}.part"
-        spool.path.rename(path)  # the open file follows the rename
-        spool.path, spool.container_id = path, container_id
+    def _open_record(self, conn: _Connection, container_id: str) -> _Record:
+        conn.segments += 1
+        late = container_id in conn.ended
+        # The first record of a container on a connection is <id>.<connection>, as
+        # before the split; a late one gets a segment of its own.
+        segment = f"{conn.number}-{conn.segments}" if late else str(conn.number)
+        path = self.directory / f"{container_id}.{segment}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        file = os.fdopen(fd, "wb", buffering=1 << 20)
+        record = _Record(container_id, segment, path, file, late=late)
+        if late:
+            self.logger.warning(
+                "events of %s arrived after its record ended: kept apart, as incomplete",
+                container_id,
+            )
+        with self._lock:
+            conn.records[container_id] = record
+        for orphan in conn.orphans:  # what came before any container was named
+            self._write(conn, record, orphan)
+        conn.orphans.clear()
+        return record
+
+    def _write(self, conn: _Connection, record: _Record, data: bytes) -> None:
+        if conn.size + _LEN.size + len(data) > self.max_bytes:
+            record.overflow += 1
+            return
+        record.file.write(_LEN.pack(len(data)) + data)
+        conn.size += _LEN.size + len(data)
+        record.datagrams += 1
+
+    def _unattributed(self, conn: _Connection, data: bytes) -> None:
+        """A datagram that names no container (undecodable, or a type without a
+        context) goes into every record open on the connection, whose reader counts
+        it: unknown, so it may be anyone's. Before any record, it waits for the first."""
+        if not conn.records:
+            if len(conn.orphans) < _MAX_ORPHANS:
+                conn.orphans.append(data)
+            return
+        for record in conn.records.values():
+            self._write(conn, record, data)
+
+    def _count_drops(self, conn: _Connection, dropped: int) -> None:
+        # gVisor's count is cumulative per connection and wraps at 2**32.
+        new = (dropped - conn.last_dropped) & 0xFFFF_FFFF
+        conn.last_dropped = dropped
+        for record in conn.records.values() if new else ():
+            record.dropped += new
+
+    def _end(self, conn: _Connection, record: _Record, finished: bool) -> None:
+        with self._lock:
+            del conn.records[record.container_id]
+        record.file.close()
+        stem = self.directory / f"{record.container_id}.{record.segment}"
+        if not finished:
+            self.logger.warning("cut the trace connection of %s: its record is incomplete", stem)
+            Path(f"{stem}.cut").write_text(record.meta())
+            return
+        Path(f"{stem}.meta").write_text(record.meta())
+        record.path.rename(f"{stem}.trace")
+
+
+def _safe_name(container_id: str, logger: logging.Logger) -> str:
+    """The container id as a file name ("" stays ""): a sandbox chose nothing here,
+    but a runtime's id must still never name a path outside the spool."""
+    if container_id and not _SAFE_ID.match(container_id):
+        logger.warning("container id %r is not a plain name", container_id)
+        return "invalid-id"
+    return container_id
 
 
 def read_observation(
@@ -221,21 +348,40 @@ def read_observation(
         return SpooledRecord(container_id, [], "invalid id", consume)
     deadline = time.monotonic() + timeout
     while True:
-        traces = list(directory.glob(f"{container_id}.*.trace"))
-        parts = list(directory.glob(f"{container_id}.*.part"))
-        cut = [p for p in parts if p.with_suffix(".cut").exists()]
-        pending = [p for p in parts if p not in cut]
-        if (traces or cut) and not pending:
-            problem = CUT_PROBLEM if cut else ""
-            return SpooledRecord(container_id, sorted(traces + cut), problem, consume)
+        record = finished_record(directory, container_id, consume=consume)
+        if record is not None:
+            return record
         if time.monotonic() >= deadline:
+            pending = list(directory.glob(f"{container_id}.*.part"))
+            traces = list(directory.glob(f"{container_id}.*.trace"))
             problem = (
-                f"gVisor's connection for this sandbox was still open after {timeout:.0f}s"
+                f"gVisor's record of this container was still open after {timeout:.0f}s"
                 if pending
-                else "the observer received no trace connection for this sandbox"
+                else "the observer received no trace connection for this container"
             )
             return SpooledRecord(container_id, traces, problem, consume)
         time.sleep(0.1)
+
+
+def finished_record(
+    directory: Path, container_id: str, *, consume: bool = True
+) -> SpooledRecord | None:
+    """The record of ``container_id`` if it has ended (complete, or cut by a stopped
+    daemon); None while any part of it is still being written or nothing arrived yet.
+    Never waits: the node monitor asks again on its next scan."""
+    if not _SAFE_ID.match(container_id):
+        return SpooledRecord(container_id, [], "invalid id", consume)
+    traces = list(directory.glob(f"{container_id}.*.trace"))
+    parts = list(directory.glob(f"{container_id}.*.part"))
+    cut = [p for p in parts if p.with_suffix(".cut").exists()]
+    if not (traces or cut) or len(cut) < len(parts):
+        return None
+    return SpooledRecord(container_id, sorted(traces + cut), CUT_PROBLEM if cut else "", consume)
+
+
+def _is_late(path: Path) -> bool:
+    """A late segment is ``<container>.N-K.<suffix>`` (see the module docstring)."""
+    return "-" in path.stem.rsplit(".", 1)[-1]
 
 
 class SpooledRecord:
@@ -248,7 +394,8 @@ class SpooledRecord:
 
     def __init__(self, container_id: str, traces: list[Path], problem: str, consume: bool):
         self.container_id = container_id
-        self.problem = problem
+        late = LATE_PROBLEM if any(_is_late(trace) for trace in traces) else ""
+        self.problem = "; ".join(p for p in (problem, late) if p)
         self._traces, self._consume = traces, consume
         self._counts = {"dropped": 0, "unparseable": 0, "overflow": 0, "unknown_types": 0}
         self._events = 0
@@ -263,15 +410,17 @@ class SpooledRecord:
         files = []
         try:
             for number, trace in enumerate(self._traces, 1):
-                files.append((number, self._open(trace)))
+                files.append((number, *self._open(trace)))
             streams = [
-                in_time_order(self._decode(f, number)) for number, f in files if f is not None
+                in_time_order(self._decode(f, number, drops))
+                for number, f, drops in files
+                if f is not None
             ]
             for event in heapq.merge(*streams, key=lambda e: e.context.time_ns):
                 self._events += 1
                 yield event
         finally:
-            for _, f in files:
+            for _, f, _ in files:
                 if f is not None:
                     f.close()
 
@@ -291,7 +440,9 @@ class SpooledRecord:
             **self._counts,
         )
 
-    def _open(self, trace: Path) -> BinaryIO | None:
+    def _open(self, trace: Path) -> tuple[BinaryIO | None, bool]:
+        """The open file, and whether its drops must be counted from the datagram
+        headers (a spool written before records were split by container)."""
         # A cut connection's counts are in its marker (see the module docstring).
         meta_path = trace.with_suffix(".cut" if trace.suffix == ".part" else ".meta")
         try:
@@ -299,14 +450,15 @@ class SpooledRecord:
             f = trace.open("rb")
         except (OSError, ValueError):
             self._counts["unparseable"] += 1
-            return None
+            return None, False
         self._counts["overflow"] += int(meta.get("overflow", 0))
+        self._counts["dropped"] += int(meta.get("dropped", 0))
         if self._consume:  # the open file stays readable
             trace.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
-        return f
+        return f, "dropped" not in meta
 
-    def _decode(self, f: BinaryIO, connection: int) -> Iterator[TraceEvent]:
+    def _decode(self, f: BinaryIO, connection: int, header_drops: bool) -> Iterator[TraceEvent]:
         counts, last_dropped = self._counts, 0
         while header := f.read(_LEN.size):
             size = _LEN.unpack(header)[0] if len(header) == _LEN.size else -1
@@ -322,8 +474,8 @@ class SpooledRecord:
             except DecodeError:
                 counts["unparseable"] += 1
                 continue
-            # gVisor's count is cumulative per connection and wraps at 2**32.
-            counts["dropped"] += (event.dropped - last_dropped) & 0xFFFF_FFFF
-            last_dropped = event.dropped
+            if header_drops:  # cumulative per connection, wrapping at 2**32
+                counts["dropped"] += (event.dropped - last_dropped) & 0xFFFF_FFFF
+                last_dropped = event.dropped
             counts["unknown_types"] += int(event.kind.startswith("message_"))
             yield event

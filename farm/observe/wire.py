@@ -141,6 +141,49 @@ def _next_field(buf: bytes, pos: int) -> tuple[int, int, int | bytes, int]:
     raise DecodeError(f"unsupported wire type {wire_type} at offset {pos}")
 
 
+def first_len_field(buf: bytes, number: int) -> bytes | None:
+    """The bytes of the first occurrence of LEN field ``number`` of one message, without
+    decoding the rest (None if absent or not a LEN field). gVisor writes fields in
+    number order, so a low number is found at once. The observer calls this twice per
+    datagram, so one-byte keys and varints are skipped inline.
+
+    Raises DecodeError on malformed input before the field.
+    """
+    pos, end = 0, len(buf)
+    try:
+        while pos < end:
+            key = buf[pos]
+            if key >= 0x80 or key & 7 not in (VARINT, LEN) or key < 8:
+                found, wire_type, value, pos = _next_field(buf, pos)  # rare: the full path
+                if found == number:
+                    return value if wire_type == LEN and isinstance(value, bytes) else None
+                continue
+            pos += 1
+            if key & 7 == VARINT:
+                if key >> 3 == number:
+                    return None
+                start = pos
+                while buf[pos] & 0x80:
+                    pos += 1
+                pos += 1
+                if pos - start > 10:
+                    raise DecodeError(f"varint longer than 10 bytes at offset {start}")
+                continue
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos)
+            if pos + length > end:
+                raise DecodeError(f"length {length} at offset {pos} runs past the message end")
+            if key >> 3 == number:
+                return buf[pos : pos + length]
+            pos += length
+    except IndexError:
+        raise DecodeError(f"truncated field at offset {pos}") from None
+    return None
+
+
 def decode(buf: bytes | bytearray | memoryview, schema: Schema) -> dict[str, Any]:
     """Decode one message into a dict keyed by field name, following ``schema``.
 

@@ -5,7 +5,8 @@ controller's correctness: a global resourceVersion, 409 AlreadyExists on a creat
 existing name, 409 Conflict on an update or guarded patch with a stale resourceVersion,
 JSON merge patch, finalizers and deletionTimestamp, ownerReference cascade on delete,
 the status subresource, label-selected lists, watch streams from a resourceVersion, and
-410 Gone for a watch from a compacted (expired) resourceVersion. Tests drive the
+410 Gone for a watch from a compacted (expired) resourceVersion, and a bookmark at a
+watch's end when other changes moved the resourceVersion on. Tests drive the
 "kubelet" side through :meth:`FakeAPI.mutate`, which changes objects and emits events
 exactly as the API would.
 """
@@ -39,6 +40,45 @@ KINDS = {
     "leases": "Lease",
     "events": "Event",
 }
+
+#: The core group's discovery documents, so a client that discovers first (kubectl)
+#: finds the built-in kinds this fake serves (tests/k8s/realapi.py routes ``/api`` here).
+_CORE_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+CORE_DISCOVERY: dict[str, Any] = {
+    "/api": {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    },
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {
+                "name": plural,
+                "singularName": "",
+                "namespaced": True,
+                "kind": kind,
+                "verbs": _CORE_VERBS,
+            }
+            for plural, kind in (
+                ("pods", "Pod"),
+                ("services", "Service"),
+                ("secrets", "Secret"),
+                ("serviceaccounts", "ServiceAccount"),
+                ("persistentvolumeclaims", "PersistentVolumeClaim"),
+                ("events", "Event"),
+            )
+        ],
+    },
+}
+
+#: Kinds whose create ignores ``status`` (their status is a subresource); tests seed a
+#: pod's status through create, standing in for the kubelet.
+STATUS_SUBRESOURCE = {"builds"}
+IMMUTABLE_SPEC = (
+    'spec: Invalid value: "object": spec is immutable: delete the Build and create a new one'
+)
 
 
 def _stamp() -> str:
@@ -103,8 +143,9 @@ class FakeAPI:
         self.requests: list[tuple[str, str]] = []
         #: (plural, namespace, name) of every object ever created; never compacted.
         self.created: list[tuple[str, str, str]] = []
-        #: Each request as RBAC sees it: (API group, resource, verb, object name or None).
-        self.rbac_calls: list[tuple[str, str, str, str | None]] = []
+        #: Each request as RBAC sees it: (API group, resource, verb, object name or None,
+        #: namespace or None for a cluster-wide request).
+        self.rbac_calls: list[tuple[str, str, str, str | None, str | None]] = []
         self.fail_next: dict[tuple[str, str], int] = {}  # (method, plural) -> status
         self.cond = threading.Condition()
 
@@ -141,6 +182,8 @@ class FakeAPI:
             meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_stamp())
             meta.setdefault("generation", 1)
             obj.setdefault("kind", KINDS[plural])
+            if plural in STATUS_SUBRESOURCE:
+                obj.pop("status", None)  # as the real server: status is written via /status
             self._bump(obj)
             self.objects[key] = obj
             self.created.append(key)
@@ -166,6 +209,9 @@ class FakeAPI:
             )
 
     def _store(self, plural: str, key: tuple[str, str, str], obj: Obj) -> Obj:
+        if plural == "builds" and obj.get("spec") != self.objects[key].get("spec"):
+            # The CRD's CEL rule (farm/k8s/crd.py IMMUTABLE), as the real server applies it.
+            raise ApiError(422, "Invalid", f"{IMMUTABLE_SPEC} (Build {key[2]})")
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(plural, key)
@@ -289,6 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if method == "GET" and url.path.rstrip("/") in CORE_DISCOVERY:
+            self._send(200, CORE_DISCOVERY[url.path.rstrip("/")])
+            return
         route = ROUTE.match(url.path)
         if route is None or route["plural"] not in KINDS:
             self._send(404, ApiError(404, "NotFound", url.path).body())
@@ -298,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
         verb = rbac_verb(method, name, query)
         with api.cond:
             api.requests.append((method, url.path))
-            api.rbac_calls.append((route["group"] or "", resource, verb, name))
+            api.rbac_calls.append((route["group"] or "", resource, verb, name, ns))
             injected = api.fail_next.pop((method, plural), None)
         try:
             if injected:
@@ -310,7 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(result, _Raw):
                 self._send(200, bytes(result), "text/plain")
             else:
-                self._send(200, result)
+                self._send(201 if method == "POST" else 200, result)
         except ApiError as exc:
             self._send(exc.code, exc.body())
 
@@ -382,10 +431,25 @@ class _Handler(BaseHTTPRequestHandler):
                 for r, kind, obj in events:
                     self._line({"type": kind, "object": obj})
                     rv = r
+            if query.get("allowWatchBookmarks") in ("true", "1", "True"):
+                self._bookmark(plural, ns, query, rv)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
             timer.cancel()
+
+    def _bookmark(self, plural: str, ns: str | None, query: dict, rv: int) -> None:
+        """As the real watch cache does before a watch times out: the newest
+        resourceVersion, if changes this watch did not match moved past its own (and
+        nothing it matches is still undelivered)."""
+        api = self.server.api
+        with api.cond:
+            pending = api.events_since(plural, rv, ns, query.get("labelSelector"))
+            if pending or rv < api.compacted or api.rv <= rv or self.server.closing.is_set():
+                return
+            latest = api.rv
+        mark = {"kind": KINDS[plural], "metadata": {"resourceVersion": str(latest)}}
+        self._line({"type": "BOOKMARK", "object": mark})
 
     def _line(self, event: Obj) -> None:
         self.wfile.write(json.dumps(event).encode() + b"\n")

@@ -57,8 +57,7 @@ def build_manifest(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def owned(api: FakeAPI, ns: str, build: dict, plural: str) -> list[dict]:
-    short = names.short_uid(build["metadata"]["uid"])
-    return api.list(plural, ns, f"{names.BUILD_LABEL}={short}")
+    return api.list(plural, ns, f"{names.BUILD_LABEL}={build['metadata']['uid']}")
 
 
 def job(api: FakeAPI, ns: str, build: dict, role: str) -> dict:
@@ -84,7 +83,8 @@ def finish_job(api: FakeAPI, ns: str, job: dict, ok: bool = True, reason: str = 
 
 
 def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: bytes = b"") -> dict:
-    """The Job's pod, with the ``build`` init container terminated (or running)."""
+    """The Job's pod, with the ``build`` init container terminated (or running), as the
+    Job controller makes it: labelled with the Job's uid and controlled by the Job."""
     template = job["spec"]["template"]
     run = int(template["metadata"]["labels"].get(names.RUN_LABEL, "0"))
     name = f"{job['metadata']['name']}-x7k2p"
@@ -94,7 +94,11 @@ def build_pod(api: FakeAPI, ns: str, job: dict, exit_code: int | None, log: byte
         "kind": "Pod",
         "metadata": {
             "name": name,
-            "labels": {**template["metadata"]["labels"], "job-name": job["metadata"]["name"]},
+            "labels": {
+                **template["metadata"]["labels"],
+                "job-name": job["metadata"]["name"],
+                names.JOB_UID_LABEL: job["metadata"]["uid"],
+            },
             "annotations": dict(template["metadata"]["annotations"]),
             "ownerReferences": [
                 {
@@ -136,7 +140,10 @@ class Spooled:
         self.observations = observations
         self.asked: list[str] = []
 
-    def collect(self, container_id: str) -> Observation:
+    def poll(self, container_id: str) -> Observation:
+        return self.collect(container_id)  # every record here is final
+
+    def collect(self, container_id: str, timeout: float | None = None) -> Observation:
         self.asked.append(container_id)
         missing = Observation(
             container_id=container_id,
@@ -159,19 +166,26 @@ def _status(name: str, fill: str, state: dict, image: str) -> dict:
 
 
 def run_collector(
-    api: FakeAPI, ns: str, build: dict, root: Path, run: int = 0, rerouted: str | None = None
+    api: FakeAPI,
+    ns: str,
+    build: dict,
+    root: Path,
+    run: int = 0,
+    rerouted: str | None = None,
+    token: bytes | None = None,
 ) -> int:
     """Run farm's collector as run ``run``'s collector container would, against
     ``root``: with the upload URL, key and token Secret its Job gives it. The URL must
     be an IP literal (the collect policy allows no DNS). ``rerouted`` replaces its
     address after a failover: a real Service keeps its ClusterIP and routes to the new
-    leader, while each test controller has its own port."""
+    leader, while each test controller has its own port. ``token`` replaces the one in
+    the Job's Secret (an attacker's guess or plant)."""
     pod = job(api, ns, build, names.run_role("build", run))["spec"]["template"]["spec"]
     given = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     [secret_name] = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
     secret = api.get("secrets", ns, secret_name)
     token_file = root / "token"
-    token_file.write_bytes(base64.b64decode(secret["data"]["token"]))
+    token_file.write_bytes(token or base64.b64decode(secret["data"]["token"]))
     host = urlsplit(given["FARM_ARTIFACT_URL"]).hostname or ""
     ipaddress.ip_address(host)  # ValueError for a name
     env = {

@@ -8,7 +8,7 @@ import pytest
 
 from farm.admission import Ceilings, ImageAllowlist
 from farm.k8s.config import ControllerConfig
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 from tests.k8s.kubelet import build_manifest, job, wait_for
 
 DIGEST = "sha256:" + "ab" * 32
@@ -29,7 +29,9 @@ def refused_with(cluster: Cluster, name: str, reason: str) -> dict:
     wait_for(lambda: cluster.api.get("builds", NS, name)["status"].get("tornDown"), "teardown")
     # Never created, not merely cleaned up: no Job, PVC, NetworkPolicy, Secret or account.
     made = [
-        (p, n) for p, ns, n in cluster.api.created if ns == NS and p not in ("builds", "events")
+        (p, n)
+        for p, ns, n in cluster.api.created
+        if ns in (NS, RUN_NS) and p not in ("builds", "events")
     ]
     assert made == [], made
     return failed
@@ -81,7 +83,7 @@ def test_a_build_above_a_ceiling_fails_and_creates_nothing(
 def test_a_build_at_its_ceilings_runs(cluster: Cluster) -> None:
     cluster.controller("a", ControllerConfig(ceilings=CEILINGS))
     build = cluster.api.create("builds", NS, build_manifest("fits"))
-    assert job(cluster.api, NS, build, "fetch")
+    assert job(cluster.api, RUN_NS, build, "fetch")
     cluster.wait_phase("fits", "Fetching")
 
 
@@ -114,7 +116,7 @@ def test_a_pinned_digest_admits_that_digest_only(cluster: Cluster) -> None:
     build = cluster.api.create(
         "builds", NS, build_manifest("pin", image=f"docker.io/farm/rust:x@{DIGEST}")
     )
-    assert job(cluster.api, NS, build, "fetch")
+    assert job(cluster.api, RUN_NS, build, "fetch")
 
 
 def test_every_problem_is_named_and_ceilings_decide_the_reason(cluster: Cluster) -> None:

@@ -16,7 +16,7 @@ from farm.k8s import names, objects
 from farm.k8s.config import ControllerConfig
 from farm.k8s.endpoint import upload_url
 from farm.k8s.objects import BuildRef
-from tests.k8s.conftest import NS, Cluster, service
+from tests.k8s.conftest import NS, RUN_NS, Cluster, service
 from tests.k8s.kubelet import (
     build_manifest,
     build_pod,
@@ -107,8 +107,8 @@ def test_the_collector_uploads_to_the_services_cluster_ip_never_a_name(
     builds, jobs = [], []
     for name in ("one", "two"):  # one after the other: two workers could both miss the cache
         builds.append(build := cluster.api.create("builds", NS, build_manifest(name)))
-        finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-        jobs.append(job(cluster.api, NS, build, "build"))
+        finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+        jobs.append(job(cluster.api, RUN_NS, build, "build"))
     for built in jobs:
         url = collector_env(built)["FARM_ARTIFACT_URL"]
         assert url == f"http://127.0.0.1:{port}"
@@ -117,10 +117,10 @@ def test_the_collector_uploads_to_the_services_cluster_ip_never_a_name(
     gets = [r for r in cluster.api.requests if r[1].endswith(f"/services/{names.ARTIFACT_SERVICE}")]
     assert len(gets) == 1
 
-    build_pod(cluster.api, NS, jobs[0], exit_code=0)
+    build_pod(cluster.api, RUN_NS, jobs[0], exit_code=0)
     cluster.wait_phase("one", "Collecting")
     root = sandbox_tree(tmp_path / "pod", {"app": b"built"})
-    assert run_collector(cluster.api, NS, builds[0], root) == 0  # the Job's own URL
+    assert run_collector(cluster.api, RUN_NS, builds[0], root) == 0  # the Job's own URL
     done = cluster.wait_phase("one", "Succeeded")
     assert [a["path"] for a in done["status"]["artifacts"]] == ["out/app"]
 
@@ -133,7 +133,7 @@ def test_without_the_service_the_build_waits_and_creates_no_build_job(
     ctl = cluster.controller("a")
     cluster.api.delete("services", CONFIG.namespace, CONFIG.artifact_service)
     build = cluster.api.create("builds", NS, build_manifest("waits"))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     waiting = wait_for(
         lambda: (
             reason(b := cluster.api.get("builds", NS, "waits")) == "ArtifactServiceMissing" and b
@@ -142,11 +142,13 @@ def test_without_the_service_the_build_waits_and_creates_no_build_job(
     )
     assert "farm-system/farm-controller" in waiting["status"]["message"]
     assert "does not exist" in waiting["status"]["message"]
-    assert not [j for j in cluster.api.list("jobs", NS) if j["metadata"]["name"].endswith("-build")]
+    assert not [
+        j for j in cluster.api.list("jobs", RUN_NS) if j["metadata"]["name"].endswith("-build")
+    ]
 
     port = urlsplit(cluster.artifact_url(ctl)).port or 0
     cluster.service(CONFIG, port)
     # A Build event wakes the controller now rather than at its next poll.
     cluster.api.mutate("builds", NS, "waits", lambda b: b["metadata"].setdefault("labels", {}))
-    built = job(cluster.api, NS, build, "build")
+    built = job(cluster.api, RUN_NS, build, "build")
     assert collector_env(built)["FARM_ARTIFACT_URL"] == f"http://127.0.0.1:{port}"

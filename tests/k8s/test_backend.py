@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from farm.backends.kubernetes import KubernetesBackend
 from farm.errors import InputError
-from farm.k8s import names, objects
+from farm.k8s import objects
 from farm.k8s.config import ControllerConfig
 from farm.k8s.objects import BuildRef
 from farm.k8s.resource import cluster_spec
@@ -17,7 +17,7 @@ from farm.metrics import Metrics
 from farm.policy import BuildDirs, sandbox_for
 from farm.settings import Settings
 from farm.spec import BuildSpec
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 
 #: The controller Service's ClusterIP and artifacts port (farm.k8s.endpoint).
 URL = "http://10.96.0.10:8443"
@@ -28,14 +28,14 @@ def test_leftovers_are_listed_by_build_and_torn_down(cluster: Cluster) -> None:
     spec = cluster_spec({"source": {"git": "https://git.test/a.git", "revision": "a" * 40}})
     cluster.api.create(
         "jobs",
-        NS,
+        RUN_NS,
         objects.build_job(
             ref, spec, objects.sandbox_spec(ref, spec), ControllerConfig(), artifact_url=URL
         ),
     )
-    cluster.api.create("networkpolicies", NS, objects.build_policy(ref))
+    cluster.api.create("networkpolicies", RUN_NS, objects.build_policy(ref))
     backend = KubernetesBackend(cluster.kube, Metrics(CollectorRegistry()))
-    sandbox = f"{NS}/{names.short_uid('uid-1')}"
+    sandbox = f"{RUN_NS}/uid-1"
     assert backend.list_sandboxes() == {sandbox: "app"}
     assert sorted(backend.teardown(sandbox)) == [
         f"Job/{ref.object_name('build')}",

@@ -12,7 +12,7 @@ import pytest
 from farm.k8s import names
 from farm.k8s.controller import Controller
 from farm.records import Status
-from tests.k8s.conftest import NS, Cluster, clean
+from tests.k8s.conftest import NS, RUN_NS, Cluster, clean
 from tests.k8s.kubelet import (
     build_manifest,
     build_pod,
@@ -21,6 +21,7 @@ from tests.k8s.kubelet import (
     run_cid,
     run_collector,
     sandbox_tree,
+    wait_for,
 )
 from tests.k8s.test_controller import leftovers, reasons
 from tests.k8s.test_observation import (
@@ -39,14 +40,16 @@ def checked(
     """A Build with check N = len(outputs): fetch, then run k exits 0 and uploads
     ``outputs[k]``; returns the Build as created."""
     build = cluster.api.create("builds", NS, build_manifest(name, check=len(outputs)))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     for run in range(len(outputs)):
         role = names.run_role("build", run)
-        build_pod(cluster.api, NS, job(cluster.api, NS, build, role), exit_code=0, log=b"ok\n")
+        build_pod(
+            cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, role), exit_code=0, log=b"ok\n"
+        )
     cluster.wait_phase(name, "Collecting")
     for run, files in enumerate(outputs):
         root = sandbox_tree(tmp_path / name / str(run), files)
-        assert run_collector(cluster.api, NS, build, root, run) == 0
+        assert run_collector(cluster.api, RUN_NS, build, root, run) == 0
     return build
 
 
@@ -143,7 +146,8 @@ def test_an_invalid_check_fails_before_anything_is_created(cluster: Cluster, run
     assert f"check: give between 2 and 10 runs (not {runs})" in failed["status"]["message"]
     assert failed["status"]["conditions"][0]["reason"] == "InvalidSpec"
     assert leftovers(cluster, build) == {}
-    assert "InvalidSpec" in reasons(cluster, build)
+    # The Event follows the status write that records the failure.
+    wait_for(lambda: "InvalidSpec" in reasons(cluster, build), "the InvalidSpec Event")
 
 
 def test_a_quarantined_check_run_quarantines_the_build(cluster: Cluster, tmp_path: Path) -> None:
@@ -177,12 +181,12 @@ def test_a_failed_check_run_fails_the_build_as_a_local_check_does(
     ctl = cluster.controller("a")
     cluster.monitor({run_cid(k): clean(run_cid(k)) for k in range(2)})
     build = cluster.api.create("builds", NS, build_manifest("flaky", check=2))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build-1"), exit_code=1)
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=0)
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build-1"), exit_code=1)
     cluster.wait_phase("flaky", "Collecting")
     root = sandbox_tree(tmp_path / "flaky", {"app": BINARY})
-    assert run_collector(cluster.api, NS, build, root) == 0
+    assert run_collector(cluster.api, RUN_NS, build, root) == 0
 
     done = cluster.wait_phase("flaky", "Failed")
     assert done["status"]["message"] == "run 1: the build exited with status 1"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from farm.k8s import names, objects
 from farm.k8s.objects import BuildRef
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 from tests.k8s.kubelet import (
     build_manifest,
     build_pod,
@@ -26,7 +26,7 @@ OWNED = ("jobs", "pods", "secrets", "persistentvolumeclaims", "networkpolicies",
 
 
 def leftovers(c: Cluster, build: dict) -> dict[str, list[str]]:
-    found = {p: [o["metadata"]["name"] for o in owned(c.api, NS, build, p)] for p in OWNED}
+    found = {p: [o["metadata"]["name"] for o in owned(c.api, RUN_NS, build, p)] for p in OWNED}
     return {p: n for p, n in found.items() if n}
 
 
@@ -42,28 +42,39 @@ def test_a_build_runs_both_phases_collects_and_tears_down(cluster: Cluster, tmp_
 
     fetching = cluster.wait_phase("hello", "Fetching")
     assert names.FINALIZER in fetching["metadata"]["finalizers"]
-    policies = {p["metadata"]["name"]: p for p in owned(cluster.api, NS, build, "networkpolicies")}
+    policies = {
+        p["metadata"]["name"]: p for p in owned(cluster.api, RUN_NS, build, "networkpolicies")
+    }
     assert sorted(policies) == [
         f"hello-{names.short_uid(build['metadata']['uid'])}-{r}" for r in ("build", "fetch")
     ]
     # The deny-all policy exists before the build Job does.
-    assert not owned(cluster.api, NS, build, "jobs")[0]["metadata"]["name"].endswith("-build")
-    for obj in (o for p in OWNED for o in owned(cluster.api, NS, build, p)):
-        assert obj["metadata"]["ownerReferences"][0]["uid"] == build["metadata"]["uid"]
+    assert not owned(cluster.api, RUN_NS, build, "jobs")[0]["metadata"]["name"].endswith("-build")
+    # In the run namespace, none in the Build's; no ownerReference (one across
+    # namespaces is invalid): annotations name the Build.
+    for obj in (o for p in OWNED for o in owned(cluster.api, RUN_NS, build, p)):
+        assert "ownerReferences" not in obj["metadata"]
+        assert obj["metadata"]["annotations"] == {
+            names.BUILD_NAME_ANNOTATION: "hello",
+            names.BUILD_NAMESPACE_ANNOTATION: NS,
+        }
+    assert not [c for c in cluster.api.created if c[1] == NS and c[0] not in ("builds", "events")]
 
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    build_job = job(cluster.api, NS, build, "build")
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+    build_job = job(cluster.api, RUN_NS, build, "build")
     cluster.wait_phase("hello", "Building")
     assert not any(
         p.endswith("-collect")
-        for p in (o["metadata"]["name"] for o in owned(cluster.api, NS, build, "networkpolicies"))
+        for p in (
+            o["metadata"]["name"] for o in owned(cluster.api, RUN_NS, build, "networkpolicies")
+        )
     )
 
-    build_pod(cluster.api, NS, build_job, exit_code=0, log=b"Compiling hello v0.1.0\n")
+    build_pod(cluster.api, RUN_NS, build_job, exit_code=0, log=b"Compiling hello v0.1.0\n")
     cluster.wait_phase("hello", "Collecting")
     root = sandbox_tree(tmp_path / "pod", {"hello": b"\x7fELF binary", "docs/readme.txt": b"hi"})
     symlink(root, "steal", "/etc/shadow")
-    assert run_collector(cluster.api, NS, build, root) == 0
+    assert run_collector(cluster.api, RUN_NS, build, root) == 0
 
     done = cluster.wait_phase("hello", "Succeeded")
     status = done["status"]
@@ -110,9 +121,13 @@ def test_a_failed_build_is_recorded_never_collected_and_torn_down(cluster: Clust
     cluster.controller("a")
     cluster.monitor()
     build = cluster.api.create("builds", NS, build_manifest("broken"))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     build_pod(
-        cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=101, log=b"error[E0425]\n"
+        cluster.api,
+        RUN_NS,
+        job(cluster.api, RUN_NS, build, "build"),
+        exit_code=101,
+        log=b"error[E0425]\n",
     )
 
     failed = cluster.wait_phase("broken", "Failed")
@@ -165,8 +180,8 @@ def test_an_unexpected_error_in_one_build_never_stalls_the_others(cluster: Clust
 def test_deleting_a_build_mid_build_tears_everything_down_before_it_goes(cluster: Cluster) -> None:
     cluster.controller("a")
     build = cluster.api.create("builds", NS, build_manifest("doomed"))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=None)
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=None)
     cluster.wait_phase("doomed", "Building")
 
     cluster.api.delete("builds", NS, "doomed")
@@ -194,13 +209,13 @@ def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
 ) -> None:
     first = cluster.controller("first")
     build = cluster.api.create("builds", NS, build_manifest("survivor"))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    build_job = job(cluster.api, NS, build, "build")
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+    build_job = job(cluster.api, RUN_NS, build, "build")
     cluster.wait_phase("survivor", "Building")
     uids = {
         o["metadata"]["name"]: o["metadata"]["uid"]
         for p in OWNED
-        for o in owned(cluster.api, NS, build, p)
+        for o in owned(cluster.api, RUN_NS, build, p)
     }
 
     cluster.stop(first, crash=True)
@@ -209,7 +224,9 @@ def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
         cluster.api.get("leases", "farm-system", "farm-controller")["spec"]["holderIdentity"]
         == "first"
     )
-    build_pod(cluster.api, NS, build_job, exit_code=0)  # the build finished while no one watched
+    build_pod(
+        cluster.api, RUN_NS, build_job, exit_code=0
+    )  # the build finished while no one watched
 
     second = cluster.controller("second")
     cluster.wait_phase("survivor", "Collecting")
@@ -220,12 +237,14 @@ def test_a_controller_crash_mid_build_is_picked_up_by_its_successor(
     seen = {
         o["metadata"]["name"]: o["metadata"]["uid"]
         for p in OWNED
-        for o in owned(cluster.api, NS, build, p)
+        for o in owned(cluster.api, RUN_NS, build, p)
     }
     assert {k: v for k, v in seen.items() if k in uids} == uids
-    assert ("POST", f"/apis/batch/v1/namespaces/{NS}/jobs") in cluster.api.requests
+    assert ("POST", f"/apis/batch/v1/namespaces/{RUN_NS}/jobs") in cluster.api.requests
     root = sandbox_tree(tmp_path / "pod", {"app": b"built"})
-    assert run_collector(cluster.api, NS, build, root, rerouted=cluster.artifact_url(second)) == 0
+    assert (
+        run_collector(cluster.api, RUN_NS, build, root, rerouted=cluster.artifact_url(second)) == 0
+    )
     cluster.wait_phase("survivor", "Succeeded")
     wait_for(
         lambda: cluster.api.get("builds", NS, "survivor")["status"].get("tornDown"), "teardown"
@@ -266,7 +285,7 @@ def test_a_graceful_stop_hands_leadership_over_and_the_successor_continues(
     ]
     assert "" in released
     wait_for(second.elector.leading.is_set, "second to lead")
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     cluster.wait_phase("handover", "Building")
     lease = cluster.api.get("leases", "farm-system", "farm-controller")["spec"]
     assert lease["holderIdentity"] == "second"
@@ -274,20 +293,27 @@ def test_a_graceful_stop_hands_leadership_over_and_the_successor_continues(
 
 def test_the_reaper_removes_orphans_and_counts_pods_left_after_teardown(cluster: Cluster) -> None:
     ref = BuildRef(NS, "ghost", "0000-gone")  # its Build no longer exists
-    cluster.api.create("secrets", NS, objects.token_secret(ref, "t"))
-    cluster.api.create("networkpolicies", NS, objects.build_policy(ref))
+    cluster.api.create("secrets", RUN_NS, objects.token_secret(ref, "t"))
+    cluster.api.create("networkpolicies", RUN_NS, objects.build_policy(ref))
     done = cluster.api.create("builds", NS, build_manifest("done"))
     cluster.api.mutate(
         "builds", NS, "done", lambda b: b.update(status={"phase": "Failed", "tornDown": True})
     )
     stuck = objects.service_account(BuildRef(NS, "done", done["metadata"]["uid"]))
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": stuck["metadata"], "spec": {}}
-    cluster.api.create("pods", NS, pod)
+    cluster.api.create("pods", RUN_NS, pod)
+    # A live Build in another namespace: its objects, in the same run namespace, are
+    # mapped back to it by uid and left alone.
+    other = cluster.api.create("builds", "team-b", build_manifest("ghost"))
+    alive = BuildRef("team-b", "ghost", other["metadata"]["uid"])
+    cluster.api.create("secrets", RUN_NS, objects.token_secret(alive, "t"))
 
     ctl = cluster.controller("a")
     sample = ctl.metrics.registry.get_sample_value
     # The counter moves once the reaper has finished that Build's leftovers.
     wait_for(lambda: sample("farm_sandboxes_reaped_total") == 1, "reaping")
-    assert not cluster.api.list("secrets", NS)
-    assert not cluster.api.list("networkpolicies", NS)
+    assert [s["metadata"]["name"] for s in cluster.api.list("secrets", RUN_NS)] == [
+        alive.object_name("collector")
+    ]
+    assert not cluster.api.list("networkpolicies", RUN_NS)
     assert sample("farm_sandboxes_leaked") == 1  # the pod of "done", which was torn down

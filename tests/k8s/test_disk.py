@@ -10,7 +10,7 @@ from farm.k8s import crd, objects
 from farm.k8s.config import ControllerConfig
 from farm.k8s.objects import BuildRef
 from farm.k8s.resource import cluster_spec
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 from tests.k8s.kubelet import build_manifest, build_pod, finish_job, job
 
 #: The controller Service's ClusterIP and artifacts port (farm.k8s.endpoint).
@@ -77,9 +77,9 @@ NODE_PRESSURE = "The node was low on resource: ephemeral-storage. "
 
 
 def evict(api, build: dict, message: str) -> None:
-    pod = build_pod(api, NS, job(api, NS, build, "build"), exit_code=137)
+    pod = build_pod(api, RUN_NS, job(api, RUN_NS, build, "build"), exit_code=137)
     status = {**pod["status"], "phase": "Failed", "reason": "Evicted", "message": message}
-    api.mutate("pods", NS, pod["metadata"]["name"], lambda o: o.update(status=status))
+    api.mutate("pods", RUN_NS, pod["metadata"]["name"], lambda o: o.update(status=status))
 
 
 @pytest.mark.parametrize("message", [POD_LIMIT, EMPTY_DIR])
@@ -89,7 +89,7 @@ def test_a_pod_evicted_past_its_disk_cap_fails_with_the_disk_note(
     cluster.controller("a")
     cluster.monitor()
     build = cluster.api.create("builds", NS, build_manifest("full", resources={"disk": "1g"}))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     evict(cluster.api, build, message)
     failed = cluster.wait_phase("full", "Failed")
     assert failed["status"]["message"] == f"disk limit 1g reached: {message.strip()}"
@@ -101,7 +101,7 @@ def test_node_pressure_is_not_blamed_on_the_builds_cap(cluster: Cluster) -> None
     cluster.controller("a")
     cluster.monitor()
     build = cluster.api.create("builds", NS, build_manifest("pressed"))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     evict(cluster.api, build, NODE_PRESSURE)
     failed = cluster.wait_phase("pressed", "Failed")
     assert "disk limit" not in failed["status"]["message"]

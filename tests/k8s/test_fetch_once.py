@@ -14,7 +14,7 @@ from farm.k8s.config import ControllerConfig
 from farm.k8s.reconcile import Reconciler
 from farm.metrics import Metrics
 from farm.store import Store
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 from tests.k8s.kubelet import build_manifest, finish_job, job
 from tests.k8s.test_status_and_monitor import settle
 
@@ -26,15 +26,15 @@ def test_a_fetch_job_deleted_by_its_ttl_is_not_made_again(cluster: Cluster, tmp_
     r = Reconciler(cluster.kube, config, Ledger(store), store, Metrics(CollectorRegistry()))
     build = cluster.api.create("builds", NS, build_manifest("once"))
     settle(r, "once")
-    fetch = job(cluster.api, NS, build, "fetch")
+    fetch = job(cluster.api, RUN_NS, build, "fetch")
     assert fetch["spec"]["ttlSecondsAfterFinished"] > 0  # why this test exists
-    finish_job(cluster.api, NS, fetch)
+    finish_job(cluster.api, RUN_NS, fetch)
     settle(r, "once")
     status = cluster.api.get("builds", NS, "once")["status"]
     assert status["fetchTime"] and status["phase"] == "Building", status
-    assert job(cluster.api, NS, build, "build")
+    assert job(cluster.api, RUN_NS, build, "build")
 
-    cluster.api.delete("jobs", NS, fetch["metadata"]["name"])  # what the TTL controller does
+    cluster.api.delete("jobs", RUN_NS, fetch["metadata"]["name"])  # what the TTL controller does
     for _ in range(3):
         settle(r, "once")
     fetches = [n for p, ns, n in cluster.api.created if p == "jobs" and n.endswith("-fetch")]

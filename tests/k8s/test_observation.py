@@ -31,7 +31,7 @@ from farm.observe.daemon import HostObserver, ObserverDaemon, ObserverPaths
 from farm.observe.spool import Observation
 from farm.records import Status
 from farm.store import Store
-from tests.k8s.conftest import NS, Cluster, clean
+from tests.k8s.conftest import NS, RUN_NS, Cluster, clean
 from tests.k8s.kubelet import (
     BUILD_CID,
     REVISION,
@@ -102,13 +102,15 @@ def run_build(
     """Fetch, build (exit 0), collect one binary (and ``lock`` as /src/Cargo.lock);
     returns the Build as created."""
     build = cluster.api.create("builds", NS, build_manifest(name, **spec))
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0, log=b"ok\n")
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
+    build_pod(
+        cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=0, log=b"ok\n"
+    )
     cluster.wait_phase(name, "Collecting")
     root = sandbox_tree(tmp_path / name, {"app": BINARY})
     if lock is not None:
         (root / "src" / "Cargo.lock").write_bytes(lock)
-    assert run_collector(cluster.api, NS, build, root) == 0
+    assert run_collector(cluster.api, RUN_NS, build, root) == 0
     return build
 
 
@@ -213,11 +215,11 @@ def collected(cluster: Cluster, tmp_path: Path, r: Reconciler, url: str, name: s
     """A Build whose build container exited 0 and whose outputs were uploaded."""
     build = cluster.api.create("builds", NS, build_manifest(name))
     settle(r, name)
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     settle(r, name)
-    build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=0)
     settle(r, name)
-    assert run_collector(cluster.api, NS, build, sandbox_tree(tmp_path / name, {})) == 0
+    assert run_collector(cluster.api, RUN_NS, build, sandbox_tree(tmp_path / name, {})) == 0
     settle(r, name)
     return build
 
@@ -231,7 +233,7 @@ def test_the_controller_keeps_the_pod_until_the_node_monitor_has_reported(
         settle(r, "slow-monitor")
     status = cluster.api.get("builds", NS, "slow-monitor")["status"]
     assert (status["phase"], status["conditions"][0]["reason"]) == ("Collecting", "Observing")
-    assert [p["metadata"]["name"] for p in owned(cluster.api, NS, build, "pods")]
+    assert [p["metadata"]["name"] for p in owned(cluster.api, RUN_NS, build, "pods")]
     assert not any(m == "DELETE" for m, _ in cluster.api.requests)
 
     source = Spooled({BUILD_CID: clean()})
@@ -373,7 +375,7 @@ def test_only_the_monitor_of_the_build_pods_node_is_believed(
     waits for the monitor of the node the pod ran on (tests/k8s/kubelet.py: node-1)."""
     r, url = stepped
     collected(cluster, tmp_path, r, url, "vouched")
-    [pod] = [p for p in cluster.api.list("pods", NS) if p["spec"]["nodeName"] == "node-1"]
+    [pod] = [p for p in cluster.api.list("pods", RUN_NS) if p["spec"]["nodeName"] == "node-1"]
     elsewhere = Spooled({BUILD_CID: clean()})
     liar = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), elsewhere, "node-2")
     liar.report(pod, BUILD_CID)  # as a monitor that ignores its own node's selector would
@@ -396,7 +398,7 @@ def test_a_record_only_from_another_node_times_out_as_incomplete(
 ) -> None:
     r, url = stepped
     collected(cluster, tmp_path, r, url, "stray")
-    [pod] = cluster.api.list("pods", NS)
+    [pod] = cluster.api.list("pods", RUN_NS)
     source = Spooled({BUILD_CID: clean()})
     NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-2").report(pod, BUILD_CID)
     past = datetime.now(UTC) - timedelta(seconds=ControllerConfig().observe_grace_seconds + 1)

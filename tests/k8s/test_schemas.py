@@ -317,8 +317,8 @@ def test_a_full_status_validates_against_the_crd() -> None:
 
 def test_the_crd_makes_spec_immutable_with_a_cel_rule() -> None:
     """The signed provenance names the spec in the record: the API server must refuse an
-    edit of a Build's spec (the rule is checked here only for its shape; no API server
-    evaluates CEL in these tests)."""
+    edit of a Build's spec. Its shape here; the real API server evaluates it in
+    tests/k8s/test_real_apiserver.py."""
     spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     [rule] = spec["x-kubernetes-validations"]
     assert rule["rule"] == "self == oldSelf" and "immutable" in rule["message"]

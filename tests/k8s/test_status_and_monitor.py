@@ -23,7 +23,7 @@ from farm.observe.events import Context, TraceEvent
 from farm.observe.spool import Observation
 from farm.reprocheck import MAX_RUNS
 from farm.store import Store
-from tests.k8s.conftest import NS, Cluster
+from tests.k8s.conftest import NS, RUN_NS, Cluster
 from tests.k8s.kubelet import Spooled, build_manifest, build_pod, finish_job, job, run_cid
 from tests.k8s.test_schemas import build_schema
 
@@ -52,7 +52,7 @@ def test_a_stale_status_write_gets_409_and_the_retry_keeps_the_other_writer(
     r = reconciler(cluster, tmp_path)
     build = cluster.api.create("builds", NS, build_manifest("contended"))
     settle(r, "contended")
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
 
     # Another writer (the node monitor) patches the status between the reconciler's
     # read and its write: a genuine stale-resourceVersion race on the real server.
@@ -78,14 +78,14 @@ def test_a_queued_build_waits_suspended_for_kueue(cluster: Cluster, tmp_path: Pa
     r = reconciler(cluster, tmp_path)
     build = cluster.api.create("builds", NS, build_manifest("queued", queue="farm-builds"))
     settle(r, "queued")
-    fetch = job(cluster.api, NS, build, "fetch")
+    fetch = job(cluster.api, RUN_NS, build, "fetch")
     assert fetch["spec"]["suspend"] is True
     assert fetch["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "farm-builds"
     status = cluster.api.get("builds", NS, "queued")["status"]
     assert (status["phase"], status["message"]) == ("Pending", "waiting for Kueue")
 
     cluster.api.mutate(
-        "jobs", NS, fetch["metadata"]["name"], lambda j: j["spec"].update(suspend=False)
+        "jobs", RUN_NS, fetch["metadata"]["name"], lambda j: j["spec"].update(suspend=False)
     )
     settle(r, "queued")
     assert cluster.api.get("builds", NS, "queued")["status"]["phase"] == "Fetching"
@@ -104,10 +104,10 @@ def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
     r = reconciler(cluster, tmp_path)
     build = cluster.api.create("builds", NS, build_manifest("watched"))
     settle(r, "watched")
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     settle(r, "watched")
-    build_job = job(cluster.api, NS, build, "build")
-    build_pod(cluster.api, NS, build_job, exit_code=None)
+    build_job = job(cluster.api, RUN_NS, build, "build")
+    build_pod(cluster.api, RUN_NS, build_job, exit_code=None)
     cid = "ab" * 32
     observed = Observation(
         container_id=cid,
@@ -124,7 +124,7 @@ def test_the_node_monitor_maps_container_ids_to_builds_and_reports_counts(
     other_node = NodeMonitor(cluster.kube, Metrics(CollectorRegistry()), source, "node-2")
 
     assert monitor.scan() == 0  # still running: nothing to report yet
-    build_pod(cluster.api, NS, build_job, exit_code=0)
+    build_pod(cluster.api, RUN_NS, build_job, exit_code=0)
     assert other_node.scan() == 0  # not its pod
     assert monitor.scan() == 1 and monitor.scan() == 0  # reported once
     assert source.asked == [cid]
@@ -149,9 +149,9 @@ def exited(cluster: Cluster, tmp_path: Path, name: str) -> str:
     r = reconciler(cluster, tmp_path)
     build = cluster.api.create("builds", NS, build_manifest(name))
     settle(r, name)
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     settle(r, name)
-    pod = build_pod(cluster.api, NS, job(cluster.api, NS, build, "build"), exit_code=0)
+    pod = build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "build"), exit_code=0)
     cid = build_container_id(pod)
     assert cid is not None
     return cid
@@ -185,15 +185,15 @@ def test_the_runs_of_a_full_check_share_the_status_budget(cluster: Cluster, tmp_
     r = reconciler(cluster, tmp_path)
     build = cluster.api.create("builds", NS, build_manifest("flood10", check=MAX_RUNS))
     settle(r, "flood10")
-    finish_job(cluster.api, NS, job(cluster.api, NS, build, "fetch"))
+    finish_job(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, "fetch"))
     settle(r, "flood10")
     # Runs 1.. are pinned to run 0's node, so they wait for run 0's pod to have one.
-    jobs = {j["metadata"]["name"].rsplit("-", 1)[-1] for j in cluster.api.list("jobs", NS)}
+    jobs = {j["metadata"]["name"].rsplit("-", 1)[-1] for j in cluster.api.list("jobs", RUN_NS)}
     assert "1" not in jobs and "build" in jobs
     events = [event("open", pathname="/root/.ssh/" + "k" * 3000, flags=0, exit={"errorno": 2})]
     seen = {}
     for run in range(MAX_RUNS):
-        build_pod(cluster.api, NS, job(cluster.api, NS, build, run_role("build", run)), 0)
+        build_pod(cluster.api, RUN_NS, job(cluster.api, RUN_NS, build, run_role("build", run)), 0)
         seen[run_cid(run)] = Observation(container_id=run_cid(run), events=events * 300)
         if run == 0:
             settle(r, "flood10")  # runs 1.. are created once run 0's pod has a node

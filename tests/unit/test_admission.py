@@ -153,9 +153,11 @@ def test_bad_patterns_are_refused_when_the_operator_configures_them(bad: str) ->
 def test_the_host_list_comes_from_farm_allowed_images() -> None:
     env = {"FARM_HOME": "/nonexistent", "FARM_ALLOWED_IMAGES": " farm/rust:*, a.test/x:1\n"}
     assert Settings.from_env(env).allowed_images == ("farm/rust:*", "a.test/x:1")
-    assert Settings.from_env({"FARM_HOME": "/x"}).allowed_images == (DEFAULT_IMAGE,)
+    # By default, farm's own builder images, every suite (farm image build rust --suite).
+    default = (DEFAULT_IMAGE, "farm/rust:trixie")
+    assert Settings.from_env({"FARM_HOME": "/x"}).allowed_images == default
     assert Settings.from_env({"FARM_HOME": "/x", "FARM_ALLOWED_IMAGES": ""}).allowed_images == (
-        DEFAULT_IMAGE,
+        default
     )
 
 

@@ -18,9 +18,10 @@ from farm.k8s.config import ControllerConfig
 from farm.settings import Settings
 from farm.store import Store
 
-#: The rust recipe's digest before Recipe grew fields for the farm image. Every host
-#: has an image labelled with it; a change here rebuilds farm/rust:bookworm everywhere.
-RUST_DIGEST = "cfa6ce8beb05d1ba93bd81ece113d7a49c095d0b289cce92abe94185d44df3df"
+#: The rust recipe's digest since it labels its toolchain (``toolchain=True``: that one
+#: change rebuilt farm/rust:bookworm once, with the same rootfs). Every host has an image
+#: labelled with it; a change here rebuilds farm/rust:bookworm everywhere.
+RUST_DIGEST = "3abb50cd4865cfad932508773960d2d008b56bf63b0f7d84e9e1833f3a67724e"
 
 
 def test_new_recipe_fields_leave_existing_digests_alone() -> None:
@@ -86,3 +87,21 @@ def test_a_wheelhouse_for_an_image_without_python_is_bad_input(tmp_path: Path) -
     with pytest.raises(InputError, match="--wheelhouse is for the farm image"):
         build_image("rust", Settings(home=home), Store(home), None, wheels=tmp_path)  # type: ignore[arg-type]
     assert not (home / "images").exists()  # where a rootfs would have been made
+
+
+def test_the_toolchain_images_come_in_each_suite_with_the_suite_in_the_tag() -> None:
+    assert recipe("rust", "bookworm") == recipe("rust")
+    trixie = recipe("rust", "trixie")
+    assert (trixie.tag, trixie.suite, trixie.packages) == (
+        "farm/rust:trixie",
+        "trixie",
+        recipe("rust").packages,
+    )
+    assert trixie.digest != RUST_DIGEST
+    assert recipe("fetch", "trixie").tag == "farm/fetch:trixie"
+
+
+@pytest.mark.parametrize(("name", "suite"), [("rust", "buster"), ("farm", "trixie")])
+def test_a_suite_without_a_recipe_is_refused(name: str, suite: str) -> None:
+    with pytest.raises(InputError, match=f"--suite {suite}: the {name} image is built from"):
+        recipe(name, suite)

@@ -4,6 +4,7 @@
 {{- $c := .Values.controller -}}
 {{- $fixed := dict
       "namespace" .Release.Namespace
+      "run_namespace" (include "farm.runNamespace" .)
       "controller_labels" (include "farm.selectorLabels" (dict "root" . "component" "controller") | fromYaml)
       "artifact_service" (printf "%s-controller" (include "farm.fullname" .))
       "artifact_port" (int $c.artifactPort)

@@ -40,13 +40,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Namespaces where Builds run: the listed ones, or the release namespace. */}}
-{{- define "farm.buildNamespaces" -}}
-{{- if .Values.buildNamespaces -}}
-{{- toJson (uniq .Values.buildNamespaces) -}}
-{{- else -}}
-{{- toJson (list .Release.Namespace) -}}
-{{- end -}}
+{{/* The run namespace: every Build's Jobs, pods, volumes, token Secrets and policies. */}}
+{{- define "farm.runNamespace" -}}
+{{- .Values.runNamespace.name -}}
 {{- end -}}
 
 {{/* repository:tag, or repository@digest when a digest is pinned. */}}

@@ -85,6 +85,10 @@ def test_values_schema_rejects_bad_values() -> None:
     # The chart owns where builds upload to; a user value cannot silently override it.
     with pytest.raises(InfrastructureError, match="/controller/config/namespace"):
         chart.render(sets=["controller.config.namespace=elsewhere"])
+    with pytest.raises(InfrastructureError, match="/controller/config/run_namespace"):
+        chart.render(sets=["controller.config.run_namespace=team-a"])
+    with pytest.raises(InfrastructureError, match="must differ from the release namespace"):
+        chart.render(sets=[f"runNamespace.name={chart.NAMESPACE}"])
 
 
 def test_default_install_has_every_component(default_objects: list[Obj]) -> None:
@@ -199,10 +203,10 @@ def test_default_images_are_farm_images_from_one_source(default_objects: list[Ob
     assert config["fetch_image"] == defaults.fetch_image
 
 
-def test_build_namespaces_get_default_deny(nondefault_objects: list[Obj]) -> None:
+def test_the_run_namespace_gets_default_deny(nondefault_objects: list[Obj]) -> None:
     policies = find(nondefault_objects, "NetworkPolicy")
     deny = [p for p in policies if p["metadata"]["name"].endswith("-build-default-deny")]
-    assert sorted(p["metadata"]["namespace"] for p in deny) == ["builds-a", "builds-b"]
+    assert [p["metadata"]["namespace"] for p in deny] == ["acme-builds"]
     for policy in deny:
         spec = policy["spec"]
         assert spec["podSelector"] == {
@@ -213,8 +217,19 @@ def test_build_namespaces_get_default_deny(nondefault_objects: list[Obj]) -> Non
     (controller,) = [p for p in policies if p["metadata"]["name"] == "acme-farm-controller"]
     artifacts, metrics = controller["spec"]["ingress"]
     assert artifacts["from"] == [
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"farm.dev/phase": "build"}}}
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "acme-builds"}},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/managed-by": "farm-controller",
+                    "farm.dev/phase": "build",
+                }
+            },
+        }
     ]
+    assert controller_config(nondefault_objects, "acme-farm-controller")["run_namespace"] == (
+        "acme-builds"
+    )
     assert artifacts["ports"] == [{"protocol": "TCP", "port": 9443}]
     assert metrics["ports"] == [{"protocol": "TCP", "port": 9100}]
     assert metrics["from"][0]["namespaceSelector"]["matchLabels"] == {
@@ -229,10 +244,10 @@ def test_rbac_is_least_privilege(rendered: tuple[str, list[Obj]]) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (role["metadata"]["name"], rule)
             assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
-            # Only Build status and finalizers are ever updated (everything else is
-            # created, patched or deleted by name).
+            # Only Build status is ever updated (everything else is created, patched or
+            # deleted by name).
             if "update" in rule["verbs"]:
-                assert set(rule["resources"]) <= {"builds/status", "builds/finalizers", "leases"}
+                assert set(rule["resources"]) <= {"builds/status", "leases"}
     grants = {
         role["metadata"]["name"]: {
             (res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]
@@ -241,7 +256,13 @@ def test_rbac_is_least_privilege(rendered: tuple[str, list[Obj]]) -> None:
     }
     monitor = [g for name, g in grants.items() if name.endswith("-node-monitor")]
     for g in monitor:
-        assert g == {("pods", "list"), ("builds/status", "patch")}
+        assert g == {("builds/status", "patch")}
+    # Nothing cluster-wide on what runs a build: those grants are Roles in the run
+    # namespace (tests/k8s/packaging/test_tenancy.py checks where).
+    run_kinds = {"secrets", "pods", "pods/log", "jobs", "persistentvolumeclaims"}
+    run_kinds |= {"networkpolicies", "serviceaccounts"}
+    for name, g in grants.items():
+        assert not {res for res, _ in g} & run_kinds, name
     # Leases: create, plus get/update of the controller's one Lease only.
     (leader,) = [r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-election")]
     assert leader["rules"][1]["resourceNames"] == ["farm-controller"]
@@ -371,9 +392,12 @@ def test_rbac_grants_exactly_the_calls_farm_k8s_makes(default_objects: list[Obj]
     roles = find(default_objects, "ClusterRole") + find(default_objects, "Role")
     expected = {
         "-controller": permissions.CONTROLLER,
+        "-run-objects": permissions.RUN_OBJECTS,
         "-leader-election": permissions.LEADER_ELECTION,
         "-artifact-service": permissions.ARTIFACT_SERVICE_READ,
         "-node-monitor": permissions.NODE_MONITOR,
+        "-node-monitor-pods": permissions.NODE_MONITOR_PODS,
+        "-build-author": permissions.BUILD_AUTHOR,
     }
     for suffix, grants in expected.items():
         (role,) = [r for r in roles if r["metadata"]["name"].endswith(suffix)]

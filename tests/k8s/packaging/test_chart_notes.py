@@ -26,6 +26,7 @@ def test_the_notes_say_how_to_watch_a_build() -> None:
 
 
 def test_the_notes_follow_the_values() -> None:
-    text = notes("nodeMonitor.enabled=false", "buildNamespaces={a}")
+    text = notes("nodeMonitor.enabled=false", "runNamespace.name=acme-builds")
     assert "pod-init-config" not in text
-    assert "Builds are watched in" not in text
+    assert "their pods, volumes and Secrets all run in\nacme-builds" in text
+    assert "ClusterRole farm-build-author in their" in text

@@ -58,7 +58,12 @@ def _pods(objects_: list[Obj]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def test_only_the_node_monitor_needs_privileged_and_it_has_its_own_namespace() -> None:
     rendered = chart.render()
-    (ns,) = find(rendered, "Namespace")
+    namespaces = {
+        n["metadata"]["name"]: n["metadata"]["labels"] for n in find(rendered, "Namespace")
+    }
+    # The run namespace, where every build and fetch pod runs, enforces `restricted`.
+    assert namespaces.pop(ControllerConfig().run_namespace)[PRIVILEGED] == "restricted"
+    (ns,) = [n for n in find(rendered, "Namespace") if n["metadata"]["name"] in namespaces]
     assert ns["metadata"]["labels"][PRIVILEGED] == "privileged"
     monitor_ns = ns["metadata"]["name"]
     assert monitor_ns != chart.NAMESPACE
@@ -84,7 +89,9 @@ def test_only_the_node_monitor_needs_privileged_and_it_has_its_own_namespace() -
 
 
 def test_an_existing_namespace_can_be_named_instead() -> None:
-    rendered = chart.render(sets=["nodeMonitor.namespace.create=false"])
+    rendered = chart.render(
+        sets=["nodeMonitor.namespace.create=false", "runNamespace.create=false"]
+    )
     assert find(rendered, "Namespace") == []
     (monitor,) = find(rendered, "DaemonSet")
     assert monitor["metadata"]["namespace"] == "farm-node-monitor"
