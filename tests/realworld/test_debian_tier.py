@@ -15,7 +15,7 @@ import pytest
 
 from farm.mirror.debarchive import DebianArchive, DebianArchiveError, Pinned
 from farm.mirror.debian_binary import Closure, derive
-from tests.realworld.programs import cache_dir
+from tests.realworld.programs import archive, cache_dir
 
 pytestmark = [pytest.mark.realworld, pytest.mark.realworld_ci]
 
@@ -27,11 +27,18 @@ def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture(scope="session")
+def warm() -> Path:
+    """The shared download cache with bookworm's signed indexes (downloaded once)."""
+    archive().index("bookworm", "Packages")
+    archive().index("bookworm", "Sources")
+    return cache_dir() / "debian"
+
+
 @pytest.fixture
-def xdg(tmp_path: Path) -> Path:
+def xdg(tmp_path: Path, warm: Path) -> Path:
     """A copy of the shared download cache as the CLI's XDG cache (farm/debian below it)."""
-    target = tmp_path / "xdg" / "farm" / "debian"
-    shutil.copytree(cache_dir() / "debian", target) if (cache_dir() / "debian").is_dir() else None
+    shutil.copytree(warm, tmp_path / "xdg" / "farm" / "debian")
     return tmp_path / "xdg"
 
 
@@ -69,9 +76,9 @@ def test_an_unknown_program_names_the_suite(tmp_path: Path, xdg: Path) -> None:
     assert "bookworm has neither librust-no-such-program-dev nor a source package" in done.stderr
 
 
-def test_a_changed_inrelease_or_deb_is_refused(tmp_path: Path) -> None:
+def test_a_changed_inrelease_or_deb_is_refused(tmp_path: Path, warm: Path) -> None:
     cache = tmp_path / "debian"
-    shutil.copytree(cache_dir() / "debian" / "dists", cache / "dists")
+    shutil.copytree(warm / "dists", cache / "dists")
     archive = DebianArchive(cache)
     stanza = Closure(archive, "bookworm").packages["librust-hexyl-dev"]
     # A .deb whose bytes differ from the signed Packages index is refused, even from cache.
