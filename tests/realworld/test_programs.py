@@ -96,7 +96,7 @@ def test_program_builds_reproducibly_from_the_derived_mirror(
     lock = next(d for d in deps if d["name"] == "Cargo.lock")
     assert lock["annotations"]["mirror"] == str(server.mirror.path.resolve())
     held = {(e.name, e.version): e for e in server.mirror.entries()}
-    crates = [d for d in deps if d["uri"].startswith("pkg:cargo/")]
+    crates = [d for d in deps if d.get("uri", "").startswith("pkg:cargo/")]
     assert crates
     for dep in crates:
         name, _, version = dep["uri"].removeprefix("pkg:cargo/").partition("@")
