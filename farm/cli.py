@@ -147,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
         "registry (e.g. sparse+http://127.0.0.1:8080/index/) or a registry named in "
         "$FARM_REGISTRIES; the sandbox sees them read-only at /vendor",
     )
+    b.add_argument(
+        "--resolve-lock",
+        type=Path,
+        metavar="MIRROR_DIR",
+        help="write the build's Cargo.lock first: the image's cargo resolves the manifests "
+        "against this farm mirror directory, in a sandbox with no network (your tree is "
+        "not changed; provenance says so); use with --registry serving that mirror",
+    )
     b.set_defaults(func=cmd_build)
 
     f = sub.add_parser(
@@ -511,6 +519,15 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         data["registry"] = registry.name if registry else None
     if args.git_host and server:
         raise InputError("--git-host: the operator of farm serve allows git hosts there")
+    if args.resolve_lock and server:
+        raise InputError("--resolve-lock: builds on farm serve use the lock they are given")
+    if args.resolve_lock:
+        if not (args.resolve_lock / "index").is_dir():
+            raise InputError(
+                f"--resolve-lock: {args.resolve_lock} is not a farm mirror (no index/); "
+                "make one with `farm mirror create` and `farm mirror add`"
+            )
+        settings = dataclasses.replace(settings, resolve_mirror=args.resolve_lock.resolve())
     settings = _with_git_hosts(settings, args.git_host)
     spec = build_spec(data)  # bad input stops here: nothing created yet
     validate_check(args.check)
@@ -531,7 +548,9 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         for line in runner.reap_leftovers():
             print(f"farm: {line}", file=sys.stderr)
         try:
-            outcome = run_build(runner, spec, check_runs=args.check, use_cache=not args.no_cache)
+            # A resolved lock depends on the mirror, which the cache key does not name.
+            use_cache = not (args.no_cache or args.resolve_lock)
+            outcome = run_build(runner, spec, check_runs=args.check, use_cache=use_cache)
         except Interrupted:
             print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)

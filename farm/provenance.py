@@ -22,7 +22,7 @@ from typing import Any
 from farm import __version__, tomlread
 from farm.collect import open_no_follow
 from farm.policy import HOSTNAME, baseline_env
-from farm.records import BuildRecord
+from farm.records import BuildRecord, LockResolution
 from farm.reprocheck import REPORT_PATH
 from farm.signing import keyid, load_or_create_key, sign
 from farm.snapshot import digest as source_digest
@@ -114,9 +114,25 @@ def _dependencies(record: BuildRecord, spec: BuildSpec, lock: str | None) -> lis
             "digest": {"sha256": _hex(record.image_id)},
         },
     ]
+    if record.lock_resolution is not None:
+        deps.append(resolved_lock(record.lock_resolution))
     if record.fetched is not None:
         return deps + fetched(record)
     return deps + (crates(lock) if lock else [])
+
+
+def resolved_lock(resolution: LockResolution) -> dict[str, Any]:
+    """The Cargo.lock farm wrote (``--resolve-lock``): by whom, against which mirror."""
+    return {
+        "name": "Cargo.lock",
+        "digest": {"sha256": resolution.lock_sha256},
+        "annotations": {
+            "resolvedBy": resolution.resolved_by,
+            "mirror": resolution.mirror,
+            "image": resolution.image,
+            "note": resolution.describe(),
+        },
+    }
 
 
 def fetched(record: BuildRecord) -> list[dict[str, Any]]:

@@ -137,6 +137,19 @@ class HoneytokenVerdict(BaseModel):
         return bool(self.exfiltrated or self.in_artifacts)
 
 
+class LockResolution(BaseModel):
+    """A Cargo.lock farm resolved (``--resolve-lock``, farm.fetch.resolve), not the tenant."""
+
+    resolved_by: str = "farm: cargo generate-lockfile --offline in a sandbox with no network"
+    mirror: str
+    image: str
+    image_id: str
+    lock_sha256: str
+
+    def describe(self) -> str:
+        return f"lock resolved by farm against mirror {self.mirror} (image {self.image})"
+
+
 class FetchedPackage(BaseModel):
     """One dependency the fetch phase (farm.fetch) downloaded, verified and vendored."""
 
@@ -202,6 +215,9 @@ class BuildRecord(BaseModel):
     behaviour_changes: list[BehaviourChange] = Field(default_factory=list)
     #: None when no honeytokens were planted (farm.honeytokens).
     honeytokens: HoneytokenVerdict | None = None
+
+    #: Set when farm resolved the lock that was built (``--resolve-lock``), not the tenant.
+    lock_resolution: LockResolution | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""

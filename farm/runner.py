@@ -29,6 +29,7 @@ from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
 from farm.fetch.phase import fetch
 from farm.fetch.registry import Registry
+from farm.fetch.resolve import resolve_lock
 from farm.honeytokens import KINDS as HONEY_KINDS
 from farm.honeytokens import Finder, Honeytokens, Marker, Redactor, found_in_file, plant
 from farm.logs import CappedLog
@@ -326,6 +327,8 @@ class Runner:
                 max_bytes=spec.resources.disk,
                 within=self.within(spec),
             )
+            if self.settings.resolve_mirror is not None:
+                self._resolve_lock(record, spec, dirs, self.settings.resolve_mirror)
             record.lockfile_sha256 = self._keep_lockfile(dirs)
             if registry is not None:
                 sandbox = self._fetch(record, spec, dirs, sandbox, registry)
@@ -360,6 +363,19 @@ class Runner:
                 log.close()
             self._finish(record, spec, dirs, log, result, started)
         return record
+
+    def _resolve_lock(
+        self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs, mirror: Path
+    ) -> None:
+        """``--resolve-lock``: the snapshot (farm's own copy; the tenant's tree is never
+        written) gets the Cargo.lock the image's cargo resolves against ``mirror``."""
+        self.on_phase("resolve", None)
+        resolved = resolve_lock(dirs.src, mirror, settings=self.settings, image=spec.image)
+        lock = dirs.src / "Cargo.lock"
+        lock.unlink(missing_ok=True)  # the snapshot's own file, never a link (farm.snapshot)
+        lock.write_text(resolved.text)
+        record.lock_resolution = resolved.resolution
+        record.notes.append(resolved.resolution.describe())
 
     def _fetch(
         self,

@@ -53,6 +53,9 @@ class Settings:
     #: farm.fetch.registry.load_registries; or FARM_REGISTRIES_JSON: the same list
     #: inline, as the cluster's fetch pod gets it); a spec may only name one of them.
     registries: dict[str, Registry] = field(default_factory=dict)
+    #: ``farm build --resolve-lock DIR``: a farm mirror directory the snapshot's
+    #: Cargo.lock is resolved against before the fetch phase (farm.fetch.resolve).
+    resolve_mirror: Path | None = None
     #: Hosts git dependencies may be fetched from (FARM_GIT_HOSTS, comma- or
     #: space-separated; ``--git-host``). Empty: a lockfile's git dependency is refused.
     git_hosts: tuple[str, ...] = ()

@@ -1,5 +1,5 @@
 """Shared fixtures. Markers are assigned by directory: tests/unit -> unit, tests/e2e -> e2e,
-tests/k8s -> k8s."""
+tests/k8s -> k8s, tests/realworld -> realworld."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         kind = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
-        if kind in ("unit", "e2e", "k8s"):
+        if kind in ("unit", "e2e", "k8s", "realworld"):
             item.add_marker(getattr(pytest.mark, kind))
 
 

@@ -6,5 +6,7 @@ paths, validated), ``indexline`` (cargo's index line from a crate's Cargo.toml),
 ``store`` (``Mirror``: the write API), ``download`` (one bounded HTTP GET), ``debian``
 (Debian's archive, read through its signature), ``fill`` (``farm mirror add`` from
 files, a Cargo.lock or Debian sources), ``serve`` (the HTTP server) and ``command``
-(the CLI subcommands, added by ``farm.cli``).
+(the CLI subcommands, added by ``farm.cli``). The Debian-derived tier: ``debarchive``
+(Debian's Packages and Sources indexes through InRelease) and ``debian_binary``
+(librust-*-dev closures repacked into crates, origin ``debian-derived``).
 """

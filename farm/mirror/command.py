@@ -31,7 +31,7 @@ def add_parsers(sub: Any) -> None:
         "add",
         help="add .crate files, a Cargo.lock's packages or Debian rust-* source packages",
         usage="farm mirror add DIR [FILE.crate…] [--lock Cargo.lock --registry URL] "
-        "[--debian rust-NAME[=VER][/SUITE]…]",
+        "[--debian rust-NAME[=VER][/SUITE]…] [--debian-binary PROGRAM[/SUITE]…]",
     )
     add.add_argument("dir", type=Path)
     add.add_argument("files", nargs="*", type=Path, metavar="FILE.crate")
@@ -43,6 +43,14 @@ def add_parsers(sub: Any) -> None:
         default=[],
         metavar="PKG[=VER][/SUITE]",
         help="a Debian source package whose orig tarball is the crate (repeatable)",
+    )
+    add.add_argument(
+        "--debian-binary",
+        action="append",
+        default=[],
+        metavar="PROGRAM[/SUITE]",
+        help="every crate PROGRAM needs in SUITE, repacked from Debian's librust-*-dev "
+        "packages (origin debian-derived: NOT crates.io's bytes; docs/realworld.md)",
     )
     add.add_argument("--suite", default=None, help="default Debian suite (default bookworm)")
     add.add_argument("--debian-mirror", metavar="URL", default=None, help="Debian archive URL")
@@ -82,8 +90,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     from farm.mirror import debian, fill
     from farm.mirror.store import Mirror
 
-    if not (args.files or args.lock or args.debian):
-        raise InputError("farm mirror add: give FILE.crate…, --lock or --debian")
+    if not (args.files or args.lock or args.debian or args.debian_binary):
+        raise InputError("farm mirror add: give FILE.crate…, --lock, --debian or --debian-binary")
     if bool(args.lock) != bool(args.registry):
         raise InputError("--lock and --registry go together: the lock and where to download it")
     requests = [debian.SourceRequest.parse(d) for d in args.debian]
@@ -101,11 +109,32 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
             cache_dir=_cache_dir(),
         )
         results += fill.add_debian(mirror, requests, archive, args.suite or debian.DEFAULT_SUITE)
+    for item in args.debian_binary:
+        results += _add_debian_binary(mirror, item, args)
     _print_results(results, args.json)
     failed = [r for r in results if r.status != "added"]
     if args.strict and failed:
         raise MirrorError(f"{len(failed)} of {len(results)} items were not added (--strict)")
     return 0
+
+
+def _add_debian_binary(mirror: Any, item: str, args: argparse.Namespace) -> list[Any]:
+    """``--debian-binary PROGRAM[/SUITE]``: the Debian-derived tier (farm.mirror.debian_binary)."""
+    from farm.mirror import debarchive, debian, debian_binary
+    from farm.mirror.fill import FillResult
+
+    program, _, suite = item.partition("/")
+    archive = debarchive.DebianArchive(
+        _cache_dir(),
+        args.debian_mirror or debarchive.DEFAULT_ARCHIVE,
+        args.keyring or debarchive.KEYRING,
+    )
+    crates = debian_binary.add_program(
+        mirror, archive, suite or args.suite or debian.DEFAULT_SUITE, program
+    )
+    return [
+        FillResult(item=c.deb, status="added", entry=mirror.get(c.name, c.version)) for c in crates
+    ]
 
 
 def _read_lock(path: Path) -> str:

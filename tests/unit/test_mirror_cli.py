@@ -44,7 +44,8 @@ def test_create_add_list(tmp_path: Path, real_crates: dict[str, bytes]) -> None:
         }
     ]
     nothing = farm(tmp_path, "add", m)
-    assert nothing.returncode == 2 and "give FILE.crate…, --lock or --debian" in nothing.stderr
+    assert nothing.returncode == 2
+    assert "give FILE.crate…, --lock, --debian or --debian-binary" in nothing.stderr
     not_mirror = farm(tmp_path, "add", str(tmp_path), str(tmp_path / "serde.crate"))
     assert not_mirror.returncode == 2 and "farm mirror create" in not_mirror.stderr
 

@@ -1,0 +1,102 @@
+"""Cold build times of the realworld corpus: gVisor next to runc (docs/performance.md).
+
+    python bench/realworld.py [PROGRAM …] [--out FILE]
+
+For each program of tests/realworld/programs.py (default: all, smallest first): fill a
+loopback mirror with its Debian-derived crates, resolve its lock against it in a sandbox,
+serve it on 127.0.0.1, then time `farm build --registry` in a fresh FARM_HOME (so the
+crate cache and the build are cold) under gVisor (runsc, observed, farm's default) and
+under runc (`--insecure-runtime=runc`), one after the other. Printed as Markdown, saved as
+JSON. Mirror filling and resolution are setup, not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from farm.fetch.resolve import resolve_lock  # noqa: E402
+from farm.mirror import serve as mirror_serve  # noqa: E402
+from farm.settings import Settings  # noqa: E402
+from tests.realworld.programs import CORPUS, Program, fill_mirror, program_source  # noqa: E402
+
+RUNTIMES = {"gVisor (runsc)": [], "runc": ["--insecure-runtime=runc"]}
+
+
+def cold_build(src: Path, program: Program, index_url: str, flags: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="farm-rw-home-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+        env["FARM_HOME"] = home
+        output = f"target/release/{program.binary}"
+        argv = [sys.executable, "-m", "farm.cli", "build", str(src), "--json", "--no-cache"]
+        argv += ["--registry", index_url, "--image", program.image, "--output", output, *flags]
+        began = time.monotonic()
+        done = subprocess.run([*argv, "--", *program.argv], capture_output=True, text=True, env=env)
+        wall = time.monotonic() - began
+    if done.returncode != 0:
+        said = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        raise SystemExit(f"{program.id} {flags}: exit {done.returncode}\n{said}")
+    record = json.loads(done.stdout)
+    return {
+        "wall": round(wall, 1),
+        "build": record["duration_seconds"],
+        "sha256": record["artifacts"][0]["sha256"],
+    }
+
+
+def measure(program: Program, work: Path) -> dict:
+    mirror, crates = fill_mirror(program, work / "mirror")
+    src = program_source(program, mirror, work / "src")
+    settings = Settings.from_env({"FARM_HOME": str(work / "home")})
+    resolved = resolve_lock(src, mirror.path, settings=settings, image=program.image)
+    (src / "Cargo.lock").write_text(resolved.text)
+    server = mirror_serve.MirrorServer(mirror, "127.0.0.1", 0).start()
+    try:
+        runs = {
+            name: cold_build(src, program, server.index_url, flags)
+            for name, flags in RUNTIMES.items()
+        }
+    finally:
+        server.shutdown()
+        server.server_close()
+    locked = sum(1 for p in resolved.lockfile.packages if p.is_registry)
+    return {"program": program.id, "crates": locked, "mirror": len(crates), **runs}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| program | locked crates | gVisor (runsc) cold build | runc cold build | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g, c = r["gVisor (runsc)"]["build"], r["runc"]["build"]
+        lines.append(f"| {r['program']} | {r['crates']} | {g:.0f} s | {c:.0f} s | {g / c:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("programs", nargs="*", help="names (default: the whole corpus)")
+    p.add_argument("--out", type=Path, default=Path("realworld-times.json"))
+    args = p.parse_args()
+    chosen = [x for x in CORPUS if not args.programs or x.name in args.programs]
+    rows = []
+    for program in chosen:
+        with tempfile.TemporaryDirectory(prefix="farm-rw-") as work:
+            rows.append(measure(program, Path(work)))
+        print(table(rows[-1:]), flush=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
