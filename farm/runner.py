@@ -24,6 +24,7 @@ from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
 from farm.ecosystems.cargo import toolchain
+from farm.ecosystems.cargo.hints import missing_crate_hint
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
@@ -459,6 +460,9 @@ class Runner:
             record.status, record.artifacts = (Status.ERROR if infra else Status.FAILED), []
             record.notes.append(str(exc))
         finally:
+            if record.status is Status.FAILED and record.fetched is None and log is not None:
+                hint = missing_crate_hint(log.tail())
+                record.notes += [hint] if hint else []
             self._save_log(record, log)
             record.finished_at = datetime.now(UTC)
             record.duration_seconds = round(time.monotonic() - started, 3)

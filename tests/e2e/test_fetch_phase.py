@@ -137,3 +137,13 @@ def test_git_dependency_builds_from_the_vendor_dir(
     deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
     [gitdep] = [d for d in deps if d["name"] == "gitdep"]
     assert gitdep["digest"] == {"gitCommit": commit}
+
+
+def test_without_a_registry_a_missing_crate_says_to_use_one(home: Path, tmp_path: Path) -> None:
+    """A new user's first real project, without --registry: the image has no greeting
+    crate, cargo fails inside the sandbox, and farm says what to do about it."""
+    src = _project(tmp_path / "fetched")
+    done = farm(home, "build", str(src))
+    assert done.returncode != 0
+    assert "cargo found no crate greeting in the image" in done.stderr + done.stdout
+    assert "--registry sparse+https://index.crates.io/" in done.stderr + done.stdout
