@@ -364,9 +364,11 @@ def _checkout_container(spec: ClusterBuildSpec, config: ControllerConfig) -> dic
 def _fetch_container(
     spec: ClusterBuildSpec, config: ControllerConfig, registry: ClusterRegistry
 ) -> dict[str, Any]:
-    """``farm fetch``, its crate cache (FARM_HOME) on the pod's /tmp volume."""
+    """``farm fetch``. Its crate cache (FARM_HOME) is on the sources volume, sized by
+    ``source_size``, not on the pod's 1 GiB /tmp; the build pod mounts only the checkout
+    and the vendored result from that volume, never the cache."""
     env = {
-        "FARM_HOME": "/tmp/farm",
+        "FARM_HOME": f"{WORK_DIR}/farm-home",
         "HOME": "/tmp",
         "FARM_REGISTRIES_JSON": _registries_json(registry),
     }

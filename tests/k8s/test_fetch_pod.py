@@ -60,6 +60,9 @@ def test_the_fetch_container_runs_farm_fetch_and_no_cargo() -> None:
     assert args.path == "/work/repo/app"
     assert str(args.dest) == f"{objects.WORK_DIR}/{objects.DEPS_DIR}"
     assert str(args.within) == f"{objects.WORK_DIR}/repo"  # a subdir link stays inside
+    # The crate cache is on the sources volume, not the pod's 1 GiB /tmp.
+    env = {e["name"]: e.get("value") for e in fetch["env"]}
+    assert env["FARM_HOME"] == f"{objects.WORK_DIR}/farm-home"
     assert args.registry == "mirror" and args.always_vendor
     assert args.git_host == ["git.corp.test"]
     # cargo appears nowhere in the pod: not in a command, an argument or a script.
