@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, and
+#: subprocess forks (vfork) from the test runner, so ru_maxrss starts at the runner's own
+#: size (737 MiB late in a full run); VmHWM belongs to the new process image alone.
 PROBE = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from farm.epoch import read_epoch
 epoch = read_epoch(Path(sys.argv[1]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1])
 print(json.dumps({"value": epoch.value, "note": epoch.note, "peak": peak}))
 """
 
