@@ -135,7 +135,7 @@ def test_fetch_json_lists_packages_and_mounts(tmp_path: Path, registry: TestRegi
 def test_a_spec_names_a_registry_and_never_gives_a_url(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     with pytest.raises(SpecError, match="registry"):
-        build_spec({"source": str(tmp_path / "src"), "registry": "http://169.254.169.254/"})
+        build_spec({"source": str(tmp_path / "src"), "registry": "http://127.0.0.1:9/"})
     spec = build_spec({"source": str(tmp_path / "src"), "registry": "internal"})
     runner = Runner(Settings(home=tmp_path / "home", observe=False), None, None)  # type: ignore[arg-type]
     with pytest.raises(SpecError, match="'internal' is not one of this installation's registries"):
