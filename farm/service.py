@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from farm.admission import Admission
 from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
 from farm.confine import SourcePolicy
-from farm.errors import BusyError, ExitCode, FarmError, NotFoundError
+from farm.errors import ExitCode, FarmError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import BEHAVIOUR_SEVERITIES, Metrics
 from farm.queue import Entry, Queue, State
+from farm.readslots import ReadSlots
 from farm.records import BuildRecord, Status
 from farm.runner import Runner, resolve
 from farm.sandbox import Backend
@@ -48,8 +49,10 @@ class CancelledError(FarmError):
     exit_code = ExitCode.BUILD_FAILED
 
 
-#: Submitted trees read at once (``Service.admit``), and how long one more waits.
+#: Submitted trees read at once (``Service.admit``), of those at most ``TENANT_READ_SLOTS``
+#: for one tenant, and how long one more waits.
 READ_SLOTS = 2
+TENANT_READ_SLOTS = 1
 READ_WAIT_SECONDS = 10.0
 
 #: What a build torn down by ``Service.stop`` ends as; any other result is real and kept.
@@ -95,7 +98,7 @@ class Service:
         self._tenants_lock = threading.Lock()  # HTTP threads submit and scrape at once
         # Reading a submitted tree (git history, Cargo.toml) costs CPU a tenant chooses,
         # within farm.gitread's caps; so few run at once, whatever the HTTP threads.
-        self._reading = threading.BoundedSemaphore(READ_SLOTS)
+        self._reading = ReadSlots(READ_SLOTS, TENANT_READ_SLOTS)
         self._cancelled: set[str] = set()  # by stop(): requeue
         self._cancel_asked: set[str] = set()  # by a client: end as cancelled
 
@@ -166,15 +169,12 @@ class Service:
         SOURCE_DATE_EPOCH). Raises NotAdmittedError (a SpecError) naming every field above
         its ceiling and an image the operator does not allow, SpecError or InputError; a
         source outside gets the same answer whether or not it exists; BusyError when
-        ``READ_SLOTS`` submissions are being read for ``READ_WAIT_SECONDS``."""
+        ``READ_SLOTS`` submissions, or ``TENANT_READ_SLOTS`` of this tenant's, are being
+        read for ``READ_WAIT_SECONDS``."""
         spec = build_spec(data, service=True)
         self.check(spec, options)
-        if not self._reading.acquire(timeout=READ_WAIT_SECONDS):
-            raise BusyError("farm serve is busy reading other submissions; retry shortly")
-        try:
+        with self._reading.hold(spec.tenant, READ_WAIT_SECONDS):
             return resolve(spec, within=self.sources.allowed(spec.tenant))
-        finally:
-            self._reading.release()
 
     def check(self, spec: BuildSpec, options: BuildOptions) -> None:
         """The operator's admission, then the source's confinement; raises as ``admit``."""

@@ -1,8 +1,9 @@
 """What one submission may cost `farm serve` before it is queued.
 
 Reading submitted trees is bounded: at most ``READ_SLOTS`` submissions read their
-source (git history, Cargo.toml) at once, whatever the number of HTTP threads; one more
-waits ``READ_WAIT_SECONDS`` and then answers 503 with Retry-After, queueing nothing.
+source (git history, Cargo.toml) at once, whatever the number of HTTP threads, and at
+most ``TENANT_READ_SLOTS`` of one tenant's; one more waits ``READ_WAIT_SECONDS`` and then
+answers 503 with Retry-After, queueing nothing.
 
 The real Api, Service, Queue and Store behind a real listening socket; the slots are
 taken by the test itself, which stands in for slow hostile trees deterministically."""
@@ -13,6 +14,7 @@ import http.client
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -58,20 +60,36 @@ def test_a_submission_beyond_the_read_slots_is_503_and_queues_nothing(
 ) -> None:
     service, port, source = served
     monkeypatch.setattr(service_module, "READ_WAIT_SECONDS", 0.2)
-    for _ in range(service_module.READ_SLOTS):
-        assert service._reading.acquire(blocking=False)
-    try:
+    with ExitStack() as held:
+        for index in range(service_module.READ_SLOTS):
+            held.enter_context(service._reading.hold(f"slow-{index}", 0))
         status, headers, body = submit(port, source)
         assert status == 503, body
         assert headers.get("Retry-After") == "5"
         assert "busy reading other submissions" in json.loads(body)["error"]
         assert service.queue.entries(limit=10) == []
-    finally:
-        for _ in range(service_module.READ_SLOTS):
-            service._reading.release()
     status, _, body = submit(port, source)
     assert status == 202, body
     assert len(service.queue.entries(limit=10)) == 1
+
+
+def test_one_tenant_cannot_take_every_read_slot(
+    served: tuple[Service, int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant whose crafted tree is still being read gets 503 for its next submission,
+    while another tenant's is read and queued: one tenant cannot starve the rest."""
+    service, port, source = served
+    monkeypatch.setattr(service_module, "READ_WAIT_SECONDS", 0.2)
+    with service._reading.hold("mallory", 0):  # mallory's first, slow tree
+        status, headers, body = submit(port, source, tenant="mallory")
+        assert status == 503, body
+        assert headers.get("Retry-After") == "5"
+        assert "earlier submission(s) of tenant 'mallory'" in json.loads(body)["error"]
+        status, _, body = submit(port, source, tenant="alice")
+        assert status == 202, body
+    assert [entry.tenant for entry in service.queue.entries(limit=10)] == ["alice"]
+    status, _, body = submit(port, source, tenant="mallory")
+    assert status == 202, body
 
 
 def test_check_runs_above_the_ceiling_are_400_and_queue_nothing(
