@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from farm.k8s import collector
+from farm.k8s import collector, objects
 from farm.k8s.artifacts import ArtifactServer, Ledger
+from farm.k8s.config import ControllerConfig
 from farm.k8s.uploads import Session
 from farm.spec import OutputLimits
 from farm.store import Store
 from tests.k8s.kubelet import sandbox_tree
+from tests.k8s.test_objects import REF, SANDBOX, SPEC
 
 KEY, TOKEN = "team-a/app/uid-1", "token-of-app"
 LIMITS = OutputLimits(max_file=64, max_total=100, max_files=3)
@@ -192,3 +194,15 @@ def test_a_controller_that_is_not_listening_yet_is_waited_for(tmp_path: Path) ->
         server.stop()
     assert result == [0]
     assert ledger.result(KEY) is not None
+
+
+def test_the_operator_sets_the_collect_deadline_within_the_collect_grace() -> None:
+    config = ControllerConfig(collect_retry_seconds=90)
+    job = objects.build_job(REF, SPEC, SANDBOX, config, artifact_url="http://10.0.0.1:8443")
+    [collector_container] = [
+        c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == "collector"
+    ]
+    env = {e["name"]: e.get("value") for e in collector_container["env"]}
+    assert env["FARM_COLLECT_DEADLINE"] == "90"
+    with pytest.raises(ValueError, match=r"collect_retry_seconds .* collect_grace_seconds"):
+        ControllerConfig(collect_retry_seconds=400, collect_grace_seconds=300)
