@@ -188,7 +188,9 @@ class Ledger:
         problem = self._verify(key, manifest)
         if problem:
             return problem
-        self.sessions.finish(key, text)
+        stands = self.sessions.finish(key, text)
+        if stands != text:  # another finish won the race, or the Build was torn down
+            return "this upload is already finished" if stands else "unknown build"
         self.on_finish(key)
         return None
 

@@ -143,12 +143,19 @@ class Sessions:
             )
         return True
 
-    def finish(self, key: str, manifest: str) -> None:
+    def finish(self, key: str, manifest: str) -> str | None:
+        """Record ``manifest`` unless one is recorded already; returns the one that
+        stands (None if the session is gone)."""
         with transaction(self.path) as db:
             db.execute(
-                "UPDATE upload_sessions SET manifest = ?, touched = ? WHERE key = ?",
+                "UPDATE upload_sessions SET manifest = ?, touched = ?"
+                " WHERE key = ? AND manifest IS NULL",
                 (manifest, self.clock(), key),
             )
+            row = db.execute(
+                "SELECT manifest FROM upload_sessions WHERE key = ?", (key,)
+            ).fetchone()
+        return row[0] if row else None
 
     def forget(self, key: str) -> None:
         with transaction(self.path) as db:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from farm.k8s import collector
-from farm.k8s.artifacts import ArtifactServer, Ledger
+from farm.k8s.artifacts import ArtifactServer, Ledger, Manifest
 from farm.spec import OutputLimits
 from farm.store import Store
 from tests.k8s.kubelet import sandbox_tree
@@ -234,3 +234,18 @@ def test_uploads_wait_while_the_controller_is_not_serving(ctl: Controller, tmp_p
     ctl.start(ready=False)  # a standby replica, or the leader still starting
     assert request(ctl, "PUT", "blobs", b"alpha") == 503
     assert request(ctl, "POST", "done", manifest(("out/a", b"alpha"))) == 503
+
+
+def test_the_first_manifest_recorded_stands(ctl: Controller) -> None:
+    # Two finishes that both read the session before either wrote (two racing
+    # requests): the store keeps the first, and the second learns it lost.
+    assert request(ctl, "PUT", "blobs", b"alpha") == 200
+    ledger = ctl.restart()
+    session = ledger.session(KEY, TOKEN)
+    assert session is not None
+    first = manifest(("out/a", b"alpha"))
+    second = manifest(("out/b", b"alpha"))
+    assert ledger.finish(KEY, session, Manifest.model_validate_json(first)) is None
+    assert ledger.finish(KEY, session, Manifest.model_validate_json(second)) is not None
+    got = ledger.result(KEY)
+    assert got is not None and [a.path for a in got.artifacts] == ["out/a"]
