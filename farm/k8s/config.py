@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.admission import Admission, Ceilings, ImageAllowlist
 from farm.errors import SpecError
@@ -119,6 +119,10 @@ class ControllerConfig(BaseModel):
     fetch_deadline_seconds: int = Field(900, ge=60)
     #: Added to a build's timeout for scheduling and collection.
     collect_grace_seconds: int = Field(300, ge=30)
+    #: How long the collector keeps retrying a controller that is unreachable or not
+    #: serving (a restart, a rollout, a takeover) before the collect fails: at most
+    #: ``collect_grace_seconds``, the time a build that used its whole timeout has left.
+    collect_retry_seconds: int = Field(240, ge=10)
     #: Backstop only: the controller deletes Jobs itself as soon as it has recorded them.
     ttl_seconds_after_finished: int = Field(3600, ge=60)
     #: How long the controller waits, after the build container ended, for the node
@@ -148,6 +152,16 @@ class ControllerConfig(BaseModel):
             if not names.GIT_HOST.fullmatch(host):
                 raise ValueError(f"git host {host!r}: give a host name, e.g. github.com")
         return [h.lower() for h in value]
+
+    @model_validator(mode="after")
+    def _retry_within_grace(self) -> ControllerConfig:
+        if self.collect_retry_seconds > self.collect_grace_seconds:
+            raise ValueError(
+                f"collect_retry_seconds ({self.collect_retry_seconds}) is more than "
+                f"collect_grace_seconds ({self.collect_grace_seconds}): the Job's deadline "
+                "would end the collector first; lower it or raise collect_grace_seconds"
+            )
+        return self
 
     def registry_for(self, name: str | None) -> ClusterRegistry:
         """The registry a Build's ``spec.registry`` names (None: the first). Raises

@@ -531,6 +531,7 @@ def _collector_container(
         "FARM_TOKEN_FILE": f"{TOKEN_DIR}/token",
         "FARM_OUTPUTS": ",".join(spec.outputs or []),
         "FARM_LIMITS": spec.limits.model_dump_json(),
+        "FARM_COLLECT_DEADLINE": str(config.collect_retry_seconds),
         "HOME": "/tmp",
     }
     return {

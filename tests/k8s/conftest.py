@@ -49,10 +49,15 @@ class Cluster:
     monitors: list[tuple[threading.Event, threading.Thread]] = field(default_factory=list)
 
     def controller(
-        self, identity: str, config: ControllerConfig | None = None, **kwargs: object
+        self,
+        identity: str,
+        config: ControllerConfig | None = None,
+        home: str | None = None,
+        **kwargs: object,
     ) -> Controller:
-        """Start a controller candidate (with its own store and artifact endpoint)."""
-        store = Store(self.tmp / f"home-{identity}")
+        """Start a controller candidate (with its own store and artifact endpoint, or
+        the store of controller ``home``: the same volume, after a restart)."""
+        store = Store(self.tmp / f"home-{home or identity}")
         ctl = Controller(
             self.kube,
             config or ControllerConfig(),

@@ -173,13 +173,15 @@ def run_collector(
     run: int = 0,
     rerouted: str | None = None,
     token: bytes | None = None,
+    deadline: float | None = None,
 ) -> int:
     """Run farm's collector as run ``run``'s collector container would, against
-    ``root``: with the upload URL, key and token Secret its Job gives it. The URL must
-    be an IP literal (the collect policy allows no DNS). ``rerouted`` replaces its
-    address after a failover: a real Service keeps its ClusterIP and routes to the new
-    leader, while each test controller has its own port. ``token`` replaces the one in
-    the Job's Secret (an attacker's guess or plant)."""
+        ``root``: with the upload URL, key and token Secret its Job gives it. The URL must
+        be an IP literal (the collect policy allows no DNS). ``rerouted`` replaces its
+        address after a failover: a real Service keeps its ClusterIP and routes to the new
+        leader, while each test controller has its own port. ``token`` replaces the one in
+        the Job's Secret (an attacker's guess or plant); ``deadline`` the Job's collect
+    deadline (a refused token is retried until it passes)."""
     pod = job(api, ns, build, names.run_role("build", run))["spec"]["template"]["spec"]
     given = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     [secret_name] = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
@@ -193,8 +195,9 @@ def run_collector(
         "FARM_BUILD": given["FARM_BUILD"],
         "FARM_TOKEN_FILE": str(token_file),
         "FARM_OUTPUTS": given["FARM_OUTPUTS"],
+        "FARM_COLLECT_DEADLINE": str(deadline or given.get("FARM_COLLECT_DEADLINE") or 60),
     }
-    return collector.run(env, root=root, attempts=1)
+    return collector.run(env, root=root)
 
 
 def sandbox_tree(root: Path, files: dict[str, bytes]) -> Path:

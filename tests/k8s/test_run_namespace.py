@@ -119,7 +119,9 @@ def test_a_planted_secret_and_volume_in_the_tenant_namespace_are_never_used(
     build_pod(cluster.api, RUN_NS, build_job, exit_code=0)
     cluster.wait_phase("planted", "Collecting")
     root = sandbox_tree(tmp_path / "pod", {"app": b"the tenant's binary"})
-    assert run_collector(cluster.api, RUN_NS, build, root, token=b"the-tenants-token") != 0
+    assert (
+        run_collector(cluster.api, RUN_NS, build, root, token=b"the-tenants-token", deadline=1) != 0
+    )
     assert cluster.api.get("builds", NS, "planted")["status"]["phase"] == "Collecting"
     root = sandbox_tree(tmp_path / "real", {"app": b"built"})
     assert run_collector(cluster.api, RUN_NS, build, root) == 0
