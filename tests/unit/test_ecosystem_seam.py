@@ -158,3 +158,14 @@ def test_neutral_modules_do_not_name_cargo(module: str) -> None:
     assert cargo == [], f"{module} imports {cargo}: ask farm.ecosystems instead"
     assert "Cargo.toml" not in text, f"{module} names Cargo.toml: ask the detected ecosystem"
     assert "farm.cargo" not in _imports(ast.parse(text))
+
+
+def test_the_cluster_collector_takes_default_outputs_from_the_ecosystem(tmp_path: Path) -> None:
+    from farm.k8s import collector
+
+    (tmp_path / "Toyfile").write_text("all: robot\n")
+    assert collector.outputs("", tmp_path) == []
+    assert collector.outputs("a,b", tmp_path) == ["a", "b"]
+    with ecosystems.registered(Toy):
+        assert collector.outputs("", tmp_path) == ["toys/**"]
+        assert ecosystems.default().default_argv()[0] == "cargo"  # a Build without argv
