@@ -85,8 +85,8 @@ class Interrupted(BaseException):
 
 def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
     """Fill the source's ecosystem's defaults (farm.ecosystems) for ``argv`` and
-    ``outputs``, and SOURCE_DATE_EPOCH from the
-    source's last git commit (read by farm.epoch, which runs no program). ``within``:
+    ``outputs``, and SOURCE_DATE_EPOCH from the source's last git commit (read by
+    farm.epoch, which runs no program). ``within``:
     the directory the source was checked to lie beneath (``farm serve``): the source
     and its manifests are opened beneath it following no symlink, and the git
     repository is not looked for above it. Raises SpecError if it cannot."""
@@ -101,9 +101,9 @@ def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
         updates["argv"] = ecosystem.default_argv()
     if spec.outputs is None:
         outputs = ecosystem.default_outputs(spec.source, within) if ecosystem else ["out/**"]
-        if not outputs:
-            name = ecosystem.name if ecosystem else "?"
-            raise SpecError([f"outputs: the {name} project has no binary; declare outputs"])
+        if not outputs and ecosystem is not None:
+            what = f"the {ecosystem.name} project has no binary"
+            raise SpecError([f"outputs: {what}; declare outputs"])
         updates["outputs"] = outputs
     return spec.model_copy(update=updates)
 
