@@ -19,12 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from farm import cargo, sinkhole
+from farm import ecosystems, sinkhole
 from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
-from farm.ecosystems.cargo import toolchain
-from farm.ecosystems.cargo.hints import missing_crate_hint
 from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
@@ -34,7 +32,7 @@ from farm.fetch.resolve import resolve_lock
 from farm.honeytokens import KINDS as HONEY_KINDS
 from farm.honeytokens import Finder, Honeytokens, Marker, Redactor, found_in_file, plant
 from farm.logs import CappedLog
-from farm.observe.classify import iter_actions, lock_versions
+from farm.observe.classify import iter_actions
 from farm.observe.daemon import HostObserver
 from farm.observe.spool import TraceRecord
 from farm.observe.verdict import judge, tally
@@ -86,23 +84,27 @@ class Interrupted(BaseException):
 
 
 def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
-    """Fill cargo defaults for ``argv`` and ``outputs``, and SOURCE_DATE_EPOCH from the
-    source's last git commit (read by farm.epoch, which runs no program). ``within``:
+    """Fill the source's ecosystem's defaults (farm.ecosystems) for ``argv`` and
+    ``outputs``, and SOURCE_DATE_EPOCH from the source's last git commit (read by
+    farm.epoch, which runs no program). ``within``:
     the directory the source was checked to lie beneath (``farm serve``): the source
     and its manifests are opened beneath it following no symlink, and the git
     repository is not looked for above it. Raises SpecError if it cannot."""
     updates: dict[str, object] = {}
     if spec.source_date_epoch is None:
         updates["source_date_epoch"] = commit_epoch(spec.source, within)
-    is_cargo = cargo.is_cargo_project(spec.source, within)
+    ecosystem = ecosystems.detect(spec.source, within)
     if spec.argv is None:
-        if not is_cargo:
-            raise SpecError(["argv: required for a project without Cargo.toml; pass `-- CMD…`"])
-        updates["argv"] = cargo.DEFAULT_ARGV
+        if ecosystem is None:
+            needs = ecosystems.markers()
+            raise SpecError([f"argv: required for a project without {needs}; pass `-- CMD…`"])
+        updates["argv"] = ecosystem.default_argv()
     if spec.outputs is None:
-        updates["outputs"] = cargo.binary_outputs(spec.source, within) if is_cargo else ["out/**"]
-        if not updates["outputs"]:
-            raise SpecError(["outputs: the cargo project has no binary; declare outputs"])
+        outputs = ecosystem.default_outputs(spec.source, within) if ecosystem else ["out/**"]
+        if not outputs and ecosystem is not None:
+            what = f"the {ecosystem.name} project has no binary"
+            raise SpecError([f"outputs: {what}; declare outputs"])
+        updates["outputs"] = outputs
     return spec.model_copy(update=updates)
 
 
@@ -295,12 +297,16 @@ class Runner:
         return record
 
     def _toolchain_notes(self, spec: BuildSpec) -> list[str]:
-        """The project against the image's toolchain (farm.ecosystems.cargo.toolchain);
-        a backend that cannot read image labels skips the check."""
-        if not isinstance(self.backend, toolchain.ImageLabels):
+        """The project against the image's toolchain (its ecosystem's check); a backend
+        that cannot read image labels skips it. Raises SpecError for a source that
+        cannot be opened, before anything exists."""
+        if not isinstance(self.backend, ecosystems.ImageLabels):
+            return []
+        ecosystem = ecosystems.detect(spec.source, self.within(spec), strict=True)
+        if ecosystem is None:
             return []
         labels = self.backend.image_labels(spec.image)
-        return toolchain.check(spec.source, spec.image, labels, self.within(spec))
+        return ecosystem.check_toolchain(spec.source, spec.image, labels, self.within(spec))
 
     def _run(
         self,
@@ -461,8 +467,7 @@ class Runner:
             record.notes.append(str(exc))
         finally:
             if record.status is Status.FAILED and record.fetched is None and log is not None:
-                hint = missing_crate_hint(log.tail())
-                record.notes += [hint] if hint else []
+                record.notes += _failure_hints(log.tail())
             self._save_log(record, log)
             record.finished_at = datetime.now(UTC)
             record.duration_seconds = round(time.monotonic() - started, 3)
@@ -498,10 +503,9 @@ class Runner:
         wait: float | None,
     ) -> None:
         trace = observer.collect(record.container_id or "", wait)
-        # The snapshot's Cargo.lock is what was built, in a directory only farm writes;
-        # the user's tree may have changed since, and a symlink there is not followed.
-        lock = dirs.src / "Cargo.lock"
-        versions = {} if lock.is_symlink() else lock_versions(dirs.src)
+        # The snapshot's lockfile is what was built, in a directory only farm writes;
+        # the user's tree may have changed since (a link there is not followed).
+        versions = ecosystems.lock_versions(dirs.src)
         # A stream end to end: a spool of millions of events is never held in memory,
         # and every action is judged though the record lists a capped number.
         # The profile builder notes execs, opens and actions on the way (one read).
@@ -551,6 +555,16 @@ class Runner:
             record.status = Status.FAILED
             record.artifacts = []  # all or nothing: a partial result is not a result
             record.notes += [f"output {r.path} refused: {r.reason}" for r in record.refused]
+
+
+def _failure_hints(log_tail: list[str]) -> list[str]:
+    """The first ecosystem's word on why a build without a fetch phase failed (its
+    package manager's error in the log, whatever the argv that ran it)."""
+    for ecosystem in ecosystems.ecosystems():
+        hint = ecosystem.failure_hint(log_tail)
+        if hint:
+            return [hint]
+    return []
 
 
 def _refuse_tokens(record: BuildRecord, got: Collected, finder: Finder, store: Store) -> None:

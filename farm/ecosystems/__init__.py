@@ -1,18 +1,26 @@
 """Language ecosystems (cargo today; npm and pip later) behind one small protocol.
 
-Callers: ``farm.fetch.phase`` (which packages a source locks, how to vendor them) and, via
-the fetch result's mounts, ``farm.runner``. The sandbox, the policy and the runner never
-name an ecosystem: adding npm means one more module here that implements ``Ecosystem``.
+Callers: ``farm.fetch.phase`` (which packages a source locks, how to vendor them);
+``farm.runner`` and ``farm.k8s`` (a source's default argv and outputs, the image's
+toolchain check, the hint for a failed build: :func:`detect`, :func:`default`);
+``farm.observe.processes`` (who a process is: :func:`attributors`) and the runner's
+observation step (:func:`lock_versions`). The sandbox, the policy, the runner and the
+observer never name an ecosystem: adding npm means one more package here whose class
+implements ``Ecosystem``, listed in :func:`ecosystems` (or added with :func:`registered`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from farm.fetch.git import Checkout, GitSource
+    from farm.observe.processes import Attributor
 
 
 @dataclass(frozen=True)
@@ -40,11 +48,22 @@ class BuildMount:
     target: str
 
 
+@runtime_checkable
+class ImageLabels(Protocol):
+    """A backend that can read an image's labels (farm.backends.local), for an
+    ecosystem's toolchain check."""
+
+    def image_labels(self, image: str) -> dict[str, str] | None: ...
+
+
 class Ecosystem(Protocol):
-    """What the fetch phase needs to know about one package manager. Implementations run
-    no third-party code: they read lockfiles and unpack archives, nothing else."""
+    """What farm needs to know about one package manager. Implementations run no
+    third-party code: they read manifests and lockfiles and unpack archives, nothing else.
+    The tree is untrusted: every read goes beneath the source without following a link."""
 
     name: str
+    #: The file that makes a directory a project of this ecosystem (``Cargo.toml``).
+    marker: str
 
     def detect(self, source_fd: int) -> bool:
         """Whether the source (a directory descriptor) is a project of this ecosystem."""
@@ -65,9 +84,96 @@ class Ecosystem(Protocol):
         """Write whatever config points the build's package manager at ``dest``; return
         what the build sandbox must mount (read-only)."""
 
+    # -- the build phase: what farm fills in and checks before the sandbox exists --
+
+    def default_argv(self) -> list[str]:
+        """The build command of a project that names none (offline, locked)."""
+
+    def default_outputs(self, source: Path, within: Path | None) -> list[str]:
+        """Output globs of the project at ``source`` (opened beneath ``within``).
+        Raises SpecError when its manifests cannot be read."""
+
+    def check_toolchain(
+        self, source: Path, image: str, labels: dict[str, str] | None, within: Path | None
+    ) -> list[str]:
+        """Notes for the record; raises SpecError for a project the image's toolchain
+        (its ``labels``; None: unknown) cannot build."""
+
+    def failure_hint(self, log_tail: list[str]) -> str | None:
+        """The fix for a failed build without a fetch phase, read from its log's tail
+        (the build's own output: only ever worded as a hint)."""
+
+    # -- the observer: who a process of the build is --
+
+    def lock_versions(self, source: Path) -> dict[str, str]:
+        """Package name -> version from the lockfile in ``source`` (farm's snapshot),
+        where the name is unambiguous; {} without a usable one."""
+
+    def attributor(self, versions: dict[str, str]) -> Attributor:
+        """The rules that name the package a process of the build works for
+        (``farm.observe.processes.Attributor``); ``versions`` from lock_versions."""
+
+
+#: Ecosystems added by :func:`registered` (tried after farm's own).
+_REGISTERED: list[Callable[[], Ecosystem]] = []
+
 
 def ecosystems() -> list[Ecosystem]:
-    """Every ecosystem farm knows, in the order they are tried."""
+    """Every ecosystem farm knows, in the order they are tried (new instances: an
+    ecosystem may keep what one fetch read)."""
     from farm.ecosystems.cargo.vendor import Cargo
 
-    return [Cargo()]
+    return [Cargo(), *(make() for make in list(_REGISTERED))]
+
+
+@contextmanager
+def registered(make: Callable[[], Ecosystem]) -> Iterator[None]:
+    """While the block runs, ``make()``'s ecosystem is known too (after farm's own)."""
+    _REGISTERED.append(make)
+    try:
+        yield
+    finally:
+        _REGISTERED.remove(make)
+
+
+def default() -> Ecosystem:
+    """The ecosystem of a source farm cannot look at: a cluster Build's tree is cloned
+    inside its pod, so the controller fills a missing argv from this one."""
+    return ecosystems()[0]
+
+
+def detect(source: Path, within: Path | None = None, *, strict: bool = False) -> Ecosystem | None:
+    """The first ecosystem whose project ``source`` is (opened beneath ``within``,
+    following no link); None for none. A source that cannot be opened is None too, or
+    with ``strict`` a SpecError saying so."""
+    from farm.confine import Outside, open_dir
+    from farm.errors import SpecError
+
+    try:
+        fd = open_dir(source, within)
+    except (Outside, OSError) as exc:
+        if strict:
+            raise SpecError([f"source: cannot open {source}: {exc}"]) from None
+        return None
+    try:
+        return next((e for e in ecosystems() if e.detect(fd)), None)
+    finally:
+        os.close(fd)
+
+
+def markers() -> str:
+    """``Cargo.toml`` (or ``Cargo.toml or package.json``), for a message."""
+    return " or ".join(e.marker for e in ecosystems())
+
+
+def lock_versions(source: Path) -> dict[str, str]:
+    """Every ecosystem's :meth:`Ecosystem.lock_versions` of ``source``, merged."""
+    versions: dict[str, str] = {}
+    for ecosystem in ecosystems():
+        versions.update(ecosystem.lock_versions(source))
+    return versions
+
+
+def attributors(versions: dict[str, str]) -> list[Attributor]:
+    """Each ecosystem's attribution rules, in order (farm.observe.processes)."""
+    return [e.attributor(versions) for e in ecosystems()]

@@ -3,7 +3,7 @@ uploads the declared outputs to the controller (``python -m farm.k8s.collector``
 
 Callers: the build Job's ``collector`` container (``farm.k8s.objects``). It applies the
 same rules as a local build (``farm.collect``: lstat, O_NOFOLLOW, fstat re-check, caps,
-no links or FIFOs) and the same default outputs (``farm.cargo``), but instead of a
+no links or FIFOs) and the same default outputs (``farm.ecosystems``), but instead of a
 local store its ``put_stream`` uploads each file to ``farm.k8s.artifacts``. Its token
 comes from a Secret mounted only into this container; the build container never sees
 it. Exit status: 0 uploaded, 1 refused by the controller, 4 unreachable. A controller
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from farm import cargo, policy
+from farm import ecosystems, policy
 from farm.collect import collect, open_no_follow
 from farm.errors import FarmError
 from farm.records import Artifact
@@ -182,11 +182,11 @@ def _seconds(value: str | None) -> float | None:
 
 
 def outputs(declared: str, source: Path) -> list[str]:
-    """The Build's output globs, else the cargo project's binaries (as locally)."""
+    """The Build's output globs, else its ecosystem's defaults (as locally: a cargo
+    project's binaries)."""
     globs = [g for g in declared.split(",") if g]
-    if not globs and cargo.is_cargo_project(source):
-        globs = cargo.binary_outputs(source)
-    return globs
+    ecosystem = None if globs else ecosystems.detect(source)
+    return ecosystem.default_outputs(source, None) if ecosystem else globs
 
 
 #: A Cargo.lock past this is not listed (real ones are far smaller).

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm import cargo, policy
+from farm import ecosystems, policy
 from farm.errors import InfrastructureError
 from farm.k8s import names
 from farm.k8s.config import ClusterRegistry, ControllerConfig
@@ -116,9 +116,11 @@ class BuildRef:
 
 def sandbox_spec(ref: BuildRef, spec: ClusterBuildSpec) -> SandboxSpec:
     """The same policy as a local build (``farm.policy.sandbox_for``). A Build without
-    ``argv`` gets cargo's default; the cluster has no host dirs, so the BuildDirs are
-    placeholders that ``build_job`` maps by sandbox path."""
-    filled = spec.model_copy(update={"argv": spec.argv or list(cargo.DEFAULT_ARGV)})
+    ``argv`` gets the default ecosystem's (its tree is cloned in the pod, where the
+    controller cannot look; farm.ecosystems.default); the cluster has no host dirs, so
+    the BuildDirs are placeholders that ``build_job`` maps by sandbox path."""
+    argv = spec.argv or ecosystems.default().default_argv()
+    filled = spec.model_copy(update={"argv": argv})
     root = Path("/nonexistent")
     build_id = names.object_name(ref.name, ref.uid, "build")
     return policy.sandbox_for(filled, build_id, policy.BuildDirs(root), Settings(home=root))

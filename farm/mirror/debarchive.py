@@ -1,7 +1,9 @@
 """Debian's archive, read the way apt reads it: every byte traced to the archive's signature.
 
 Callers: ``farm.mirror.debian_binary`` (librust-*-dev closures) and the realworld corpus
-(tests/realworld), which takes program sources from the source pool.
+(tests/realworld), which takes program sources from the source pool. Signatures, pins,
+xz and paragraphs are ``farm.mirror.debindex``'s (shared with ``farm.mirror.debian``);
+this module adds the path-keyed cache and the index of a suite by kind.
 
 Trust chain: ``dists/<suite>/InRelease`` is checked with ``gpgv`` against Debian's archive
 keyring, and only the text gpgv reports as signed is parsed. Its SHA256 list pins
@@ -14,21 +16,20 @@ the cached bytes again, so a changed cache file is a refusal, never an input.
 
 from __future__ import annotations
 
-import hashlib
-import lzma
 import os
 import re
-import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from farm.errors import MirrorError, MirrorSourceError
+from farm.mirror import debindex
+from farm.mirror.debindex import KEYRING, Pinned, parse_stanzas
 
 DEFAULT_ARCHIVE = "http://deb.debian.org/debian"
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 #: A suite, a component path and a pool path: no way out of the archive's tree.
 SUITE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 POOL_PATH = re.compile(r"pool/[A-Za-z0-9][A-Za-z0-9+._~/-]{1,300}")
@@ -48,36 +49,6 @@ class DebianLookupError(MirrorError):
     """A program, package or suite the caller named is not in the archive's indexes."""
 
 
-@dataclass(frozen=True)
-class Pinned:
-    """A file the signed indexes pin: its path under the archive root, size and sha256."""
-
-    path: str
-    size: int
-    sha256: str
-
-
-def parse_stanzas(text: str) -> list[dict[str, str]]:
-    """Debian control stanzas (deb822) as dicts; continuation lines joined with newlines."""
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    key = ""
-    for line in text.splitlines():
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, key = {}, ""
-        elif line[0] in " \t":
-            if key:
-                current[key] += "\n" + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            current[key] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
-
-
 class DebianArchive:
     """One archive URL, a cache directory, and the keyring that anchors trust."""
 
@@ -94,16 +65,9 @@ class DebianArchive:
         if not SUITE.fullmatch(suite):
             raise DebianLookupError(f"{suite!r} is not a Debian suite name like bookworm or trixie")
         raw = self._cached(f"dists/{suite}/InRelease", MAX_RELEASE)
-        signed = self._gpgv(raw, suite)
-        fields = parse_stanzas(signed)[0] if signed.strip() else {}
-        pinned: dict[str, Pinned] = {}
-        for line in fields.get("SHA256", "").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1].isdigit():
-                pinned[parts[2]] = Pinned(f"dists/{suite}/{parts[2]}", int(parts[1]), parts[0])
-        if not pinned:
-            raise DebianArchiveError(f"{suite}: InRelease lists no SHA256 files")
-        return pinned
+        with _translated():
+            signed = debindex.verify_inrelease(raw, self.keyring, suite)
+            return debindex.release_pins(signed, suite, suite)
 
     def index(self, suite: str, kind: str) -> list[dict[str, str]]:
         """``Packages`` (binary-amd64) or ``Sources`` of main, verified against InRelease."""
@@ -134,15 +98,11 @@ class DebianArchive:
         if pin.size > MAX_POOL_FILE:
             raise DebianArchiveError(f"{pin.path}: {pin.size} bytes is above {MAX_POOL_FILE}")
         data = self._cached(pin.path, pin.size, must_exist=False)
-        if _matches(data, pin):
+        if debindex.matches(data, pin):
             return data
         data = self._download(pin.path, pin.size)
-        if not _matches(data, pin):
-            got = hashlib.sha256(data).hexdigest()
-            raise DebianArchiveError(
-                f"{pin.path}: sha256 {got[:12]}… size {len(data)} does not match the signed "
-                f"index ({pin.sha256[:12]}… size {pin.size}); refusing it"
-            )
+        with _translated():
+            debindex.check(data, pin, pin.path, "the signed index")
         self._store(pin.path, data)
         return data
 
@@ -179,51 +139,16 @@ class DebianArchive:
             out.write(data)
         os.replace(tmp, file)
 
-    def _gpgv(self, raw: bytes, suite: str) -> str:
-        """The signed text of an InRelease; DebianArchiveError unless a keyring key made it."""
-        with tempfile.TemporaryDirectory(prefix="farm-gpgv-") as tmp:
-            src, out = Path(tmp) / "InRelease", Path(tmp) / "signed"
-            src.write_bytes(raw)
-            proc = subprocess.run(
-                [
-                    "gpgv",
-                    "--keyring",
-                    str(self.keyring),
-                    "--status-fd",
-                    "1",
-                    "--output",
-                    str(out),
-                    str(src),
-                ],
-                capture_output=True,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "LC_ALL": "C"},
-                timeout=TIMEOUT,
-                check=False,
-            )
-            good = any(
-                line.startswith("[GNUPG:] VALIDSIG ") for line in proc.stdout.decode().splitlines()
-            )
-            if proc.returncode != 0 or not good or not out.is_file():
-                why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [
-                    "no valid signature"
-                ]
-                raise DebianArchiveError(
-                    f"{suite}: InRelease is not signed by a key in {self.keyring}: {why[0]}; "
-                    "refusing it"
-                )
-            return out.read_text("utf-8", "replace")
 
-
-def _matches(data: bytes, pin: Pinned) -> bool:
-    return len(data) == pin.size and hashlib.sha256(data).hexdigest() == pin.sha256
+@contextmanager
+def _translated() -> Iterator[None]:
+    """debindex's refusals as this tier's DebianArchiveError (exit 4, as before)."""
+    try:
+        yield
+    except (debindex.SignatureError, debindex.PinError) as exc:
+        raise DebianArchiveError(str(exc)) from None
 
 
 def _unxz(data: bytes, cap: int, what: str) -> bytes:
-    dec = lzma.LZMADecompressor()
-    try:
-        out = dec.decompress(data, max_length=cap + 1)
-    except lzma.LZMAError as exc:
-        raise DebianArchiveError(f"{what}: not valid xz: {exc}") from None
-    if len(out) > cap:
-        raise DebianArchiveError(f"{what}: unpacks to more than {cap} bytes")
-    return out
+    with _translated():
+        return debindex.unxz(data, cap, what)

@@ -1,7 +1,9 @@
 """Debian's source archive, read through its signature: find a Rust crate's orig tarball.
 
 Callers: ``farm.mirror.fill`` (``farm mirror add --debian``) and the real-crate test
-fixtures. Trust flows from Debian's archive key only:
+fixtures. Signatures, pins and paragraphs are ``farm.mirror.debindex``'s (shared with
+``farm.mirror.debarchive``); this module fetches with ``farm.mirror.download`` and finds
+one package's stanzas fast. Trust flows from Debian's archive key only:
 
 1. ``dists/<suite>/InRelease`` is verified with ``gpgv`` against the archive keyring
    (``/usr/share/keyrings/debian-archive-keyring.gpg``), and only the text gpgv
@@ -19,19 +21,17 @@ repacks (``+ds``/``+dfsg`` versions, or an ``.orig.tar.xz``), which are skipped.
 from __future__ import annotations
 
 import hashlib
-import lzma
 import re
-import subprocess
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from farm.errors import MirrorError, MirrorSourceError
+from farm.mirror import debindex
+from farm.mirror.debindex import KEYRING, verify_inrelease
 from farm.mirror.download import http_get
 
 DEFAULT_ARCHIVE = "http://deb.debian.org/debian"
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_SUITE = "bookworm"
 MAX_INRELEASE = 16 << 20
 MAX_SOURCES_XZ = 128 << 20
@@ -139,14 +139,8 @@ class DebianArchive:
         data = http_get(f"{self.url}/{package.directory}/{file.name}", MAX_ORIG)
         if data is None:
             return None
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != file.size or digest != file.sha256:
-            raise MirrorError(
-                f"{file.name}: sha256 {digest} ({len(data)} bytes) does not match Debian's "
-                f"Sources ({file.sha256}, {file.size} bytes); refusing a tampered or "
-                "damaged download"
-            )
-        return data
+        pin = debindex.Pinned(f"{package.directory}/{file.name}", file.size, file.sha256)
+        return debindex.check(data, pin, file.name, "Debian's Sources")
 
     def sources_text(self, suite: str) -> bytes:
         """The suite's main/source/Sources, verified; memoized per suite."""
@@ -155,7 +149,7 @@ class DebianArchive:
                 raise MirrorError(f"suite {suite!r}: use a Debian codename like bookworm")
             sha, size = self._signed_sources_entry(suite)
             xz = self._sources_xz(suite, sha, size)
-            self._sources[suite] = _unxz(xz, suite)
+            self._sources[suite] = debindex.unxz(xz, MAX_SOURCES, f"{suite} Sources.xz")
         return self._sources[suite]
 
     def _signed_sources_entry(self, suite: str) -> tuple[str, int]:
@@ -163,21 +157,14 @@ class DebianArchive:
         data = http_get(url, MAX_INRELEASE)
         if data is None:
             raise MirrorSourceError(f"{url}: not found; is {suite!r} a suite of this archive?")
-        text = verify_inrelease(data, self.keyring, url)
-        fields = _fields(text)
-        if suite not in (fields.get("Codename"), fields.get("Suite")):
-            raise MirrorError(
-                f"{url}: signed for suite {fields.get('Suite')!r} "
-                f"({fields.get('Codename')!r}), not {suite!r}; refusing"
-            )
-        for line in fields.get("SHA256", "").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == SOURCES_PATH and parts[1].isdigit():
-                return parts[0], int(parts[1])
-        raise MirrorSourceError(f"{url} lists no {SOURCES_PATH}")
+        pin = debindex.release_pins(verify_inrelease(data, self.keyring, url), suite, url)
+        if SOURCES_PATH not in pin:
+            raise MirrorSourceError(f"{url} lists no {SOURCES_PATH}")
+        return pin[SOURCES_PATH].sha256, pin[SOURCES_PATH].size
 
     def _sources_xz(self, suite: str, sha: str, size: int) -> bytes:
         cached = self.cache_dir / f"Sources-{sha}.xz" if self.cache_dir else None
+        pin = debindex.Pinned(f"dists/{suite}/{SOURCES_PATH}", size, sha)
         if cached is not None and cached.is_file():
             data = cached.read_bytes()
             if hashlib.sha256(data).hexdigest() == sha:
@@ -186,75 +173,13 @@ class DebianArchive:
         data = http_get(url, MAX_SOURCES_XZ) if size <= MAX_SOURCES_XZ else None
         if data is None:
             raise MirrorSourceError(f"{url}: missing or over {MAX_SOURCES_XZ} bytes")
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha or len(data) != size:
-            raise MirrorError(
-                f"{url}: sha256 {digest} ({len(data)} bytes) does not match the signed "
-                f"InRelease ({sha}, {size} bytes); refusing"
-            )
+        debindex.check(data, pin, url, "the signed InRelease")
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.replace(cached)
         return data
-
-
-def verify_inrelease(data: bytes, keyring: Path, what: str) -> str:
-    """The text of a clearsigned InRelease that gpgv verified against ``keyring``; what
-    lies outside the signed part is never read. Raises MirrorError if no signature of a
-    key in the keyring is valid."""
-    if not keyring.is_file():
-        raise MirrorSourceError(
-            f"{keyring} is missing; install debian-archive-keyring to check Debian's signatures"
-        )
-    with tempfile.TemporaryDirectory(prefix="farm-gpgv-") as home:
-        out = Path(home) / "signed"
-        try:
-            proc = subprocess.run(
-                [
-                    "gpgv",
-                    "--homedir",
-                    home,
-                    "--keyring",
-                    str(keyring.resolve()),
-                    "--status-fd",
-                    "1",
-                    "--output",
-                    str(out),
-                    "-",
-                ],
-                input=data,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise MirrorSourceError("gpgv is missing; install gpgv (Debian package gpgv)") from None
-        except subprocess.TimeoutExpired:
-            raise MirrorSourceError(f"{what}: gpgv did not finish in 120 s") from None
-        status = proc.stdout.decode("utf-8", "replace")
-        if proc.returncode != 0 or "[GNUPG:] VALIDSIG" not in status or not out.is_file():
-            detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            raise MirrorError(
-                f"{what}: no valid signature by Debian's archive key ({detail[0]}); refusing"
-            )
-        return out.read_text("utf-8")
-
-
-def _fields(text: str) -> dict[str, str]:
-    """An RFC 822 stanza: field -> value, continuation lines joined with newlines."""
-    fields: dict[str, str] = {}
-    key = None
-    for line in text.splitlines():
-        if line[:1] in (" ", "\t") and key is not None:
-            fields[key] += "\n" + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-        elif not line.strip():
-            key = None
-    return fields
 
 
 def _stanzas(text: bytes, package: str) -> list[SourcePackage]:
@@ -267,7 +192,7 @@ def _stanzas(text: bytes, package: str) -> list[SourcePackage]:
     while pos >= 0:
         end = data.find(b"\n\n", pos + 1)
         stanza = data[pos + 1 : end if end >= 0 else len(data)].decode("utf-8", "replace")
-        out.append(_source_package(package, _fields(stanza)))
+        out.append(_source_package(package, debindex.paragraph(stanza)))
         pos = data.find(needle, pos + 1)
     return out
 
@@ -287,14 +212,3 @@ def _source_package(package: str, stanza: dict[str, str]) -> SourcePackage:
         ):
             files.append(SourceFile(name=parts[2], size=int(parts[1]), sha256=parts[0]))
     return SourcePackage(package=package, version=version, directory=directory, files=files)
-
-
-def _unxz(data: bytes, suite: str) -> bytes:
-    decompressor = lzma.LZMADecompressor()
-    try:
-        text = decompressor.decompress(data, MAX_SOURCES)
-    except lzma.LZMAError as exc:
-        raise MirrorError(f"{suite} Sources.xz does not decompress: {exc}") from None
-    if not decompressor.eof:
-        raise MirrorError(f"{suite} Sources is over {MAX_SOURCES} bytes uncompressed")
-    return text

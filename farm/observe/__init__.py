@@ -7,7 +7,8 @@ Layers, lowest first: ``wire`` (protobuf and datagram bytes), ``points`` (messag
 schemas and the points farm enables), ``events`` (typed events), ``sink`` (the socket
 server), ``lifecycle`` (which container a datagram is for, when it is over), ``spool``
 (one file of raw datagrams per container), ``daemon`` (the host daemon
-and the runner's observer), ``processes`` (process tree and cargo attribution),
+and the runner's observer), ``processes`` (process tree; who a step is comes from
+its ecosystem's ``Attributor``, farm.ecosystems),
 ``classify`` (BlockedAction), ``verdict`` (allow rules, enforce). See docs/observer.md.
 """
 

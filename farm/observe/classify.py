@@ -1,5 +1,6 @@
 """Turn gVisor's trace events into typed ``BlockedAction`` records, each attributed to
-the process, and for cargo the package, that tried it.
+the process, and (through its ecosystem's rules, farm.observe.processes) the package,
+that tried it.
 
 Callers: ``farm.runner`` after an observed build; ``farm.report`` and the CLI print the
 records. Only what gVisor saw is used, never the build's own output, which the
@@ -21,14 +22,11 @@ import errno as errnos
 import ipaddress
 import posixpath
 import re
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm import tomlread
 from farm.observe.events import TraceEvent, in_time_order
 from farm.observe.paths import Where, canonical
 from farm.observe.points import RAW_FS_SYSCALLS, SockAddr
@@ -159,18 +157,6 @@ class BlockedAction(BaseModel):
 
     def line(self) -> str:
         return f"{self.who()}: {self.what()}"
-
-
-def lock_versions(source: Path) -> dict[str, str]:
-    """Package name -> version from Cargo.lock, where the name is unambiguous."""
-    try:
-        packages = tomlread.loads((source / "Cargo.lock").read_text()).get("package", [])
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-    seen: dict[str, list[str]] = {}
-    for p in packages:
-        seen.setdefault(p.get("name", ""), []).append(p.get("version", ""))
-    return {name: versions[0] for name, versions in seen.items() if len(versions) == 1}
 
 
 @dataclass(frozen=True)

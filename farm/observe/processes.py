@@ -1,56 +1,52 @@
-"""The sandbox's process tree as gVisor recorded it, and which cargo step each process
+"""The sandbox's process tree as gVisor recorded it, and which build step each process
 belongs to.
 
-Callers: ``farm.observe.classify`` feeds every event through :meth:`ProcessTable.track`
-in time order and asks :meth:`ProcessTable.attribute` who made an action. Everything
-comes from gVisor's ``clone``/``exec``/``task_exit``/``open`` events, never from the
-build's output.
+Callers: ``farm.observe.classify`` and ``farm.profiles.derive`` feed every event through
+:meth:`ProcessTable.track` in time order and ask :meth:`ProcessTable.attribute` who made
+an action. Everything comes from gVisor's ``clone``/``exec``/``task_exit``/``open``
+events, never from the build's output.
+
+This module knows processes only: pids, clones, execs, exits. Who a process works for is
+an ecosystem's ``Attributor`` (farm.ecosystems; cargo's rules are in
+``farm.ecosystems.cargo.attribution``), which the table asks without naming it:
+
+- A *step* is the outermost process cloned by a *driver* (an executable an attributor
+  claims: cargo). Whatever a step starts (another driver, a process with a forged
+  environment) is that step's doing.
+- The attributor notes what it needs at each process's first exec (the one its parent
+  made) and at each successful open, and names the step's package from those facts.
 
 Attribution rule (docs/observer.md, "Attribution"): only facts the build cannot
 forge name a package.
-
-- A *step* is a process cloned by the build's outermost cargo. Whatever a step starts
-  (another cargo, a rustc with a forged ``CARGO_PKG_NAME``) is that step's doing.
-- A build-script step is named by the executable cargo chose for it,
-  ``target/<profile>/build/<pkg>-<hash>/build-script-build``; a rustc step by the
-  environment cargo gave it (the process's own first exec, made by cargo).
-- Proc-macro libraries: only a rustc *step* that compiled a proc macro records which
-  package the library it writes (``--out-dir``/``lib<crate><extra>.so``) belongs to.
-  A rustc step has *loaded* a macro when it opens one of the libraries (a ``.so``: an
-  ``.rlib`` is data, not code) cargo named in
-  its own ``--extern`` arguments, the first time; from then on its actions are the
-  macro's, compiling the step's package. A library opened by any other path (a fake
-  ``libserde_derive-….so``) names nobody. Code of any loaded macro may be running,
-  so every macro loaded so far is a *suspect* (allow rules must match them all).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from farm.observe.events import TraceEvent
-from farm.observe.paths import lexical
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: A build controls its processes' argv and cwd; in an action they are evidence, never
 #: matched by allow rules, so a process and an action keep this much of them
 #: (farm.observe.verdict caps how many actions a record lists).
 ARGV_ITEMS, ARGV_CHARS = 32, 256
 
-BUILD_SCRIPT = re.compile(r"/build/(?P<pkg>[^/]+)-(?P<hash>[0-9a-f]{16})/build-script-build$")
-
 
 @dataclass(frozen=True)
 class Attribution:
-    """Who made an action: the cargo package and its role, when a step is known."""
+    """Who made an action: the package and its role, when a step is known."""
 
     package: str | None = None
     version: str | None = None
-    #: "build script", "proc macro", "rustc" or "other".
+    #: "build script", "proc macro", "rustc" or "other" (an ecosystem's role names).
     role: str = "other"
-    #: For rustc and proc macros: the package rustc was compiling.
+    #: For compiler steps: the package being compiled.
     compiling: str | None = None
-    #: For proc macros: every macro package the rustc step had loaded by then.
+    #: Every package whose code may have made the call (cargo: the proc macros loaded).
     suspects: tuple[str, ...] = ()
 
 
@@ -65,18 +61,33 @@ class Process:
     parent_exe: str = ""
     executable: str = ""
     argv: list[str] = field(default_factory=list)
-    #: CARGO_PKG_NAME / CARGO_PKG_VERSION / CARGO_CRATE_NAME of the first exec.
-    cargo_env: dict[str, str] | None = None
+    #: Whether the process has exec'd since its clone: only that first exec was made by
+    #: its parent (a driver), so only it names the step.
+    execed: bool = False
     first_exe: str = ""
     start_ns: int = 0
     exit_ns: int | None = None
-    #: (time, .so path) of each proc-macro library this rustc step loaded.
-    loaded: list[tuple[int, str]] = field(default_factory=list)
-    #: A rustc step's ``--extern`` libraries, as cargo passed them.
-    externs: dict[str, str] = field(default_factory=dict)
+    #: What each attributor noted about this process, by its name (its own types).
+    facts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
-_CARGO_VARS = ("CARGO_PKG_NAME=", "CARGO_PKG_VERSION=", "CARGO_CRATE_NAME=")
+class Attributor(Protocol):
+    """One ecosystem's rules for naming the package a process works for. Implementations
+    keep what they learn about a process in ``process.facts[name]``."""
+
+    name: str
+
+    def is_driver(self, executable: str) -> bool:
+        """Whether a process running ``executable`` starts this ecosystem's steps."""
+
+    def first_exec(self, proc: Process, fields: dict, table: ProcessTable) -> None:
+        """``proc``'s first exec (``fields``: gVisor's exec event, uncapped argv, env)."""
+
+    def opened(self, proc: Process, path: str, time_ns: int, table: ProcessTable) -> None:
+        """A successful open of ``path`` (as spelled) by ``proc``."""
+
+    def attribute(self, step: Process, time_ns: int) -> Attribution:
+        """Who ``step`` (a process this attributor's driver cloned) is at ``time_ns``."""
 
 
 def _basename(path: str) -> str:
@@ -84,17 +95,24 @@ def _basename(path: str) -> str:
 
 
 class ProcessTable:
-    def __init__(self, versions: dict[str, str] | None = None) -> None:
-        #: Fallback name -> version (Cargo.lock) for a proc macro whose build we missed.
+    def __init__(
+        self,
+        versions: dict[str, str] | None = None,
+        attributors: Sequence[Attributor] | None = None,
+    ) -> None:
+        #: Fallback name -> version (the lockfile's) for a package whose step we missed.
         self.versions = versions or {}
+        if attributors is None:
+            from farm.ecosystems import attributors as every
+
+            attributors = every(self.versions)
+        self.attributors = list(attributors)
         self.procs: dict[int, Process] = {}
         #: Exit time of the container's first process (the build command).
         self.root_exit_ns: int | None = None
         #: Its wait status: a signal (the deadline's or a cancel's SIGKILL) means the
         #: build was cut short, so what was still running is not persistence.
         self.root_exit_status = 0
-        #: Library path -> (package, version) for proc macros a cargo-started rustc built.
-        self._macros: dict[str, tuple[str, str]] = {}
 
     def get(self, tgid: int) -> Process:
         return self.procs.setdefault(tgid, Process(tgid))
@@ -127,84 +145,39 @@ class ProcessTable:
                 self.root_exit_ns = ctx.time_ns
                 self.root_exit_status = int(f.get("exit_status", 0))
         elif event.kind == "open" and not event.errno:
-            self._open(self.get(ctx.thread_group_id), str(f.get("pathname", "")), ctx.time_ns)
+            proc, path = self.get(ctx.thread_group_id), str(f.get("pathname", ""))
+            for attributor in self.attributors:
+                attributor.opened(proc, path, ctx.time_ns, self)
 
     def _exec(self, proc: Process, f: dict) -> None:
         proc.executable, proc.argv = f.get("binary_path", ""), _capped(f.get("argv", []))
-        if proc.cargo_env is not None:
-            return  # only the exec cargo made names the step
-        env = f.get("env", [])
-        proc.cargo_env = dict(v.split("=", 1) for v in env if v.startswith(_CARGO_VARS))
-        proc.first_exe = proc.executable
-        if _basename(proc.executable) != "rustc" or self.step_of(proc.tgid) is not proc:
-            return  # not a rustc cargo started: its arguments and environment prove nothing
-        argv = f.get("argv", [])
-        proc.externs = _externs(argv)
-        if "proc-macro" in argv:
-            self._remember_macro(proc, argv)
+        if proc.execed:
+            return  # only the exec the driver made names the step
+        proc.execed, proc.first_exe = True, proc.executable
+        for attributor in self.attributors:
+            attributor.first_exec(proc, f, self)
 
-    def _remember_macro(self, proc: Process, argv: list[str]) -> None:
-        env = proc.cargo_env or {}
-        crate, out_dir = _flag(argv, "--crate-name"), _flag(argv, "--out-dir")
-        extra = next((a.split("=", 1)[1] for a in argv if a.startswith("extra-filename=")), "")
-        if crate and out_dir and env.get("CARGO_PKG_NAME"):
-            library = lexical(f"{out_dir}/lib{crate}{extra}.so")
-            self._macros[library] = (env["CARGO_PKG_NAME"], env.get("CARGO_PKG_VERSION", ""))
-
-    def _open(self, proc: Process, path: str, time_ns: int) -> None:
-        """A rustc step opening a library cargo passed it with --extern: a macro load."""
-        library = lexical(path)
-        # Only a dylib is loaded as code: the .rlib/.rmeta of an ordinary dependency
-        # (also an --extern) is data to rustc, and must not make its crate a suspect.
-        if not library.endswith(".so"):
-            return
-        if library not in proc.externs.values() or self.step_of(proc.tgid) is not proc:
-            return
-        if all(loaded != library for _, loaded in proc.loaded):
-            proc.loaded.append((time_ns, library))
+    def _driver(self, executable: str) -> Attributor | None:
+        return next((a for a in self.attributors if a.is_driver(executable)), None)
 
     def step_of(self, tgid: int) -> Process | None:
-        """The outermost process whose parent was cargo when it was cloned."""
+        """The outermost process whose parent was a driver when it was cloned."""
         chain: list[Process] = []
         proc: Process | None = self.procs.get(tgid)
         while proc is not None:  # parents are made before children: no cycle
             chain.append(proc)
             proc = proc.parent_proc
         for candidate in reversed(chain):  # from the root down
-            if _basename(candidate.parent_exe) == "cargo":
+            if self._driver(candidate.parent_exe) is not None:
                 return candidate
         return None
 
     def attribute(self, tgid: int, time_ns: int) -> Attribution:
         step = self.step_of(tgid)
-        if step is None:
+        attributor = self._driver(step.parent_exe) if step is not None else None
+        if step is None or attributor is None:
             return Attribution()
-        env = step.cargo_env or {}
-        if m := BUILD_SCRIPT.search(step.first_exe):
-            # The path cargo chose names the package; its environment only the version.
-            package = m.group("pkg")
-            version = self.versions.get(package) or env.get("CARGO_PKG_VERSION")
-            return Attribution(package, version, "build script")
-        package, version = env.get("CARGO_PKG_NAME"), env.get("CARGO_PKG_VERSION")
-        if _basename(step.first_exe) != "rustc":
-            return Attribution(package, version, "other")
-        loaded = [self._macro(step, path) for t, path in step.loaded if t <= time_ns]
-        if loaded:
-            macro, macro_version = loaded[-1]
-            suspects = tuple(sorted({name for name, _ in loaded}))
-            return Attribution(macro, macro_version, "proc macro", package, suspects)
-        return Attribution(package, version, "rustc", compiling=package)
-
-    def _macro(self, step: Process, library: str) -> tuple[str, str | None]:
-        """The package of a macro library: the cargo-started rustc that wrote it, or
-        (its compilation unseen) the name cargo gave it in the step's --extern."""
-        if library in self._macros:
-            return self._macros[library]
-        name = next(n for n, p in step.externs.items() if p == library)
-        for candidate in (name, name.replace("_", "-")):
-            if candidate in self.versions:
-                return candidate, self.versions[candidate]
-        return name.replace("_", "-"), None
+        return attributor.attribute(step, time_ns)
 
     def survivors(self) -> list[Process]:
         """Processes still alive when the build command exited, topmost only (a
@@ -222,26 +195,6 @@ class ProcessTable:
         return [self.procs[t] for t in sorted(alive) if self.procs[t].parent not in alive]
 
 
-def _externs(argv: list[str]) -> dict[str, str]:
-    """``--extern name=path`` arguments (cargo's, also ``--extern=name=path``)."""
-    externs = {}
-    for i, word in enumerate(argv):
-        value = argv[i + 1] if word == "--extern" and i + 1 < len(argv) else ""
-        value = word.removeprefix("--extern=") if word.startswith("--extern=") else value
-        name, _, path = value.partition("=")
-        if name and path:
-            externs[name] = lexical(path)
-    return externs
-
-
 def _capped(argv: list[str]) -> list[str]:
     # Kept as evidence only (attribution reads the exec's own arguments, once).
     return [arg[:ARGV_CHARS] for arg in argv[:ARGV_ITEMS]]
-
-
-def _flag(argv: list[str], name: str) -> str:
-    """The value after ``name`` (``--crate-name x``), else ""."""
-    for i, word in enumerate(argv[:-1]):
-        if word == name:
-            return argv[i + 1]
-    return ""

@@ -7,7 +7,8 @@ import socket
 import struct
 from pathlib import Path
 
-from farm.observe.classify import classify, iter_actions, lock_versions
+from farm.ecosystems.cargo.attribution import lock_versions
+from farm.observe.classify import classify, iter_actions
 from farm.observe.events import Context, TraceEvent
 
 SCRIPT = "/build/target/release/build/evil-0123456789abcdef/build-script-build"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import cargo
+from farm.ecosystems.cargo import defaults as cargo
 from farm.errors import InputError, SpecError
 from farm.logs import CappedLog
 from farm.policy import BuildDirs, sandbox_for

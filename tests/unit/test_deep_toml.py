@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from farm import cargo, tomlread
+from farm import tomlread
+from farm.ecosystems.cargo import defaults as cargo
 from farm.ecosystems.cargo.lockfile import read_lock
 from farm.errors import LockfileError, SpecError
 from farm.spec import load_spec_file

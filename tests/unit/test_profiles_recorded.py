@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from farm.observe.classify import iter_actions, lock_versions
+from farm.ecosystems import lock_versions
+from farm.observe.classify import iter_actions
 from farm.observe.events import TraceEvent
 from farm.profiles.derive import ProfileBuilder
 from farm.profiles.model import Profile

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import cargo
+from farm.ecosystems.cargo import defaults as cargo
 from farm.errors import SpecError
 
 

@@ -22,10 +22,10 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-from farm import cargo, tomlread
+from farm import tomlread
 from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
+from farm.ecosystems.cargo import defaults
 from farm.ecosystems.cargo.imagefacts import (
     EDITION_SINCE,
     LABELS,
@@ -55,13 +55,6 @@ _PINNED = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:-([a-z0-9_]+(?:-[a-z0-9_]+)+)
 NO_DOWNLOAD = (
     "farm does not download toolchains: build an image with it (docs/toolchains.md) or pass --image"
 )
-
-
-@runtime_checkable
-class ImageLabels(Protocol):
-    """A backend that can read an image's labels (farm.backends.local)."""
-
-    def image_labels(self, image: str) -> dict[str, str] | None: ...
 
 
 def check(
@@ -133,7 +126,7 @@ def _versions(facts: ImageFacts) -> str:
 
 
 def _manifest_problems(fd: int, facts: ImageFacts) -> list[str]:
-    found = cargo.manifests(fd)
+    found = defaults.manifests(fd)
     workspace = found[0][1].get("workspace", {}) if found else {}
     inherited = workspace.get("package", {}) if isinstance(workspace, dict) else {}
     problems = []

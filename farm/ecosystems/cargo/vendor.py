@@ -1,7 +1,11 @@
 """Cargo in the fetch phase: Cargo.lock's registry packages in, a vendor directory and a
-cargo config out.
+cargo config out. ``Cargo`` is also cargo's whole ``farm.ecosystems.Ecosystem``: its
+build-phase and observer methods hand over to ``defaults``, ``toolchain``, ``hints`` and
+``attribution`` beside this module (imported when first asked, so the fetch phase does
+not load the observer's rules and the other way round).
 
-Callers: ``farm.fetch.phase`` through ``farm.ecosystems.Ecosystem``. The result is a cargo
+Callers: ``farm.fetch.phase``, ``farm.runner``, ``farm.k8s`` and ``farm.observe`` through
+``farm.ecosystems``. The result is a cargo
 *directory source* (``vendor/{name}-{version}/`` with ``.cargo-checksum.json`` listing
 every file and the package's checksum), which any cargo reads, old or new, sparse-aware or
 not. The config replaces crates.io (and any other registry the lock names) with it; the
@@ -15,6 +19,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.confine import FILE_FLAGS, open_beneath
 from farm.ecosystems import BuildMount, Package
@@ -23,6 +28,9 @@ from farm.ecosystems.cargo.gitpackage import git_package_files
 from farm.ecosystems.cargo.lockfile import MAX_LOCK_BYTES, Lockfile, read_lock
 from farm.errors import LockfileError
 from farm.fetch.git import Checkout, GitSource
+
+if TYPE_CHECKING:
+    from farm.observe.processes import Attributor
 
 #: Where the build sandbox sees the vendored crates and their source replacement.
 VENDOR_DIR = "/vendor"
@@ -39,6 +47,7 @@ NO_LOCK = (
 
 class Cargo:
     name = "cargo"
+    marker = "Cargo.toml"
 
     def __init__(self) -> None:
         #: The lock ``packages`` read, for checks that depend on it (its version against
@@ -92,6 +101,38 @@ class Cargo:
         config.write_text(cargo_config(packages))
         config.chmod(0o644)
         return [BuildMount(dest / "vendor", VENDOR_DIR), BuildMount(config, CONFIG_TARGET)]
+
+    def default_argv(self) -> list[str]:
+        from farm.ecosystems.cargo.defaults import DEFAULT_ARGV
+
+        return list(DEFAULT_ARGV)
+
+    def default_outputs(self, source: Path, within: Path | None) -> list[str]:
+        from farm.ecosystems.cargo.defaults import binary_outputs
+
+        return binary_outputs(source, within)
+
+    def check_toolchain(
+        self, source: Path, image: str, labels: dict[str, str] | None, within: Path | None
+    ) -> list[str]:
+        from farm.ecosystems.cargo import toolchain
+
+        return toolchain.check(source, image, labels, within)
+
+    def failure_hint(self, log_tail: list[str]) -> str | None:
+        from farm.ecosystems.cargo.hints import missing_crate_hint
+
+        return missing_crate_hint(log_tail)
+
+    def lock_versions(self, source: Path) -> dict[str, str]:
+        from farm.ecosystems.cargo.attribution import lock_versions
+
+        return lock_versions(source)
+
+    def attributor(self, versions: dict[str, str]) -> Attributor:
+        from farm.ecosystems.cargo.attribution import CargoAttributor
+
+        return CargoAttributor(versions)
 
 
 def cargo_config(packages: list[Package]) -> str:

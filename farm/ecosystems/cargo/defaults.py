@@ -1,7 +1,8 @@
 """Cargo-specific defaults: the argv and outputs of a project that has a Cargo.toml.
 
-Callers: ``farm.runner.resolve`` fills a BuildSpec's missing ``argv``/``outputs`` from
-here; ``farm.k8s.collector`` finds a cluster build's default outputs.
+Callers: ``farm.ecosystems.cargo.vendor.Cargo`` (its ``default_argv``/``default_outputs``,
+which ``farm.runner.resolve`` and ``farm.k8s`` reach through ``farm.ecosystems``, never
+naming cargo); ``farm.ecosystems.cargo.toolchain`` reads the manifests with ``manifests``.
 
 The tree is untrusted and farm reads it as root, before the snapshot: every manifest is
 opened beneath the source's descriptor without following a symlink (``farm.confine``),
