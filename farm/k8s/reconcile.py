@@ -585,9 +585,8 @@ def build_record(
     finished = status.completionTime or datetime.now(UTC)
     started = status.startTime or finished
     manifest = ending.manifest or Manifest(artifacts=[])
-    run_of = f"run{run}-" if run else ""
     return BuildRecord(
-        id=f"{ref.namespace}.{ref.name}.{run_of}{names.short_uid(ref.uid)}",
+        id=names.record_id(ref.namespace, ref.name, ref.uid, run),
         status=ending.result,
         tenant=tenant,
         image=str(spec.get("image") or ""),
