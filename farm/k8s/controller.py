@@ -180,7 +180,7 @@ class Controller:
     def expire(self, now: datetime | None = None) -> int:
         """Delete finished Builds past the TTL or history limit (farm.k8s.expiry)."""
         keep = Retention(self.config.build_ttl_seconds, self.config.build_history_limit)
-        return sweep(self.kube, self.reconciler.store, keep, now)
+        return sweep(self.kube, self.reconciler.store, keep, self.metrics, now)
 
     def _reap_loop(self) -> None:
         while not self._stopping.wait(self.reap_seconds):

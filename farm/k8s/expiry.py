@@ -23,6 +23,7 @@ from farm.errors import ConflictError, KubeNotFoundError
 from farm.k8s import names
 from farm.k8s.kube import Kube, Obj
 from farm.k8s.resource import TERMINAL
+from farm.metrics import Metrics
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,15 @@ def record_ids(build: Obj) -> list[str]:
     ]
 
 
-def sweep(kube: Kube, store: Store, keep: Retention, now: datetime | None = None) -> int:
-    """Delete the expired Builds (records first); returns how many were deleted.
+def sweep(
+    kube: Kube,
+    store: Store,
+    keep: Retention,
+    metrics: Metrics | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Delete the expired Builds (records first); returns how many were deleted and
+    counts them in ``farm_builds_expired_total{tenant}`` (tenant: the namespace).
     Raises KubernetesError if the Builds cannot be listed."""
     if not keep.ttl_seconds and not keep.history:
         return 0
@@ -99,5 +107,7 @@ def sweep(kube: Kube, store: Store, keep: Retention, now: datetime | None = None
         with contextlib.suppress(KubeNotFoundError, ConflictError):
             kube.delete_build(meta["namespace"], meta["name"], meta["uid"])
             deleted += 1
+            if metrics is not None:
+                metrics.builds_expired.labels(tenant=meta["namespace"]).inc()
             log.info("expired Build %s/%s", meta["namespace"], meta["name"])
     return deleted

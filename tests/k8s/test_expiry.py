@@ -146,6 +146,8 @@ def test_the_history_limit_deletes_the_oldest_of_a_namespace_only(cluster: Clust
 
     wait_for(lambda: gone(cluster, NS, "a-first"), "the oldest Build's deletion")
     assert not gone(cluster, NS, "b-second") and not gone(cluster, "team-b", "alone")
+    sample = ctl.metrics.registry.get_sample_value
+    assert sample("farm_builds_expired_total", {"tenant": NS}) == 1
     with pytest.raises(NotFoundError):
         ctl.reconciler.store.get(names.record_id(NS, "a-first", first["metadata"]["uid"]))
     assert ctl.expire() == 0
