@@ -272,6 +272,14 @@ def _parser() -> argparse.ArgumentParser:
         help="notes for cargo-vet's safe-to-run, per package observed clean (evidence only)",
     )
     rep.set_defaults(func=cmd_report)
+    blk = sub.add_parser(
+        "blocked",
+        help="a cluster build's blocked actions, by the digest in its Build's status "
+        "(observation.actionsSha256), from the controller's store",
+    )
+    blk.add_argument("digest", help="sha256 (64 hex characters; `sha256:` prefix allowed)")
+    blk.add_argument("--json", action="store_true")
+    blk.set_defaults(func=cmd_blocked)
     show = sub.add_parser("show", help="show one build's record")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
@@ -736,6 +744,17 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print(record.model_dump_json(indent=2))
     else:
         _print_record(record, as_json=False)
+    return 0
+
+
+def cmd_blocked(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.k8s.blocked import read, render
+
+    actions = read(Store(settings.home), args.digest)
+    if args.json:
+        print(json.dumps([a.model_dump(mode="json") for a in actions], indent=2))
+    else:
+        print(render(actions))
     return 0
 
 

@@ -91,6 +91,12 @@ class Metrics:
             "Sandboxes of crashed or lost builds removed by the reaper.",
             registry=registry,
         )
+        self.builds_expired = Counter(
+            "farm_builds_expired",
+            "Finished Builds the controller deleted past their TTL or history limit.",
+            ["tenant"],
+            registry=registry,
+        )
         self.observer_dropped = Counter(
             "farm_observer_events_dropped",
             "gVisor trace events dropped by gVisor or undecodable by farm.",

@@ -208,6 +208,9 @@ class BuildRecord(BaseModel):
     #: crates: a cluster build's as its collector uploaded it, a local build's from its
     #: snapshot (records made before that have none; theirs is read from the source).
     lockfile_sha256: str | None = None
+    #: A cluster build's blocked actions as the node monitor listed them, in the
+    #: controller's store (farm.k8s.blocked; its Build's ``observation.actionsSha256``).
+    blocked_actions_sha256: str | None = None
     #: What the fetch phase vendored; None when the build had no fetch phase.
     fetched: list[FetchedPackage] | None = None
     #: Packages whose behaviour profile gained something since their last known one

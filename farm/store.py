@@ -149,7 +149,12 @@ class Store:
         refs = set()
         for record in self.list(limit=1 << 30):
             refs.update(a.sha256 for a in record.artifacts)
-            kept = (record.log_sha256, record.provenance_sha256, record.lockfile_sha256)
+            kept = (
+                record.log_sha256,
+                record.provenance_sha256,
+                record.lockfile_sha256,
+                record.blocked_actions_sha256,
+            )
             refs.update(s for s in kept if s)
         return refs
 

@@ -129,6 +129,11 @@ class ControllerConfig(BaseModel):
     #: monitor's record before it finishes the build with an incomplete observation
     #: (which enforce mode quarantines). Teardown waits too, so the pod outlives it.
     observe_grace_seconds: int = Field(120, ge=1)
+    #: Finished Builds are deleted (with their records in the controller's store) this
+    #: long after they finished, once torn down (farm.k8s.expiry); 0 keeps them forever.
+    build_ttl_seconds: int = Field(7 * 86400, ge=0)
+    #: And beyond this many finished Builds per namespace, oldest first; 0: no limit.
+    build_history_limit: int = Field(100, ge=0)
     #: The most a Build's spec may ask for, keyed by spec field (farm.admission has the
     #: defaults); a Build above one fails with reason ExceedsLimits, creating nothing.
     ceilings: Ceilings = Field(default_factory=Ceilings)

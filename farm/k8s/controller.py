@@ -4,7 +4,8 @@ Callers: ``farm controller`` (``farm.cli``) and the k8s tests, which run two of 
 against one fake API server. Only the Lease holder reconciles: on becoming leader it
 reaps orphans, starts list+watch of Builds (in every namespace) and of the Jobs and
 pods it made (in the run namespace only; any change of one queues the key of the Build
-its annotations name), and starts workers. ``stop`` is graceful:
+its annotations name), and starts workers. The reaper pass also expires finished
+Builds past the operator's TTL or history limit (``farm.k8s.expiry``). ``stop`` is graceful:
 informers stop, workers finish the Build in hand, then the Lease is released.
 """
 
@@ -14,11 +15,13 @@ import functools
 import logging
 import threading
 from collections import defaultdict
+from datetime import datetime
 
 from farm.errors import FarmError
 from farm.k8s import names
 from farm.k8s.artifacts import Ledger
 from farm.k8s.config import ControllerConfig
+from farm.k8s.expiry import Retention, sweep
 from farm.k8s.kube import Kube, Obj
 from farm.k8s.leader import DEFAULT_LEASE, LeaderElector, LeaseTiming
 from farm.k8s.reconcile import Reconciler
@@ -174,9 +177,15 @@ class Controller:
         }
         return self.reconciler.teardown.reap(self.config.run_namespace, live)
 
+    def expire(self, now: datetime | None = None) -> int:
+        """Delete finished Builds past the TTL or history limit (farm.k8s.expiry)."""
+        keep = Retention(self.config.build_ttl_seconds, self.config.build_history_limit)
+        return sweep(self.kube, self.reconciler.store, keep, self.metrics, now)
+
     def _reap_loop(self) -> None:
         while not self._stopping.wait(self.reap_seconds):
-            try:
-                self.reap()
-            except FarmError as exc:
-                log.warning("orphan reaper: %s", exc)
+            for name, task in (("orphan reaper", self.reap), ("build expiry", self.expire)):
+                try:
+                    task()
+                except FarmError as exc:
+                    log.warning("%s: %s", name, exc)

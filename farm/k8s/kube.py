@@ -110,6 +110,15 @@ class Kube:
         args = (*self._build_args(namespace), name, {"status": status})
         return self._call(f"patch status of Build {name}", fn, *args)
 
+    def delete_build(self, namespace: str, name: str, uid: str) -> Obj:
+        """Delete one Build, only if it is still the one with ``uid`` (409 otherwise: a
+        Build re-created under the same name is not the expired one). Its finalizer
+        holds it until the controller has torn it down."""
+        fn = self.custom.delete_namespaced_custom_object
+        body = {"preconditions": {"uid": uid}}
+        args = (*self._build_args(namespace), name)
+        return self._call(f"delete Build {namespace}/{name}", fn, *args, body=body)
+
     # --- owned objects ------------------------------------------------------------
     def _method(self, verb: str, kind: str, namespaced: bool = True) -> Callable[..., Any]:
         api, stem = _KINDS[kind]

@@ -69,6 +69,14 @@ def short_uid(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:8]
 
 
+def record_id(namespace: str, build: str, uid: str, run: int = 0) -> str:
+    """The id of run ``run``'s record in the controller's store: ``<ns>.<name>.<uid8>``,
+    check run k's ``<ns>.<name>.run<k>-<uid8>`` (not an extension of the Build's, since
+    the store accepts a unique prefix of an id)."""
+    run_of = f"run{run}-" if run else ""
+    return f"{namespace}.{build}.{run_of}{short_uid(uid)}"
+
+
 def object_name(build: str, uid: str, role: str) -> str:
     """``<build>-<uid8>-<role>``, at most 63 characters (a DNS label, and a Job name
     short enough for the ``job-name`` label Kubernetes puts on its pods)."""

@@ -35,7 +35,8 @@ def _grant(group: str, resource: str, *verbs: str, names: tuple[str, ...] = ()) 
 #: Cluster-wide: Builds may live in any namespace, and their Events go beside them.
 #: Nothing else: the objects that run a Build are in the run namespace (RUN_OBJECTS).
 CONTROLLER: tuple[Grant, ...] = (
-    _grant(GROUP, "builds", "get", "list", "watch", "patch"),
+    # delete: finished Builds past their TTL or history limit (farm.k8s.expiry).
+    _grant(GROUP, "builds", "get", "list", "watch", "patch", "delete"),
     _grant(GROUP, "builds/status", "get", "update", "patch"),
     _grant("", "events", "create", "patch"),
 )

@@ -44,7 +44,7 @@ from farm.errors import (
     KubernetesError,
     SpecError,
 )
-from farm.k8s import names, objects
+from farm.k8s import blocked, names, objects
 from farm.k8s.artifacts import Ledger, Manifest
 from farm.k8s.config import ControllerConfig
 from farm.k8s.endpoint import ArtifactEndpoint
@@ -305,6 +305,8 @@ class Reconciler:
             # The monitor's status patch wakes the Build's watch; this bounds the grace.
             delay = max(0.5, min(POLL, self._grace_left(state)))
             return Run(k, state, wait=(phase, "Observing", message), delay=delay)
+        if seen is state.observation:  # the monitor's record, not the grace's stand-in
+            blocked.stash(self.store, state)
         self._record_log(ref, spec, state, pod)
         return Run(k, state, replace(ending, image_id=build_image_id(pod)), seen)
 
@@ -539,8 +541,8 @@ class Reconciler:
         assert run.ending is not None
         record = build_record(build, ref, status, run.index, run.ending)
         if spec is not None and run.seen is not None:
-            seen = run.seen
-            judge(record, seen, seen.events, seen.actions, spec.observe, unlisted=seen.unlisted)
+            seen, actions = blocked.stored(self.store, run.seen)
+            judge(record, seen, seen.events, actions, spec.observe, unlisted=seen.unlisted)
         return record
 
     def _compare(self, status: BuildStatus, records: list[BuildRecord]) -> None:
@@ -585,9 +587,8 @@ def build_record(
     finished = status.completionTime or datetime.now(UTC)
     started = status.startTime or finished
     manifest = ending.manifest or Manifest(artifacts=[])
-    run_of = f"run{run}-" if run else ""
     return BuildRecord(
-        id=f"{ref.namespace}.{ref.name}.{run_of}{names.short_uid(ref.uid)}",
+        id=names.record_id(ref.namespace, ref.name, ref.uid, run),
         status=ending.result,
         tenant=tenant,
         image=str(spec.get("image") or ""),
@@ -603,8 +604,14 @@ def build_record(
         refused=list(manifest.refused),
         log_sha256=state.logSha256 or None,
         lockfile_sha256=manifest.lockfile.sha256 if manifest.lockfile else None,
+        blocked_actions_sha256=_stored_actions(state),
         notes=[ending.message],
     )
+
+
+def _stored_actions(state: RunStatus) -> str | None:
+    seen = state.observation
+    return seen.actionsSha256 if seen is not None and seen.actionsSha256 else None
 
 
 def failed(reason: str, message: str) -> Ending:

@@ -127,6 +127,8 @@ TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Quarantined"})
 #: caps, shared with a local record) this keeps a Build well under the API server's
 #: object size (about 1.5 MiB).
 MAX_STATUS_ACTIONS = MAX_LISTED_ACTIONS
+#: Keys of ``blockedBySeverity``: a bounded map whatever the actions say (farm.k8s.blocked).
+MAX_SEVERITIES = 8
 
 
 class Condition(BaseModel):
@@ -163,8 +165,22 @@ class ObservationStatus(TraceCompleteness):
         "from the node the build pod ran on",
     )
     events: int = Field(0, description="events in gVisor's record")
-    actions: list[BlockedAction] = Field(default_factory=list, max_length=MAX_STATUS_ACTIONS)
+    actions: list[BlockedAction] = Field(
+        default_factory=list,
+        max_length=MAX_STATUS_ACTIONS,
+        description="the node monitor's listing; the controller moves it to its store "
+        "(actionsSha256) as soon as it accepts the record",
+    )
     unlisted: int = Field(0, description="actions left out to fit the status")
+    #: Set by the controller when it has moved ``actions`` to its store (farm.k8s.blocked);
+    #: the node monitor's own record always carries "" and 0, so a new record resets them.
+    actionsSha256: str = Field(
+        "",
+        pattern=r"^([0-9a-f]{64})?$",
+        description="sha256 of the canonical JSON list of the actions, kept in the "
+        "controller's store (`farm blocked DIGEST` there)",
+    )
+    listed: int = Field(0, ge=0, description="how many actions that stored list holds")
 
 
 class RunStatus(BaseModel):
@@ -181,6 +197,12 @@ class RunStatus(BaseModel):
     logSha256: str = Field("", description="the build log in the controller's store")
     blocked: int = Field(0, description="actions the sandbox blocked (from the node monitor)")
     blockedByKind: dict[str, int] = Field(default_factory=dict)
+    blockedBySeverity: dict[str, int] = Field(
+        default_factory=dict,
+        max_length=MAX_SEVERITIES,
+        description="the listed actions by severity (`high`: a planted credential; "
+        "`normal`: the rest), counted by the controller",
+    )
     observation: ObservationStatus | None = Field(
         None, description="what gVisor saw (from the node monitor)"
     )

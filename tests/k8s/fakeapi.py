@@ -400,7 +400,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "PATCH":
             return api.patch(plural, ns, name, self._body(), sub)
         if method == "DELETE":
-            self._body()
+            uid = (self._body().get("preconditions") or {}).get("uid")
+            if uid and api.get(plural, ns, name)["metadata"]["uid"] != uid:
+                raise ApiError(409, "Conflict", f"precondition failed: uid {uid}")
             return api.delete(plural, ns, name)
         raise ApiError(405, "MethodNotAllowed", method)
 

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
-from farm.k8s import names
+from farm.k8s import blocked, names
 from farm.k8s.artifacts import ArtifactServer, Ledger
 from farm.k8s.config import ControllerConfig
 from farm.k8s.controller import Controller
@@ -137,12 +137,10 @@ def test_a_not_allowed_action_quarantines_and_the_report_blames_its_package(
     status = done["status"]
     assert status["artifacts"] == [] and status["digest"] == "" and status["provenance"] == ""
     assert "1 blocked actions not allowed by policy (by evil)" in status["message"]
-    [action] = status["observation"]["actions"]
-    assert (action["package"], action["kind"], action["target"]) == (
-        "evil",
-        "network",
-        "10.1.2.3:443",
-    )
+    # The actions are in the controller's store, by digest (farm.k8s.blocked).
+    assert status["observation"]["actions"] == [] and status["observation"]["listed"] == 1
+    [action] = blocked.read(ctl.reconciler.store, status["observation"]["actionsSha256"])
+    assert (action.package, action.kind, action.target) == ("evil", "network", "10.1.2.3:443")
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "False"
     assert_valid(done)
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from farm.errors import ConflictError, GoneError, KubeNotFoundError, SpecError
-from farm.k8s import names
+from farm.k8s import blocked, names
 from farm.k8s.resource import cluster_spec
 from farm.k8s.watching import Informer
 from farm.observe.spool import Observation
@@ -484,20 +484,28 @@ def test_a_blocked_action_quarantines_with_its_record_in_the_real_status(
     """The node monitor's classified record (actions with package, role, address) and
     the Quarantined status pass the real server's schema: a field the CRD lacked or
     typed differently would be refused (422) or pruned here."""
-    with controlled(routed, tmp_path, {BUILD_CID: evil()}):
+    with controlled(routed, tmp_path, {BUILD_CID: evil()}) as cluster:
         run_through_collection(routed, tmp_path, "tainted")
         done = phase(routed, "tainted", "Quarantined")
+        store = cluster.controllers[0][0].reconciler.store
     status = done["status"]
-    [action] = status["observation"]["actions"]
-    assert (action["package"], action["kind"], action["target"]) == (
-        "evil",
-        "network",
-        "10.1.2.3:443",
-    )
-    assert (action["address"], action["port"], action["role"]) == ("10.1.2.3", 443, "build script")
+    # The monitor's listing passed the real schema on its way in (its patch was
+    # admitted); the controller then moved it to its store: the status keeps the
+    # digest and counts, which the real schema keeps too.
+    seen = status["observation"]
+    assert seen["actions"] == [] and seen["listed"] == 1
+    [action] = blocked.read(store, seen["actionsSha256"])
+    assert (action.package, action.kind, action.target) == ("evil", "network", "10.1.2.3:443")
+    assert (action.address, action.port, action.role) == ("10.1.2.3", 443, "build script")
     assert status["blocked"] == 1 and status["blockedByKind"] == {"network": 1}
+    assert status["blockedBySeverity"] == {"normal": 1}
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Succeeded"] == "Quarantined"
     assert_nothing_pruned(routed)
+    # The printer column Blocked still reads the count.
+    code, table = routed.real.request("GET", routed.build_path(), headers={"Accept": TABLE})
+    assert code == 200
+    [row] = [r for r in table["rows"] if r["cells"][0] == "tainted"]
+    assert row["cells"][1:4] == ["Quarantined", "Quarantined", 1]
 
 
 def test_a_field_the_crd_lacks_is_pruned_and_the_check_sees_it(routed: Routed) -> None:
