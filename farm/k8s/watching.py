@@ -74,6 +74,9 @@ class Informer:
         #: ``max_delay``; ``failures`` counts the current run of them.
         self.retry_delay, self.max_delay = retry_delay, max_delay
         self.failures = 0
+        #: 410s since a watch last delivered anything: a second in a row backs off
+        #: (a server that expires every watch at once must not be listed in a loop).
+        self.expired = 0
         self.kind, self.page, self.max_items, self.metrics = kind, page, max_items, metrics
         self.cache: dict[str, Obj] = {}
         self.resource_version: str | None = None
@@ -128,7 +131,7 @@ class Informer:
         }
         with translate("watch"):
             for event in self._watch.stream(self.list_raw, **kwargs):
-                self.failures = 0  # the server answers: the next failure starts over
+                self.failures = self.expired = 0  # it answers: the next failure starts over
                 if self._stop.is_set():
                     return
                 self._apply(event["type"], event["raw_object"])
@@ -152,10 +155,13 @@ class Informer:
                     self.relist()
                     self.failures = 0
                 self.watch_once()
-                self.failures = 0
+                self.failures = self.expired = 0
             except GoneError:
                 log.info("%s: watch or list expired (410 Gone); re-listing", self.kind)
                 self.resource_version = None
+                self.expired += 1
+                if self.expired > 1:
+                    self._stop.wait(self.backoff())
             except (KubernetesError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
                 # urllib3 errors are OSErrors; a garbled line is a ValueError.
                 delay = self.backoff()
