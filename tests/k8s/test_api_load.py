@@ -8,7 +8,9 @@ the real custom-resource server are in tests/k8s/test_real_api_load.py.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -285,25 +287,25 @@ def test_the_informer_backs_off_doubling_to_a_bound_and_resets_on_success(
 def test_a_watch_that_expires_at_once_every_time_is_not_relisted_in_a_loop(
     cluster: Cluster,
 ) -> None:
-    """A 410 re-lists at once; a second before the watch got anywhere backs off."""
-    calls: list[bool] = []
+    """A 410 re-lists at once; another before the watch got anywhere backs off."""
+    lists: list[float] = []
     real = functools.partial(cluster.kube.core.list_namespaced_pod, RUN_NS)
 
     def expiring(**kwargs: Any) -> Any:
-        calls.append(bool(kwargs.get("watch")))
         if kwargs.get("watch"):
             raise ApiException(status=410, reason="Expired")
+        lists.append(time.monotonic())
         return real(**kwargs)
 
-    informer = Informer(expiring, lambda _o: None, retry_delay=0.1, max_delay=0.2, kind="Pod")
+    informer = Informer(expiring, lambda _o: None, retry_delay=0.2, max_delay=0.4, kind="Pod")
     informer.start("pods")
     try:
-        wait_for(lambda: informer.expired >= 3, "three expiries")
-        threading.Event().wait(1.0)
+        wait_for(lambda: len(lists) >= 5, "five lists")
     finally:
         informer.stop()
-    # 0.1 + 0.2 + 0.2 + ... s between tries: a handful a second, not thousands.
-    assert len(calls) < 30, len(calls)
+    # The first two lists follow each other at once; from then on, the backoff between.
+    gaps = [b - a for a, b in itertools.pairwise(lists[1:])]
+    assert min(gaps) >= 0.2, gaps
 
 
 # --- get before create -----------------------------------------------------------------
