@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from farm.errors import GoneError, KubernetesError, ListTooLargeError
-from farm.k8s import names
+from farm.k8s import names, permissions
 from farm.k8s.config import ControllerConfig
 from farm.k8s.controller import Controller
 from farm.k8s.kube import Kube
@@ -27,7 +27,7 @@ from farm.k8s.objects import BuildRef, token_secret
 from farm.k8s.watching import Informer
 from farm.metrics import Metrics
 from farm.store import Store
-from tests.k8s.conftest import NS, RUN_NS, Cluster, clean
+from tests.k8s.conftest import NS, RUN_NS, Cluster, clean, granted
 from tests.k8s.fakeapi import CONTINUE_EXPIRED
 from tests.k8s.kubelet import (
     BUILD_CID,
@@ -112,6 +112,26 @@ def test_a_pod_bound_to_the_node_later_reaches_the_monitor_and_one_elsewhere_nev
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_the_node_monitor_needs_only_its_own_grants_to_watch(cluster: Cluster) -> None:
+    """Its calls alone (the fixture's check pools them with the controller's, which may
+    watch pods anyway) are within the node monitor's Roles: list and watch."""
+    monitor = NodeMonitor(
+        cluster.kube, Metrics(CollectorRegistry()), Spooled({BUILD_CID: clean()}), "node-1"
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=monitor.run, args=(stop, 0.05), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: pod_requests(cluster, watch=True), "a watch")
+    finally:
+        stop.set()
+        thread.join(30)
+    own = {RUN_NS: permissions.NODE_MONITOR_PODS}
+    assert [
+        c for c in cluster.api.rbac_calls if not granted(c, permissions.NODE_MONITOR, own)
+    ] == []
 
 
 # --- the fake's field selectors, pages and 410s, as the API server's --------------------
