@@ -15,6 +15,7 @@ exceptions are translated in exactly one place, ``farm.backends.docker_errors``.
     │   ├── KubernetesError        the API server refused a request (farm.k8s.kube)
     │   │   ├── ConflictError      409: stale resourceVersion or the name exists
     │   │   ├── GoneError          410: the watch's resourceVersion expired; re-list
+    │   │   ├── ListTooLargeError  a list went past farm's bound (farm.k8s.paging)
     │   │   └── KubeNotFoundError  404: the object is not there (often fine)
     │   └── ArtifactServiceError   the controller's Service has no ClusterIP to upload to
     ├── CollectionError            exit 1: an output was refused (link, FIFO, too big…)
@@ -127,6 +128,10 @@ class GoneError(KubernetesError):
 
 class KubeNotFoundError(KubernetesError):
     pass
+
+
+class ListTooLargeError(KubernetesError):
+    """A list had more items than farm reads in one list (``farm.k8s.paging``)."""
 
 
 class ArtifactServiceError(InfrastructureError):

@@ -116,6 +116,12 @@ class Metrics:
             "Kubernetes build pods deleted by the controller.",
             registry=registry,
         )
+        self.list_overflow = Counter(
+            "farm_kube_list_overflow",
+            "Kubernetes lists refused for having more items than farm's bound, by kind.",
+            ["kind"],
+            registry=registry,
+        )
         self.sandboxes_leaked = Gauge(
             "farm_sandboxes_leaked",
             "Sandboxes still present after their build finished (should stay 0).",

@@ -100,29 +100,36 @@ class Controller:
             log.warning("orphan reaper: %s", exc)
         k = self.kube
         lists = {
-            "builds": (
+            names.KIND: (
                 functools.partial(
                     k.custom.list_cluster_custom_object, names.GROUP, names.VERSION, names.PLURAL
                 ),
                 None,
                 self._on_build,
             ),
-            "jobs": (
+            "Job": (
                 functools.partial(k.batch.list_namespaced_job, self.config.run_namespace),
                 MANAGED,
                 self._on_owned,
             ),
-            "pods": (
+            "Pod": (
                 functools.partial(k.core.list_namespaced_pod, self.config.run_namespace),
                 MANAGED,
                 self._on_owned,
             ),
         }
-        for name, (fn, selector, handler) in lists.items():
+        for kind, (fn, selector, handler) in lists.items():
             informer = Informer(
-                fn, handler, label_selector=selector, watch_timeout=self.watch_timeout
+                fn,
+                handler,
+                label_selector=selector,
+                watch_timeout=self.watch_timeout,
+                kind=kind,
+                page=k.page,
+                max_items=k.max_list_items,
+                metrics=self.metrics,
             )
-            self.informers.append(informer.start(name))
+            self.informers.append(informer.start(kind.lower()))
         for i in range(self.workers):
             self._spawn(self._work, f"worker-{i}")
         self._spawn(self._reap_loop, "reaper")
@@ -173,7 +180,7 @@ class Controller:
         whichever namespace they were: the build label is the Build's uid."""
         live = {
             b["metadata"]["uid"]: bool((b.get("status") or {}).get("tornDown"))
-            for b in self.kube.list_builds().get("items") or []
+            for b in self.kube.list_builds()
         }
         return self.reconciler.teardown.reap(self.config.run_namespace, live)
 

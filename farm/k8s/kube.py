@@ -5,6 +5,7 @@ It uses the official ``kubernetes`` client (its configuration, auth and URL buil
 but asks for raw JSON, so every layer above works on the same plain dicts the objects
 module builds. This is the one place ``ApiException`` becomes a farm error
 (:func:`translate`): 409 → ConflictError, 410 → GoneError, 404 → KubeNotFoundError.
+Every list is paged and bounded (``farm.k8s.paging``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from farm.errors import ConflictError, GoneError, KubeNotFoundError, KubernetesError
-from farm.k8s import names
+from farm.k8s import names, paging
+from farm.metrics import Metrics
 
 Obj = dict[str, Any]
 #: kind -> (API attribute, create/read/delete/list method stem).
@@ -62,8 +64,19 @@ def now() -> str:
 class Kube:
     """Typed-by-convention access to the few endpoints farm uses."""
 
-    def __init__(self, api_client: client.ApiClient, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        request_timeout: float = 30.0,
+        *,
+        metrics: Metrics | None = None,
+        page: int = paging.PAGE,
+        max_list_items: int = paging.MAX_ITEMS,
+    ) -> None:
         self.api_client = api_client
+        #: Where a list over ``max_list_items`` is counted (farm.k8s.paging).
+        self.metrics = metrics
+        self.page, self.max_list_items = page, max_list_items
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -84,9 +97,26 @@ class Kube:
         fn = self.custom.get_namespaced_custom_object
         return self._call(f"get Build {namespace}/{name}", fn, *self._build_args(namespace), name)
 
-    def list_builds(self, **kwargs: Any) -> Obj:
+    def list_builds(self) -> list[Obj]:
+        """Every Build in every namespace (paged; ListTooLargeError past the bound)."""
         fn = self.custom.list_cluster_custom_object
-        return self._call("list Builds", fn, names.GROUP, names.VERSION, names.PLURAL, **kwargs)
+        return self._paged("list Builds", names.KIND, fn, names.GROUP, names.VERSION, names.PLURAL)
+
+    def _paged(
+        self, what: str, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> list[Obj]:
+        def fetch(**page: Any) -> Obj:
+            return self._call(what, fn, *args, **kwargs, **page)
+
+        items, _ = paging.list_all(
+            fetch,
+            what,
+            kind,
+            page=self.page,
+            max_items=self.max_list_items,
+            metrics=self.metrics,
+        )
+        return items
 
     def patch_build_metadata(self, build: Obj, metadata: Obj) -> Obj:
         """Merge-patch metadata, guarded by the Build's resourceVersion (409 if stale)."""
@@ -144,14 +174,14 @@ class Kube:
     def list(
         self, kind: str, namespace: str | None, selector: str, fields: str | None = None
     ) -> list[Obj]:
+        """Every ``kind`` matching the selectors (paged; ListTooLargeError past the bound)."""
         extra = {"field_selector": fields} if fields else {}
         if namespace is None:
             fn = self._method("list", kind, namespaced=False)
-            found = self._call(f"list {kind}", fn, label_selector=selector, **extra)
-        else:
-            fn = self._method("list", kind)
-            found = self._call(f"list {kind}", fn, namespace, label_selector=selector, **extra)
-        return list(found.get("items") or [])
+            return self._paged(f"list {kind}", kind, fn, label_selector=selector, **extra)
+        fn = self._method("list", kind)
+        what = f"list {kind} in {namespace}"
+        return self._paged(what, kind, fn, namespace, label_selector=selector, **extra)
 
     def pod_log(self, namespace: str, pod: str, container: str, limit: int) -> bytes:
         with translate(f"read log of {namespace}/{pod}"):

@@ -79,9 +79,9 @@ def run_controller(args: Any, settings: Settings) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.config)
-    kube = Kube(api_client(args.kubeconfig))
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    kube = Kube(api_client(args.kubeconfig), metrics=metrics)
     start_http_server(args.metrics_port, registry=registry)
     ctl = Controller(kube, cfg, Store(settings.home), metrics, args.identity)
     artifacts = ArtifactServer(
@@ -111,6 +111,6 @@ def run_node_monitor(args: Any, settings: Settings) -> int:
     metrics = Metrics(registry)
     start_http_server(args.metrics_port, registry=registry)
     stop = _stop_on_signals()
-    kube = Kube(api_client(args.kubeconfig))
+    kube = Kube(api_client(args.kubeconfig), metrics=metrics)
     serve(kube, metrics, paths, args.node, stop, run_namespace=args.run_namespace)
     return int(ExitCode.OK)

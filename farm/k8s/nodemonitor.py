@@ -14,6 +14,11 @@ the run namespace (where only the Job controller creates pods, for the controlle
 Jobs), and the pod's ``farm.dev/build-namespace`` and ``farm.dev/build-name``
 annotations name the Build: a pod elsewhere, whatever its labels, is never reported,
 and the pod's own namespace is never taken for the Build's.
+It learns of its node's build pods by watching them (``farm.k8s.watching``: one paged
+list, then a watch from its resourceVersion with the field selector
+``spec.nodeName=<node>``, bookmarks, a re-list on 410 and a bounded reconnect backoff),
+not by listing them every scan: the API server serves one watch per node instead of a
+list per node per second.
 Counts go to ``farm_blocked_actions_total`` and into ``Build.status.blocked`` and
 ``blockedByKind``; the whole classified record goes into ``status.observation`` (for a
 check run, those three fields under ``status.checkRuns.<run>``). It is a merge patch of
@@ -29,6 +34,7 @@ Docker or from a running gVisor to be tested.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -41,6 +47,7 @@ from farm.k8s.kube import Kube, Obj
 from farm.k8s.reconcile import build_container_id, build_exit_code
 from farm.k8s.resource import ObservationStatus
 from farm.k8s.teardown import MANAGED
+from farm.k8s.watching import Informer
 from farm.metrics import Metrics
 from farm.observe.classify import BlockedAction, iter_actions
 from farm.observe.daemon import HostObserver, ObserverDaemon, ObserverPaths
@@ -123,16 +130,28 @@ class NodeMonitor:
         self.done: set[str] = set()
         #: Status patches collected but not yet written (the API refused the last try).
         self.pending: dict[str, dict[str, Any]] = {}
+        #: This node's build pods, kept current by list+watch while ``run`` runs.
+        self.pods = Informer(
+            functools.partial(kube.core.list_namespaced_pod, run_namespace),
+            lambda _pod: None,  # the scan loop reads the cache; a pod needs no wake-up
+            label_selector=f"{MANAGED},{names.PHASE_LABEL}=build",
+            field_selector=f"spec.nodeName={node_name}",
+            kind="Pod",
+            page=kube.page,
+            max_items=kube.max_list_items,
+            metrics=metrics,
+        )
+        self.watching = False
 
     def scan(self) -> int:
         """Report every finished build container on this node whose record has ended
         (or waited out ``record_wait``); the rest are asked again on the next scan, so
-        no pod holds up another."""
-        selector = f"{MANAGED},{names.PHASE_LABEL}=build"
-        node = f"spec.nodeName={self.node_name}"
-        pods = self.kube.list("Pod", self.run_namespace, selector, fields=node)
+        no pod holds up another. The pods are the watch's while ``run`` runs; a scan
+        called on its own (a one-off, the tests) lists them first."""
+        if not self.watching:
+            self.pods.relist()
         reported = 0
-        for pod in pods:
+        for pod in list(self.pods.cache.values()):
             cid = build_container_id(pod)
             if cid and cid not in self.done and build_exit_code(pod) is not None:
                 try:
@@ -199,11 +218,22 @@ class NodeMonitor:
         }
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        while not stop.wait(interval):
-            try:
-                self.scan()
-            except Exception as exc:  # keep monitoring: a missed scan is retried next tick
-                log.warning("node monitor: %s", exc, exc_info=not isinstance(exc, KubernetesError))
+        """Watch this node's build pods and scan them every ``interval`` (each scan
+        asks only the local observer), until ``stop``."""
+        self.watching = True
+        self.pods.start(f"pods-{self.node_name}")
+        try:
+            while not stop.wait(interval):
+                if not self.pods.synced.is_set():
+                    continue  # no list yet: nothing to scan
+                try:
+                    self.scan()
+                except Exception as exc:  # keep monitoring: a missed scan is retried next tick
+                    quiet = isinstance(exc, KubernetesError)
+                    log.warning("node monitor: %s", exc, exc_info=not quiet)
+        finally:
+            self.pods.stop()
+            self.watching = False
 
 
 def serve(

@@ -69,8 +69,8 @@ ARTIFACT_SERVICE_READ: tuple[Grant, ...] = (
 #: Cluster-wide: patches its record and counts into the status of a Build, anywhere.
 NODE_MONITOR: tuple[Grant, ...] = (_grant(GROUP, "builds/status", "patch"),)
 
-#: The run namespace only: lists the build pods on its node there.
-NODE_MONITOR_PODS: tuple[Grant, ...] = (_grant("", "pods", "list"),)
+#: The run namespace only: lists, then watches, the build pods on its node there.
+NODE_MONITOR_PODS: tuple[Grant, ...] = (_grant("", "pods", "list", "watch"),)
 
 #: Not farm's own: what a team needs to run builds in its namespace, granted (by a
 #: RoleBinding there) instead of ``edit``, which would also let it create pods, Secrets

@@ -4,7 +4,8 @@ Callers: ``farm.k8s.controller`` workers, one key at a time (the work queue guar
 no two workers hold the same key). Level-triggered: every call re-reads the Build and
 its Jobs and pods from the API, so a missed event, a duplicate event or a restarted
 controller all converge to the same result. Each step is idempotent: objects have
-deterministic names and a 409 on create means "already there". Status is written with
+deterministic names, each is read before it is created (so a steady reconcile sends no
+create at all), and a 409 on create means a racing reconcile made it first. Status is written with
 the Build's resourceVersion; a 409 there means someone else wrote first, and the key is
 simply reconciled again. Returns the delay after which to look again, or None.
 
@@ -407,7 +408,10 @@ class Reconciler:
 
     # --- objects ----------------------------------------------------------------------
     def _ensure(self, obj: Obj) -> Obj:
-        """Create ``obj`` unless it exists; either way return the live object.
+        """Create ``obj`` unless it exists; either way return the live object. It is
+        read first, and created only if absent: a steady reconcile of a running Build
+        sends only GETs, not a failing POST per object (each one a write the API server
+        must admit and refuse).
 
         Adopting an object that exists is safe only because every ``obj`` is in the run
         namespace, where nobody but this controller may create these kinds (tenants
@@ -422,10 +426,12 @@ class Reconciler:
         Raises KubernetesError if an object of the name exists for another Build."""
         meta = obj["metadata"]
         assert meta["namespace"] == self.config.run_namespace, meta
-        try:
-            return {**self.kube.create(obj), "kind": obj["kind"]}
-        except ConflictError:
-            live = self.kube.get(obj["kind"], meta["namespace"], meta["name"])
+        live = self._existing(obj["kind"], meta["namespace"], meta["name"])
+        if live is None:
+            try:
+                return {**self.kube.create(obj), "kind": obj["kind"]}
+            except ConflictError:  # made between the GET and the POST (a racing reconcile)
+                live = self.kube.get(obj["kind"], meta["namespace"], meta["name"])
         owner = (live["metadata"].get("labels") or {}).get(names.BUILD_LABEL)
         if owner != meta["labels"][names.BUILD_LABEL]:
             raise KubernetesError(

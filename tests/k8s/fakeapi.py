@@ -4,15 +4,20 @@ It implements only what farm's controller calls, with the semantics that matter 
 controller's correctness: a global resourceVersion, 409 AlreadyExists on a create of an
 existing name, 409 Conflict on an update or guarded patch with a stale resourceVersion,
 JSON merge patch, finalizers and deletionTimestamp, ownerReference cascade on delete,
-the status subresource, label-selected lists, watch streams from a resourceVersion, and
-410 Gone for a watch from a compacted (expired) resourceVersion, and a bookmark at a
-watch's end when other changes moved the resourceVersion on. Tests drive the
+the status subresource, label- and field-selected lists and watches (a watch reports an
+object that starts or stops matching as ADDED or DELETED, as the watch cache does),
+lists in pages (``limit`` and ``continue``, each page from the first page's snapshot,
+410 once the snapshot's resourceVersion is compacted), watch streams from a
+resourceVersion, 410 Gone for a watch from a compacted (expired) resourceVersion, and a
+bookmark at a watch's end when other changes moved the resourceVersion on. Tests drive the
 "kubelet" side through :meth:`FakeAPI.mutate`, which changes objects and emits events
 exactly as the API would.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
 import json
 import re
@@ -73,6 +78,26 @@ CORE_DISCOVERY: dict[str, Any] = {
     },
 }
 
+#: The API server's answer to a ``continue`` token whose resourceVersion was compacted.
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. "
+    "You can start a new list without the continue parameter."
+)
+
+
+def _encode_continue(rv: int, start: int) -> str:
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_continue(token: str) -> tuple[int, int]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(raw["rv"]), int(raw["start"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiError(400, "BadRequest", f"invalid continue token: {exc}") from exc
+
+
 #: Kinds whose create ignores ``status`` (their status is a subresource); tests seed a
 #: pod's status through create, standing in for the kubelet.
 STATUS_SUBRESOURCE = {"builds"}
@@ -116,6 +141,41 @@ def matches(obj: Obj, selector: str | None) -> bool:
     return True
 
 
+#: The field selectors the API server supports, per resource (the rest of the kinds
+#: support only metadata.name and metadata.namespace); any other field is a 400.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "pods": ("spec.nodeName", "status.phase", "spec.serviceAccountName"),
+}
+_FIELD_TERM = re.compile(r"^(?P<field>[A-Za-z.]+)(?P<op>==|!=|=)(?P<value>.*)$")
+
+
+def field_value(obj: Obj, field: str) -> str:
+    value: Any = obj
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def field_terms(plural: str, selector: str | None) -> list[tuple[str, bool, str]]:
+    """Parse ``a=b,c!=d`` into (field, equal, value); 400 for a field the kind lacks,
+    with the API server's message."""
+    terms = []
+    for term in filter(None, (selector or "").split(",")):
+        parsed = _FIELD_TERM.match(term)
+        if parsed is None:
+            raise ApiError(400, "BadRequest", f"invalid field selector: {term!r}")
+        field = parsed["field"]
+        if field not in ("metadata.name", "metadata.namespace", *FIELDS.get(plural, ())):
+            message = f"field label not supported: {field}"
+            raise ApiError(400, "BadRequest", f'"{field}" is not a known field selector: {message}')
+        terms.append((field, parsed["op"] != "!=", parsed["value"]))
+    return terms
+
+
+def fields_match(obj: Obj, terms: list[tuple[str, bool, str]]) -> bool:
+    return all((field_value(obj, f) == v) == equal for f, equal, v in terms)
+
+
 class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str) -> None:
         self.code, self.reason, self.message = code, reason, message
@@ -137,10 +197,18 @@ class FakeAPI:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], Obj] = {}
         self.log: list[tuple[int, str, str, Obj]] = []  # (rv, type, plural, object)
+        #: The object as it was before each logged change (None for a create), by rv:
+        #: a selecting watch needs it to tell "stopped matching" (DELETED) from the rest.
+        self.before: dict[int, Obj | None] = {}
+        #: Paged lists in progress: the first page's resourceVersion -> every item it
+        #: selected then, so later pages come from the same snapshot.
+        self.snapshots: dict[int, list[Obj]] = {}
         self.rv = 100
         self.compacted = 0
         self.pod_logs: dict[tuple[str, str, str], bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        #: Each request with its query: (method, path, query parameters).
+        self.queries: list[tuple[str, str, dict[str, str]]] = []
         #: (plural, namespace, name) of every object ever created; never compacted.
         self.created: list[tuple[str, str, str]] = []
         #: Each request as RBAC sees it: (API group, resource, verb, object name or None,
@@ -150,8 +218,9 @@ class FakeAPI:
         self.cond = threading.Condition()
 
     # --- store --------------------------------------------------------------------------
-    def _emit(self, kind: str, plural: str, obj: Obj) -> None:
+    def _emit(self, kind: str, plural: str, obj: Obj, before: Obj | None = None) -> None:
         self.log.append((self.rv, kind, plural, copy.deepcopy(obj)))
+        self.before[self.rv] = copy.deepcopy(before)
         self.cond.notify_all()
 
     def _bump(self, obj: Obj) -> None:
@@ -215,9 +284,10 @@ class FakeAPI:
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(plural, key)
+        before = self.objects[key]
         self._bump(obj)
         self.objects[key] = obj
-        self._emit("MODIFIED", plural, obj)
+        self._emit("MODIFIED", plural, obj, before)
         return copy.deepcopy(obj)
 
     def replace(self, plural: str, ns: str, name: str, body: Obj, sub: str | None) -> Obj:
@@ -269,8 +339,9 @@ class FakeAPI:
 
     def _remove(self, plural: str, key: tuple[str, str, str]) -> Obj:
         obj = self.objects.pop(key)
+        before = copy.deepcopy(obj)
         self._bump(obj)
-        self._emit("DELETED", plural, obj)
+        self._emit("DELETED", plural, obj, before)
         uid = obj["metadata"]["uid"]
         # The garbage collector: dependents go with their owner.
         for dep_key, dep in list(self.objects.items()):
@@ -294,19 +365,77 @@ class FakeAPI:
         with self.cond:
             self.compacted = self.rv + 1
             self.log.clear()
+            self.before.clear()
+            self.snapshots.clear()
             self.cond.notify_all()
 
     def events_since(
-        self, plural: str, rv: int, ns: str | None, selector: str | None
+        self,
+        plural: str,
+        rv: int,
+        ns: str | None,
+        selector: str | None,
+        fields: list[tuple[str, bool, str]] | None = None,
     ) -> list[tuple[int, str, Obj]]:
-        return [
-            (r, t, o)
-            for r, t, p, o in self.log
-            if r > rv
-            and p == plural
-            and (ns is None or o["metadata"]["namespace"] == ns)
-            and matches(o, selector)
-        ]
+        """The changes after ``rv`` as a watch with these selectors sees them (the watch
+        cache's rule): a change of an object that matches now and matched before is
+        MODIFIED, one that starts matching ADDED, one that stops matching (or is
+        deleted) DELETED, carrying its last matching state at the change's version."""
+
+        def selected(obj: Obj | None) -> bool:
+            return (
+                obj is not None
+                and (ns is None or obj["metadata"]["namespace"] == ns)
+                and matches(obj, selector)
+                and fields_match(obj, fields or [])
+            )
+
+        seen = []
+        for r, kind, p, obj in self.log:
+            if r <= rv or p != plural:
+                continue
+            before = self.before.get(r)
+            now, was = kind != "DELETED" and selected(obj), selected(before)
+            if now:
+                seen.append((r, "MODIFIED" if was and kind == "MODIFIED" else "ADDED", obj))
+            elif was and before is not None:
+                gone = copy.deepcopy(before)
+                gone["metadata"]["resourceVersion"] = str(r)
+                seen.append((r, "DELETED", gone))
+        return seen
+
+    def select(
+        self,
+        plural: str,
+        ns: str | None,
+        query: dict[str, str],
+    ) -> Obj:
+        """One list request: every selected item, or one page of them (``limit``,
+        ``continue``) from the snapshot the first page took."""
+        fields = field_terms(plural, query.get("fieldSelector"))
+        limit = int(query.get("limit") or 0)
+        token = query.get("continue")
+        with self.cond:
+            if token:
+                snap_rv, start = _decode_continue(token)
+                if snap_rv < self.compacted or snap_rv not in self.snapshots:
+                    raise ApiError(410, "Expired", CONTINUE_EXPIRED)
+                items = self.snapshots[snap_rv]
+            else:
+                snap_rv, start = max(self.rv, self.compacted), 0
+                items = [
+                    o
+                    for o in self.list(plural, ns, query.get("labelSelector"))
+                    if fields_match(o, fields)
+                ]
+            page = items[start : start + limit] if limit else items[start:]
+            meta: Obj = {"resourceVersion": str(snap_rv)}
+            rest = len(items) - start - len(page)
+            if rest > 0:
+                self.snapshots[snap_rv] = items
+                meta["continue"] = _encode_continue(snap_rv, start + len(page))
+                meta["remainingItemCount"] = rest
+            return {"metadata": meta, "items": page}
 
     # --- HTTP -----------------------------------------------------------------------------
     def serve(self) -> FakeServer:
@@ -315,6 +444,7 @@ class FakeAPI:
 
 class _Handler(BaseHTTPRequestHandler):
     server: FakeServer
+    protocol_version = "HTTP/1.1"  # for a chunked watch; every other answer has a length
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -347,6 +477,7 @@ class _Handler(BaseHTTPRequestHandler):
         verb = rbac_verb(method, name, query)
         with api.cond:
             api.requests.append((method, url.path))
+            api.queries.append((method, url.path, query))
             api.rbac_calls.append((route["group"] or "", resource, verb, name, ns))
             injected = api.fail_next.pop((method, plural), None)
         try:
@@ -374,16 +505,10 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> Any:
         api = self.server.api
         if method == "GET" and name is None:
-            items = api.list(plural, ns, query.get("labelSelector"))
-            if query.get("fieldSelector"):  # only spec.nodeName=X, as the node monitor asks
-                field, _, value = query["fieldSelector"].partition("=")
-                assert field == "spec.nodeName", field
-                items = [o for o in items if o.get("spec", {}).get("nodeName") == value]
             return {
                 "kind": f"{KINDS[plural]}List",
                 "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(max(api.rv, api.compacted))},
-                "items": items,
+                **api.select(plural, ns, query),
             }
         assert ns is not None
         if method == "POST":
@@ -410,10 +535,16 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         rv = int(query.get("resourceVersion") or api.rv)
         timeout = float(query.get("timeoutSeconds") or 5)
+        fields = field_terms(plural, query.get("fieldSelector"))  # a 400 before the stream
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        # Chunked, as the API server streams a watch: a client reading a body without
+        # length or chunks reads to its end, and would see each event only when the
+        # watch times out.
+        self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Connection", "close")
         self.end_headers()
+        self.close_connection = True
         deadline = threading.Event()
         timer = threading.Timer(timeout, lambda: (deadline.set(), _notify(api)))
         timer.start()
@@ -426,7 +557,7 @@ class _Handler(BaseHTTPRequestHandler):
                         )
                         self._line({"type": "ERROR", "object": gone.body()})
                         return
-                    events = api.events_since(plural, rv, ns, query.get("labelSelector"))
+                    events = api.events_since(plural, rv, ns, query.get("labelSelector"), fields)
                     if not events:
                         api.cond.wait(0.5)
                         continue
@@ -434,19 +565,21 @@ class _Handler(BaseHTTPRequestHandler):
                     self._line({"type": kind, "object": obj})
                     rv = r
             if query.get("allowWatchBookmarks") in ("true", "1", "True"):
-                self._bookmark(plural, ns, query, rv)
+                self._bookmark(plural, ns, query, rv, fields)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
             timer.cancel()
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"0\r\n\r\n")  # the last chunk: the watch is over
 
-    def _bookmark(self, plural: str, ns: str | None, query: dict, rv: int) -> None:
+    def _bookmark(self, plural: str, ns: str | None, query: dict, rv: int, fields: list) -> None:
         """As the real watch cache does before a watch times out: the newest
         resourceVersion, if changes this watch did not match moved past its own (and
         nothing it matches is still undelivered)."""
         api = self.server.api
         with api.cond:
-            pending = api.events_since(plural, rv, ns, query.get("labelSelector"))
+            pending = api.events_since(plural, rv, ns, query.get("labelSelector"), fields)
             if pending or rv < api.compacted or api.rv <= rv or self.server.closing.is_set():
                 return
             latest = api.rv
@@ -454,7 +587,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._line({"type": "BOOKMARK", "object": mark})
 
     def _line(self, event: Obj) -> None:
-        self.wfile.write(json.dumps(event).encode() + b"\n")
+        self._chunk(json.dumps(event).encode() + b"\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
     def do_GET(self) -> None:

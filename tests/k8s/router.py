@@ -86,6 +86,7 @@ class Router(ThreadingHTTPServer):
 
 class _RouterHandler(BaseHTTPRequestHandler):
     server: Router
+    protocol_version = "HTTP/1.1"  # for a chunked watch; every other answer has a length
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -145,12 +146,16 @@ class _RouterHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return data
-        # A watch: relay each chunk as it comes; the body ends when the connection does.
+        # A watch: relay each chunk as it comes, chunked as the server sent it (a body
+        # without length or chunks is read to its end: every event only at the close).
+        self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Connection", "close")
         self.end_headers()
+        self.close_connection = True
         while chunk := response.read1(65536):
-            self.wfile.write(chunk)
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
         return b""
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
