@@ -98,7 +98,7 @@ def sweep(
     Raises KubernetesError if the Builds cannot be listed."""
     if not keep.ttl_seconds and not keep.history:
         return 0
-    builds = kube.list_builds().get("items") or []
+    builds = kube.list_builds()  # every page, bounded (farm.k8s.paging)
     deleted = 0
     for build in expired(builds, keep, now or datetime.now(UTC)):
         meta = build["metadata"]
