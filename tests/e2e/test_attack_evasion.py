@@ -103,3 +103,26 @@ def test_a_build_script_running_a_forged_rustc_is_still_named(evasion: dict) -> 
     assert (action["version"], action["role"]) == ("0.9.0", "build script")
     assert Path(action["executable"]).name == "rustc"
     assert "serde" not in evasion["report"]
+
+
+KILL_CARGO = ROOT / "tests" / "fixtures" / "attacks" / "kill-cargo"
+
+
+def test_a_build_script_that_kills_cargo_does_not_hide_what_it_left_behind(
+    tmp_path: Path, client
+) -> None:
+    """The build's command ending by a signal is what a teardown looks like from inside.
+    A build script that leaves a process and then SIGKILLs cargo must not get its process
+    forgiven as "killed with the build": pid 1 (farm's ``timeout``) outlives cargo, so the
+    sandbox's own end is still a normal exit and what outlived cargo is recorded."""
+    home = tmp_path / "farm-home"
+    done = farm(home, "build", str(KILL_CARGO), "--json")
+    out = json.loads(done.stdout)
+    assert out["exit_code"] == 137, done.stderr  # cargo was SIGKILLed: the attack ran
+    persisted = [a for a in out["blocked_actions"] if a["kind"] == "persistence"]
+    assert {(a["package"], a["version"], a["role"]) for a in persisted} == {
+        ("kill-cargo", "0.11.0", "build script")
+    }, out["blocked_actions"]
+    assert any("sleep 700" in a["target"] for a in persisted), persisted
+    assert out["observation"]["complete"], out["observation"]
+    assert farm_containers(client, home) == []
