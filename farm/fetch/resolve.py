@@ -1,7 +1,8 @@
 """Lock resolution behind an explicit flag: the image's own cargo writes Cargo.lock against
 a farm mirror, in a gVisor sandbox with no network.
 
-Callers: ``farm.runner`` for ``farm build --resolve-lock MIRROR_DIR`` (local builds only:
+Callers: ``farm.runner`` for ``farm build --resolve-lock MIRROR_DIR`` and for a ``farm
+serve`` build submitted with ``resolve_lock`` (against the operator's ``--resolve-mirror``;
 ``farm fetch`` and the cluster use the lock they are given), the realworld corpus
 (tests/realworld) and bench/realworld.py, whose programs are re-resolved against the
 Debian-derived mirror tier (farm.mirror.debian_binary).
