@@ -57,7 +57,11 @@ local-registry = "{MIRROR}"
 [net]
 offline = true
 """
+# One stream: docker delivers stdout and stderr through separate pipes, so cargo's
+# progress lines on stderr (trixie's cargo prints "Adding foo v1 (available: v2)" while
+# resolving) could land inside the lock that follows the marker on stdout.
 SCRIPT = """\
+exec 2>&1
 set -e
 cp -R /manifests /tmp/project
 cd /tmp/project
