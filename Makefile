@@ -64,9 +64,9 @@ test-crates: $(VENV)/.installed
 test: setup tools apiserver lint test-crates
 	$(VENV)/bin/pytest
 
-# The whole realworld corpus (docs/realworld.md): five Debian-packaged programs, each
-# built twice in gVisor from a loopback mirror of Debian-derived crates. A plain `make
-# test` runs only the smallest one. Downloads are cached in FARM_REALWORLD_CACHE.
+# The whole realworld corpus (docs/realworld.md): five bookworm programs and hexyl on
+# trixie, each built twice in gVisor from a loopback mirror of Debian-derived crates. A
+# plain `make test` runs only the CI program (exa). Downloads are cached in FARM_REALWORLD_CACHE.
 .PHONY: realworld
 realworld: setup
 	$(VENV)/bin/pytest -m realworld tests/realworld

@@ -85,10 +85,16 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("programs", nargs="*", help="names (default: the whole corpus)")
+    p.add_argument(
+        "programs",
+        nargs="*",
+        help="names (every suite's build of it) or ids such as hexyl-0.8.0-trixie "
+        "(default: the whole corpus)",
+    )
     p.add_argument("--out", type=Path, default=Path("realworld-times.json"))
     args = p.parse_args()
-    chosen = [x for x in CORPUS if not args.programs or x.name in args.programs]
+    wanted = set(args.programs)
+    chosen = [x for x in CORPUS if not wanted or {x.name, x.id} & wanted]
     rows = []
     for program in chosen:
         with tempfile.TemporaryDirectory(prefix="farm-rw-") as work:

@@ -45,11 +45,14 @@ class BuildOptions(BaseModel):
 
     check: int = Field(0, ge=0, le=MAX_RUNS, description="runs of a reproducibility check")
     no_cache: bool = False
+    #: ``farm serve``: resolve the lock against the operator's mirror (farm serve
+    #: --resolve-mirror) first. A yes or no, never a path: a tenant names no directory.
+    resolve_lock: bool = Field(False, strict=True)
 
 
 #: Request fields (``farm serve``'s POST /v1/builds) that are options, not spec fields;
 #: the queue keeps them in the stored spec under OPTIONS_KEY.
-OPTION_FIELDS = ("check", "no_cache")
+OPTION_FIELDS = ("check", "no_cache", "resolve_lock")
 OPTIONS_KEY = "farm_options"
 
 

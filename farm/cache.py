@@ -68,6 +68,10 @@ def uncacheable_reason(record: BuildRecord) -> str | None:
     verdict = record.reproducibility
     if verdict is not None and not verdict.reproducible:
         return f"the reproducibility check said {verdict.result}"
+    if record.lock_resolution is not None:
+        # The key names the tree without that lock: a later build of the same tree (with
+        # its own lock, or none) must not be served a result of a lock farm chose.
+        return f"its Cargo.lock was {record.lock_resolution.describe()}"
     return None
 
 

@@ -39,6 +39,10 @@ from farm.settings import Settings
 from farm.spec import TENANT_NAME, BuildSpec, build_spec, load_spec_file
 from farm.store import Store
 
+#: ``farm build --resolve-lock`` given without MIRROR_DIR (no argument can hold a NUL):
+#: for farm serve, which resolves against its operator's mirror.
+SERVER_MIRROR = Path("\x00farm-serve-mirror")
+
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
@@ -150,10 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--resolve-lock",
         type=Path,
+        nargs="?",
+        const=SERVER_MIRROR,
         metavar="MIRROR_DIR",
         help="write the build's Cargo.lock first: the image's cargo resolves the manifests "
         "against this farm mirror directory, in a sandbox with no network (your tree is "
-        "not changed; provenance says so); use with --registry serving that mirror",
+        "not changed; provenance says so); use with --registry serving that mirror. With "
+        "--server, give no MIRROR_DIR: farm serve resolves against its operator's mirror",
     )
     b.set_defaults(func=cmd_build)
 
@@ -255,6 +262,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSON list of the registries specs may name ({name, index, token_file}); "
         "default $FARM_REGISTRIES. A spec names one; it never gives a URL or token",
+    )
+    sv.add_argument(
+        "--resolve-mirror",
+        type=Path,
+        metavar="MIRROR_DIR",
+        help="a farm mirror directory: a build submitted with resolve_lock (farm build "
+        "--resolve-lock) gets its Cargo.lock resolved against it first; without it such a "
+        "build is refused",
     )
     sv.set_defaults(func=cmd_serve)
 
@@ -528,8 +543,14 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     if args.git_host and server:
         raise InputError("--git-host: the operator of farm serve allows git hosts there")
     if args.resolve_lock and server:
-        raise InputError("--resolve-lock: builds on farm serve use the lock they are given")
-    if args.resolve_lock:
+        if args.resolve_lock != SERVER_MIRROR:
+            raise InputError(
+                "--resolve-lock: farm serve resolves against its operator's mirror (farm "
+                "serve --resolve-mirror); drop MIRROR_DIR"
+            )
+    elif args.resolve_lock == SERVER_MIRROR:
+        raise InputError("--resolve-lock: a local build needs MIRROR_DIR, a farm mirror directory")
+    elif args.resolve_lock:
         if not (args.resolve_lock / "index").is_dir():
             raise InputError(
                 f"--resolve-lock: {args.resolve_lock} is not a farm mirror (no index/); "
@@ -588,6 +609,8 @@ def _build_remote(args: argparse.Namespace, settings: Settings, spec: BuildSpec,
             raise InputError(f"{flag}: the service decides this; drop it or pass --local")
     client = Client(url, settings.token)
     options = {"check": args.check, "no_cache": args.no_cache}
+    if args.resolve_lock:
+        options["resolve_lock"] = True
     view = client.submit({**spec.model_dump(mode="json", exclude_unset=True), **options})
     build_id, offset = view["id"], 0
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
@@ -906,6 +929,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         ceilings=Ceilings.parse_items(args.ceiling, "--ceiling"),
         allowed_images=tuple(args.allow_image) if args.allow_image else None,
         http=http,
+        resolve_mirror=args.resolve_mirror,
     )
     logging.basicConfig(level=logging.INFO, format="farm serve: %(message)s")
     serve(settings, options, say=lambda m: print(f"farm serve: {m}", file=sys.stderr, flush=True))

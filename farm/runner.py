@@ -9,6 +9,8 @@ removes the build's directories and leaves a final record in the index.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import secrets
 import stat
@@ -148,6 +150,13 @@ class Runner:
         self.observer = observer if settings.observing else None
         #: Build id -> the marker of its honeytokens, while it runs (values in memory only).
         self._honey: dict[str, Marker] = {}
+
+    def resolving(self, mirror: Path) -> Runner:
+        """This runner for builds whose lock is first resolved against ``mirror``
+        (farm serve's per-build ``resolve_lock``); it shares everything else."""
+        other = copy.copy(self)
+        other.settings = dataclasses.replace(self.settings, resolve_mirror=mirror)
+        return other
 
     def within(self, spec: BuildSpec) -> Path | None:
         """The directory ``spec.source`` must be opened beneath, if this runner serves."""

@@ -22,10 +22,11 @@ from prometheus_client import CollectorRegistry
 
 from farm.admission import Admission, Ceilings, ImageAllowlist
 from farm.api import Api, check_bind, make_server
-from farm.errors import InfrastructureError
+from farm.errors import InfrastructureError, InputError
 from farm.httpserver import HttpLimits
 from farm.logs import CappedLog
 from farm.metrics import Metrics
+from farm.mirror.layout import MANIFEST_FILE
 from farm.observe.daemon import HostObserver
 from farm.queue import Queue
 from farm.runner import Runner
@@ -49,6 +50,9 @@ class ServeOptions:
     #: Image patterns builds may run (``--allow-image``); None: FARM_ALLOWED_IMAGES.
     allowed_images: tuple[str, ...] | None = None
     http: HttpLimits = field(default_factory=HttpLimits)
+    #: ``--resolve-mirror``: the farm mirror a build asking ``resolve_lock`` is resolved
+    #: against (farm.fetch.resolve); tenants may ask for it, never name a directory.
+    resolve_mirror: Path | None = None
 
 
 @contextlib.contextmanager
@@ -72,6 +76,8 @@ def serve(settings: Settings, options: ServeOptions, say: Callable[[str], None])
     when dockerd or the port is unavailable."""
     tokens = load_tokens(options.tokens_file) if options.tokens_file else None
     check_bind(options.bind, tokens)
+    if options.resolve_mirror is not None:
+        options = dataclasses.replace(options, resolve_mirror=check_mirror(options.resolve_mirror))
     origin = "FARM_ALLOWED_IMAGES"
     if options.allowed_images is not None:
         # The workers' runners check the image again, against the same list.
@@ -134,7 +140,19 @@ def _service(
         sources=sources,
         concurrency=options.concurrency,
         admission=admission,
+        resolve_mirror=options.resolve_mirror,
     )
+
+
+def check_mirror(path: Path) -> Path:
+    """``--resolve-mirror``: an existing farm mirror, as an absolute path. Raises
+    InputError before anything listens."""
+    if not (path / "index").is_dir() or not (path / MANIFEST_FILE).is_file():
+        raise InputError(
+            f"--resolve-mirror: {path} is not a farm mirror (no index/ and {MANIFEST_FILE}); "
+            "make one with `farm mirror create` and fill it with `farm mirror add`"
+        )
+    return path.resolve()
 
 
 def _wait_for_signal() -> None:

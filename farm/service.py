@@ -19,11 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from farm.admission import Admission
 from farm.buildflow import OPTIONS_KEY, BuildOptions, run_build, take_options
 from farm.confine import SourcePolicy
-from farm.errors import ExitCode, FarmError, NotFoundError
+from farm.errors import ExitCode, FarmError, InputError, NotFoundError
 from farm.logs import CappedLog
 from farm.metrics import BEHAVIOUR_SEVERITIES, Metrics
 from farm.queue import Entry, Queue, State
@@ -82,6 +83,7 @@ class Service:
         sources: SourcePolicy,
         concurrency: int,
         admission: Admission | None = None,
+        resolve_mirror: Path | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -91,6 +93,9 @@ class Service:
         self.sources = sources
         #: The operator's ceilings and images (farm.admission); default: their defaults.
         self.admission = admission if admission is not None else Admission()
+        #: The operator's farm mirror (``--resolve-mirror``) a build asking for
+        #: ``resolve_lock`` is resolved against; None: such a build is refused.
+        self.resolve_mirror = resolve_mirror
         self._workers = [_Worker() for _ in range(concurrency)]
         self._wake = threading.Condition()
         self._stopping = threading.Event()
@@ -179,6 +184,12 @@ class Service:
     def check(self, spec: BuildSpec, options: BuildOptions) -> None:
         """The operator's admission, then the source's confinement; raises as ``admit``."""
         self.admission.enforce(spec, SERVE_HINT, options.check)
+        if options.resolve_lock and self.resolve_mirror is None:
+            raise InputError(
+                "resolve_lock: this farm serve has no mirror to resolve locks against (its "
+                "operator starts it with --resolve-mirror DIR); submit the tree with its "
+                "Cargo.lock instead"
+            )
         self.sources.check(spec)
 
     def submit(self, build_id: str, spec: BuildSpec, options: BuildOptions | None = None) -> Entry:
@@ -278,12 +289,17 @@ class Service:
             spec = build_spec(data, service=True)
             # Again: the operator may have lowered a ceiling, the tree may have moved.
             self.check(spec, options)
+            runner = worker.runner
+            if options.resolve_lock:
+                assert self.resolve_mirror is not None  # check() refused it otherwise
+                runner = runner.resolving(self.resolve_mirror)
             run_build(
-                worker.runner,
+                runner,
                 spec,
                 build_id=entry.id,
                 check_runs=options.check,
-                use_cache=not options.no_cache,
+                # A resolved lock depends on the mirror, which the cache key does not name.
+                use_cache=not (options.no_cache or options.resolve_lock),
                 metrics=self.metrics,
             )
         except FarmError as exc:

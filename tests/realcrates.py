@@ -179,9 +179,38 @@ def fill(mirror: Mirror, names: list[str] | None = None) -> list[CrateEntry]:
 INDEX_SUITES = ("bookworm", "trixie")
 
 
+#: A Debian-derived crate (farm.mirror.debian_binary): trixie's rustix 0.38.37, whose
+#: ``[target.'cfg(..)']`` keys run to 626 characters. Debian's source pool here lacks its
+#: orig tarball, so the crate is repacked from librust-rustix-dev, pinned by the .deb's
+#: sha256 from trixie's signed Packages (probed 2026-12-05) and by the repack's sha256.
+RUSTIX_DEB = (
+    "pool/main/r/rust-rustix/librust-rustix-dev_0.38.37-4_amd64.deb",
+    273088,
+    "4c890e52a71b4e821e418e7fed618ab883619c20dc35170b1efa1f281b90145e",
+)
+RUSTIX_CKSUM = "8e990369ea9140f08e25c7277522116f422d0c54a58afa13340b5906d2f4ed59"
+
+
+def ensure_rustix() -> bytes:
+    """rustix 0.38.37 as farm's Debian tier derives it; the .deb is downloaded once into
+    the cache and checked against its pinned sha256 on every use, as is the repack."""
+    from farm.mirror.debarchive import DebianArchive as BinaryArchive
+    from farm.mirror.debian_binary import derive
+
+    archive = BinaryArchive(cache_dir() / "debian-binary")
+    path, size, sha = RUSTIX_DEB
+    stanza = {"Package": "librust-rustix-dev", "Filename": path, "Size": str(size), "SHA256": sha}
+    # derive() fetches the .deb through the pin: anything but those bytes is refused.
+    (crate,) = derive(archive, stanza)
+    digest = hashlib.sha256(crate.data).hexdigest()
+    assert digest == RUSTIX_CKSUM, f"rustix repack: sha256 {digest}, pinned {RUSTIX_CKSUM}"
+    return crate.data
+
+
 def main() -> int:
     for name, data in ensure().items():
         print(f"{name} {REAL_CRATES[name].version} {hashlib.sha256(data).hexdigest()}")
+    print(f"rustix 0.38.37 (Debian-derived) {hashlib.sha256(ensure_rustix()).hexdigest()}")
     for suite in INDEX_SUITES:
         inrelease, sources = debian_index(suite)
         print(f"{suite} InRelease {len(inrelease)} bytes, Sources.xz {len(sources)} bytes")

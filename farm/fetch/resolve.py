@@ -1,7 +1,8 @@
 """Lock resolution behind an explicit flag: the image's own cargo writes Cargo.lock against
 a farm mirror, in a gVisor sandbox with no network.
 
-Callers: ``farm.runner`` for ``farm build --resolve-lock MIRROR_DIR`` (local builds only:
+Callers: ``farm.runner`` for ``farm build --resolve-lock MIRROR_DIR`` and for a ``farm
+serve`` build submitted with ``resolve_lock`` (against the operator's ``--resolve-mirror``;
 ``farm fetch`` and the cluster use the lock they are given), the realworld corpus
 (tests/realworld) and bench/realworld.py, whose programs are re-resolved against the
 Debian-derived mirror tier (farm.mirror.debian_binary).
@@ -56,7 +57,11 @@ local-registry = "{MIRROR}"
 [net]
 offline = true
 """
+# One stream: docker delivers stdout and stderr through separate pipes, so cargo's
+# progress lines on stderr (trixie's cargo prints "Adding foo v1 (available: v2)" while
+# resolving) could land inside the lock that follows the marker on stdout.
 SCRIPT = """\
+exec 2>&1
 set -e
 cp -R /manifests /tmp/project
 cd /tmp/project

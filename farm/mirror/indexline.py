@@ -7,7 +7,8 @@ their ``[target.'cfg(..)'.*]`` forms, with a renamed dependency's table key as `
 and the real crate as ``package``; feature lists that use ``dep:`` or ``name?/feat``
 split off into ``features2`` (then ``v`` is 2), as crates.io does so that old cargo
 versions, which cannot parse them, skip only those. Everything is bounded and typed:
-the manifest comes from a downloaded file.
+the manifest comes from a downloaded file. Strings have a per-kind bound (a target cfg key
+is allowed far longer than a name) and the whole line has one (MAX_LINE_BYTES).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from farm.mirror.layout import check_name, check_version
 MAX_DEPS = 2000
 MAX_FEATURES = 2000
 MAX_STRING = 512
+#: A ``[target.'cfg(..)']`` key. cargo's index schema (cargo_util_schemas::index::
+#: RegistryDependency, ``target: Option<Cow<str>>``) and crates.io's publish bound neither
+#: this nor any other string; real keys are long: rustix 0.38.37 has one of 626
+#: characters. 4096 admits such with room while a key stays readable in an error.
+MAX_TARGET = 4096
+#: The whole line as written: the bound that matters against a hostile manifest, whose
+#: per-list caps alone multiply to gigabytes. crates.io's largest lines (web-sys, windows,
+#: with over a thousand features) are a few hundred KB.
+MAX_LINE_BYTES = 1 << 20
 _REQ = re.compile(r"[0-9A-Za-z.*^~=<>, +-]{1,256}")
 _COMPARATOR = re.compile(r"(=|>=|<=|>|<|~|\^)?\s*(\S+)")
 _KINDS = {
@@ -89,14 +99,14 @@ def index_line(manifest: dict[str, Any], cksum: str) -> IndexLine:
     label = f"{name} {vers}"
     deps = _deps(manifest, None, label)
     for target, tables in _table(manifest.get("target", {}), "[target]", label).items():
-        _string(target, "a [target] key", label)
+        _string(target, "a [target] key", label, MAX_TARGET)
         deps += _deps(_table(tables, f"[target.{target!r}]", label), target, label)
     if len(deps) > MAX_DEPS:
         raise MirrorError(f"{label}: more than {MAX_DEPS} dependencies")
     features, features2 = _features(manifest.get("features", {}), label)
     links = package.get("links")
     rust_version = package.get("rust-version")
-    return IndexLine(
+    line = IndexLine(
         name=name,
         vers=vers,
         deps=deps,
@@ -109,6 +119,10 @@ def index_line(manifest: dict[str, Any], cksum: str) -> IndexLine:
         else _string(rust_version, "package.rust-version", label),
         v=2 if features2 else None,
     )
+    size = len(line.to_json().encode())
+    if size > MAX_LINE_BYTES:
+        raise MirrorError(f"{label}: index line of {size} bytes is over {MAX_LINE_BYTES}")
+    return line
 
 
 def _deps(tables: dict[str, Any], target: str | None, label: str) -> list[IndexDep]:
@@ -187,9 +201,9 @@ def _table(value: Any, what: str, label: str = "") -> dict[str, Any]:
     return value
 
 
-def _string(value: Any, what: str, label: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_STRING or "\x00" in value:
-        raise MirrorError(f"{label}: {what} must be a string of 1 to {MAX_STRING} characters")
+def _string(value: Any, what: str, label: str, cap: int = MAX_STRING) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= cap or "\x00" in value:
+        raise MirrorError(f"{label}: {what} must be a string of 1 to {cap} characters")
     return value
 
 

@@ -81,7 +81,7 @@ def farm_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def farm(
-    home: Path, *args: str, timeout: float = 900, **extra_env: str
+    home: Path, *args: str, timeout: float | None = 900, **extra_env: str
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "farm.cli", *args],
@@ -92,8 +92,10 @@ def farm(
     )
 
 
-def farm_json(home: Path, *args: str, **extra_env: str) -> tuple[int, dict]:
-    done = farm(home, args[0], "--json", *args[1:], **extra_env)
+def farm_json(
+    home: Path, *args: str, timeout: float | None = 900, **extra_env: str
+) -> tuple[int, dict]:
+    done = farm(home, args[0], "--json", *args[1:], timeout=timeout, **extra_env)
     try:
         return done.returncode, json.loads(done.stdout)
     except ValueError:

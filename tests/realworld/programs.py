@@ -53,7 +53,8 @@ class Program:
 
     @property
     def id(self) -> str:
-        return f"{self.name}-{self.version}"
+        suffix = "" if self.suite == "bookworm" else f"-{self.suite}"
+        return f"{self.name}-{self.version}{suffix}"
 
 
 #: The program a plain `pytest` (CI) builds too: the quickest to build, and its
@@ -96,6 +97,15 @@ CORPUS = [
     ),
     Program(
         "cbindgen", "0.24.3", "bookworm", "cbindgen", "librust", why="serde, syn, toml, clap 3"
+    ),
+    Program(
+        "hexyl",
+        "0.8.0",
+        "trixie",
+        "hexyl",
+        "librust",
+        image="farm/rust:trixie",
+        why="trixie's crates on rustc 1.85 (rustix 0.38.37's long cfg keys)",
     ),
 ]
 

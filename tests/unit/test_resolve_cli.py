@@ -1,4 +1,5 @@
-"""``farm build --resolve-lock``: refused before anything is created when it cannot apply."""
+"""``farm build --resolve-lock [MIRROR_DIR]``: refused before anything is created when it
+cannot apply (tests/e2e/test_serve_resolve.py has farm serve's side)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,16 @@ def test_a_directory_that_is_not_a_mirror_is_refused_before_any_build(tmp_path: 
     )
 
 
-def test_resolve_lock_is_local_only(tmp_path: Path) -> None:
+def test_a_server_build_names_no_mirror_dir_and_a_local_one_must(tmp_path: Path) -> None:
+    """farm serve resolves against its operator's mirror: a tenant names no directory."""
     (tmp_path / "m" / "index").mkdir(parents=True)
-    done = _farm(
-        tmp_path,
-        "build",
-        str(_src(tmp_path)),
-        "--resolve-lock",
-        str(tmp_path / "m"),
-        "--server",
-        "http://127.0.0.1:9",
-    )
+    src = str(_src(tmp_path))
+    server = ("--server", "http://127.0.0.1:9")
+    done = _farm(tmp_path, "build", src, "--resolve-lock", str(tmp_path / "m"), *server)
     assert done.returncode == 2
-    assert "--resolve-lock: builds on farm serve use the lock they are given" in done.stderr
+    assert "--resolve-lock: farm serve resolves against its operator's mirror" in done.stderr
+    assert "drop MIRROR_DIR" in done.stderr
+    done = _farm(tmp_path, "build", src, "--resolve-lock")
+    assert done.returncode == 2
+    assert "--resolve-lock: a local build needs MIRROR_DIR" in done.stderr
+    assert not (tmp_path / "home" / "work").exists()

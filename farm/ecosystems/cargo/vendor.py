@@ -40,8 +40,10 @@ _VENDOR_SOURCE = "farm-vendor"
 
 NO_LOCK = (
     "the project has no Cargo.lock, and the fetch phase downloads exactly what a lock names: "
-    "run `cargo generate-lockfile` in it and commit Cargo.lock, or pass --resolve-lock to "
-    "have farm resolve one against the registry"
+    "run `cargo generate-lockfile` in it and commit Cargo.lock, or have farm resolve one "
+    "against a farm mirror: `farm build --resolve-lock MIRROR_DIR` locally, `--resolve-lock` "
+    "through a farm serve started with --resolve-mirror (a cluster Build uses the lock it "
+    "is given)"
 )
 
 
