@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from farm.admission import check_local_image
 from farm.cache import Cache, cache_key, uncacheable_reason
 from farm.errors import InputError
+from farm.layers.flow import build_with_layer
 from farm.metrics import Metrics
 from farm.policy import BuildDirs, sandbox_for
 from farm.provenance import attest
@@ -77,12 +78,15 @@ def run_build(
     check_runs: int = 0,
     use_cache: bool = True,
     metrics: Metrics | None = None,
+    use_layer: bool = False,
 ) -> Outcome:
     """Serve ``spec`` from the cache if a clean result exists, else build (N times with
     ``check_runs``), attest and offer the result to the cache.
 
     ``build_id`` is the queue's id for this request: the build's record gets it, and a
     cache hit is recorded under it as a copy naming the original in ``cached_from``.
+    ``use_layer`` starts the build from the project's dependency layer (farm.layers),
+    never for a ``check_runs`` build (always cold) or without the cache (``--no-cache``).
     Raises NotAdmittedError, before anything else, for an image the host does not allow.
     """
     validate_check(check_runs)
@@ -103,11 +107,14 @@ def run_build(
             return Outcome(hit, cached=True, said=[said])
     else:
         _count(metrics, "bypass")
+    said: list[str] = []
     if check_runs:
         record = check(runner, spec, check_runs, build_id=build_id, metrics=metrics)
+    elif use_layer and use_cache:
+        record, said = build_with_layer(runner, spec, build_id)
     else:
         record = runner.build(spec, build_id)
-    outcome = Outcome(record)
+    outcome = Outcome(record, said=said)
     if record.status is Status.SUCCEEDED:
         attest(record, spec, runner.store, runner.settings.home)
     reason = uncacheable_reason(record)
