@@ -110,7 +110,7 @@ def run_build(
     said: list[str] = []
     if check_runs:
         record = check(runner, spec, check_runs, build_id=build_id, metrics=metrics)
-    elif use_layer and use_cache:
+    elif layered(check_runs=check_runs, use_cache=use_cache, use_layer=use_layer):
         record, said = build_with_layer(runner, spec, build_id)
     else:
         record = runner.build(spec, build_id)
@@ -124,6 +124,13 @@ def run_build(
     elif reason:
         outcome.said.append(f"not cached: {reason}")
     return outcome
+
+
+def layered(*, check_runs: int, use_cache: bool, use_layer: bool) -> bool:
+    """Whether a build starts from a dependency layer: only when asked, never for a
+    reproducibility check (its runs are always cold, so a layer cannot hide a
+    difference) and never with the cache bypassed (``--no-cache`` builds from nothing)."""
+    return use_layer and use_cache and not check_runs
 
 
 def hit_line(record: BuildRecord) -> str:

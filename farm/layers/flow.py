@@ -84,18 +84,8 @@ def make_layer(
     kept: list[Layer] = []
 
     def keep(record: BuildRecord, target: Path) -> None:
-        reason = uncacheable_reason(record)
-        if reason is None and record.observation is None:
-            reason = "the build was not observed (--no-observe)"
-        if reason:
-            record.notes.append(f"dependency layer not kept: {reason}")
-            return
-        layer = store.keep(key, spec.tenant, target, record.id)
-        record.layer_kept = LayerUse(
-            id=layer.id, key=layer.key, digest=layer.digest, built_by=record.id
-        )
-        record.notes.append(f"kept as dependency layer {layer.id} ({layer.digest})")
-        kept.append(layer)
+        layer = keep_if_clean(store, key, spec.tenant, record, target)
+        kept.extend([layer] if layer else [])
 
     runner.settings.work_dir.mkdir(parents=True, exist_ok=True)
     skeleton.write(files, work)
@@ -109,6 +99,32 @@ def make_layer(
     if kept:
         return kept[0], f"layer: built {kept[0].id} from dependency build {record.id}"
     return None, f"layer: dependency build {record.id} {record.status.value}; building cold"
+
+
+def layer_refusal(record: BuildRecord) -> str | None:
+    """Why ``record``'s target tree must not become a layer, or None: the cache's rule
+    (succeeded, gVisor, nothing blocked, a complete record, not unreproducible), and
+    observed at all."""
+    reason = uncacheable_reason(record)
+    if reason is None and record.observation is None:
+        reason = "the build was not observed (--no-observe)"
+    return reason
+
+
+def keep_if_clean(
+    store: LayerStore, key: str, tenant: str, record: BuildRecord, target: Path
+) -> Layer | None:
+    """Keep ``target`` as the layer ``key`` if ``record`` is clean; notes either way."""
+    reason = layer_refusal(record)
+    if reason:
+        record.notes.append(f"dependency layer not kept: {reason}")
+        return None
+    layer = store.keep(key, tenant, target, record.id)
+    record.layer_kept = LayerUse(
+        id=layer.id, key=layer.key, digest=layer.digest, built_by=record.id
+    )
+    record.notes.append(f"kept as dependency layer {layer.id} ({layer.digest})")
+    return layer
 
 
 def dependency_argv(files: dict[str, bytes]) -> list[str]:

@@ -61,6 +61,7 @@ def tree_digest(root: Path) -> tuple[str, int, int]:
     """(sha256 digest, bytes, entries) of the tree at ``root``, following no link."""
     h = hashlib.sha256()
     size = count = 0
+    seen: set[int] = set()  # cargo hard-links uplifted files: their bytes count once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]):
@@ -72,7 +73,8 @@ def tree_digest(root: Path) -> tuple[str, int, int]:
             if stat.S_ISLNK(st.st_mode):
                 h.update(os.readlink(path).encode() + b"\0")
             elif stat.S_ISREG(st.st_mode):
-                size += st.st_size
+                size += 0 if st.st_ino in seen else st.st_size
+                seen.add(st.st_ino)
                 h.update(_file_sha(path) + b"\0")
     return "sha256:" + h.hexdigest(), size, count
 
