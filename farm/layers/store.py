@@ -136,12 +136,29 @@ class LayerStore:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.chmod(tmp, 0o755)  # the tree is read by gVisor's gofer through the overlay
         final = self._dir(key)
-        remove_tree(final)
+        existing = self._load(final)
+        if existing is not None:
+            # Another dependency build of the same key finished first; builds may have it
+            # mounted already, so it is kept and this copy dropped.
+            remove_tree(tmp)
+            return existing
+        remove_tree(final)  # a half-written leftover without meta.json
         os.rename(tmp, final)
         return layer
 
     def remove(self, key: str) -> None:
         remove_tree(self._dir(key))
+
+    def in_use(self, layer: Layer) -> bool:
+        """Whether a running build has ``layer`` mounted (it is an overlay's lower dir)."""
+        wanted = f"lowerdir={layer.tree}"
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            return any(
+                wanted in option.split(",")
+                for line in table
+                if " - overlay " in line
+                for option in [line.rsplit(" ", 1)[-1].strip()]
+            )
 
     def all(self) -> list[Layer]:
         """Every stored layer, most recently used first."""
@@ -156,11 +173,12 @@ class LayerStore:
 
     def prune(self, max_bytes: int, max_count: int) -> tuple[int, int]:
         """Drop least recently used layers beyond ``max_count`` or ``max_bytes`` in all.
-        Returns (layers dropped, bytes freed)."""
+        A layer a running build has mounted is left for the next pass. Returns (layers
+        dropped, bytes freed)."""
         total = dropped = freed = 0
         for index, layer in enumerate(self.all()):
             total += layer.size
-            if index >= max_count or total > max_bytes:
+            if (index >= max_count or total > max_bytes) and not self.in_use(layer):
                 self.remove(layer.key)
                 dropped, freed = dropped + 1, freed + layer.size
         return dropped, freed

@@ -15,7 +15,7 @@ import pytest
 
 from farm.buildflow import layered
 from farm.errors import VerificationError
-from farm.layers import skeleton
+from farm.layers import overlay, skeleton
 from farm.layers.flow import dependency_argv, keep_if_clean
 from farm.layers.store import LayerStore, tree_digest
 from farm.provenance import attest
@@ -24,6 +24,7 @@ from farm.signing import load_or_create_key
 from farm.spec import build_spec
 from farm.store import Store
 from farm.verify import verify
+from farm.workdisk import release
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello-serde"
@@ -211,3 +212,32 @@ def test_the_digest_sees_modes_links_and_content(tmp_path: Path) -> None:
     first = tree_digest(target)
     os.chmod(target / "release" / "deps" / "libserde-1.rlib", 0o755)
     assert tree_digest(target)[0] != first[0]
+
+
+def test_a_second_dependency_build_of_the_same_key_keeps_the_first(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path / "home")
+    key = "sha256:" + "3" * 64
+    first = keep_if_clean(store, key, "t1", clean_record("b1"), target_tree(tmp_path))
+    (tmp_path / "target" / "release" / "deps" / "libserde-1.rlib").write_bytes(b"other")
+    second = keep_if_clean(store, key, "t1", clean_record("b2"), tmp_path / "target")
+    assert first == second and store.intact(first)  # a mounted lower is never replaced
+    assert [p.name for p in store.root.iterdir()] == [key.removeprefix("sha256:")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting an overlay needs root")
+def test_gc_leaves_a_layer_a_running_build_has_mounted(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path / "home")
+    layer = keep_if_clean(store, "sha256:" + "4" * 64, "t1", clean_record(), target_tree(tmp_path))
+    assert layer is not None
+    disk, merged = tmp_path / "disk", tmp_path / "merged"
+    disk.mkdir()
+    merged.mkdir()
+    overlay.mount(layer.tree, disk, merged)
+    try:
+        (merged / "release" / "deps" / "libserde-1.rlib").write_bytes(b"poison")
+        assert store.prune(max_bytes=0, max_count=0) == (0, 0)
+    finally:
+        release(merged)
+    assert store.intact(layer)  # the write went to the upper dir
+    assert (disk / "layer-upper" / "release" / "deps" / "libserde-1.rlib").read_bytes() == b"poison"
+    assert store.prune(max_bytes=0, max_count=0) == (1, 4)
