@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from farm.admission import check_local_image
 from farm.cache import Cache, cache_key, uncacheable_reason
 from farm.errors import InputError
+from farm.layers.flow import build_with_layer
 from farm.metrics import Metrics
 from farm.policy import BuildDirs, sandbox_for
 from farm.provenance import attest
@@ -80,12 +81,15 @@ def run_build(
     check_runs: int = 0,
     use_cache: bool = True,
     metrics: Metrics | None = None,
+    use_layer: bool = False,
 ) -> Outcome:
     """Serve ``spec`` from the cache if a clean result exists, else build (N times with
     ``check_runs``), attest and offer the result to the cache.
 
     ``build_id`` is the queue's id for this request: the build's record gets it, and a
     cache hit is recorded under it as a copy naming the original in ``cached_from``.
+    ``use_layer`` starts the build from the project's dependency layer (farm.layers),
+    never for a ``check_runs`` build (always cold) or without the cache (``--no-cache``).
     Raises NotAdmittedError, before anything else, for an image the host does not allow.
     """
     validate_check(check_runs)
@@ -106,11 +110,14 @@ def run_build(
             return Outcome(hit, cached=True, said=[said])
     else:
         _count(metrics, "bypass")
+    said: list[str] = []
     if check_runs:
         record = check(runner, spec, check_runs, build_id=build_id, metrics=metrics)
+    elif layered(check_runs=check_runs, use_cache=use_cache, use_layer=use_layer):
+        record, said = build_with_layer(runner, spec, build_id)
     else:
         record = runner.build(spec, build_id)
-    outcome = Outcome(record)
+    outcome = Outcome(record, said=said)
     if record.status is Status.SUCCEEDED:
         attest(record, spec, runner.store, runner.settings.home)
     reason = uncacheable_reason(record)
@@ -120,6 +127,13 @@ def run_build(
     elif reason:
         outcome.said.append(f"not cached: {reason}")
     return outcome
+
+
+def layered(*, check_runs: int, use_cache: bool, use_layer: bool) -> bool:
+    """Whether a build starts from a dependency layer: only when asked, never for a
+    reproducibility check (its runs are always cold, so a layer cannot hide a
+    difference) and never with the cache bypassed (``--no-cache`` builds from nothing)."""
+    return use_layer and use_cache and not check_runs
 
 
 def hit_line(record: BuildRecord) -> str:

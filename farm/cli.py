@@ -136,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
         help="build N times in varied sandboxes and compare (reproducibility check)",
     )
     b.add_argument("--no-cache", action="store_true", help="build even if a clean result exists")
+    b.add_argument(
+        "--layer",
+        action="store_true",
+        help="start from the project's verified dependency layer, making it first if "
+        "there is none (docs/layers.md); not with --check or --no-cache, which build cold",
+    )
     b.add_argument("--json", action="store_true")
     b.add_argument(
         "--server",
@@ -313,6 +319,15 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--cache-max-size", default="10g", help="bound on cached artifacts (e.g. 500m, 10g)"
     )
+    gc.add_argument(
+        "--layers-max-size", default="20g", help="bound on dependency layers (default 20g)"
+    )
+    gc.add_argument(
+        "--layers-max-count",
+        type=int,
+        default=32,
+        help="dependency layers to keep, most recently used first (default 32)",
+    )
     gc.set_defaults(func=cmd_gc)
     prov = sub.add_parser("provenance", help="print a build's signed SLSA provenance (DSSE)")
     prov.add_argument("id")
@@ -326,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
         "--require",
         action="append",
         default=[],
-        choices=["reproducible", "no-network"],
+        choices=["reproducible", "no-network", "cold"],
         help="also require this of the build (repeatable)",
     )
     ver.add_argument(
@@ -542,6 +557,8 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         data["registry"] = registry.name if registry else None
     if args.git_host and server:
         raise InputError("--git-host: the operator of farm serve allows git hosts there")
+    if args.layer and server:
+        raise InputError("--layer: dependency layers are local-only for now; drop --layer")
     if args.resolve_lock and server:
         if args.resolve_lock != SERVER_MIRROR:
             raise InputError(
@@ -579,7 +596,9 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         try:
             # A resolved lock depends on the mirror, which the cache key does not name.
             use_cache = not (args.no_cache or args.resolve_lock)
-            outcome = run_build(runner, spec, check_runs=args.check, use_cache=use_cache)
+            outcome = run_build(
+                runner, spec, check_runs=args.check, use_cache=use_cache, use_layer=args.layer
+            )
         except Interrupted:
             print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
@@ -805,6 +824,7 @@ def cmd_artifacts(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     from farm.cache import Cache
     from farm.gc import collect_garbage
+    from farm.layers.store import LayerStore
     from farm.spec import parse_size
 
     if args.keep < 0:
@@ -813,11 +833,22 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
         bound = parse_size(args.cache_max_size)
     except ValueError as exc:
         raise InputError(f"--cache-max-size: {exc}") from None
+    try:
+        layers_bound = parse_size(args.layers_max_size)
+    except ValueError as exc:
+        raise InputError(f"--layers-max-size: {exc}") from None
+    if args.layers_max_count < 0:
+        raise InputError(f"--layers-max-count {args.layers_max_count}: give 0 or more")
     store = Store(settings.home)
     cache = Cache(settings.home, store)
     dropped, freed = cache.prune(bound)
     print(f"cache: dropped {dropped} entries ({freed} bytes of artifacts) to stay under {bound}")
     print(collect_garbage(store, settings, keep=args.keep, pinned=cache.build_ids()))
+    gone, bytes_gone = LayerStore(settings.home).prune(layers_bound, args.layers_max_count)
+    print(
+        f"layers: dropped {gone} ({bytes_gone} bytes) to stay under {layers_bound} bytes "
+        f"and {args.layers_max_count} layers"
+    )
     return 0
 
 

@@ -81,6 +81,9 @@ def statement(
                     "network": "none",
                     "hostname": HOSTNAME,
                     "environment": baseline_env(spec),
+                    # Signed, so `farm verify --require cold` can refuse a build that
+                    # started from a dependency layer (null: a cold build).
+                    "dependencyLayer": _layer(record),
                 },
                 "resolvedDependencies": _dependencies(record, spec, lock),
             },
@@ -94,6 +97,16 @@ def statement(
                 "byproducts": _byproducts(record),
             },
         },
+    }
+
+
+def _layer(record: BuildRecord) -> dict[str, str] | None:
+    if record.layer is None:
+        return None
+    return {
+        "id": record.layer.id,
+        "digest": record.layer.digest,
+        "builtBy": record.layer.built_by,
     }
 
 

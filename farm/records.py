@@ -170,6 +170,17 @@ class FetchedPackage(BaseModel):
     cached: bool = False
 
 
+class LayerUse(BaseModel):
+    """The dependency layer a build mounted under target/ (farm.layers), or, on the
+    dependency build itself, the layer it produced."""
+
+    id: str
+    key: str
+    digest: str
+    #: The dependency build whose target tree the layer is.
+    built_by: str
+
+
 class BuildRecord(BaseModel):
     id: str
     status: Status
@@ -221,6 +232,10 @@ class BuildRecord(BaseModel):
 
     #: Set when farm resolved the lock that was built (``--resolve-lock``), not the tenant.
     lock_resolution: LockResolution | None = None
+    #: The dependency layer this build started from (None: a cold build).
+    layer: LayerUse | None = None
+    #: Set on a dependency build (farm.layers.flow): the layer kept from its target tree.
+    layer_kept: LayerUse | None = None
 
     def summary(self) -> dict[str, Any]:
         """The stable ``--json`` shape of ``farm build``."""
@@ -239,4 +254,5 @@ class BuildRecord(BaseModel):
             ),
             "provenance_sha256": self.provenance_sha256,
             "cached_from": self.cached_from,
+            "layer": self.layer.model_dump() if self.layer else None,
         }

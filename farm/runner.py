@@ -33,6 +33,8 @@ from farm.fetch.registry import Registry
 from farm.fetch.resolve import resolve_lock
 from farm.honeytokens import KINDS as HONEY_KINDS
 from farm.honeytokens import Finder, Honeytokens, Marker, Redactor, found_in_file, plant
+from farm.layers import overlay
+from farm.layers.store import Layer, LayerStore
 from farm.logs import CappedLog
 from farm.observe.classify import iter_actions
 from farm.observe.daemon import HostObserver
@@ -42,7 +44,7 @@ from farm.policy import BuildDirs, sandbox_for, source_date_epoch
 from farm.profiles.derive import ProfileBuilder
 from farm.profiles.judge import apply as apply_profiles
 from farm.profiles.store import ProfileStore
-from farm.records import BuildRecord, HoneytokenVerdict, Refusal, Status
+from farm.records import BuildRecord, HoneytokenVerdict, LayerUse, Refusal, Status
 from farm.sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
@@ -79,6 +81,20 @@ class Reaped:
     tenant: str | None
     removed: list[str]
     message: str
+
+
+#: Called with a finished clean build's record and its target tree, before it is
+#: unmounted (farm.layers.flow keeps it as a dependency layer).
+KeepTarget = Callable[[BuildRecord, Path], None]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one build does with dependency layers: mount ``use``, keep its target with
+    ``keep``."""
+
+    use: Layer | None = None
+    keep: KeepTarget | None = None
 
 
 class Interrupted(BaseException):
@@ -150,6 +166,8 @@ class Runner:
         self.observer = observer if settings.observing else None
         #: Build id -> the marker of its honeytokens, while it runs (values in memory only).
         self._honey: dict[str, Marker] = {}
+        #: Build id -> its dependency-layer plan, while it runs.
+        self._layers: dict[str, LayerPlan] = {}
 
     def resolving(self, mirror: Path) -> Runner:
         """This runner for builds whose lock is first resolved against ``mirror``
@@ -231,10 +249,12 @@ class Runner:
         build_id: str | None = None,
         *,
         vary: Callable[[SandboxSpec], SandboxSpec] | None = None,
+        layers: LayerPlan | None = None,
     ) -> BuildRecord:
         """Run ``spec`` to a final record. ``build_id`` is given when a queue chose it;
         ``vary`` alters the sandbox for a reproducibility check run (farm.reprocheck),
-        after the policy's own checks have passed on the original. Raises
+        after the policy's own checks have passed on the original; ``layers`` mounts a
+        dependency layer or keeps the target tree as one (farm.layers.flow). Raises
         NotAdmittedError for an image the host does not allow."""
         check_local_image(self.settings, spec)
         registry = self.registry(spec)  # an unknown name stops here: nothing created yet
@@ -253,10 +273,12 @@ class Runner:
         record.notes.extend(notes)
         tokens = Honeytokens.generate()
         self._honey[build_id] = Marker(Finder(tokens))
+        self._layers[build_id] = layers or LayerPlan()
         try:
             return self._run(record, spec, dirs, sandbox, registry, tokens)
         finally:
             self._honey.pop(build_id, None)
+            self._layers.pop(build_id, None)
             self._release(dirs.root)
 
     def _marker(self, build_id: str) -> Marker | None:
@@ -332,6 +354,7 @@ class Runner:
         result: SandboxResult | None = None
         try:
             self._make_dirs(dirs, spec.resources.disk)
+            self._mount_layer(record, dirs)
             sandbox = plant(sandbox, tokens, dirs.disk / "home")
             if self._sinkhole_enabled():
                 sandbox = sinkhole.prepare(sandbox, dirs.root, dirs.disk / "dns")
@@ -379,6 +402,24 @@ class Runner:
                 log.close()
             self._finish(record, spec, dirs, log, result, started)
         return record
+
+    def _mount_layer(self, record: BuildRecord, dirs: BuildDirs) -> None:
+        """The plan's layer under target/, copy-on-write, if its files are still exactly
+        what was kept (a layer altered on the host is removed and the build runs cold)."""
+        layer = self._layers.get(record.id, LayerPlan()).use
+        if layer is None:
+            return
+        if not LayerStore(self.settings.home).intact(layer):
+            record.notes.append(
+                f"dependency layer {layer.id} no longer matches its digest; it was removed "
+                "and this build ran cold"
+            )
+            return
+        overlay.mount(layer.tree, dirs.disk, dirs.target)
+        record.layer = LayerUse(
+            id=layer.id, key=layer.key, digest=layer.digest, built_by=layer.built_by
+        )
+        record.notes.append(f"started from dependency layer {layer.id} ({layer.digest})")
 
     def _resolve_lock(
         self, record: BuildRecord, spec: BuildSpec, dirs: BuildDirs, mirror: Path
@@ -502,6 +543,9 @@ class Runner:
             self._observe(record, spec, dirs, self.observer, wait)
         if record.status is Status.SUCCEEDED:
             self._collect(record, spec, dirs)
+        keep = self._layers.get(record.id, LayerPlan()).keep
+        if keep and record.status is Status.SUCCEEDED:
+            keep(record, dirs.target)
 
     def _observe(
         self,

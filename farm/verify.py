@@ -28,7 +28,7 @@ from farm.provenance import (
 )
 from farm.signing import keyid, open_envelope
 
-REQUIREMENTS = ("reproducible", "no-network")
+REQUIREMENTS = ("reproducible", "no-network", "cold")
 
 
 def verify(
@@ -113,7 +113,29 @@ def _runtime(statement: dict[str, Any], allow_insecure: bool) -> str:
     )
 
 
+def _cold(statement: dict[str, Any]) -> str:
+    """Built from nothing but its source and image: no dependency layer (farm.layers).
+    Only an explicit null counts: a statement without the field does not say."""
+    params = statement["predicate"].get("buildDefinition", {}).get("internalParameters", {})
+    if "dependencyLayer" not in params:
+        raise VerificationError(
+            "requirement cold not met: the provenance does not say whether the build used "
+            "a dependency layer (made by an older farm); rebuild it"
+        )
+    layer = params["dependencyLayer"]
+    if layer is not None:
+        what = layer.get("id") if isinstance(layer, dict) else layer
+        digest = layer.get("digest") if isinstance(layer, dict) else "?"
+        raise VerificationError(
+            f"requirement cold not met: the build started from dependency layer {what} "
+            f"({digest}); rebuild without --layer (or with --check, which is always cold)"
+        )
+    return "requirement cold: built without a dependency layer"
+
+
 def _require(statement: dict[str, Any], name: str) -> str:
+    if name == "cold":
+        return _cold(statement)
     if name == "reproducible":
         verdict = byproduct(statement, REPRODUCIBILITY) or {}
         if not verdict.get("reproducible") or verdict.get("runs", 0) < 2:
