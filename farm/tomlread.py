@@ -5,7 +5,7 @@ tomllib recurses once per nesting level, so ``a = [[[[…`` a hundred thousand d
 RecursionError, not TOMLDecodeError: every caller would report a tenant's bad file as
 farm's own crash. Here it is a TOMLDecodeError like any other malformed file.
 
-Callers: farm.cargo, farm.spec, farm.provenance, farm.observe.classify and the cargo
+Callers: farm.ecosystems.cargo, farm.spec, farm.provenance, farm.observe.classify and the cargo
 ecosystem (lockfile, cratefile, gitpackage, toolchain).
 """
 

@@ -48,6 +48,10 @@ class BuildMount:
     target: str
 
 
+class NoLayer(Exception):
+    """The project cannot have a dependency layer (farm.layers); the message says why."""
+
+
 @runtime_checkable
 class ImageLabels(Protocol):
     """A backend that can read an image's labels (farm.backends.local), for an
@@ -102,6 +106,16 @@ class Ecosystem(Protocol):
     def failure_hint(self, log_tail: list[str]) -> str | None:
         """The fix for a failed build without a fetch phase, read from its log's tail
         (the build's own output: only ever worded as a hint)."""
+
+    # -- dependency layers (farm.layers): the project's dependencies built alone --
+
+    def layer_skeleton(self, source: Path, within: Path | None) -> dict[str, bytes]:
+        """The files of a project with the same dependencies and none of its own code
+        (relative path -> content), from its parsed manifests. Raises NoLayer."""
+
+    def layer_argv(self, files: dict[str, bytes]) -> list[str]:
+        """The command that builds ``files``' dependencies and leaves none of the stubs'
+        own outputs in the target tree."""
 
     # -- the observer: who a process of the build is --
 

@@ -19,9 +19,9 @@ import hashlib
 import secrets
 from pathlib import Path
 
-from farm import cargo
+from farm import ecosystems
 from farm.cache import BUILDER_VERSION, uncacheable_reason
-from farm.layers import skeleton
+from farm.ecosystems import Ecosystem, NoLayer
 from farm.layers.store import Layer, LayerStore, layer_key
 from farm.policy import BuildDirs, baseline_env, sandbox_for
 from farm.records import BuildRecord, LayerUse
@@ -34,20 +34,21 @@ def build_with_layer(
     runner: Runner, spec: BuildSpec, build_id: str | None = None
 ) -> tuple[BuildRecord, list[str]]:
     """Build ``spec`` (resolved) from its layer; returns the record and lines for the user."""
-    if spec.argv != cargo.DEFAULT_ARGV:
+    ecosystem = ecosystems.detect(spec.source, runner.within(spec))
+    if ecosystem is None or spec.argv != ecosystem.default_argv():
         return runner.build(spec, build_id), [
-            "layer: not used: only the default cargo argv has one"
+            "layer: not used: only a project's default build command has one"
         ]
     try:
-        files = skeleton.plan(spec.source, runner.within(spec))
-    except skeleton.NoLayer as exc:
+        files = ecosystem.layer_skeleton(spec.source, runner.within(spec))
+    except NoLayer as exc:
         return runner.build(spec, build_id), [f"layer: not used: {exc}"]
     key = key_for(runner, spec, files)
     store = LayerStore(runner.settings.home)
     said = []
     layer = store.find(key, spec.tenant)
     if layer is None:
-        layer, line = make_layer(runner, spec, files, key)
+        layer, line = make_layer(runner, spec, files, key, ecosystem)
         said.append(line)
     record = runner.build(spec, build_id, layers=LayerPlan(use=layer))
     if record.layer:
@@ -75,7 +76,7 @@ def key_for(runner: Runner, spec: BuildSpec, files: dict[str, bytes]) -> str:
 
 
 def make_layer(
-    runner: Runner, spec: BuildSpec, files: dict[str, bytes], key: str
+    runner: Runner, spec: BuildSpec, files: dict[str, bytes], key: str, ecosystem: Ecosystem
 ) -> tuple[Layer | None, str]:
     """Build the skeleton in its own sandbox and keep its target tree if the build was
     clean. Returns the layer (None if not kept) and a line saying what happened."""
@@ -88,10 +89,10 @@ def make_layer(
         kept.extend([layer] if layer else [])
 
     runner.settings.work_dir.mkdir(parents=True, exist_ok=True)
-    skeleton.write(files, work)
+    write_files(files, work)
     try:
         deps_spec = spec.model_copy(
-            update={"source": work, "argv": dependency_argv(files), "outputs": ["out/**"]}
+            update={"source": work, "argv": ecosystem.layer_argv(files), "outputs": ["out/**"]}
         )
         record = runner.build(deps_spec, layers=LayerPlan(keep=keep))
     finally:
@@ -127,17 +128,10 @@ def keep_if_clean(
     return layer
 
 
-def dependency_argv(files: dict[str, bytes]) -> list[str]:
-    """Build the skeleton, then drop the stubs' own units: a layer holds dependencies
-    only, so cargo can never take a stub for the project's real crate."""
-    clean = " ".join(f"-p {_quote(name)}" for name in skeleton.local_packages(files))
-    build = " ".join(cargo.DEFAULT_ARGV)
-    script = f"{build} && cargo clean --release --offline {clean}" if clean else build
-    return ["sh", "-c", script]
-
-
-def _quote(name: str) -> str:
-    """Package names are [A-Za-z0-9_-] (cargo refuses others); anything else is quoted."""
-    return (
-        name if all(c.isalnum() or c in "-_" for c in name) else "'" + name.replace("'", "") + "'"
-    )
+def write_files(files: dict[str, bytes], dest: Path) -> None:
+    """Write a skeleton's files under ``dest`` (a new directory farm owns)."""
+    dest.mkdir(mode=0o755)
+    for rel, content in sorted(files.items()):
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from farm.buildflow import layered
+from farm.ecosystems import NoLayer
+from farm.ecosystems.cargo import skeleton
+from farm.ecosystems.cargo.skeleton import dependency_argv
 from farm.errors import VerificationError
-from farm.layers import overlay, skeleton
-from farm.layers.flow import dependency_argv, keep_if_clean
+from farm.layers import overlay
+from farm.layers.flow import keep_if_clean
 from farm.layers.store import LayerStore, tree_digest
 from farm.provenance import attest
 from farm.records import Artifact, BuildRecord, LayerUse, ObservationSummary, Status
@@ -91,16 +94,16 @@ def test_a_workspace_gets_stubs_per_member_and_a_build_script_stub(tmp_path: Pat
 
 def test_what_the_skeleton_cannot_hold_means_no_layer(tmp_path: Path) -> None:
     outside = '[package]\nname = "p"\nversion = "0.1.0"\n[dependencies]\nq = { path = "../q" }\n'
-    with pytest.raises(skeleton.NoLayer, match="not a workspace member"):
+    with pytest.raises(NoLayer, match="not a workspace member"):
         skeleton.plan(project(tmp_path / "a", outside))
     linked = project(tmp_path / "b", '[package]\nname = "p"\nversion = "0.1.0"\n')
     (linked / "Cargo.toml").unlink()
     (linked / "Cargo.toml").symlink_to(HELLO / "Cargo.toml")
-    with pytest.raises(skeleton.NoLayer, match="links are not followed"):
+    with pytest.raises(NoLayer, match="links are not followed"):
         skeleton.plan(linked)
     unlocked = project(tmp_path / "c", '[package]\nname = "p"\nversion = "0.1.0"\n')
     (unlocked / "Cargo.lock").unlink()
-    with pytest.raises(skeleton.NoLayer, match="no Cargo"):
+    with pytest.raises(NoLayer, match="no Cargo"):
         skeleton.plan(unlocked)
 
 

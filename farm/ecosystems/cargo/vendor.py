@@ -126,6 +126,16 @@ class Cargo:
 
         return missing_crate_hint(log_tail)
 
+    def layer_skeleton(self, source: Path, within: Path | None) -> dict[str, bytes]:
+        from farm.ecosystems.cargo.skeleton import plan
+
+        return plan(source, within)
+
+    def layer_argv(self, files: dict[str, bytes]) -> list[str]:
+        from farm.ecosystems.cargo.skeleton import dependency_argv
+
+        return dependency_argv(files)
+
     def lock_versions(self, source: Path) -> dict[str, str]:
         from farm.ecosystems.cargo.attribution import lock_versions
 

@@ -1,7 +1,8 @@
 """The dependency-only skeleton of a cargo project (cargo-chef's idea), made by farm.
 
-Callers: ``farm.layers.flow``. From the project's parsed manifests (``farm.cargo``
-reads them beneath the source, following no link) and its Cargo.lock, farm writes a
+Callers: ``farm.layers.flow``, through ``farm.ecosystems.cargo.vendor.Cargo``. From the
+project's parsed manifests (``farm.ecosystems.cargo.defaults`` reads them beneath the
+source, following no link) and its Cargo.lock, farm writes a
 workspace with the same dependency sections, features, profiles and lock, and stub
 targets (an empty ``src/lib.rs``, ``fn main() {}``) for every local package. Building
 it compiles exactly the dependencies; nothing of the tenant's own code runs, on the
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from farm import tomlread
-from farm.cargo import _is_file, _members, _read
 from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
+from farm.ecosystems import NoLayer
+from farm.ecosystems.cargo.defaults import DEFAULT_ARGV, _is_file, _members, _read
 from farm.errors import SpecError
 
 #: package keys that decide how dependencies build (or must exist for cargo to read
@@ -57,10 +59,6 @@ LIB_STUB = b"// farm dependency-layer stub\n"
 MAIN_STUB = b"// farm dependency-layer stub\nfn main() {}\n"
 
 
-class NoLayer(Exception):
-    """The project cannot have a dependency layer; the message says why."""
-
-
 def plan(source: Path, within: Path | None = None) -> dict[str, bytes]:
     """The skeleton's files, relative path -> content. Raises NoLayer."""
     try:
@@ -84,15 +82,6 @@ def local_packages(files: dict[str, bytes]) -> list[str]:
             if isinstance(package, dict) and isinstance(package.get("name"), str):
                 names.append(package["name"])
     return names
-
-
-def write(files: dict[str, bytes], dest: Path) -> None:
-    """Write the skeleton under ``dest`` (a new directory farm owns)."""
-    dest.mkdir(mode=0o755)
-    for rel, content in sorted(files.items()):
-        path = dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
 
 
 def _plan(fd: int) -> dict[str, bytes]:
@@ -249,3 +238,19 @@ def _value(value: Any) -> str:
     if isinstance(value, datetime | date | time):
         raise NoLayer("a manifest holds a date, which the skeleton does not copy")
     raise NoLayer(f"a manifest holds a value farm cannot copy ({type(value).__name__})")
+
+
+def dependency_argv(files: dict[str, bytes]) -> list[str]:
+    """Build the skeleton, then drop the stubs' own units: a layer holds dependencies
+    only, so cargo can never take a stub for the project's real crate."""
+    clean = " ".join(f"-p {_quote(name)}" for name in local_packages(files))
+    build = " ".join(DEFAULT_ARGV)
+    script = f"{build} && cargo clean --release --offline {clean}" if clean else build
+    return ["sh", "-c", script]
+
+
+def _quote(name: str) -> str:
+    """Package names are [A-Za-z0-9_-] (cargo refuses others); anything else is quoted."""
+    return (
+        name if all(c.isalnum() or c in "-_" for c in name) else "'" + name.replace("'", "") + "'"
+    )
