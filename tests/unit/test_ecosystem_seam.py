@@ -28,6 +28,7 @@ NEUTRAL = [
     "farm/sandbox.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "farm/observe").glob("*.py")),
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "farm/k8s").glob("*.py")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "farm/layers").glob("*.py")),
 ]
 
 
