@@ -26,14 +26,20 @@ class ReadSlots:
 
     @contextmanager
     def hold(self, tenant: str, timeout: float) -> Iterator[None]:
-        """One slot for ``tenant`` while the block runs. Raises BusyError after waiting
-        ``timeout`` seconds, saying whose reads it waited for."""
+        """One slot for ``tenant`` while the block runs. Raises BusyError at once when the
+        tenant's own slots are taken (a waiting submission holds an HTTP thread, so one
+        tenant's waiters could fill them all), else after waiting ``timeout`` seconds for
+        another tenant's read to end."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while (reason := self._full(tenant)) is not None:
+            while True:
+                if (own := self._own_full(tenant)) is not None:
+                    raise BusyError(own)
+                if sum(self._busy.values()) < self.total:
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise BusyError(reason)
+                    raise BusyError("farm serve is busy reading other submissions; retry shortly")
                 self._changed.wait(left)
             self._busy[tenant] += 1
         try:
@@ -44,12 +50,10 @@ class ReadSlots:
                 self._busy += Counter()  # drop zero counts: the set of tenants stays small
                 self._changed.notify_all()
 
-    def _full(self, tenant: str) -> str | None:
-        if self._busy[tenant] >= self.per_tenant:
-            return (
-                f"farm serve is still reading {self._busy[tenant]} earlier submission(s) of "
-                f"tenant {tenant!r}; retry once they are queued"
-            )
-        if sum(self._busy.values()) >= self.total:
-            return "farm serve is busy reading other submissions; retry shortly"
-        return None
+    def _own_full(self, tenant: str) -> str | None:
+        if self._busy[tenant] < self.per_tenant:
+            return None
+        return (
+            f"farm serve is still reading {self._busy[tenant]} earlier submission(s) of "
+            f"tenant {tenant!r}; retry once they are queued"
+        )

@@ -79,7 +79,9 @@ def test_one_tenant_cannot_take_every_read_slot(
     """A tenant whose crafted tree is still being read gets 503 for its next submission,
     while another tenant's is read and queued: one tenant cannot starve the rest."""
     service, port, source = served
-    monkeypatch.setattr(service_module, "READ_WAIT_SECONDS", 0.2)
+    # Its next one is refused at once, not after a wait: a waiting submission holds one
+    # of the server's HTTP threads, so one tenant's waiters could fill them all.
+    monkeypatch.setattr(service_module, "READ_WAIT_SECONDS", 3600)
     with service._reading.hold("mallory", 0):  # mallory's first, slow tree
         status, headers, body = submit(port, source, tenant="mallory")
         assert status == 503, body
