@@ -30,7 +30,7 @@ from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
 from farm.fetch.phase import fetch
 from farm.fetch.registry import Registry
-from farm.fetch.resolve import resolve_lock
+from farm.fetch.resolve import ResolveBounds, resolve_lock
 from farm.honeytokens import KINDS as HONEY_KINDS
 from farm.honeytokens import Finder, Honeytokens, Marker, Redactor, found_in_file, plant
 from farm.layers import overlay
@@ -427,7 +427,13 @@ class Runner:
         """``--resolve-lock``: the snapshot (farm's own copy; the tenant's tree is never
         written) gets the Cargo.lock the image's cargo resolves against ``mirror``."""
         self.on_phase("resolve", None)
-        resolved = resolve_lock(dirs.src, mirror, settings=self.settings, image=spec.image)
+        resolved = resolve_lock(
+            dirs.src,
+            mirror,
+            settings=self.settings,
+            image=spec.image,
+            bounds=ResolveBounds.of(spec),
+        )
         lock = dirs.src / "Cargo.lock"
         lock.unlink(missing_ok=True)  # the snapshot's own file, never a link (farm.snapshot)
         lock.write_text(resolved.text)

@@ -31,7 +31,9 @@ import os
 import secrets
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -41,12 +43,19 @@ from farm.records import LockResolution
 from farm.sandbox import Backend, Mount, SandboxSpec
 from farm.settings import BUILD_LABEL, SANDBOX_UID, Settings
 
+if TYPE_CHECKING:
+    from farm.spec import BuildSpec
+
 MANIFESTS, MIRROR, CONFIG = "/manifests", "/mirror", "/.cargo/config.toml"
 #: Bounds on the tree walked for manifests: entries seen, manifests copied, one manifest.
 MAX_ENTRIES = 200_000
 MAX_MANIFESTS = 20_000
 MAX_MANIFEST = 4 << 20
 SKIP_DIRS = {"target"}
+#: The resolver sandbox's own ceilings (cargo's resolver on one workspace's manifests).
+RESOLVE_DEADLINE = 600
+RESOLVE_MEMORY = 1 << 30
+RESOLVE_CPUS = 1.0
 CARGO_CONFIG = f"""\
 [source.crates-io]
 replace-with = "farm-mirror"
@@ -71,6 +80,25 @@ cat Cargo.lock
 """
 
 
+@dataclass(frozen=True)
+class ResolveBounds:
+    """The resolver sandbox's ceilings: farm's own, lowered to the build's admitted ones
+    (a ``farm serve`` tenant may ask for resolution; it must not get more time or memory
+    for it than the operator admitted for the build itself)."""
+
+    deadline_seconds: int = RESOLVE_DEADLINE
+    memory: int = RESOLVE_MEMORY
+    cpus: float = RESOLVE_CPUS
+
+    @classmethod
+    def of(cls, spec: BuildSpec) -> ResolveBounds:
+        return cls(
+            deadline_seconds=min(RESOLVE_DEADLINE, spec.timeout_seconds),
+            memory=min(RESOLVE_MEMORY, spec.resources.memory),
+            cpus=min(RESOLVE_CPUS, spec.resources.cpus),
+        )
+
+
 class ResolvedLock(BaseModel):
     text: str
     lockfile: Lockfile
@@ -84,6 +112,7 @@ def resolve_lock(
     settings: Settings,
     image: str | None = None,
     backend: Backend | None = None,
+    bounds: ResolveBounds | None = None,
 ) -> ResolvedLock:
     """Resolve ``source``'s workspace against ``mirror``; the tree itself is never written.
 
@@ -109,7 +138,7 @@ def resolve_lock(
         stage_manifests(source, work / "manifests")
         (work / "config.toml").write_text(CARGO_CONFIG)
         mark = f"FARM-LOCK-{secrets.token_hex(16)}"
-        spec = _spec(run_id, image, work, mirror, mark, quiet)
+        spec = _spec(run_id, image, work, mirror, mark, quiet, bounds or ResolveBounds())
         image_id = backend.preflight(spec)
         log = bytearray()
         result = backend.run(spec, log=log.extend, on_created=lambda _id: None)
@@ -163,7 +192,13 @@ def _copy_nofollow(src: Path, dst: Path) -> None:
 
 
 def _spec(
-    run_id: str, image: str, work: Path, mirror: Path, mark: str, settings: Settings
+    run_id: str,
+    image: str,
+    work: Path,
+    mirror: Path,
+    mark: str,
+    settings: Settings,
+    bounds: ResolveBounds,
 ) -> SandboxSpec:
     return SandboxSpec(
         name=f"farm-resolve-{run_id}",
@@ -186,10 +221,10 @@ def _spec(
         ],
         tmpfs={"/tmp": 512 << 20},
         disk=0,
-        cpus=1.0,
-        memory=1 << 30,
+        cpus=bounds.cpus,
+        memory=bounds.memory,
         pids=256,
-        deadline_seconds=600,
+        deadline_seconds=bounds.deadline_seconds,
         log_cap=32 << 20,
         labels={**settings.base_labels, BUILD_LABEL: f"resolve-{run_id}"},
     )
