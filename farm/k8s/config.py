@@ -134,6 +134,12 @@ class ControllerConfig(BaseModel):
     build_ttl_seconds: int = Field(7 * 86400, ge=0)
     #: And beyond this many finished Builds per namespace, oldest first; 0: no limit.
     build_history_limit: int = Field(100, ge=0)
+    #: The most Builds (all namespaces) the controller holds from one list: its Build
+    #: informer and the expiry sweep keep this many, trimmed from the namespaces holding
+    #: the most, and go on (farm.k8s.paging); the orphan reaper, which must see every
+    #: Build, skips its pass. Bounds the controller's memory; the per-tenant bound is a
+    #: ResourceQuota on count/builds.farm.dev (docs/kubernetes.md, "Builds per namespace").
+    max_builds: int = Field(100_000, ge=1)
     #: The most a Build's spec may ask for, keyed by spec field (farm.admission has the
     #: defaults); a Build above one fails with reason ExceedsLimits, creating nothing.
     ceilings: Ceilings = Field(default_factory=Ceilings)

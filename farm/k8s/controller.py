@@ -99,6 +99,8 @@ class Controller:
         except FarmError as exc:  # the periodic reaper tries again later
             log.warning("orphan reaper: %s", exc)
         k = self.kube
+        # Builds: any tenant may create them, so past max_builds the informer keeps a fair
+        # share and syncs rather than failing; Jobs and pods are the controller's own.
         lists = {
             names.KIND: (
                 functools.partial(
@@ -106,19 +108,22 @@ class Controller:
                 ),
                 None,
                 self._on_build,
+                self.config.max_builds,
             ),
             "Job": (
                 functools.partial(k.batch.list_namespaced_job, self.config.run_namespace),
                 MANAGED,
                 self._on_owned,
+                None,
             ),
             "Pod": (
                 functools.partial(k.core.list_namespaced_pod, self.config.run_namespace),
                 MANAGED,
                 self._on_owned,
+                None,
             ),
         }
-        for kind, (fn, selector, handler) in lists.items():
+        for kind, (fn, selector, handler, bound) in lists.items():
             informer = Informer(
                 fn,
                 handler,
@@ -126,8 +131,9 @@ class Controller:
                 watch_timeout=self.watch_timeout,
                 kind=kind,
                 page=k.page,
-                max_items=k.max_list_items,
+                max_items=k.max_list_items if bound is None else bound,
                 metrics=self.metrics,
+                keep=bound is not None,
             )
             self.informers.append(informer.start(kind.lower()))
         for i in range(self.workers):
@@ -177,17 +183,20 @@ class Controller:
 
     def reap(self) -> int:
         """Delete leftovers (in the run namespace) of Builds that no longer exist, in
-        whichever namespace they were: the build label is the Build's uid."""
+        whichever namespace they were: the build label is the Build's uid. Past
+        ``max_builds`` the list fails and nothing is reaped: a Build left out of a
+        trimmed list would be judged gone and its live Job deleted."""
         live = {
             b["metadata"]["uid"]: bool((b.get("status") or {}).get("tornDown"))
-            for b in self.kube.list_builds()
+            for b in self.kube.list_builds(self.config.max_builds)
         }
         return self.reconciler.teardown.reap(self.config.run_namespace, live)
 
     def expire(self, now: datetime | None = None) -> int:
         """Delete finished Builds past the TTL or history limit (farm.k8s.expiry)."""
         keep = Retention(self.config.build_ttl_seconds, self.config.build_history_limit)
-        return sweep(self.kube, self.reconciler.store, keep, self.metrics, now)
+        store, bound = self.reconciler.store, self.config.max_builds
+        return sweep(self.kube, store, keep, self.metrics, now, max_builds=bound)
 
     def _reap_loop(self) -> None:
         while not self._stopping.wait(self.reap_seconds):

@@ -8,6 +8,12 @@ controller's store first (``Store.delete``; blobs they alone referenced go at th
 ``farm gc``), then the Build is deleted with its uid as a precondition, so a Build
 re-created under the same name is never the one deleted. A crash between the two
 leaves a Build whose records are gone, which the next pass deletes again.
+
+Past ``max_builds`` the sweep works on the fair share the list keeps
+(``farm.k8s.paging``) rather than failing: a Build is chosen only from what was seen,
+by the TTL alone or by having ``history`` newer finished Builds of its namespace among
+them, which it then has in the whole list too; so a partial list deletes fewer Builds,
+never one the whole list would keep.
 """
 
 from __future__ import annotations
@@ -92,13 +98,16 @@ def sweep(
     keep: Retention,
     metrics: Metrics | None = None,
     now: datetime | None = None,
+    *,
+    max_builds: int | None = None,
 ) -> int:
     """Delete the expired Builds (records first); returns how many were deleted and
     counts them in ``farm_builds_expired_total{tenant}`` (tenant: the namespace).
-    Raises KubernetesError if the Builds cannot be listed."""
+    Raises KubernetesError if the Builds cannot be listed; past ``max_builds`` (default:
+    the Kube's bound) it sweeps the fair share the list keeps."""
     if not keep.ttl_seconds and not keep.history:
         return 0
-    builds = kube.list_builds()  # every page, bounded (farm.k8s.paging)
+    builds = kube.list_builds(max_builds, keep=True)  # every page, bounded (farm.k8s.paging)
     deleted = 0
     for build in expired(builds, keep, now or datetime.now(UTC)):
         meta = build["metadata"]

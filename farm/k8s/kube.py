@@ -97,13 +97,22 @@ class Kube:
         fn = self.custom.get_namespaced_custom_object
         return self._call(f"get Build {namespace}/{name}", fn, *self._build_args(namespace), name)
 
-    def list_builds(self) -> list[Obj]:
-        """Every Build in every namespace (paged; ListTooLargeError past the bound)."""
+    def list_builds(self, max_items: int | None = None, *, keep: bool = False) -> list[Obj]:
+        """Every Build in every namespace (paged; ListTooLargeError past ``max_items``,
+        default ``max_list_items``; with ``keep``, a fair share instead: paging.list_all)."""
         fn = self.custom.list_cluster_custom_object
-        return self._paged("list Builds", names.KIND, fn, names.GROUP, names.VERSION, names.PLURAL)
+        args = (names.GROUP, names.VERSION, names.PLURAL)
+        return self._paged("list Builds", names.KIND, fn, *args, max_items=max_items, keep=keep)
 
     def _paged(
-        self, what: str, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+        self,
+        what: str,
+        kind: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        max_items: int | None = None,
+        keep: bool = False,
+        **kwargs: Any,
     ) -> list[Obj]:
         def fetch(**page: Any) -> Obj:
             return self._call(what, fn, *args, **kwargs, **page)
@@ -113,8 +122,9 @@ class Kube:
             what,
             kind,
             page=self.page,
-            max_items=self.max_list_items,
+            max_items=self.max_list_items if max_items is None else max_items,
             metrics=self.metrics,
+            keep=keep,
         )
         return items
 

@@ -10,16 +10,28 @@ list again). The bound keeps a namespace flooded with objects (or a selector tha
 matches far more than it should) from growing the process without end: past
 ``MAX_ITEMS`` the list fails with :class:`ListTooLargeError`, and
 ``farm_kube_list_overflow_total{kind}`` counts it.
+
+A list whose overflow must not stop its caller (``keep=True``: the controller's Build
+informer and the expiry sweep, whose Builds any tenant with ``create builds`` can pile
+up) reads every page instead and keeps at most ``max_items`` of them, trimmed from the
+namespaces that hold the most (:class:`FairShare`): one tenant's flood costs that
+tenant's Builds their turn, never another namespace's. It is still counted, and logged
+with the namespaces holding the most. Only callers for which a missing object is merely
+"not handled yet" may keep; one that would judge an unseen object gone (the orphan
+reaper) must let the list fail.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from farm.errors import ListTooLargeError
 from farm.metrics import Metrics
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 #: Items per page: what client-go's pager asks for.
 PAGE = 500
@@ -36,12 +48,17 @@ def list_all(
     page: int = PAGE,
     max_items: int = MAX_ITEMS,
     metrics: Metrics | None = None,
+    keep: bool = False,
 ) -> tuple[list[Obj], str]:
     """Every item ``fetch(limit=, _continue=)`` pages through, and the list's
     resourceVersion (the first page's snapshot).
 
     Raises ListTooLargeError past ``max_items`` (and counts it under ``kind``), GoneError
-    if the snapshot expires between pages, KubernetesError as ``fetch`` does."""
+    if the snapshot expires between pages, KubernetesError as ``fetch`` does. With
+    ``keep``, past ``max_items`` it counts and logs instead, and returns a fair share
+    of at most ``max_items`` (:class:`FairShare`)."""
+    if keep:
+        return _list_fair(fetch, what, kind, page, max_items, metrics)
     items: list[Obj] = []
     token: str | None = None
     version: str | None = None
@@ -62,3 +79,82 @@ def list_all(
         token = meta.get("continue")
         if not token:
             return items, version or "0"
+
+
+class FairShare:
+    """At most ``bound`` objects, kept per namespace: when more arrive, the namespaces
+    holding the most are trimmed to a common cap (the largest that fits; the remainder
+    goes one each to the first namespaces over it), so every namespace under the cap
+    keeps all of its objects. ``seen`` counts every object offered, per namespace."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.kept: dict[str, list[Obj]] = {}
+        self.seen: Counter[str] = Counter()
+
+    def add(self, items: list[Obj]) -> None:
+        for obj in items:
+            namespace = (obj.get("metadata") or {}).get("namespace", "")
+            self.kept.setdefault(namespace, []).append(obj)
+            self.seen[namespace] += 1
+        if sum(len(v) for v in self.kept.values()) > self.bound:
+            self._trim()
+
+    @property
+    def overflowed(self) -> bool:
+        return sum(self.seen.values()) > self.bound
+
+    def items(self) -> list[Obj]:
+        return [obj for objs in self.kept.values() for obj in objs]
+
+    def _trim(self) -> None:
+        sizes = [len(v) for v in self.kept.values()]
+        low, high = 0, max(sizes)  # the largest cap whose total fits the bound
+        while low < high:
+            cap = (low + high + 1) // 2
+            if sum(min(n, cap) for n in sizes) <= self.bound:
+                low = cap
+            else:
+                high = cap - 1
+        spare = self.bound - sum(min(n, low) for n in sizes)
+        for objs in self.kept.values():
+            extra = 1 if spare > 0 and len(objs) > low else 0
+            spare -= extra
+            del objs[low + extra :]
+
+
+def _list_fair(
+    fetch: Callable[..., Obj],
+    what: str,
+    kind: str,
+    page: int,
+    max_items: int,
+    metrics: Metrics | None,
+) -> tuple[list[Obj], str]:
+    share = FairShare(max_items)
+    token: str | None = None
+    version: str | None = None
+    while True:
+        body = fetch(limit=page, **({"_continue": token} if token else {}))
+        meta = body.get("metadata") or {}
+        version = version or meta.get("resourceVersion")
+        share.add(body.get("items") or [])
+        token = meta.get("continue")
+        if not token:
+            break
+    if share.overflowed:
+        if metrics is not None:
+            metrics.list_overflow.labels(kind=kind).inc()
+        most = ", ".join(f"{ns or '(cluster)'}: {n}" for ns, n in share.seen.most_common(5))
+        log.warning(
+            "%s: %d %s objects, more than farm's bound of %d on one list; kept %d, trimmed "
+            "from the namespaces holding the most (%s). Limit those namespaces with a "
+            'ResourceQuota (docs/kubernetes.md, "Builds per namespace") or raise the bound',
+            what,
+            sum(share.seen.values()),
+            kind,
+            max_items,
+            max_items,
+            most,
+        )
+    return share.items(), version or "0"

@@ -6,7 +6,10 @@ field selector ``spec.nodeName``). Each change calls ``on_change(obj)``; the con
 turns that into a queue key, so handlers never do work themselves (level-triggered: the
 reconcile re-reads state).
 
-The list is paged and bounded (``farm.k8s.paging``); watches ask for bookmarks, so a
+The list is paged and bounded (``farm.k8s.paging``; with ``keep``, a list past the bound
+keeps a fair share and the informer syncs on it, rather than failing and retrying
+forever: the Build informer, so one tenant's flood of Builds cannot stop the controller
+seeing every other namespace's); watches ask for bookmarks, so a
 quiet selector's resourceVersion still moves on; a 410 (watch or list page too old)
 re-lists at once; any other failure retries after a delay that doubles up to
 ``max_delay`` and resets once a list or watch succeeds, so a down API server is not
@@ -62,6 +65,7 @@ class Informer:
         page: int = paging.PAGE,
         max_items: int = paging.MAX_ITEMS,
         metrics: Metrics | None = None,
+        keep: bool = False,
     ) -> None:
         #: A client list method that accepts ``watch=`` (e.g. ``list_cluster_custom_object``
         #: with its positional arguments bound by functools.partial).
@@ -78,6 +82,10 @@ class Informer:
         #: (a server that expires every watch at once must not be listed in a loop).
         self.expired = 0
         self.kind, self.page, self.max_items, self.metrics = kind, page, max_items, metrics
+        #: Past ``max_items``, keep a fair share and sync (paging.list_all) instead of
+        #: failing: only for kinds whose handler re-reads state, so an object left out
+        #: is merely not handled until its next change or the next list.
+        self.keep = keep
         self.cache: dict[str, Obj] = {}
         self.resource_version: str | None = None
         self.relists = 0
@@ -98,7 +106,7 @@ class Informer:
     def relist(self) -> None:
         """Replace the cache from a fresh (paged) list; report additions, changes and
         deletions. Raises GoneError if the list's snapshot expired between pages,
-        ListTooLargeError past the bound, KubernetesError."""
+        ListTooLargeError past the bound (unless ``keep``), KubernetesError."""
         what = f"list {self.kind or 'objects'}"
         items, version = paging.list_all(
             self._page,
@@ -107,6 +115,7 @@ class Informer:
             page=self.page,
             max_items=self.max_items,
             metrics=self.metrics,
+            keep=self.keep,
         )
         fresh = {key_of(o): o for o in items}
         gone = [self.cache[k] for k in self.cache.keys() - fresh.keys()]
