@@ -1,0 +1,127 @@
+"""Cold-build levers of runsc, each measured interleaved against runc in one run.
+
+    python bench/levers.py [--runs 5] [--variants a,b] [--out FILE]
+
+Each round builds examples/hello-serde cold once per variant, in turn, straight under
+the runtime (bench/oci.py: the same bundle for every variant, no dockerd runtime added):
+
+- runc: the baseline;
+- ptrace: farm's runtime flags (`--network=none --platform=ptrace`, farm/host.py);
+- systrap: gVisor's default platform instead of ptrace;
+- dcache: ptrace plus `--dcache=10000` (one global dentry cache);
+- exclusive: ptrace plus `--file-access-mounts=exclusive` (/src and target/ cached as
+  if only the sandbox changes them);
+- thp: ptrace, with the host's /sys/kernel/mm/transparent_hugepage/shmem_enabled set to
+  `advise` for that run only (runsc then lets the application's memory use huge pages).
+  The setting is read first and written back right after the run, also on failure; the
+  JSON records both values.
+
+The JSON (rewritten after every round, so a cut run keeps its rounds) holds every run
+with /proc/loadavg before and after it. Printed: median, min-max spread and the median
+ratio to runc per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import oci
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+
+
+def thp_setting() -> str:
+    """The selected value, e.g. `never` out of `always within_size advise [never] deny force`."""
+    return THP.read_text().split("[", 1)[1].split("]", 1)[0]
+
+
+def with_thp(command: list[str], argv: list[str] | None) -> Callable[[], oci.Run]:
+    def measured() -> oci.Run:
+        before = thp_setting()
+        THP.write_text("advise")
+        try:
+            run = oci.run("thp", command, argv)
+        finally:
+            THP.write_text(before)
+        run.extra = {"shmem_enabled": "advise", "restored": thp_setting()}
+        if run.extra["restored"] != before:
+            raise SystemExit(f"{THP} is {run.extra['restored']}, was {before}: restore it")
+        return run
+
+    return measured
+
+
+def variants(argv: list[str] | None) -> dict[str, Callable[[], oci.Run]]:
+    return {
+        "runc": lambda: oci.run("runc", oci.runc(), argv),
+        "ptrace": lambda: oci.run("ptrace", oci.runsc(), argv),
+        "systrap": lambda: oci.run("systrap", oci.runsc("--platform=systrap"), argv),
+        "dcache": lambda: oci.run("dcache", oci.runsc("--dcache=10000"), argv),
+        "exclusive": lambda: oci.run(
+            "exclusive", oci.runsc("--file-access-mounts=exclusive"), argv
+        ),
+        "thp": with_thp(oci.runsc(), argv),
+    }
+
+
+def summary(runs: dict[str, list[dict]]) -> str:
+    base = statistics.median(r["seconds"] for r in runs["runc"])
+    rows = [
+        "| variant | runs (s) | median (s) | spread (s) | ratio to runc |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rs in runs.items():
+        ts = [r["seconds"] for r in rs]
+        med = statistics.median(ts)
+        cells = f"{', '.join(f'{t:.1f}' for t in ts)} | {med:.1f} | {min(ts):.1f}-{max(ts):.1f}"
+        rows.append(f"| {name} | {cells} | {med / base:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--variants", default="ptrace,systrap,dcache,exclusive,thp")
+    parser.add_argument(
+        "--package",
+        help="build only this crate of hello-serde's graph (`cargo build -p`), a shorter "
+        "workload for a loaded machine; default: the whole release build",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=oci.ROOT / "docs" / "performance-data" / "levers.json"
+    )
+    args = parser.parse_args()
+    # A SIGTERM mid-run still runs with_thp's `finally`, so the host setting is restored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{sys.argv[0]}: terminated"))
+    argv = [*oci.ARGV, "-p", args.package] if args.package else None
+    chosen = variants(argv)
+    names = ["runc"] + [v for v in args.variants.split(",") if v != "runc"]
+    unknown = [v for v in names if v not in chosen]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(chosen)}")
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(args.runs):
+        # Rotate the order each round so no variant always follows the same neighbour.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            run = chosen[name]()
+            runs[name].append(dataclasses.asdict(run))
+            said = f"round {i + 1}: {name:<10} {run.seconds:7.1f}s  load {run.loadavg_before}"
+            print(said, flush=True)
+            head = {"thp_host": thp_setting(), "argv": argv or oci.ARGV}
+            args.out.write_text(json.dumps({**head, "runs": runs}, indent=1))
+    print(summary(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
