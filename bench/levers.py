@@ -11,6 +11,9 @@ the runtime (bench/oci.py: the same bundle for every variant, no dockerd runtime
 - dcache: ptrace plus `--dcache=10000` (one global dentry cache);
 - exclusive: ptrace plus `--file-access-mounts=exclusive` (/src and target/ cached as
   if only the sandbox changes them);
+- sid: ptrace with another runsc binary (`--runsc-sid PATH`), e.g. Debian unstable's
+  build of the same upstream snapshot with a newer Go (`apt-get download runsc` from
+  sid, then `dpkg -x`); left out when no path is given;
 - thp: ptrace, with the host's /sys/kernel/mm/transparent_hugepage/shmem_enabled set to
   `advise` for that run only (runsc then lets the application's memory use huge pages).
   The setting is read first and written back right after the run, also on failure; the
@@ -60,8 +63,8 @@ def with_thp(command: list[str], argv: list[str] | None) -> Callable[[], oci.Run
     return measured
 
 
-def variants(argv: list[str] | None) -> dict[str, Callable[[], oci.Run]]:
-    return {
+def variants(argv: list[str] | None, sid: str | None) -> dict[str, Callable[[], oci.Run]]:
+    chosen = {
         "runc": lambda: oci.run("runc", oci.runc(), argv),
         "ptrace": lambda: oci.run("ptrace", oci.runsc(), argv),
         "systrap": lambda: oci.run("systrap", oci.runsc("--platform=systrap"), argv),
@@ -71,6 +74,9 @@ def variants(argv: list[str] | None) -> dict[str, Callable[[], oci.Run]]:
         ),
         "thp": with_thp(oci.runsc(), argv),
     }
+    if sid:
+        chosen["sid"] = lambda: oci.run("sid", oci.runsc(binary=sid), argv)
+    return chosen
 
 
 def summary(runs: dict[str, list[dict]]) -> str:
@@ -91,6 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default="ptrace,systrap,dcache,exclusive,thp")
+    parser.add_argument("--runsc-sid", help="another runsc binary, measured as variant `sid`")
     parser.add_argument(
         "--package",
         help="build only this crate of hello-serde's graph (`cargo build -p`), a shorter "
@@ -103,7 +110,7 @@ def main() -> int:
     # A SIGTERM mid-run still runs with_thp's `finally`, so the host setting is restored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{sys.argv[0]}: terminated"))
     argv = [*oci.ARGV, "-p", args.package] if args.package else None
-    chosen = variants(argv)
+    chosen = variants(argv, args.runsc_sid)
     names = ["runc"] + [v for v in args.variants.split(",") if v != "runc"]
     unknown = [v for v in names if v not in chosen]
     if unknown:

@@ -153,5 +153,5 @@ def runc() -> list[str]:
     return ["runc", "--root", str(CACHE / "runc-root")]
 
 
-def runsc(*flags: str) -> list[str]:
-    return ["runsc", "--root", str(CACHE / "runsc-root"), *RUNSC_BASE, *flags]
+def runsc(*flags: str, binary: str = "runsc") -> list[str]:
+    return [binary, "--root", str(CACHE / "runsc-root"), *RUNSC_BASE, *flags]
