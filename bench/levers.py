@@ -11,9 +11,10 @@ the runtime (bench/oci.py: the same bundle for every variant, no dockerd runtime
 - dcache: ptrace plus `--dcache=10000` (one global dentry cache);
 - exclusive: ptrace plus `--file-access-mounts=exclusive` (/src and target/ cached as
   if only the sandbox changes them);
-- sid: ptrace with another runsc binary (`--runsc-sid PATH`), e.g. Debian unstable's
+- sid: systrap with another runsc binary (`--runsc-sid PATH`), e.g. Debian unstable's
   build of the same upstream snapshot with a newer Go (`apt-get download runsc` from
-  sid, then `dpkg -x`); left out when no path is given;
+  sid, then `dpkg -x`; that build panics on ptrace here: "ptrace set regs failed");
+  left out when no path is given;
 - thp: ptrace, with the host's /sys/kernel/mm/transparent_hugepage/shmem_enabled set to
   `advise` for that run only (runsc then lets the application's memory use huge pages).
   The setting is read first and written back right after the run, also on failure; the
@@ -47,12 +48,12 @@ def thp_setting() -> str:
     return THP.read_text().split("[", 1)[1].split("]", 1)[0]
 
 
-def with_thp(command: list[str], argv: list[str] | None) -> Callable[[], oci.Run]:
+def with_thp(build: Callable[[], oci.Run]) -> Callable[[], oci.Run]:
     def measured() -> oci.Run:
         before = thp_setting()
         THP.write_text("advise")
         try:
-            run = oci.run("thp", command, argv)
+            run = build()
         finally:
             THP.write_text(before)
         run.extra = {"shmem_enabled": "advise", "restored": thp_setting()}
@@ -63,19 +64,22 @@ def with_thp(command: list[str], argv: list[str] | None) -> Callable[[], oci.Run
     return measured
 
 
-def variants(argv: list[str] | None, sid: str | None) -> dict[str, Callable[[], oci.Run]]:
+def variants(
+    argv: list[str] | None, expect: str | None, sid: str | None
+) -> dict[str, Callable[[], oci.Run]]:
+    def go(name: str, command: list[str]) -> Callable[[], oci.Run]:
+        return lambda: oci.run(name, command, argv, expect)
+
     chosen = {
-        "runc": lambda: oci.run("runc", oci.runc(), argv),
-        "ptrace": lambda: oci.run("ptrace", oci.runsc(), argv),
-        "systrap": lambda: oci.run("systrap", oci.runsc("--platform=systrap"), argv),
-        "dcache": lambda: oci.run("dcache", oci.runsc("--dcache=10000"), argv),
-        "exclusive": lambda: oci.run(
-            "exclusive", oci.runsc("--file-access-mounts=exclusive"), argv
-        ),
-        "thp": with_thp(oci.runsc(), argv),
+        "runc": go("runc", oci.runc()),
+        "ptrace": go("ptrace", oci.runsc()),
+        "systrap": go("systrap", oci.runsc("--platform=systrap")),
+        "dcache": go("dcache", oci.runsc("--dcache=10000")),
+        "exclusive": go("exclusive", oci.runsc("--file-access-mounts=exclusive")),
+        "thp": with_thp(go("thp", oci.runsc())),
     }
     if sid:
-        chosen["sid"] = lambda: oci.run("sid", oci.runsc(binary=sid), argv)
+        chosen["sid"] = go("sid", oci.runsc("--platform=systrap", binary=sid))
     return chosen
 
 
@@ -110,7 +114,9 @@ def main() -> int:
     # A SIGTERM mid-run still runs with_thp's `finally`, so the host setting is restored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{sys.argv[0]}: terminated"))
     argv = [*oci.ARGV, "-p", args.package] if args.package else None
-    chosen = variants(argv, args.runsc_sid)
+    # The crate's rlib must be there, or a variant that built nothing would win.
+    expect = f"release/deps/lib{args.package.replace('-', '_')}-*.rlib" if args.package else None
+    chosen = variants(argv, expect, args.runsc_sid)
     names = ["runc"] + [v for v in args.variants.split(",") if v != "runc"]
     unknown = [v for v in names if v not in chosen]
     if unknown:

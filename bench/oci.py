@@ -124,8 +124,13 @@ class Run:
     extra: dict = field(default_factory=dict)
 
 
-def run(variant: str, command: list[str], argv: list[str] | None = None) -> Run:
-    """One cold build: a fresh bundle dir and target/, COMMAND + `run --bundle B ID`."""
+def run(
+    variant: str, command: list[str], argv: list[str] | None = None, expect: str | None = None
+) -> Run:
+    """One cold build: a fresh bundle dir and target/, COMMAND + `run --bundle B ID`.
+
+    Fails unless the build exits 0 and target/ holds EXPECT (a glob; by default the
+    example's binary when ARGV is the default)."""
     with tempfile.TemporaryDirectory(prefix="farm-bench-run-", dir="/var/tmp") as tmp:
         bundle, target = Path(tmp), Path(tmp) / "target"
         target.mkdir()
@@ -143,7 +148,8 @@ def run(variant: str, command: list[str], argv: list[str] | None = None) -> Run:
         )
         seconds = time.monotonic() - began
         after = loadavg()
-        built = argv is not None or (target / "release" / "hello-serde").exists()
+        expected = expect or ("release/hello-serde" if argv is None else None)
+        built = expected is None or any(target.glob(expected))
     if done.returncode != 0 or not built:
         raise SystemExit(f"{variant}: exit {done.returncode}\n{done.stderr[-3000:]}")
     return Run(variant, round(seconds, 2), done.returncode, before, after)
