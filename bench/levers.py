@@ -18,7 +18,8 @@ the runtime (bench/oci.py: the same bundle for every variant, no dockerd runtime
 - thp: ptrace, with the host's /sys/kernel/mm/transparent_hugepage/shmem_enabled set to
   `advise` for that run only (runsc then lets the application's memory use huge pages).
   The setting is read first and written back right after the run, also on failure; the
-  JSON records both values.
+  JSON records both values;
+- systrap-thp: both.
 
 The JSON (rewritten after every round, so a cut run keeps its rounds) holds every run
 with /proc/loadavg before and after it. Printed: median, min-max spread and the median
@@ -77,6 +78,7 @@ def variants(
         "dcache": go("dcache", oci.runsc("--dcache=10000")),
         "exclusive": go("exclusive", oci.runsc("--file-access-mounts=exclusive")),
         "thp": with_thp(go("thp", oci.runsc())),
+        "systrap-thp": with_thp(go("systrap-thp", oci.runsc("--platform=systrap"))),
     }
     if sid:
         chosen["sid"] = go("sid", oci.runsc("--platform=systrap", binary=sid))
