@@ -85,17 +85,31 @@ def variants(
     return chosen
 
 
+def paired(runs: dict[str, list[dict]], name: str, against: str) -> tuple[float, int, int]:
+    """The median of per-round ratios NAME/AGAINST, and in how many rounds NAME was faster:
+    the rounds drift with the machine's load, so a round is compared only with itself."""
+    pairs = list(zip(runs[name], runs[against], strict=False))
+    ratios = [a["seconds"] / b["seconds"] for a, b in pairs]
+    wins = sum(1 for r in ratios if r < 1)
+    return statistics.median(ratios), wins, len(ratios)
+
+
 def summary(runs: dict[str, list[dict]]) -> str:
-    base = statistics.median(r["seconds"] for r in runs["runc"])
     rows = [
-        "| variant | runs (s) | median (s) | spread (s) | ratio to runc |",
-        "|---|---|---|---|---|",
+        "| variant | runs (s) | median (s) | spread (s) | ratio to runc, per round (median) "
+        "| ratio to ptrace, per round (median) | faster than ptrace |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, rs in runs.items():
         ts = [r["seconds"] for r in rs]
         med = statistics.median(ts)
         cells = f"{', '.join(f'{t:.1f}' for t in ts)} | {med:.1f} | {min(ts):.1f}-{max(ts):.1f}"
-        rows.append(f"| {name} | {cells} | {med / base:.2f} |")
+        to_runc = f"{paired(runs, name, 'runc')[0]:.2f}"
+        to_ptrace, wins = "", ""
+        if "ptrace" in runs and name not in ("runc", "ptrace"):
+            ratio, won, n = paired(runs, name, "ptrace")
+            to_ptrace, wins = f"{ratio:.2f}", f"{won}/{n}"
+        rows.append(f"| {name} | {cells} | {to_runc} | {to_ptrace} | {wins} |")
     return "\n".join(rows)
 
 
@@ -112,7 +126,11 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=oci.ROOT / "docs" / "performance-data" / "levers.json"
     )
+    parser.add_argument("--summarise", type=Path, help="print the table of a saved run")
     args = parser.parse_args()
+    if args.summarise:
+        print(summary(json.loads(args.summarise.read_text())["runs"]))
+        return 0
     # A SIGTERM mid-run still runs with_thp's `finally`, so the host setting is restored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{sys.argv[0]}: terminated"))
     argv = [*oci.ARGV, "-p", args.package] if args.package else None
