@@ -2,11 +2,11 @@
 
     python bench/chart.py [--data DIR] [--out docs/performance.png]
 
-Reads what `make bench` leaves in DIR (default docs/performance-data): levers.json
-(bench/levers.py), starts.json (bench/starts.py), realworld.json (bench/realworld.py);
-a missing file leaves its section out. Draws one horizontal bar per ratio against
-runc (or, for the cache hit, against a cold build), with a line at 1.0. Pure Python
-(bench/png.py): no plotting dependency.
+Reads what `make bench` leaves in DIR (default docs/performance-data): levers*.json
+(bench/levers.py, a section each), starts.json (bench/starts.py), realworld*.json
+(bench/realworld.py); a missing file leaves its section out. Draws one horizontal bar
+per ratio against runc (or, for the cache hit, against a cold build), with a line at
+1.0. Pure Python (bench/pngcanvas.py): no plotting dependency.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ COLOURS = {"base": (150, 150, 150), "bar": (60, 110, 190), "line": (200, 40, 40)
 def levers(data: dict) -> Section:
     runs = data["runs"]
     base = statistics.median(r["seconds"] for r in runs["runc"])
+    argv = data.get("argv", [])
+    what = f"-p {argv[argv.index('-p') + 1]}" if "-p" in argv else "hello-serde"
     bars = [
         (
             f"runsc {n}" if n != "runc" else "runc",
@@ -37,15 +39,16 @@ def levers(data: dict) -> Section:
         )
         for n, rs in runs.items()
     ]
-    return "hello-serde cold build / runc (median)", bars
+    return f"cold build ({what}) / runc, medians", bars
 
 
 def starts(data: dict) -> Section:
     st = data["start_teardown"]
     base = st["runc"]["stats"]["p50"]
     bars = [(rt, r["stats"]["p50"] / base) for rt, r in st.items()]
-    hit = data["cache_hit_cli"]["stats"]["p50"] / data["cold_cli_build"]["seconds"]
-    bars.append(("cache hit CLI / cold", hit))
+    if data.get("hit_source", "hello-serde") == "hello-serde":  # else the cold build is `head`
+        hit = data["cache_hit_cli"]["stats"]["p50"] / data["cold_cli_build"]["seconds"]
+        bars.append(("cache hit CLI / cold", hit))
     return "start + teardown p50 / runc", bars
 
 
@@ -54,7 +57,8 @@ def realworld(rows: list[dict]) -> Section:
     return "realworld cold build, gvisor / runc", bars
 
 
-READERS = {"levers.json": levers, "starts.json": starts, "realworld.json": realworld}
+#: File name patterns in DIR and how each is read; several levers*.json give a section each.
+READERS = {"levers*.json": levers, "starts.json": starts, "realworld*.json": realworld}
 
 
 def draw(sections: list[Section], title: str) -> Canvas:
@@ -65,7 +69,8 @@ def draw(sections: list[Section], title: str) -> Canvas:
     for heading, bars in sections:
         canvas.text(10, y, heading, (40, 40, 40), scale=2)
         y += BAR + GAP
-        top = y
+        one = LEFT + int(SCALE_W / MAX_RATIO)
+        canvas.rect(one, y - 4, 2, len(bars) * (BAR + GAP), COLOURS["line"])
         for label, ratio in bars:
             canvas.text(LEFT - text_width(label) - 10, y + 4, label, scale=2)
             width = int(SCALE_W * min(ratio, MAX_RATIO) / MAX_RATIO)
@@ -73,8 +78,6 @@ def draw(sections: list[Section], title: str) -> Canvas:
             canvas.rect(LEFT, y, max(width, 1), BAR, colour)
             canvas.text(LEFT + width + 6, y + 4, f"{ratio:.2f}", scale=2)
             y += BAR + GAP
-        one = LEFT + int(SCALE_W / MAX_RATIO)
-        canvas.rect(one, top - 4, 2, y - top, COLOURS["line"])
         y += BAR + GAP
     return canvas
 
@@ -86,9 +89,9 @@ def main() -> int:
     parser.add_argument("--title", default="farm: gvisor against runc (loaded 2-core machine)")
     args = parser.parse_args()
     sections = [
-        reader(json.loads((args.data / name).read_text()))
-        for name, reader in READERS.items()
-        if (args.data / name).exists()
+        reader(json.loads(path.read_text()))
+        for pattern, reader in READERS.items()
+        for path in sorted(args.data.glob(pattern))
     ]
     if not sections:
         raise SystemExit(f"no benchmark results in {args.data}: run `make bench` first")
