@@ -71,6 +71,25 @@ test: setup tools apiserver lint test-crates
 realworld: setup
 	$(VENV)/bin/pytest -m realworld tests/realworld
 
+# docs/performance.md's figures and chart. levers.py runs runc and runsc directly (root)
+# and flips the host's THP shmem setting for its `thp` runs only, restoring it after each.
+PERF_DATA := docs/performance-data
 bench: setup
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/repro.py
+	$(VENV)/bin/python bench/levers.py --runs 5 --out $(PERF_DATA)/levers.json
+	$(VENV)/bin/python bench/starts.py --starts 20 --out $(PERF_DATA)/starts.json
+	$(VENV)/bin/python bench/chart.py --data $(PERF_DATA) --out docs/performance.png
+
+# The corpus's cold builds under gVisor and runc (about 40 min), then the chart again.
+.PHONY: bench-realworld
+bench-realworld: setup
+	$(VENV)/bin/python bench/realworld.py --out $(PERF_DATA)/realworld.json
+	$(VENV)/bin/python bench/chart.py --data $(PERF_DATA) --out docs/performance.png
+
+# runsc's CPU profile of a cold hello-serde build (benchmark only: --profile loosens
+# seccomp). `go tool pprof` comes from Debian's golang-go, installed here, not by setup.
+.PHONY: profile
+profile: setup
+	command -v go >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go
+	$(VENV)/bin/python bench/profile.py

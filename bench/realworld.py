@@ -32,6 +32,11 @@ from tests.realworld.programs import CORPUS, Program, fill_mirror, program_sourc
 RUNTIMES = {"gVisor (runsc)": [], "runc": ["--insecure-runtime=runc"]}
 
 
+def loadavg() -> str:
+    """The machine's load when a run starts and ends: the figures are only as good as it."""
+    return Path("/proc/loadavg").read_text().strip()
+
+
 def cold_build(src: Path, program: Program, index_url: str, flags: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="farm-rw-home-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
@@ -39,9 +44,11 @@ def cold_build(src: Path, program: Program, index_url: str, flags: list[str]) ->
         output = f"target/release/{program.binary}"
         argv = [sys.executable, "-m", "farm.cli", "build", str(src), "--json", "--no-cache"]
         argv += ["--registry", index_url, "--image", program.image, "--output", output, *flags]
+        load_before = loadavg()
         began = time.monotonic()
         done = subprocess.run([*argv, "--", *program.argv], capture_output=True, text=True, env=env)
         wall = time.monotonic() - began
+        load_after = loadavg()
     if done.returncode != 0:
         said = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         raise SystemExit(f"{program.id} {flags}: exit {done.returncode}\n{said}")
@@ -50,6 +57,8 @@ def cold_build(src: Path, program: Program, index_url: str, flags: list[str]) ->
         "wall": round(wall, 1),
         "build": record["duration_seconds"],
         "sha256": record["artifacts"][0]["sha256"],
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
     }
 
 
