@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ MOUNT_OPTIONS = "loop,nosuid,nodev,noinit_itable"
 #: Free space below which a build counts as having reached its cap: a write that fails
 #: with ENOSPC leaves at most a few blocks behind.
 FULL_SLACK = 1 << 20
+#: How long release() waits for the kernel to clear a loop device it has let go of.
+LOOP_CLEAR_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,22 @@ def release(root: Path) -> list[str]:
         # between losetup and mount) is detached here.
         subprocess.run(["losetup", "-d", device], capture_output=True, timeout=60)
         removed.append(f"loop device {device}")
-    left = [str(p) for p in mounts_below(root)] + loops_below(root)
+    left = [str(p) for p in mounts_below(root)] + _loops_gone(root)
     if left:
         raise InfrastructureError(
             f"could not release {', '.join(left)}; unmount or `losetup -d` it by hand"
         )
     return removed
+
+
+def _loops_gone(root: Path) -> list[str]:
+    """Loop devices still below ``root`` after a bounded wait: the kernel clears an
+    autoclear device after its last close, in a work queue, so right after the umount
+    (most often on a busy machine) it can still name its backing file for a moment."""
+    deadline = time.monotonic() + LOOP_CLEAR_SECONDS
+    while (left := loops_below(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def mounts_below(root: Path) -> list[Path]:

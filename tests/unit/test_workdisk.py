@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from farm import workdisk
 from farm.errors import InfrastructureError
 from farm.gc import GRACE_SECONDS, collect_garbage
 from farm.settings import Settings
@@ -54,6 +55,53 @@ def test_found_and_released_by_path_even_with_spaces(tmp_path: Path) -> None:
     assert release(root) == [f"mount {os.path.realpath(root / 'disk')}"]
     assert mounts_below(work) == [] and loops_below(work) == []
     assert release(root) == []  # idempotent
+
+
+def _clears_late(monkeypatch: pytest.MonkeyPatch, root: Path, reads: int) -> None:
+    """The kernel clears an autoclear loop device in a work queue after its last close:
+    make the first ``reads`` looks after the umount still see it (the race, made
+    deterministic), whatever the real device did."""
+    real = workdisk._loop_backing_files
+    seen = dict(real(root))  # the device as attached now
+    left = [reads]
+
+    def late(root: Path) -> dict[str, Path]:
+        now = real(root)
+        seen.update(now)
+        if not now and left[0] > 0:
+            left[0] -= 1
+            return dict(seen)
+        return now
+
+    monkeypatch.setattr(workdisk, "_loop_backing_files", late)
+
+
+@needs_root
+def test_a_loop_device_the_kernel_clears_late_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "b1"
+    root.mkdir()
+    create(root / "disk.img", root / "disk", 64 * MIB)
+    _clears_late(monkeypatch, root, reads=5)
+    assert release(root)[0] == f"mount {os.path.realpath(root / 'disk')}"  # and no raise
+    monkeypatch.undo()
+    assert loops_below(root) == []
+
+
+@needs_root
+def test_a_loop_device_that_stays_is_still_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "b1"
+    root.mkdir()
+    create(root / "disk.img", root / "disk", 64 * MIB)
+    _clears_late(monkeypatch, root, reads=10**9)
+    monkeypatch.setattr(workdisk, "LOOP_CLEAR_SECONDS", 0.2)
+    with pytest.raises(InfrastructureError, match="could not release /dev/loop"):
+        release(root)
+    monkeypatch.undo()
+    assert release(root) == [] and loops_below(root) == []
 
 
 @needs_root
