@@ -4,8 +4,8 @@ Callers: ``farm.layers.flow`` (find a layer, keep a new one), ``farm.runner`` (t
 digest is re-checked right before a build mounts a layer) and ``farm.cli``
 (``farm gc`` bounds the layers by size and count). A layer is written once, by farm,
 from the target tree of a clean observed dependency build (``keep``), into a temporary
-directory renamed into place (root's, writable by root only); nothing ever writes it
-afterwards. Builds see it only as
+directory renamed into place (owned by the sandbox uid with normalised modes, below
+directories only root can enter); nothing ever writes it afterwards. Builds see it only as
 the read-only lower directory of an overlay whose upper directory is their own
 (farm.layers.overlay), and its digest is re-computed before every mount, so a layer
 altered on the host is dropped, never mounted.
@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import InfrastructureError
+from farm.settings import SANDBOX_UID
 from farm.snapshot import remove_tree
 
-#: Key material format: bump when what goes into a key changes. 2: layers are root's,
-#: and the digest covers directories and owners (layers of version 1 are never used).
+#: Key material format: bump when what goes into a key changes. 2: layers have
+#: normalised owners and modes, and the digest covers directories and owners
+#: (layers of version 1 are never used).
 KEY_VERSION = 2
 
 #: Bound on copying a dependency build's target tree into a layer.
@@ -97,17 +99,22 @@ def tree_digest(root: Path) -> tuple[str, int, int]:
     return "sha256:" + h.hexdigest(), size, count
 
 
-def make_roots(root: Path) -> None:
-    """Make the tree at ``root`` root's, with no setuid/setgid bit and writable by its
-    owner only (``chown -R root:root; chmod -R u-s,g-s,go-w``), following no link.
+def normalise(root: Path) -> None:
+    """Give every entry of the tree at ``root`` the sandbox uid and gid, no setuid or
+    setgid bit and no group/other write (``chown -R 10001:10001; chmod -R
+    u-s,g-s,go-w``), following no link.
 
-    The tree is a copy only farm can reach (its parent is 0700), so nothing changes it
-    under this walk."""
+    Not root: the overlay's entries keep the lower's owner, and cargo, running as the
+    sandbox uid, must create files in the layer's directories (``.cargo-lock``) and
+    rewrite a stale unit's files. The owner is what farm sets, never what the build
+    left; the tree sits below directories only root can enter (``LayerStore``), so no
+    host process of that uid can reach it. The tree is a copy only farm can reach, so
+    nothing changes it under this walk."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = [Path(dirpath)] if dirpath == str(root) else []
         for path in here + [Path(dirpath, n) for n in dirnames + filenames]:
             st = os.lstat(path)
-            os.lchown(path, 0, 0)
+            os.lchown(path, SANDBOX_UID, SANDBOX_UID)
             if not stat.S_ISLNK(st.st_mode):  # a link's own mode means nothing on Linux
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~_STRIPPED)
 
@@ -156,7 +163,6 @@ class LayerStore:
         except BaseException:
             remove_tree(tmp)
             raise
-        os.chmod(tmp, 0o755)  # the tree is read by gVisor's gofer through the overlay
         final = self._dir(key)
         try:
             # Rename or drop: never remove what is at the final name. Another dependency
@@ -175,12 +181,13 @@ class LayerStore:
         return layer
 
     def _make_root(self) -> None:
-        # 0711: builds reach their layer by its path, but no one else can list the keys.
-        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o711)
+        # 0700: only root (farm, and the kernel's overlay, which opens the lower with the
+        # mounter's credentials) enters; no other host user reaches a layer's files.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
 
     def _fill(self, tmp: Path, key: str, tenant: str, target: Path, built_by: str) -> Layer:
-        """Copy ``target`` into ``tmp/tree``, make it root's, digest it, write meta.json."""
+        """Copy ``target`` into ``tmp/tree``, normalise it, digest it, write meta.json."""
         # -a: links stay links (never followed), hard links stay shared, mtimes kept:
         # cargo's fingerprints compare them. Modes and owners are then made farm's.
         argv = ["cp", "-a", "--reflink=auto", f"{target}/.", str(tmp / "tree")]
@@ -196,7 +203,7 @@ class LayerStore:
             ) from None
         if done.returncode != 0:
             raise InfrastructureError(f"could not keep the dependency layer: {done.stderr}")
-        make_roots(tmp / "tree")
+        normalise(tmp / "tree")
         digest, size, files = tree_digest(tmp / "tree")
         layer = Layer(
             key, tenant, digest, size, files, built_by, time.time(), self._dir(key) / "tree"

@@ -1,5 +1,6 @@
-"""Review fixes to the layer store (docs/layers.md): a kept layer is root's and writable
-by root only, ``layers/`` cannot be listed by others, the digest sees directories and
+"""Review fixes to the layer store (docs/layers.md): a kept layer's owners are farm's
+(the sandbox uid), with no setuid/setgid bit or group/other write, ``layers/`` is
+root's only, the digest sees directories and
 every entry's type, mode and owner; a copy that times out is a FarmError and leaves
 nothing; ``farm gc`` sweeps stale temporary copies; a keep never removes what is at the
 final name."""
@@ -16,6 +17,7 @@ import pytest
 from farm.errors import FarmError
 from farm.layers import store as layer_store
 from farm.layers.store import LayerStore, tree_digest
+from farm.settings import SANDBOX_UID
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers are kept by root")
 
@@ -31,37 +33,38 @@ def hostile_target(tmp_path: Path) -> Path:
     suid = deps / "helper"
     suid.write_bytes(b"#!/bin/sh\n")
     for path in (target, target / "release", deps, target / "release" / "empty", suid):
-        os.chown(path, 10001, 10001)
+        os.chown(path, 10002, 10003)  # a build could not, but the owner is farm's anyway
     os.chmod(deps, 0o777)
     os.chmod(target / "release" / "empty", 0o2777)
     os.chmod(suid, 0o6777)
     (target / "release" / "link").symlink_to("deps/helper")
-    os.lchown(target / "release" / "link", 10001, 10001)
+    os.lchown(target / "release" / "link", 10002, 10003)
     return target
 
 
-def test_a_kept_layer_is_roots_and_writable_by_root_only(tmp_path: Path) -> None:
+def test_a_kept_layer_has_farms_owner_and_no_setuid_or_shared_write(tmp_path: Path) -> None:
     layer = LayerStore(tmp_path / "home").keep(KEY, "t1", hostile_target(tmp_path), "b1")
     entries = [layer.tree] + [Path(d, n) for d, ds, fs in os.walk(layer.tree) for n in ds + fs]
     assert len(entries) == 6
     for path in entries:
         st = os.lstat(path)
-        assert (st.st_uid, st.st_gid) == (0, 0), path
+        assert (st.st_uid, st.st_gid) == (SANDBOX_UID, SANDBOX_UID), path
         if not stat.S_ISLNK(st.st_mode):
             bad = st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH)
             assert bad == 0, f"{path} {st.st_mode:o}"
     assert os.stat(layer.tree / "release" / "deps" / "helper").st_mode & 0o7777 == 0o755
     assert (layer.tree / "release" / "empty").is_dir()  # empty dirs are kept
-    assert stat.S_IMODE(os.stat(layer.tree.parents[1]).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(layer.tree.parents[1]).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(layer.tree.parent).st_mode) == 0o700
     assert LayerStore(tmp_path / "home").intact(layer)
 
 
-def test_an_existing_layers_dir_is_made_unlistable(tmp_path: Path) -> None:
+def test_an_existing_layers_dir_is_made_roots_only(tmp_path: Path) -> None:
     store = LayerStore(tmp_path / "home")
     store.root.mkdir(parents=True, mode=0o755)
     os.chmod(store.root, 0o755)
     store.keep(KEY, "t1", hostile_target(tmp_path), "b1")
-    assert stat.S_IMODE(os.stat(store.root).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(store.root).st_mode) == 0o700
 
 
 def test_the_digest_sees_directories_their_modes_and_owners(tmp_path: Path) -> None:
