@@ -101,7 +101,10 @@ def run_build(
     cache = Cache(runner.settings.home, runner.store)
     if use_cache:
         source_digest = digest(spec.source, max_bytes=spec.resources.disk, within=within)
-        hit = cache.lookup(_key(runner, spec, source_digest, None), min_runs=check_runs)
+        key = _key(runner, spec, source_digest, None)
+        # A plain build is never served a layered result; a --layer build may be served
+        # either (docs/layers.md).
+        hit = cache.lookup(key, min_runs=check_runs, layered_ok=use_layer)
         _count(metrics, "hit" if hit else "miss")
         if hit:
             said = hit_line(hit)

@@ -8,6 +8,8 @@ blobs are re-hashed, so an altered record or blob is a miss, never served. Only 
 that pass ``cacheable`` are ever stored, and a hit re-checks it: nothing failed,
 quarantined, observed doing something blocked, observed incompletely (lost events),
 unreproducible or built without gVisor is served (SLSA Build L3: no cache poisoning).
+A result built from a dependency layer is served only to a build that asked for one
+(``lookup(layered_ok=True)``, docs/layers.md).
 """
 
 from __future__ import annotations
@@ -124,8 +126,12 @@ class Cache:
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self.path)
 
-    def lookup(self, key: str, min_runs: int = 0) -> BuildRecord | None:
-        """The clean build stored under ``key`` and verified by ``min_runs`` runs if asked."""
+    def lookup(self, key: str, min_runs: int = 0, layered_ok: bool = False) -> BuildRecord | None:
+        """The clean build stored under ``key`` and verified by ``min_runs`` runs if asked.
+
+        A build that started from a dependency layer (farm.layers) is served only when
+        ``layered_ok`` (the asking build used ``--layer`` too): a plain build never gets a
+        result whose dependencies it did not ask to take from a layer."""
         with self._db() as db:
             row = db.execute(
                 "SELECT build_id, checked_runs FROM entries WHERE key = ?", (key,)
@@ -136,6 +142,8 @@ class Cache:
         if record is None:
             self.forget(key)
             return None
+        if record.layer is not None and not layered_ok:
+            return None  # kept for --layer builds; a cold result replaces it (offer)
         with self._db() as db:
             db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (time.time(), key))
         return record
@@ -171,7 +179,8 @@ class Cache:
     def offer(self, key: str, record: BuildRecord) -> bool:
         """Store ``record`` under ``key`` if it is clean; says whether it did.
 
-        An entry verified by more runs is never replaced by a less verified one.
+        An entry verified by more runs is never replaced by a less verified one, nor a
+        cold result (served to every build) by a layered one (served to ``--layer`` only).
         """
         if not cacheable(record):
             return False
@@ -179,14 +188,23 @@ class Cache:
         size = sum(a.size for a in record.artifacts)
         now = time.time()
         with self._db() as db:
-            old = db.execute("SELECT checked_runs FROM entries WHERE key = ?", (key,)).fetchone()
+            old = db.execute(
+                "SELECT checked_runs, build_id FROM entries WHERE key = ?", (key,)
+            ).fetchone()
             if old is not None and old[0] > runs:
+                return False
+            if old is not None and record.layer is not None and self._cold(old[1]):
                 return False
             db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
                 (key, record.id, runs, size, now, now),
             )
         return True
+
+    def _cold(self, build_id: str) -> bool:
+        """Whether ``build_id`` is a servable result that used no dependency layer."""
+        record = self._still_valid(build_id)
+        return record is not None and record.layer is None
 
     def forget(self, key: str) -> None:
         with self._db() as db:

@@ -70,6 +70,13 @@ def test_a_poisoned_layer_mount_never_reaches_the_layer_or_the_next_build(
     assert "Compiling hello-serde" in log
     assert "Compiling serde" not in log and "Compiling regex" not in log  # from the layer
 
+    # The layered result is cached for --layer builds only: a plain build builds cold.
+    code, again = farm_json(home, "build", str(project), "--layer")
+    assert code == 0 and again["id"] == after["id"], again  # served: the same record
+    code, plain = farm_json(home, "build", str(project))
+    assert code == 0 and plain["id"] != after["id"] and plain["layer"] is None, plain
+    assert "Compiling serde" in farm(home, "logs", plain["id"]).stdout
+
     # Provenance names the layer, and a consumer that requires a cold build refuses it.
     prov = tmp_path / "prov.json"
     assert farm(home, "provenance", after["id"], "--out", str(prov)).returncode == 0
