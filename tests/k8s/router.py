@@ -105,10 +105,14 @@ class _RouterHandler(BaseHTTPRequestHandler):
         try:
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
-            answered = self._relay(response, _is_watch(url.path, url.query))
+            watch = _is_watch(url.path, url.query)
+            answered = b"" if watch else response.read()
+            # Noted before the client has its answer: with keep-alive it reads exactly
+            # the body's length and goes on, so a test may look at once.
             if body and answered and isinstance(upstream, http.client.HTTPSConnection):
                 sent = (self.command, url.path, json.loads(body), json.loads(answered))
                 self.server.real_writes.append(sent)
+            self._relay(response, watch, answered)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
@@ -134,18 +138,17 @@ class _RouterHandler(BaseHTTPRequestHandler):
             self.server.api.rbac_calls.append(call)
         self.server.real_requests.append((self.command, path))
 
-    def _relay(self, response: http.client.HTTPResponse, stream: bool) -> bytes:
-        """Relay the upstream's answer; returns its body (b"" for a watch)."""
+    def _relay(self, response: http.client.HTTPResponse, stream: bool, data: bytes) -> None:
+        """Relay the upstream's answer: ``data``, its body already read, or a watch."""
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in HOP_HEADERS:
                 self.send_header(key, value)
         if not stream:
-            data = response.read()
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            return data
+            return
         # A watch: relay each chunk as it comes, chunked as the server sent it (a body
         # without length or chunks is read to its end: every event only at the close).
         self.send_header("Transfer-Encoding", "chunked")
@@ -156,7 +159,6 @@ class _RouterHandler(BaseHTTPRequestHandler):
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
-        return b""
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
