@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from farm.errors import ListTooLargeError
@@ -60,13 +60,9 @@ def list_all(
     if keep:
         return _list_fair(fetch, what, kind, page, max_items, metrics)
     items: list[Obj] = []
-    token: str | None = None
-    version: str | None = None
-    while True:
-        body = fetch(limit=page, **({"_continue": token} if token else {}))
-        meta = body.get("metadata") or {}
-        version = version or meta.get("resourceVersion")
-        items.extend(body.get("items") or [])
+    pages = _Pages(fetch, page)
+    for got in pages:
+        items.extend(got)
         if len(items) > max_items:
             if metrics is not None:
                 metrics.list_overflow.labels(kind=kind).inc()
@@ -76,9 +72,28 @@ def list_all(
                 "what is listed",
                 0,
             )
-        token = meta.get("continue")
-        if not token:
-            return items, version or "0"
+    return items, pages.version
+
+
+class _Pages:
+    """Each page's items, following the server's continue tokens; ``version`` is the
+    first resourceVersion a page names ("0" if none): the list's snapshot, that a watch
+    continues from."""
+
+    def __init__(self, fetch: Callable[..., Obj], page: int) -> None:
+        self.fetch, self.page, self.version = fetch, page, "0"
+
+    def __iter__(self) -> Iterator[list[Obj]]:
+        token: str | None = None
+        while True:
+            body = self.fetch(limit=self.page, **({"_continue": token} if token else {}))
+            meta = body.get("metadata") or {}
+            if self.version == "0":  # the first page that names one
+                self.version = meta.get("resourceVersion") or "0"
+            yield body.get("items") or []
+            token = meta.get("continue")
+            if not token:
+                return
 
 
 class FairShare:
@@ -132,16 +147,9 @@ def _list_fair(
     metrics: Metrics | None,
 ) -> tuple[list[Obj], str]:
     share = FairShare(max_items)
-    token: str | None = None
-    version: str | None = None
-    while True:
-        body = fetch(limit=page, **({"_continue": token} if token else {}))
-        meta = body.get("metadata") or {}
-        version = version or meta.get("resourceVersion")
-        share.add(body.get("items") or [])
-        token = meta.get("continue")
-        if not token:
-            break
+    pages = _Pages(fetch, page)
+    for got in pages:
+        share.add(got)
     if share.overflowed:
         if metrics is not None:
             metrics.list_overflow.labels(kind=kind).inc()
@@ -157,4 +165,4 @@ def _list_fair(
             max_items,
             most,
         )
-    return share.items(), version or "0"
+    return share.items(), pages.version
