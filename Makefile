@@ -75,10 +75,11 @@ realworld: setup
 # and flips the host's THP shmem setting for its `thp` runs only, restoring it after each.
 PERF_DATA := docs/performance-data
 bench: setup
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py --runs 5 --out $(PERF_DATA)/run.json
 	$(VENV)/bin/python bench/repro.py
-	$(VENV)/bin/python bench/levers.py --runs 5 --out $(PERF_DATA)/levers.json
+	$(VENV)/bin/python bench/levers.py --runs 5 --variants ptrace,systrap,thp,systrap-thp,dcache,exclusive --out $(PERF_DATA)/levers.json
 	$(VENV)/bin/python bench/starts.py --starts 20 --out $(PERF_DATA)/starts.json
+	$(VENV)/bin/python bench/layers.py --runs 5 --out $(PERF_DATA)/layers.json
 	$(VENV)/bin/python bench/chart.py --data $(PERF_DATA) --out docs/performance.png
 
 # The corpus's cold builds under gVisor and runc (about 40 min), then the chart again.

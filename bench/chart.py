@@ -2,9 +2,10 @@
 
     python bench/chart.py [--data DIR] [--out docs/performance.png]
 
-Reads what `make bench` leaves in DIR (default docs/performance-data): levers*.json
-(bench/levers.py, a section each), starts.json (bench/starts.py), realworld*.json
-(bench/realworld.py); a missing file leaves its section out. Draws one horizontal bar
+Reads what `make bench` leaves in DIR (default docs/performance-data): run.json
+(bench/run.py), levers*.json (bench/levers.py, a section each), starts.json
+(bench/starts.py), layers.json (bench/layers.py), realworld*.json (bench/realworld.py);
+a missing file leaves its section out. Draws one horizontal bar
 per ratio against runc (or, for the cache hit, against a cold build), with a line at
 1.0. Pure Python (bench/pngcanvas.py): no plotting dependency.
 """
@@ -52,13 +53,37 @@ def starts(data: dict) -> Section:
     return "start + teardown p50 / runc", bars
 
 
+def dockerd_cold(data: dict) -> Section:
+    """bench/run.py: farm's own Runner through dockerd, the shipped runtimes."""
+    cargo = data["cargo"]
+    base = statistics.median(cargo["runc"])
+    return "cold build through farm / runc, medians", [
+        (rt, statistics.median(runs) / base) for rt, runs in cargo.items()
+    ]
+
+
+def layers(data: dict) -> Section:
+    """bench/layers.py: the one-line-change rebuild against runc with a warm target/."""
+    times = data.get("times", data)
+    base = statistics.median(times["runc-warm"])
+    return "rebuild after a one-line change / runc warm", [
+        (name, statistics.median(runs) / base) for name, runs in times.items()
+    ]
+
+
 def realworld(rows: list[dict]) -> Section:
     bars = [(r["program"], r["gVisor (runsc)"]["build"] / r["runc"]["build"]) for r in rows]
     return "realworld cold build, gvisor / runc", bars
 
 
 #: File name patterns in DIR and how each is read; several levers*.json give a section each.
-READERS = {"levers*.json": levers, "starts.json": starts, "realworld*.json": realworld}
+READERS = {
+    "run.json": dockerd_cold,
+    "levers*.json": levers,
+    "starts.json": starts,
+    "layers.json": layers,
+    "realworld*.json": realworld,
+}
 
 
 def draw(sections: list[Section], title: str) -> Canvas:
@@ -86,7 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "docs" / "performance-data")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.png")
-    parser.add_argument("--title", default="farm: gvisor against runc (loaded 2-core machine)")
+    parser.add_argument("--title", default="farm: gvisor against runc (2-core machine)")
     args = parser.parse_args()
     sections = [
         reader(json.loads(path.read_text()))

@@ -11,6 +11,8 @@ the runtime (bench/oci.py: the same bundle for every variant, no dockerd runtime
 - dcache: ptrace plus `--dcache=10000` (one global dentry cache);
 - exclusive: ptrace plus `--file-access-mounts=exclusive` (/src and target/ cached as
   if only the sandbox changes them);
+- overlay-none: ptrace plus `--overlay2=none` (runsc's default wraps the root in an
+  overlay whose upper layer is a file store; farm's root is read-only anyway);
 - sid: systrap with another runsc binary (`--runsc-sid PATH`), e.g. Debian unstable's
   build of the same upstream snapshot with a newer Go (`apt-get download runsc` from
   sid, then `dpkg -x`; that build panics on ptrace here: "ptrace set regs failed");
@@ -77,6 +79,7 @@ def variants(
         "systrap": go("systrap", oci.runsc("--platform=systrap")),
         "dcache": go("dcache", oci.runsc("--dcache=10000")),
         "exclusive": go("exclusive", oci.runsc("--file-access-mounts=exclusive")),
+        "overlay-none": go("overlay-none", oci.runsc("--overlay2=none")),
         "thp": with_thp(go("thp", oci.runsc())),
         "systrap-thp": with_thp(go("systrap-thp", oci.runsc("--platform=systrap"))),
     }
