@@ -25,6 +25,8 @@ from pngcanvas import Canvas, text_width
 ROOT = Path(__file__).resolve().parent.parent
 Section = tuple[str, list[tuple[str, float]]]
 BAR, GAP, LEFT, SCALE_W, MAX_RATIO = 22, 8, 330, 560, 3.0
+#: A load average above this (2 cores, the build itself keeps about 2) marks a section loaded.
+LOADED = 4.0
 COLOURS = {"base": (150, 150, 150), "bar": (60, 110, 190), "line": (200, 40, 40)}
 
 
@@ -73,7 +75,16 @@ def layers(data: dict) -> Section:
 
 def realworld(rows: list[dict]) -> Section:
     bars = [(r["program"], r["gVisor (runsc)"]["build"] / r["runc"]["build"]) for r in rows]
-    return "realworld cold build, gvisor / runc", bars
+    loads = [
+        float(side[key].split()[0])
+        for r in rows
+        for side in (r["gVisor (runsc)"], r["runc"])
+        for key in ("loadavg_before", "loadavg_after")
+        if key in side
+    ]
+    # A build's load is recorded since the corpus runs were timed on a shared machine.
+    loaded = " (loaded machine)" if not loads or max(loads) > LOADED else ""
+    return f"realworld cold build, gvisor / runc{loaded}", bars
 
 
 #: File name patterns in DIR and how each is read; several levers*.json give a section each.
@@ -99,7 +110,7 @@ def draw(sections: list[Section], title: str) -> Canvas:
         for label, ratio in bars:
             canvas.text(LEFT - text_width(label) - 10, y + 4, label, scale=2)
             width = int(SCALE_W * min(ratio, MAX_RATIO) / MAX_RATIO)
-            colour = COLOURS["base"] if label == "runc" else COLOURS["bar"]
+            colour = COLOURS["base"] if label in ("runc", "runc-warm") else COLOURS["bar"]
             canvas.rect(LEFT, y, max(width, 1), BAR, colour)
             canvas.text(LEFT + width + 6, y + 4, f"{ratio:.2f}", scale=2)
             y += BAR + GAP
