@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -61,7 +62,7 @@ from tests.pointreplay import (  # noqa: E402
 )
 
 ATTACKS = ROOT / "tests" / "fixtures" / "attacks"
-FIXTURES = ROOT / "tests" / "data"
+FIXTURES = Path(os.environ.get("FARM_POINTS_FIXTURES", ROOT / "tests" / "data"))
 DEFAULT_OUT = Path("/tmp/farm-points")
 
 
@@ -158,7 +159,7 @@ def record_one(name: str, out: Path) -> None:
         policy=build.policy,
         resolver_pid=resolved.pid if resolved else None,
         resolved=dict(resolved.names) if resolved else None,
-        tokens=vars(tokens) if tokens else None,
+        tokens=dataclasses.asdict(tokens) if tokens else None,
         recorded=done.get("blocked_actions", []),
         events=got["events"],
     )
@@ -293,7 +294,7 @@ def redact(recording: Recording) -> Recording:
     if Finder(real).kinds(text):
         raise SystemExit(f"{recording.name}: a honeytoken survived the redaction")
     done = loads(text.splitlines())
-    return done.model_copy(update={"tokens": vars(PLACEHOLDERS)})
+    return done.model_copy(update={"tokens": dataclasses.asdict(PLACEHOLDERS)})
 
 
 def fixtures(out: Path) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from farm import sinkhole
 from farm.honeytokens import Finder, Honeytokens, Marker
@@ -74,6 +74,13 @@ class Recording(BaseModel):
     #: The actions the real build recorded (BuildRecord.blocked_actions).
     recorded: list[dict[str, Any]] = Field(default_factory=list)
     events: list[TraceEvent] = Field(default_factory=list)
+    _results: dict[str, Counter] | None = PrivateAttr(default=None)
+
+    def results(self) -> dict[str, Counter]:
+        """:func:`results` of the whole record (computed once)."""
+        if self._results is None:
+            self._results = results(self, actions(self))
+        return self._results
 
 
 def actions(recording: Recording, events: Iterable[TraceEvent] | None = None) -> Tally:
@@ -127,7 +134,7 @@ def changes(recording: Recording, point: str) -> list[Change]:
     """What changes in ``recording`` when ``point`` is disabled ([] if nothing)."""
     if not any(point_of(e) == point or _feeds(point, e) for e in recording.events):
         return []  # the point sent nothing here: the replay would be the same
-    before = results(recording, actions(recording))
+    before = recording.results()
     after = results(recording, actions(recording, without(recording.events, point)))
     found = []
     for who in sorted(set(before) | set(after)):
