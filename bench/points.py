@@ -248,11 +248,14 @@ PLACEHOLDERS = Honeytokens(
 )
 
 
-def _matters(event: TraceEvent, table: ProcessTable) -> bool:
-    """False for an open no rule or attribution can turn on: a successful read-only open
-    of a non-library by a process no package's own code runs in."""
-    if event.kind != "open" or event.errno:
+def _matters(event: TraceEvent, table: ProcessTable, acted: set[tuple[int, int]]) -> bool:
+    """False for an open no rule or attribution can turn on: a failed open that made no
+    action (only successful opens feed the fd table and attribution), or a successful
+    read-only open of a non-library by a process no package's own code runs in."""
+    if event.kind != "open":
         return True
+    if event.errno:
+        return (event.context.time_ns, event.context.thread_group_id) in acted
     flags = int(event.fields.get("flags", 0))
     path = str(event.fields.get("pathname", ""))
     if flags & O_ACCMODE or flags & (O_CREAT | O_TRUNC | O_APPEND) or ".so" in path:
@@ -270,10 +273,11 @@ def _trimmed_event(event: TraceEvent) -> TraceEvent:
 
 def trim(recording: Recording) -> Recording:
     table = ProcessTable(recording.versions)
+    acted = {(a.time_ns, a.pid) for a in actions(recording).listed()}
     kept = []
     for event in in_time_order(recording.events, window=len(recording.events) + 1):
         table.track(event)
-        if _matters(event, table):
+        if _matters(event, table, acted):
             kept.append(_trimmed_event(event))
     return recording.model_copy(update={"events": kept})
 

@@ -7,8 +7,8 @@ attacks whose result changes without it or, when none does, the reason it stays.
 docs/observer.md, "Trace points against the attack corpus", has the table with the
 events each point costs.
 
-``attacks`` are the corpus's attacking packages (``tests/fixtures/attacks``), or
-``<recording>: no package`` when the change is an action blamed on nobody.
+``attacks`` are the corpus's attacking packages (``tests/fixtures/attacks``) whose
+recorded actions change without the point (lost, changed, or blamed on nobody).
 """
 
 from __future__ import annotations
@@ -55,4 +55,101 @@ def _raw(sysno: int, *attacks: str) -> dict[str, Need]:
     }
 
 
-NEEDS: dict[str, Need] = {}
+_ALL = (
+    "alias-attack",
+    "dns-attack",
+    "forge-macro",
+    "forge-script",
+    "fs-attack",
+    "kill-cargo",
+    "macro-attack",
+    "net-attack",
+    "persist-attack",
+    "priv-attack",
+    "secrets-attack",
+    "syscall-attack",
+)
+_PROCESS = "attribution: the process tree, each process's binary, argv and cargo's env"
+
+NEEDS: dict[str, Need] = {
+    "container/start": Need(
+        "the container's init task: its argv, and when its record starts",
+        kept=(
+            "the spool ends a container's record once its init (known only from this "
+            "event) and every task of it have exited (farm/observe/lifecycle.py); without "
+            "it a Kubernetes pod's build record would end only when the whole pod sandbox "
+            "is gone. One event per container; the replay covers classification only."
+        ),
+    ),
+    "sentry/clone": Need(_PROCESS, _ALL),
+    "sentry/execve": Need(_PROCESS, _ALL),
+    "sentry/task_exit": Need(
+        "persist: which processes outlived the build command", ("kill-cargo", "persist-attack")
+    ),
+    "syscall/socket/exit": Need(
+        "escalate and exfiltrate: raw and packet sockets; each socket's protocol",
+        ("dns-attack", "macro-attack", "net-attack", "priv-attack", "syscall-attack"),
+    ),
+    "syscall/setuid/exit": Need("escalate: setuid(0)", ("priv-attack",)),
+    "syscall/setgid/exit": Need("escalate: setgid(0)", ("syscall-attack",)),
+    "syscall/setresuid/exit": Need("escalate: setresuid to 0", ("syscall-attack",)),
+    "syscall/setresgid/exit": Need("escalate: setresgid to 0", ("syscall-attack",)),
+    "syscall/chroot/exit": Need("escalate: chroot", ("priv-attack",)),
+    "syscall/connect/exit": Need(
+        "exfiltrate: TCP, UDP and unix connects, and the names asked of the sinkhole",
+        ("dns-attack", "macro-attack", "net-attack"),
+    ),
+    "syscall/bind/exit": Need(
+        "exfiltrate: a bind beyond the sandbox's loopback; the ports the sandbox serves",
+        ("syscall-attack",),
+    ),
+    **_raw(44, "net-attack"),
+    **_raw(46, "syscall-attack"),
+    **_raw(101, "priv-attack"),
+    **_raw(155, "syscall-attack"),
+    **_raw(165, "priv-attack"),
+    **_raw(166, "syscall-attack"),
+    **_raw(175, "syscall-attack"),
+    **_raw(176, "syscall-attack"),
+    **_raw(250, "priv-attack"),
+    **_raw(272, "priv-attack"),
+    **_raw(307, "syscall-attack"),
+    **_raw(308, "syscall-attack"),
+    **_raw(313, "syscall-attack"),
+    **_raw(321, "priv-attack"),
+    **_raw(76, "syscall-attack"),
+    **_raw(82, "fs-attack"),
+    **_raw(83, "syscall-attack"),
+    **_raw(84, "syscall-attack"),
+    **_raw(86, "syscall-attack"),
+    **_raw(87, "fs-attack"),
+    **_raw(88, "syscall-attack"),
+    **_raw(90, "fs-attack"),
+    **_raw(92, "syscall-attack"),
+    **_raw(258, "syscall-attack"),
+    **_raw(263, "syscall-attack"),
+    **_raw(264, "syscall-attack"),
+    **_raw(265, "fs-attack"),
+    **_raw(266, "syscall-attack"),
+    **_raw(268, "syscall-attack"),
+    **_raw(316, "syscall-attack"),
+    "syscall/open/exit": Need(
+        "steal secrets and tamper through open(2): sensitive_read, fs_write_denied",
+        ("syscall-attack",),
+    ),
+    "syscall/creat/exit": Need("tamper through creat(2): fs_write_denied", ("syscall-attack",)),
+    "syscall/openat/exit": Need(
+        "steal secrets and tamper: sensitive_read, fs_write_denied, devices; proc-macro "
+        "loads (attribution) and the fd table that resolves /proc/<pid>/fd aliases",
+        (
+            "alias-attack",
+            "dns-attack",
+            "forge-macro",
+            "forge-script",
+            "fs-attack",
+            "macro-attack",
+            "priv-attack",
+            "secrets-attack",
+        ),
+    ),
+}

@@ -58,6 +58,8 @@ def test_the_table_names_the_attacks_that_need_each_point(
 ) -> None:
     need = NEEDS[point]
     assert need.guards, f"{point}: say what it guards"
-    assert set(need.attacks) == needed.get(point, set())
+    # Labels with a colon are actions blamed on nobody ("attacks: no package") or on
+    # an innocent crate: part of what needs the point, not an attack of the table.
+    assert set(need.attacks) == {w for w in needed.get(point, set()) if ":" not in w}
     # A point no attack needs is kept only with a written reason (and only then).
     assert bool(need.attacks) != bool(need.kept), point
