@@ -9,7 +9,9 @@ server), ``lifecycle`` (which container a datagram is for, when it is over), ``s
 (one file of raw datagrams per container), ``daemon`` (the host daemon
 and the runner's observer), ``processes`` (process tree; who a step is comes from
 its ecosystem's ``Attributor``, farm.ecosystems),
-``classify`` (BlockedAction), ``verdict`` (allow rules, enforce). See docs/observer.md.
+``classify`` (BlockedAction), ``verdict`` (allow rules, enforce); ``pointuse`` (an event's
+trace point, a record without one) and ``pointneeds`` (why each point is enabled,
+checked against the attack corpus). See docs/observer.md.
 """
 
 from farm.observe.events import Context, TraceEvent
