@@ -25,9 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from farm.observe.classify import BlockedAction
 from farm.sandbox import Mount, SandboxSpec
+
+if TYPE_CHECKING:  # the local backend imports this module for its pid 1 argv only
+    from farm.observe.classify import BlockedAction
 
 #: Not the build's uid (farm.settings.SANDBOX_UID): the build cannot signal it.
 RESOLVER_UID = 10002
@@ -164,6 +167,8 @@ def _resolve_only(name: str, askers: dict[str, BlockedAction]) -> BlockedAction:
         asker = next(iter(askers.values()))
         update = {"operation": "resolve", "target": name, "errno": "", "address": None}
         return asker.model_copy(update={**update, "port": None, "protocol": None})
+    from farm.observe.classify import BlockedAction
+
     who = ", ".join(sorted(askers)) or "no recorded process"
     return BlockedAction(
         kind="network",
