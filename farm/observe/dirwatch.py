@@ -11,8 +11,8 @@ plain polling did (without inotify, ``wait`` is that sleep).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import select
 import time
@@ -28,10 +28,11 @@ WATCHED = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE
 INTERVAL = 0.1
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
+    # The interpreter's own symbols: ctypes.util.find_library runs ldconfig (~20 ms).
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.inotify_init1  # noqa: B018 (present on Linux only)
     except (OSError, AttributeError):
         return None

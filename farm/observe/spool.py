@@ -355,7 +355,12 @@ def read_observation(
     if not _SAFE_ID.match(container_id):
         return SpooledRecord(container_id, [], "invalid id", consume)
     deadline = time.monotonic() + timeout
-    with DirWatch(directory, interval) as watch:  # before the first look: no change missed
+    # Most often the daemon is done by now: a watch (whose close costs the kernel some
+    # milliseconds) only when it is not.
+    record = finished_record(directory, container_id, consume=consume)
+    if record is not None or timeout <= 0:
+        return record or _unfinished(directory, container_id, timeout, consume)
+    with DirWatch(directory, interval) as watch:  # before the next look: no change missed
         while True:
             record = finished_record(directory, container_id, consume=consume)
             if record is not None:

@@ -62,9 +62,13 @@ def test_the_reader_wakes_when_the_daemon_finishes_the_record(
     looked = threading.Event()
     real = spool.finished_record
 
+    looks: list[None] = []
+
     def look(*args: object, **kw: bool) -> SpooledRecord | None:
         found = real(*args, **kw)  # type: ignore[arg-type]
-        looked.set()  # the reader has looked (and found nothing yet): it waits now
+        looks.append(None)
+        if len(looks) == 2:  # the look after the watch was set up found nothing: it waits
+            looked.set()
         return found
 
     monkeypatch.setattr(spool, "finished_record", look)
