@@ -41,7 +41,7 @@ sys.exit(code)
 def probed(home: Path, tmp_path: Path, *args: str) -> tuple[dict, dict]:
     seen = tmp_path / "probe.json"
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(seen), "build", *args, "--json"],
+        [sys.executable, "-c", PROBE, str(seen), "build", "--json", *args],
         capture_output=True,
         text=True,
         env=farm_env(home),
