@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,17 @@ def init(logs: Path, build: str, perl: str | None = None) -> subprocess.Complete
 
 
 def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state == "Z"
+    """Dead (or a zombie), once SIGKILL has landed: the resolver is no child of the
+    shell that killed it (it ran in the command substitution), so nobody waited for it."""
+    for _ in range(1000):  # a hang guard only: SIGKILL lands in microseconds
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_the_build_starts_once_the_resolver_is_ready_and_it_is_killed_after(
