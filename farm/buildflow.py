@@ -5,6 +5,10 @@ Callers: ``farm.cli`` (``farm build``) and ``farm.service`` (each queued build, 
 queue's build id and the service's ``Metrics``); ``farm.api`` takes a request's
 ``BuildOptions`` apart from its spec. ``Runner.build`` stays the single-sandbox
 primitive underneath.
+
+A cache hit is the common rebuild, so ``look_up`` needs no ``Runner``: this module
+imports the sandbox machinery (farm.runner, its fetch phase, observer, layers, checks)
+only on a miss, and the CLI serves a hit without it (tests/unit/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -13,22 +17,26 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from farm.admission import check_local_image
 from farm.cache import Cache, cache_key, uncacheable_reason
 from farm.errors import InputError
-from farm.layers.flow import build_with_layer
-from farm.metrics import Metrics
 from farm.policy import BuildDirs, sandbox_for
-from farm.provenance import attest
 from farm.records import BuildRecord, Status
-from farm.reprocheck import MAX_RUNS, check, validate_check
-from farm.runner import Runner, resolve
+from farm.reprocheck import MAX_RUNS, validate_check
+from farm.sandbox import Backend, SandboxSpec
+from farm.settings import Settings
 from farm.snapshot import digest
 from farm.spec import BuildSpec
+from farm.specdefaults import resolve
+from farm.store import Store
+
+if TYPE_CHECKING:  # types only: imported for real on a miss (see the module docstring)
+    from farm.metrics import Metrics
+    from farm.runner import Runner
 
 
 @dataclass
@@ -73,6 +81,54 @@ def take_options(data: dict[str, Any]) -> BuildOptions:
     return options
 
 
+@dataclass
+class Looked:
+    """A cache lookup: the resolved spec, and the outcome when it was a hit."""
+
+    spec: BuildSpec
+    hit: Outcome | None = None
+
+
+def look_up(
+    settings: Settings,
+    store: Store,
+    backend: Backend,
+    spec: BuildSpec,
+    *,
+    within: Path | None = None,
+    build_id: str | None = None,
+    check_runs: int = 0,
+    use_cache: bool = True,
+    metrics: Metrics | None = None,
+    use_layer: bool = False,
+) -> Looked:
+    """Resolve ``spec`` and serve it from the cache if a clean result exists: the key
+    (source digest, image id: one backend lookup), the entry, its re-hashed artifacts
+    and signed provenance (farm.cache). Creates nothing but the hit's record.
+
+    Raises NotAdmittedError, before anything else, for an image the host does not allow.
+    """
+    # Before the cache too: a result built from an image no longer allowed is not served.
+    check_local_image(settings, spec)
+    started = time.monotonic()
+    spec = resolve(spec, within=within)
+    if not use_cache:
+        _count(metrics, "bypass")
+        return Looked(spec)
+    source_digest = digest(spec.source, max_bytes=spec.resources.disk, within=within)
+    key = _key(settings, spec, source_digest, _image_id(backend, spec, settings))
+    # A plain build is never served a layered result; a --layer build may be served
+    # either (docs/layers.md).
+    hit = Cache(settings.home, store).lookup(key, min_runs=check_runs, layered_ok=use_layer)
+    _count(metrics, "hit" if hit else "miss")
+    if not hit:
+        return Looked(spec)
+    said = hit_line(hit)
+    if build_id:
+        hit = _record_hit(store, hit, build_id, said, time.monotonic() - started)
+    return Looked(spec, Outcome(hit, cached=True, said=[said]))
+
+
 def run_build(
     runner: Runner,
     spec: BuildSpec,
@@ -82,6 +138,7 @@ def run_build(
     use_cache: bool = True,
     metrics: Metrics | None = None,
     use_layer: bool = False,
+    looked: Looked | None = None,
 ) -> Outcome:
     """Serve ``spec`` from the cache if a clean result exists, else build (N times with
     ``check_runs``), attest and offer the result to the cache.
@@ -90,29 +147,42 @@ def run_build(
     cache hit is recorded under it as a copy naming the original in ``cached_from``.
     ``use_layer`` starts the build from the project's dependency layer (farm.layers),
     never for a ``check_runs`` build (always cold) or without the cache (``--no-cache``).
+    ``looked``: the caller's own ``look_up`` of this spec, a miss (the CLI looks up
+    before it makes a runner), so it is not looked up twice.
     Raises NotAdmittedError, before anything else, for an image the host does not allow.
     """
     validate_check(check_runs)
-    # Before the cache too: a result built from an image no longer allowed is not served.
-    check_local_image(runner.settings, spec)
-    started = time.monotonic()
-    within = runner.within(spec)
-    spec = resolve(spec, within=within)
-    cache = Cache(runner.settings.home, runner.store)
-    if use_cache:
-        source_digest = digest(spec.source, max_bytes=spec.resources.disk, within=within)
-        key = _key(runner, spec, source_digest, None)
-        # A plain build is never served a layered result; a --layer build may be served
-        # either (docs/layers.md).
-        hit = cache.lookup(key, min_runs=check_runs, layered_ok=use_layer)
-        _count(metrics, "hit" if hit else "miss")
-        if hit:
-            said = hit_line(hit)
-            if build_id:
-                hit = _record_hit(runner, hit, build_id, said, time.monotonic() - started)
-            return Outcome(hit, cached=True, said=[said])
-    else:
-        _count(metrics, "bypass")
+    if looked is None:
+        looked = look_up(
+            runner.settings,
+            runner.store,
+            runner.backend,
+            spec,
+            within=runner.within(spec),
+            build_id=build_id,
+            check_runs=check_runs,
+            use_cache=use_cache,
+            metrics=metrics,
+            use_layer=use_layer,
+        )
+    if looked.hit:
+        return looked.hit
+    return _build(runner, looked.spec, build_id, check_runs, use_cache, metrics, use_layer)
+
+
+def _build(
+    runner: Runner,
+    spec: BuildSpec,
+    build_id: str | None,
+    check_runs: int,
+    use_cache: bool,
+    metrics: Metrics | None,
+    use_layer: bool,
+) -> Outcome:
+    from farm.layers.flow import build_with_layer
+    from farm.provenance import attest
+    from farm.reprocheck import check
+
     said: list[str] = []
     if check_runs:
         record = check(runner, spec, check_runs, build_id=build_id, metrics=metrics)
@@ -126,7 +196,8 @@ def run_build(
     reason = uncacheable_reason(record)
     if reason is None and record.source_digest and record.image_id:
         # Keyed by what was actually snapshotted and run, not by the lookup's view.
-        cache.offer(_key(runner, spec, record.source_digest, record.image_id), record)
+        cache = Cache(runner.settings.home, runner.store)
+        cache.offer(_key(runner.settings, spec, record.source_digest, record.image_id), record)
     elif reason:
         outcome.said.append(f"not cached: {reason}")
     return outcome
@@ -148,7 +219,7 @@ def hit_line(record: BuildRecord) -> str:
 
 
 def _record_hit(
-    runner: Runner, hit: BuildRecord, build_id: str, said: str, seconds: float
+    store: Store, hit: BuildRecord, build_id: str, said: str, seconds: float
 ) -> BuildRecord:
     now = datetime.now(UTC)
     copy = hit.model_copy(
@@ -164,21 +235,30 @@ def _record_hit(
             "notes": [said],
         }
     )
-    runner.store.save(copy)
+    store.save(copy)
     return copy
 
 
-def _key(runner: Runner, spec: BuildSpec, source_digest: str, image_id: str | None) -> str:
-    sandbox = sandbox_for(spec, "cache-key", BuildDirs(Path("/nonexistent")), runner.settings)
-    # preflight raises before anything is created when the image or runtime is missing.
-    image = image_id or runner.backend.preflight(sandbox)
+def _key(settings: Settings, spec: BuildSpec, source_digest: str, image_id: str) -> str:
+    sandbox = sandbox_for(spec, "cache-key", BuildDirs(Path("/nonexistent")), settings)
     return cache_key(
         spec,
         sandbox,
         source_digest=source_digest,
-        image_id=image,
-        runtime=runner.settings.effective_runtime,
+        image_id=image_id,
+        runtime=settings.effective_runtime,
     )
+
+
+def _image_id(backend: Backend, spec: BuildSpec, settings: Settings) -> str:
+    """The image's id for the key: one lookup where the backend offers it (a hit runs no
+    sandbox, so it needs neither the runtime nor the observer checked), else its
+    preflight. Raises before anything is created when the image is missing."""
+    image_id = getattr(backend, "image_id", None)
+    if image_id is not None:
+        return str(image_id(spec.image))
+    sandbox: SandboxSpec = sandbox_for(spec, "cache-key", BuildDirs(Path("/nonexistent")), settings)
+    return backend.preflight(sandbox)
 
 
 def _count(metrics: Metrics | None, result: str) -> None:

@@ -21,23 +21,21 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.errors import ExitCode, FarmError, InputError
-from farm.fetch.registry import Registry, load_registries, registry_from_cli
-from farm.images import RECIPES, VERSION
-from farm.k8s import names
-from farm.logs import CappedLog
-from farm.mirror.command import add_parsers as add_mirror_parsers
-from farm.observe.classify import BlockedAction
-from farm.observe.daemon import ObserverPaths
-from farm.profiles.command import add_parsers as add_diff_parsers
-from farm.records import BuildRecord
-from farm.report import build_report, render
-from farm.runner import Interrupted, Runner
 from farm.settings import Settings
 from farm.spec import TENANT_NAME, BuildSpec, build_spec, load_spec_file
+from farm.specdefaults import Interrupted
 from farm.store import Store
+
+if TYPE_CHECKING:
+    from farm.buildflow import Outcome
+    from farm.fetch.registry import Registry
+    from farm.logs import CappedLog
+    from farm.records import BuildRecord
+    from farm.runner import Runner
+    from farm.sandbox import Backend
 
 #: ``farm build --resolve-lock`` given without MIRROR_DIR (no argument can hold a NUL):
 #: for farm serve, which resolves against its operator's mirror.
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     # Everything after the first `--` is the build's argv, never farm's own options.
     cut = words.index("--") if "--" in words else len(words)
-    args = _parser().parse_args(words[:cut])
+    args = _parser(_command(words[:cut])).parse_args(words[:cut])
     args.build_argv = words[cut + 1 :]
     try:
         settings = Settings.from_env(
@@ -65,6 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INFRASTRUCTURE)
 
 
+def _command(words: list[str]) -> str | None:
+    """The subcommand asked for (farm's own options all come after it), or None."""
+    return next((w for w in words if not w.startswith("-")), None)
+
+
+class _Version(argparse.Action):
+    """``--version``, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show farm's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from farm.images import VERSION
+
+        print(f"farm {VERSION}")
+        parser.exit()
+
+
 def _git_host_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--git-host",
@@ -76,11 +92,14 @@ def _git_host_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command``, the subcommands whose options need
+    modules of their own (observer, Kubernetes, mirror, diff, image) are added only when
+    they are the one run, so `farm build` imports none of them (a cache hit's time)."""
     p = argparse.ArgumentParser(
         prog="farm", description="Run untrusted builds in a gVisor sandbox with no network."
     )
-    p.add_argument("--version", action="version", version=f"farm {VERSION}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     b = sub.add_parser(
@@ -352,6 +371,37 @@ def _parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=cmd_verify)
     reap = sub.add_parser("reap", help="remove leftovers of crashed builds")
     reap.set_defaults(func=cmd_reap)
+
+    def wanted(*names: str) -> bool:
+        return command is None or command in names
+
+    if wanted("observer"):
+        _observer_parser(sub)
+    if wanted("controller", "node-monitor"):
+        _k8s_parsers(sub)
+    if wanted("mirror"):
+        from farm.mirror.command import add_parsers as add_mirror_parsers
+
+        add_mirror_parsers(sub)
+    if wanted("diff"):
+        from farm.profiles.command import add_parsers as add_diff_parsers
+
+        add_diff_parsers(sub)
+    doc = sub.add_parser("doctor", help="check the host and say how to fix it")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
+    hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
+    hs.set_defaults(func=cmd_host_setup)
+    if wanted("image"):
+        _image_parsers(sub)
+    return p
+
+
+def _observer_parser(sub: Any) -> None:
+    from farm.observe.daemon import ObserverPaths
+
     obs = sub.add_parser(
         "observer", help="serve gVisor's trace socket for every sandbox on this host"
     )
@@ -371,21 +421,14 @@ def _parser() -> argparse.ArgumentParser:
         "--detach", action="store_true", help="run in the background; return once it serves"
     )
     obs.set_defaults(func=cmd_observer)
-    _k8s_parsers(sub)
-    add_mirror_parsers(sub)
-    add_diff_parsers(sub)
-    doc = sub.add_parser("doctor", help="check the host and say how to fix it")
-    doc.add_argument("--json", action="store_true")
-    doc.set_defaults(func=cmd_doctor)
 
-    host = sub.add_parser("host", help="prepare this host").add_subparsers(required=True)
-    hs = host.add_parser("setup", help="install docker, gVisor and mmdebstrap; start dockerd")
-    hs.set_defaults(func=cmd_host_setup)
-    from farm import images  # the suites of `farm image build/export --suite`
+
+def _image_parsers(sub: Any) -> None:
+    from farm import images  # the recipes and suites of `farm image build/export`
 
     image = sub.add_parser("image", help="farm's images").add_subparsers(required=True)
     ib = image.add_parser("build", help="build an image offline with mmdebstrap")
-    ib.add_argument("name", choices=list(RECIPES))
+    ib.add_argument("name", choices=list(images.RECIPES))
     ib.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ib.add_argument("--mirror", help="Debian mirror URL (default: deb.debian.org)")
     ib.add_argument(
@@ -398,14 +441,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     ib.set_defaults(func=cmd_image_build)
     ie = image.add_parser("export", help="save an image to a tarball for ctr/docker load")
-    ie.add_argument("name", choices=list(RECIPES))
+    ie.add_argument("name", choices=list(images.RECIPES))
     ie.add_argument("-o", "--output", type=Path, required=True)
     ie.add_argument("--suite", choices=images.SUITES, help="Debian suite of the rust/fetch image")
     ie.set_defaults(func=cmd_image_export)
-    return p
 
 
 def _k8s_parsers(sub: Any) -> None:
+    from farm.k8s import names
+    from farm.observe.daemon import ObserverPaths
+
     ctl = sub.add_parser(
         "controller", help="run the Kubernetes controller for Build resources (see docs)"
     )
@@ -476,11 +521,14 @@ def _spec_data(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def _runner(settings: Settings, **kw: Any) -> Runner:
+def _runner(
+    settings: Settings, backend: Backend | None = None, store: Store | None = None, **kw: Any
+) -> Runner:
     # The backend is imported late so `farm doctor` works even where docker-py breaks.
     from farm.backends.local import LocalBackend
+    from farm.runner import Runner
 
-    return Runner(settings, LocalBackend(settings), Store(settings.home), **kw)
+    return Runner(settings, backend or LocalBackend(settings), store or Store(settings.home), **kw)
 
 
 def _with_git_hosts(settings: Settings, hosts: list[str]) -> Settings:
@@ -497,6 +545,8 @@ def _registry_choice(value: str | None, settings: Settings) -> tuple[Settings, R
         return settings, None
     if value in settings.registries:
         return settings, settings.registries[value]
+    from farm.fetch.registry import registry_from_cli
+
     registry = registry_from_cli(value)
     registries = {**settings.registries, registry.name: registry}
     return dataclasses.replace(settings, registries=registries), registry
@@ -505,6 +555,7 @@ def _registry_choice(value: str | None, settings: Settings) -> tuple[Settings, R
 def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from farm.fetch.cache import CrateCache
     from farm.fetch.phase import fetch
+    from farm.fetch.registry import Registry
 
     settings, registry = _registry_choice(args.registry, settings)
     settings = _with_git_hosts(settings, args.git_host)
@@ -541,7 +592,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.buildflow import run_build, validate_check
+    from farm.buildflow import validate_check
 
     data = _spec_data(args)
     server = args.server or (None if args.local else settings.server)
@@ -588,17 +639,9 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     if server:
         return _build_remote(args, settings, spec, server)
     progress = _Progress(enabled=sys.stderr.isatty() and not args.follow)
-    echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
     with _signals_raise(Interrupted), progress:
-        runner = _runner(settings, echo=echo, on_phase=progress.phase)
-        for line in runner.reap_leftovers():
-            print(f"farm: {line}", file=sys.stderr)
         try:
-            # A resolved lock depends on the mirror, which the cache key does not name.
-            use_cache = not (args.no_cache or args.resolve_lock)
-            outcome = run_build(
-                runner, spec, check_runs=args.check, use_cache=use_cache, use_layer=args.layer
-            )
+            outcome = _build_local(args, settings, spec, progress)
         except Interrupted:
             print("farm: interrupted; the sandbox was torn down", file=sys.stderr)
             return int(ExitCode.BUILD_FAILED)
@@ -606,6 +649,42 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         print(f"farm: {line}", file=sys.stderr)
     _print_record(outcome.record, args.json, cached=outcome.cached)
     return _exit_code(outcome.record)
+
+
+def _build_local(
+    args: argparse.Namespace, settings: Settings, spec: BuildSpec, progress: _Progress
+) -> Outcome:
+    """The cache first, with no runner: a hit imports no sandbox machinery and asks
+    dockerd only for the image's id. On a miss: reap crashed builds' leftovers, then build."""
+    from farm.backends.local import LocalBackend
+    from farm.buildflow import look_up, run_build
+
+    backend, store = LocalBackend(settings), Store(settings.home)
+    # A resolved lock depends on the mirror, which the cache key does not name.
+    use_cache = not (args.no_cache or args.resolve_lock)
+    looked = look_up(
+        settings,
+        store,
+        backend,
+        spec,
+        check_runs=args.check,
+        use_cache=use_cache,
+        use_layer=args.layer,
+    )
+    if looked.hit:
+        return looked.hit
+    echo = (lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush())) if args.follow else None
+    runner = _runner(settings, backend, store, echo=echo, on_phase=progress.phase)
+    for line in runner.reap_leftovers():
+        print(f"farm: {line}", file=sys.stderr)
+    return run_build(
+        runner,
+        spec,
+        check_runs=args.check,
+        use_cache=use_cache,
+        use_layer=args.layer,
+        looked=looked,
+    )
 
 
 def _exit_code(record: BuildRecord) -> int:
@@ -728,6 +807,8 @@ def _print_record(record: BuildRecord, as_json: bool, cached: bool = False) -> N
         print(f"  artifact {a.path}  sha256:{a.sha256}  {a.size} bytes")
     for note in record.notes:
         print(f"  note    {note}")
+    if record.blocked_actions:
+        from farm.observe.classify import BlockedAction
     for action in record.blocked_actions:
         line = BlockedAction.model_validate(action).line()
         print(f"  {'allowed' if action.get('allowed') else 'blocked'} {line}")
@@ -736,6 +817,8 @@ def _print_record(record: BuildRecord, as_json: bool, cached: bool = False) -> N
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.report import build_report, render
+
     server = args.server or (None if args.local else settings.server)
     if server:
         from farm.client import Client
@@ -890,7 +973,7 @@ def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_observer(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.observe.daemon import ObserverBusy, ObserverDaemon, detach
+    from farm.observe.daemon import ObserverBusy, ObserverDaemon, ObserverPaths, detach
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s farm-observer: %(message)s")
     paths = ObserverPaths(socket=args.socket, spool=args.spool)
@@ -921,6 +1004,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
     from farm.admission import Ceilings
+    from farm.fetch.registry import load_registries
     from farm.httpserver import HttpLimits
     from farm.serve import ServeOptions, serve
 

@@ -19,15 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm import diffoscope
 from farm.errors import InputError
-from farm.metrics import Metrics
 from farm.records import Artifact, BuildRecord, ReproVerdict, Status
-from farm.runner import Runner
 from farm.sandbox import SandboxSpec
 from farm.spec import BuildSpec
 from farm.store import Store
+
+if TYPE_CHECKING:  # types only: the cache (a hit) reads REPORT_PATH without the runner
+    from farm.metrics import Metrics
+    from farm.runner import Runner
 
 #: What ``variation`` changes: the same wherever the runs are sandboxed (a cluster's
 #: check runs, farm.k8s.reconcile, get these too).

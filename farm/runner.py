@@ -25,7 +25,6 @@ from farm import ecosystems, sinkhole
 from farm.admission import check_local_image
 from farm.collect import Collected, collect, open_no_follow
 from farm.confine import SourcePolicy
-from farm.epoch import commit_epoch
 from farm.errors import ExitCode, FarmError, SpecError
 from farm.fetch.cache import CrateCache
 from farm.fetch.phase import fetch
@@ -49,6 +48,7 @@ from farm.sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from farm.settings import SANDBOX_UID, Settings
 from farm.snapshot import remove_tree, snapshot
 from farm.spec import BuildSpec, format_size
+from farm.specdefaults import Interrupted, resolve
 from farm.store import Store, TooLarge
 from farm.workdisk import create as create_disk
 from farm.workdisk import holders, release, usage
@@ -95,35 +95,6 @@ class LayerPlan:
 
     use: Layer | None = None
     keep: KeepTarget | None = None
-
-
-class Interrupted(BaseException):
-    """Raised in the main thread by farm's SIGINT/SIGTERM handler."""
-
-
-def resolve(spec: BuildSpec, *, within: Path | None = None) -> BuildSpec:
-    """Fill the source's ecosystem's defaults (farm.ecosystems) for ``argv`` and
-    ``outputs``, and SOURCE_DATE_EPOCH from the source's last git commit (read by
-    farm.epoch, which runs no program). ``within``:
-    the directory the source was checked to lie beneath (``farm serve``): the source
-    and its manifests are opened beneath it following no symlink, and the git
-    repository is not looked for above it. Raises SpecError if it cannot."""
-    updates: dict[str, object] = {}
-    if spec.source_date_epoch is None:
-        updates["source_date_epoch"] = commit_epoch(spec.source, within)
-    ecosystem = ecosystems.detect(spec.source, within)
-    if spec.argv is None:
-        if ecosystem is None:
-            needs = ecosystems.markers()
-            raise SpecError([f"argv: required for a project without {needs}; pass `-- CMD…`"])
-        updates["argv"] = ecosystem.default_argv()
-    if spec.outputs is None:
-        outputs = ecosystem.default_outputs(spec.source, within) if ecosystem else ["out/**"]
-        if not outputs and ecosystem is not None:
-            what = f"the {ecosystem.name} project has no binary"
-            raise SpecError([f"outputs: {what}; declare outputs"])
-        updates["outputs"] = outputs
-    return spec.model_copy(update=updates)
 
 
 def new_build_id() -> str:

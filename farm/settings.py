@@ -11,9 +11,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.errors import InputError
-from farm.fetch.registry import Registry, load_registries, parse_registries
+
+if TYPE_CHECKING:  # read only when the operator configured registries (not on a cache hit)
+    from farm.fetch.registry import Registry
 
 #: Label put on every container, volume and image farm creates; cleanup selects on it.
 MANAGED_LABEL = "io.farm.managed"
@@ -112,8 +115,10 @@ def _words(value: str | None) -> tuple[str, ...] | None:
 def _registries(env: Mapping[str, str]) -> dict[str, Registry] | None:
     if env.get("FARM_REGISTRIES") and env.get("FARM_REGISTRIES_JSON"):
         raise InputError("set FARM_REGISTRIES (a file) or FARM_REGISTRIES_JSON, not both")
+    if not (env.get("FARM_REGISTRIES_JSON") or env.get("FARM_REGISTRIES")):
+        return None
+    from farm.fetch.registry import load_registries, parse_registries
+
     if env.get("FARM_REGISTRIES_JSON"):
         return parse_registries(env["FARM_REGISTRIES_JSON"], "FARM_REGISTRIES_JSON")
-    if env.get("FARM_REGISTRIES"):
-        return load_registries(Path(env["FARM_REGISTRIES"]))
-    return None
+    return load_registries(Path(env["FARM_REGISTRIES"]))

@@ -25,9 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from farm.observe.classify import BlockedAction
 from farm.sandbox import Mount, SandboxSpec
+
+if TYPE_CHECKING:  # the local backend imports this module for its pid 1 argv only
+    from farm.observe.classify import BlockedAction
 
 #: Not the build's uid (farm.settings.SANDBOX_UID): the build cannot signal it.
 RESOLVER_UID = 10002
@@ -39,27 +42,39 @@ V4 = ipaddress.ip_network("198.18.0.0/15")
 V6 = ipaddress.ip_network("2001:2::/48")
 #: Bytes of the resolver's log farm reads (it holds at most 65536 names).
 MAX_LOG = 8 << 20
-#: How long pid 1 waits for the resolver to be ready before it starts the build anyway.
-READY_POLLS, READY_POLL_SECONDS = 100, 0.05
+#: How long the resolver may take to get ready; past it, it exits and the build starts
+#: without it (its record then says the resolver did not start).
+READY_SECONDS = 5
 
 
 def script_path() -> Path:
     return Path(str(resources.files("farm") / "data" / "sinkhole-resolver.pl"))
 
 
-def init_argv() -> list[str]:
+def init_argv(
+    *,
+    perl: str = "/usr/bin/perl",
+    script: str = SCRIPT,
+    port: int = PORT,
+    log_dir: str = LOG_DIR,
+    uid: int = RESOLVER_UID,
+) -> list[str]:
     """pid 1's child (root, caps KILL/SETUID/SETGID/SETPCAP/NET_BIND_SERVICE): start
     the resolver, wait until it is ready, run ``"$@"`` (setpriv and the build's argv),
     then kill the resolver and exit with the build's status. Fixed text: nothing of the
-    spec is interpolated, and the resolver gets an empty environment (no PERL5OPT)."""
-    start = f"/usr/bin/env -i /usr/bin/perl {SCRIPT} {ADDRESS} {PORT} {LOG_DIR} {RESOLVER_UID}"
-    script = (
-        f"{start} </dev/null >/dev/null 2>&1 & r=$!; i=0; "
-        f'while [ ! -e {LOG_DIR}/ready ] && [ "$i" -lt {READY_POLLS} ]; do '
-        f"/usr/bin/sleep {READY_POLL_SECONDS}; i=$((i+1)); done; "
-        '"$@"; s=$?; kill -KILL "$r" 2>/dev/null; wait "$r" 2>/dev/null; exit "$s"'
+    spec is interpolated, and the resolver gets an empty environment (no PERL5OPT).
+
+    The wait is the command substitution's pipe: the resolver holds it as its stdout
+    until it has bound the port and written its pid, then prints the pid and closes it
+    (or exits, when it cannot start or takes over READY_SECONDS). No polling: a fixed
+    sleep loop put up to its interval, and a `sleep` exec per round, on every build.
+    The keywords are the sandbox's paths; tests run the same text on the host."""
+    start = f"/usr/bin/env -i {perl} {script} {ADDRESS} {port} {log_dir} {uid} {READY_SECONDS}"
+    text = (
+        f"ready=$({start} </dev/null 2>/dev/null &); r=${{ready%% *}}; "
+        '"$@"; s=$?; [ -z "$r" ] || kill -KILL "$r" 2>/dev/null; exit "$s"'
     )
-    return ["/bin/sh", "-c", script, "farm-init"]
+    return ["/bin/sh", "-c", text, "farm-init"]
 
 
 def prepare(sandbox: SandboxSpec, root: Path, log_dir: Path) -> SandboxSpec:
@@ -164,6 +179,8 @@ def _resolve_only(name: str, askers: dict[str, BlockedAction]) -> BlockedAction:
         asker = next(iter(askers.values()))
         update = {"operation": "resolve", "target": name, "errno": "", "address": None}
         return asker.model_copy(update={**update, "port": None, "protocol": None})
+    from farm.observe.classify import BlockedAction
+
     who = ", ".join(sorted(askers)) or "no recorded process"
     return BlockedAction(
         kind="network",

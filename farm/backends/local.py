@@ -89,8 +89,9 @@ class LocalBackend:
         if self._client is None:
             with translated("connect to dockerd"):
                 url = self.settings.docker_url or "unix:///var/run/docker.sock"
+                # No ping: docker-py asks dockerd its API version when it connects, which
+                # already fails here when dockerd is unreachable (one round trip, not two).
                 self._client = docker.DockerClient(base_url=url, timeout=120)
-                self._client.ping()
         return self._client
 
     def preflight(self, spec: SandboxSpec) -> str:
@@ -110,13 +111,19 @@ class LocalBackend:
                 f"gVisor's trace configuration {POD_INIT_CONFIG} is not this farm's; "
                 "run `farm host setup` (or build with --no-observe)"
             )
+        return self.image_id(spec.image)
+
+    def image_id(self, image: str) -> str:
+        """The local image's id, in one dockerd call (a cache hit's key needs only this).
+
+        Raises ImageError for the default image, InputError for another one."""
         try:
-            with translated(f"look up image {spec.image}"):
-                return str(self.client.images.get(spec.image).id)
+            with translated(f"look up image {image}"):
+                return str(self.client.images.get(image).id)
         except ImageError as exc:
-            if spec.image == self.settings.default_image:
+            if image == self.settings.default_image:
                 raise
-            raise InputError(f"image: {spec.image!r} is not in dockerd; check --image") from exc
+            raise InputError(f"image: {image!r} is not in dockerd; check --image") from exc
 
     def image_labels(self, image: str) -> dict[str, str] | None:
         """The labels of a local image (its toolchain facts: farm.ecosystems.cargo)."""

@@ -5,17 +5,21 @@
 # the same index n for the same name, and appends "n<TAB>name" to LOGDIR/names once
 # per new name. Any other query gets an empty answer; a malformed one, no answer.
 #
-# Usage (as root, with an empty environment): sinkhole-resolver.pl ADDR PORT LOGDIR UID
+# Usage (as root, with an empty environment):
+#   sinkhole-resolver.pl ADDR PORT LOGDIR UID [READY_SECONDS]
 # It binds ADDR:PORT, drops to UID (gid UID, no groups), then writes LOGDIR/ready with
-# "pid port". UID 0 keeps the caller's user (the unit tests). Perl core modules only
-# (perl-base is in every Debian image).
+# "pid port", prints the same line and closes its stdout: pid 1's child waits for that
+# close (farm.sinkhole.init_argv). It exits if it is not ready within READY_SECONDS.
+# UID 0 keeps the caller's user (the unit tests). Perl core modules only (perl-base is in
+# every Debian image).
 use strict;
 use warnings;
 use Socket qw(AF_INET SOCK_DGRAM inet_aton pack_sockaddr_in unpack_sockaddr_in);
 use POSIX ();
 
-my ($addr, $port, $dir, $uid) = @ARGV;
-die "usage: $0 ADDR PORT LOGDIR UID\n" unless defined $uid;
+my ($addr, $port, $dir, $uid, $patience) = @ARGV;
+die "usage: $0 ADDR PORT LOGDIR UID [READY_SECONDS]\n" unless defined $uid;
+alarm($patience) if $patience;    # SIGALRM ends it, and so its stdout: the build starts
 my $MAX_NAMES = 65536;    # 198.18.0.0/15 holds 131072; the log stays bounded
 my $MAX_PACKET = 512;
 
@@ -34,6 +38,9 @@ open(my $ready, '>', "$dir/ready.tmp") or die "open ready: $!\n";
 print $ready "$$ $bound\n";
 close($ready);
 rename("$dir/ready.tmp", "$dir/ready") or die "rename: $!\n";
+alarm(0);
+print STDOUT "$$ $bound\n";
+close(STDOUT);    # the waiting shell's pipe: ready
 
 my %index;
 my $next = 1;

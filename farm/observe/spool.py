@@ -54,6 +54,7 @@ from typing import BinaryIO, Protocol
 
 from pydantic import ConfigDict, Field
 
+from farm.observe.dirwatch import INTERVAL, DirWatch
 from farm.observe.events import TraceEvent, in_time_order, to_event
 from farm.observe.lifecycle import LiveTasks, container_of
 from farm.observe.wire import DecodeError, split_datagram
@@ -333,7 +334,12 @@ def _safe_name(container_id: str, logger: logging.Logger) -> str:
 
 
 def read_observation(
-    directory: Path, container_id: str, *, timeout: float = 30.0, consume: bool = True
+    directory: Path,
+    container_id: str,
+    *,
+    timeout: float = 30.0,
+    consume: bool = True,
+    interval: float = INTERVAL,
 ) -> SpooledRecord:
     """The record of ``container_id`` once all its connections hung up, to be read once
     as a stream (``stream()``, then ``seen()`` for its counts).
@@ -343,24 +349,37 @@ def read_observation(
     reason, never raised: the caller decides what an incomplete record means. So is one
     whose connection the daemon cut (a ``.cut`` marker), at once and with its events.
     With ``consume`` the files are removed once opened (the open files stay readable).
+    The wait ends when the daemon writes the record (farm.observe.dirwatch), looking
+    again at least every ``interval`` seconds.
     """
     if not _SAFE_ID.match(container_id):
         return SpooledRecord(container_id, [], "invalid id", consume)
     deadline = time.monotonic() + timeout
-    while True:
-        record = finished_record(directory, container_id, consume=consume)
-        if record is not None:
-            return record
-        if time.monotonic() >= deadline:
-            pending = list(directory.glob(f"{container_id}.*.part"))
-            traces = list(directory.glob(f"{container_id}.*.trace"))
-            problem = (
-                f"gVisor's record of this container was still open after {timeout:.0f}s"
-                if pending
-                else "the observer received no trace connection for this container"
-            )
-            return SpooledRecord(container_id, traces, problem, consume)
-        time.sleep(0.1)
+    # Most often the daemon is done by now: a watch (whose close costs the kernel some
+    # milliseconds) only when it is not.
+    record = finished_record(directory, container_id, consume=consume)
+    if record is not None or timeout <= 0:
+        return record or _unfinished(directory, container_id, timeout, consume)
+    with DirWatch(directory, interval) as watch:  # before the next look: no change missed
+        while True:
+            record = finished_record(directory, container_id, consume=consume)
+            if record is not None:
+                return record
+            if time.monotonic() >= deadline:
+                return _unfinished(directory, container_id, timeout, consume)
+            watch.wait(deadline - time.monotonic())
+
+
+def _unfinished(directory: Path, container_id: str, timeout: float, consume: bool) -> SpooledRecord:
+    """What is there of a record that did not finish in ``timeout`` seconds."""
+    pending = list(directory.glob(f"{container_id}.*.part"))
+    traces = list(directory.glob(f"{container_id}.*.trace"))
+    problem = (
+        f"gVisor's record of this container was still open after {timeout:.0f}s"
+        if pending
+        else "the observer received no trace connection for this container"
+    )
+    return SpooledRecord(container_id, traces, problem, consume)
 
 
 def finished_record(

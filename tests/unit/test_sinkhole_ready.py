@@ -1,0 +1,71 @@
+"""pid 1's child (farm.sinkhole.init_argv) waits for the resolver by a pipe, not a sleep
+loop (issue 14: start plus teardown): the same shell text run on the host, with the real
+resolver script on an ephemeral 127.0.0.1 port, as the tests' own user (UID 0)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from farm import sinkhole
+
+pytestmark = pytest.mark.skipif(not shutil.which("perl"), reason="the resolver needs perl")
+
+
+def init(logs: Path, build: str, perl: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = sinkhole.init_argv(
+        perl=perl or shutil.which("perl") or "perl",
+        script=str(sinkhole.script_path()),
+        port=0,
+        log_dir=str(logs),
+        uid=0,
+    )
+    return subprocess.run([*argv, "sh", "-c", build], capture_output=True, text=True, timeout=60)
+
+
+def gone(pid: int) -> bool:
+    """Dead (or a zombie), once SIGKILL has landed: the resolver is no child of the
+    shell that killed it (it ran in the command substitution), so nobody waited for it."""
+    for _ in range(1000):  # a hang guard only: SIGKILL lands in microseconds
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_build_starts_once_the_resolver_is_ready_and_it_is_killed_after(
+    tmp_path: Path,
+) -> None:
+    done = init(tmp_path, f"cat {tmp_path}/ready; exit 7")
+    assert done.returncode == 7, done.stderr
+    pid, port = map(int, done.stdout.split())
+    assert port > 0 and (tmp_path / "ready").read_text().split() == [str(pid), str(port)]
+    assert gone(pid), "the resolver outlived the build"
+
+
+def test_without_perl_the_build_still_runs(tmp_path: Path) -> None:
+    done = init(tmp_path, "echo built", perl=str(tmp_path / "no-perl"))
+    assert done.returncode == 0 and done.stdout == "built\n", done.stderr
+    assert not (tmp_path / "ready").exists()
+
+
+def test_a_resolver_that_cannot_start_does_not_hold_the_build(tmp_path: Path) -> None:
+    logs = tmp_path / "not-a-directory"
+    logs.write_text("")
+    done = init(logs, "echo built")
+    assert done.returncode == 0 and done.stdout == "built\n", done.stderr
+
+
+def test_the_wait_is_not_a_sleep_loop() -> None:
+    text = sinkhole.init_argv()[2]
+    assert "sleep" not in text and "while" not in text
+    assert os.path.basename(sinkhole.init_argv()[0]) == "sh"
