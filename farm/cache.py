@@ -67,6 +67,9 @@ def uncacheable_reason(record: BuildRecord) -> str | None:
         # The same test as provenance's "complete": a lost event may have been the attempt.
         lost = f" (lost {obs.lost} events)" if obs.lost else ""
         return f"gVisor's record of the build is incomplete{lost}, so a clean result is unproven"
+    if record.sinkhole_unready:
+        # Its DNS queries may have gone unrecorded: a clean record is unproven.
+        return f"{record.sinkhole_unready}, so its name lookups are unproven"
     verdict = record.reproducibility
     if verdict is not None and not verdict.reproducible:
         return f"the reproducibility check said {verdict.result}"

@@ -211,6 +211,9 @@ class BuildRecord(BaseModel):
     #: None when the build was not observed.
     observation: ObservationSummary | None = None
     reproducibility: ReproVerdict | None = None
+    #: Set when the sandbox's sinkhole resolver (farm.sinkhole) was not ready before the
+    #: build started: why. Lookups may be unrecorded, so farm.cache never reuses it.
+    sinkhole_unready: str | None = None
     #: Set on a service request served from the cache: the build whose result this is.
     cached_from: str | None = None
     #: sha256 of the DSSE envelope holding this build's signed provenance (farm.provenance).

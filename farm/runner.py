@@ -547,10 +547,10 @@ class Runner:
         if sandbox_dns.exists():
             resolved = sinkhole.read_log(sandbox_dns)
             stream = sinkhole.merge(stream, resolved)
-            if resolved.pid is None:
+            record.sinkhole_unready = resolved.problem()
+            if record.sinkhole_unready:
                 record.notes.append(
-                    "the sinkhole resolver did not start (does the image have /usr/bin/perl?): "
-                    "names the build resolved are not known"
+                    f"{record.sinkhole_unready}: names the build resolved may not be known"
                 )
         # Honeytoken values are redacted before profiles or the record see an action.
         stream = marker.mark(stream) if marker else stream

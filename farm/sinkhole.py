@@ -42,8 +42,9 @@ V4 = ipaddress.ip_network("198.18.0.0/15")
 V6 = ipaddress.ip_network("2001:2::/48")
 #: Bytes of the resolver's log farm reads (it holds at most 65536 names).
 MAX_LOG = 8 << 20
-#: How long the resolver may take to get ready; past it, it exits and the build starts
-#: without it (its record then says the resolver did not start).
+#: How long the resolver may take to get ready; past it, the build starts while the
+#: resolver keeps starting (its ``ready`` then says ``late``; the record says so and the
+#: result is never cached: the names of queries sent before it bound are unknown).
 READY_SECONDS = 5
 
 
@@ -66,7 +67,8 @@ def init_argv(
 
     The wait is the command substitution's pipe: the resolver holds it as its stdout
     until it has bound the port and written its pid, then prints the pid and closes it
-    (or exits, when it cannot start or takes over READY_SECONDS). No polling: a fixed
+    (or exits, when it cannot start; or prints its pid alone and carries on starting,
+    when it takes over READY_SECONDS). No polling: a fixed
     sleep loop put up to its interval, and a `sleep` exec per round, on every build.
     The keywords are the sandbox's paths; tests run the same text on the host."""
     start = f"/usr/bin/env -i {perl} {script} {ADDRESS} {port} {log_dir} {uid} {READY_SECONDS}"
@@ -100,18 +102,34 @@ class Resolved:
 
     pid: int | None = None
     names: dict[int, str] = field(default_factory=dict)
+    #: It got ready only after the build had started (READY_SECONDS).
+    late: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Ready before the build started: every query the build sent was logged."""
+        return self.pid is not None and not self.late
+
+    def problem(self) -> str | None:
+        """Why the names of the build's lookups may be missing, or None."""
+        if self.pid is None:
+            return "the sinkhole resolver did not start (does the image have /usr/bin/perl?)"
+        if self.late:
+            return f"the sinkhole resolver was not ready within {READY_SECONDS} s"
+        return None
 
 
 def read_log(log_dir: Path) -> Resolved:
     """The resolver's files, read without following links and within MAX_LOG."""
     ready, names = _read(log_dir / "ready"), _read(log_dir / "names")
-    pid = int(ready.split()[0]) if ready.split() and ready.split()[0].isdigit() else None
+    fields = ready.split()
+    pid = int(fields[0]) if fields and fields[0].isdigit() else None
     found = {}
     for line in names.splitlines():
         n, _, name = line.partition("\t")
         if n.isdigit() and name:
             found[int(n)] = name
-    return Resolved(pid, found)
+    return Resolved(pid, found, late=fields[2:3] == ["late"])
 
 
 def _read(path: Path) -> str:
@@ -144,13 +162,15 @@ def merge(actions: Iterable[BlockedAction], resolved: Resolved) -> Iterator[Bloc
     then a ``resolve NAME`` for each name no recorded connect followed, attributed to the
     process that queried the resolver when only one package's processes did.
 
-    The ``dns query`` actions (``classify.iter_actions(dns_port=PORT)``) are consumed."""
+    The ``dns query`` actions (``classify.iter_actions(dns_port=PORT)``) are consumed
+    when the resolver was ready; otherwise a query's name may be unknown, so each stays
+    a network action (the build did try the network)."""
     connected: set[int] = set()
     askers: dict[str, BlockedAction] = {}
     for action in actions:
         if resolved.pid is not None and action.pid == resolved.pid:
             continue  # the resolver's own replies (unconnected sendto) and its exit
-        if action.operation == "dns query":
+        if action.operation == "dns query" and resolved.ready:
             if len(askers) < MAX_ASKERS:
                 askers.setdefault(action.who(), action)
             continue

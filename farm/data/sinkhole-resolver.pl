@@ -9,7 +9,9 @@
 #   sinkhole-resolver.pl ADDR PORT LOGDIR UID [READY_SECONDS]
 # It binds ADDR:PORT, drops to UID (gid UID, no groups), then writes LOGDIR/ready with
 # "pid port", prints the same line and closes its stdout: pid 1's child waits for that
-# close (farm.sinkhole.init_argv). It exits if it is not ready within READY_SECONDS.
+# close (farm.sinkhole.init_argv). Not ready within READY_SECONDS, it prints its pid
+# alone and closes its stdout (the build starts), but keeps going: its "ready" line then
+# ends in "late" (farm refuses to cache such a build: queries before it bound are lost).
 # UID 0 keeps the caller's user (the unit tests). Perl core modules only (perl-base is in
 # every Debian image).
 use strict;
@@ -19,7 +21,9 @@ use POSIX ();
 
 my ($addr, $port, $dir, $uid, $patience) = @ARGV;
 die "usage: $0 ADDR PORT LOGDIR UID [READY_SECONDS]\n" unless defined $uid;
-alarm($patience) if $patience;    # SIGALRM ends it, and so its stdout: the build starts
+my $late = 0;
+$SIG{ALRM} = sub { $late = 1; print STDOUT "$$\n"; close(STDOUT) };    # the build starts
+alarm($patience) if $patience;
 my $MAX_NAMES = 65536;    # 198.18.0.0/15 holds 131072; the log stays bounded
 my $MAX_PACKET = 512;
 
@@ -34,13 +38,15 @@ if ($uid) {
 }
 open(my $log, '>>', "$dir/names") or die "open $dir/names: $!\n";
 $log->autoflush(1);
+alarm(0);    # before "ready": a late alarm must not leave it claiming an on-time start
 open(my $ready, '>', "$dir/ready.tmp") or die "open ready: $!\n";
-print $ready "$$ $bound\n";
+print $ready $late ? "$$ $bound late\n" : "$$ $bound\n";
 close($ready);
 rename("$dir/ready.tmp", "$dir/ready") or die "rename: $!\n";
-alarm(0);
-print STDOUT "$$ $bound\n";
-close(STDOUT);    # the waiting shell's pipe: ready
+unless ($late) {
+    print STDOUT "$$ $bound\n";
+    close(STDOUT);    # the waiting shell's pipe: ready
+}
 
 my %index;
 my $next = 1;

@@ -105,6 +105,7 @@ def test_digest_without_copy_equals_the_snapshot_digest(tmp_path: Path) -> None:
         ({"insecure_runtime": True, "runtime": "runc"}, "not gVisor"),
         ({"blocked_actions": [{"kind": "network"}]}, "blocked or suspicious"),
         ({"reproducibility": verdict(False)}, "unreproducible"),
+        ({"sinkhole_unready": "the resolver was late"}, "name lookups are unproven"),
     ],
 )
 def test_unclean_results_are_never_stored(cache: Cache, fields: dict, reason: str) -> None:

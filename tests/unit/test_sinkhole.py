@@ -201,3 +201,20 @@ def test_read_log_does_not_follow_links(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_text("1\tforged.example\n")
     (tmp_path / "names").symlink_to(tmp_path / "elsewhere")
     assert sinkhole.read_log(tmp_path) == sinkhole.Resolved(None, {})
+
+
+def test_merge_keeps_dns_queries_without_resolver() -> None:
+    """No ready resolver: its names are unknown, so each query stays a network action
+    (dropping them would leave a build that tried the network looking clean)."""
+    query_action = action("127.0.0.1", 53, operation="dns query")
+    for resolved in (sinkhole.Resolved(None, {}), sinkhole.Resolved(9, {}, late=True)):
+        assert not resolved.ready
+        assert list(sinkhole.merge([query_action], resolved)) == [query_action]
+    assert list(sinkhole.merge([query_action], sinkhole.Resolved(9, {}))) == []
+
+
+def test_read_log_says_when_the_resolver_was_late(tmp_path: Path) -> None:
+    (tmp_path / "ready").write_text("12 53 late\n")
+    assert sinkhole.read_log(tmp_path) == sinkhole.Resolved(12, {}, late=True)
+    (tmp_path / "ready").write_text("12 53\n")
+    assert sinkhole.read_log(tmp_path).ready

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,3 +70,46 @@ def test_the_wait_is_not_a_sleep_loop() -> None:
     text = sinkhole.init_argv()[2]
     assert "sleep" not in text and "while" not in text
     assert os.path.basename(sinkhole.init_argv()[0]) == "sh"
+
+
+def test_a_late_resolver_lets_the_build_start_and_still_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past READY_SECONDS the build starts, but the resolver is not killed: it binds
+    late, writes ``ready`` marked late, logs the names asked, and dies with the build."""
+    monkeypatch.setattr(sinkhole, "READY_SECONDS", 1)
+    # A perl whose bind takes 3 s (the script's alarm is armed by then): a loaded host.
+    wrapper = tmp_path / "slow-perl"
+    slow_bind = (
+        "BEGIN { *CORE::GLOBAL::bind = sub { my $t = Time::HiRes::time() + 3; "
+        "select(undef, undef, undef, 0.05) while Time::HiRes::time() < $t; "
+        "CORE::bind($_[0], $_[1]) } } $0 = shift; do $0; die $@ if $@;"
+    )
+    perl = shutil.which("perl")
+    wrapper.write_text(f"#!/bin/sh\nexec {perl} -MTime::HiRes -e '{slow_bind}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    logs = tmp_path / "dns"
+    logs.mkdir()
+    ask = (
+        "import socket, struct, sys, time\n"
+        f"ready = {str(logs / 'ready')!r}\n"
+        "for _ in range(3000):  # a hang guard only\n"
+        "    try:\n"
+        "        pid, port, *rest = open(ready).read().split()\n"
+        "        break\n"
+        "    except (OSError, ValueError):\n"
+        "        time.sleep(0.01)\n"
+        "q = struct.pack('>HHHHHH', 1, 0x100, 1, 0, 0, 0)\n"
+        "q += b'\\x04late\\x07example\\x00\\x00\\x01\\x00\\x01'\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
+        "s.sendto(q, ('127.0.0.1', int(port))); s.recv(512)\n"
+        "print(pid, rest)\n"
+    )
+    (tmp_path / "ask.py").write_text(ask)
+    done = init(logs, f"{sys.executable} {tmp_path}/ask.py", perl=str(wrapper))
+    assert done.returncode == 0, done.stderr
+    pid, rest = done.stdout.split(maxsplit=1)
+    assert rest.strip() == "['late']"
+    resolved = sinkhole.read_log(logs)
+    assert resolved == sinkhole.Resolved(int(pid), {1: "late.example"}, late=True)
+    assert gone(int(pid)), "the resolver outlived the build"
