@@ -492,6 +492,12 @@ class Runner:
             infra = exc.exit_code == ExitCode.INFRASTRUCTURE
             record.status, record.artifacts = (Status.ERROR if infra else Status.FAILED), []
             record.notes.append(str(exc))
+        except Exception as exc:
+            # A bug or a host failure while observing or collecting: the result is
+            # unproven, so the saved record must not say SUCCEEDED (nor list artifacts).
+            record.status, record.artifacts = Status.ERROR, []
+            record.notes.append(f"internal error while settling the build: {exc!r}")
+            raise
         finally:
             if record.status is Status.FAILED and record.fetched is None and log is not None:
                 record.notes += _failure_hints(log.tail())

@@ -78,8 +78,11 @@ class DirWatch:
         if self._fd is None:
             time.sleep(pause)
             return False
-        ready, _, _ = select.select([self._fd], [], [], pause)
-        if not ready:
+        # poll, not select: select refuses a descriptor >= 1024 (FD_SETSIZE), and a
+        # busy ``farm serve`` holds that many.
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        if not poller.poll(pause * 1000):
             return False
         try:
             while os.read(self._fd, 65536):  # drain: one wake per batch of changes

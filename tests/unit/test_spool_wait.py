@@ -5,6 +5,7 @@ daemon's write: a private daemon, a real trace connection, real files."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -89,3 +90,23 @@ def test_the_reader_wakes_when_the_daemon_finishes_the_record(
         assert got, "the reader slept through the daemon's write"
     seen = got[0].whole()
     assert seen.complete and [e.fields["pathname"] for e in seen.events] == ["/seen"]
+
+
+def test_a_watch_on_a_descriptor_past_1024_still_waits(tmp_path: Path) -> None:
+    """select() refuses descriptors >= FD_SETSIZE (ValueError); a busy ``farm serve``
+    holds that many. Below 1100 open files, the watch's own descriptor lands past it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard file limit ({hard}) is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with DirWatch(tmp_path) as watch:
+            assert watch.watching and watch._fd is not None and watch._fd >= 1024
+            assert watch.wait(0.05) is False
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
