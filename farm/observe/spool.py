@@ -390,11 +390,15 @@ def finished_record(
     Never waits: the node monitor asks again on its next scan."""
     if not _SAFE_ID.match(container_id):
         return SpooledRecord(container_id, [], "invalid id", consume)
-    traces = list(directory.glob(f"{container_id}.*.trace"))
+    # Parts before traces: a part renamed to .trace between the two globs is then
+    # still in one list (the other order lost it, and a record looked complete).
     parts = list(directory.glob(f"{container_id}.*.part"))
+    traces = list(directory.glob(f"{container_id}.*.trace"))
     cut = [p for p in parts if p.with_suffix(".cut").exists()]
     if not (traces or cut) or len(cut) < len(parts):
         return None
+    if set(directory.glob(f"{container_id}.*.part")) - set(parts):
+        return None  # a new segment began meanwhile: not finished
     return SpooledRecord(container_id, sorted(traces + cut), CUT_PROBLEM if cut else "", consume)
 
 

@@ -110,3 +110,20 @@ def test_a_watch_on_a_descriptor_past_1024_still_waits(tmp_path: Path) -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class RacyDir(type(Path())):  # type: ignore[misc]
+    """A spool directory where the daemon finishes ``c.1.part`` during the first glob."""
+
+    def glob(self, pattern: str):  # type: ignore[no-untyped-def, override]
+        found = list(super().glob(pattern))
+        if (self / "c.1.part").exists():
+            (self / "c.1.part").rename(self / "c.1.trace")
+        return iter(found)
+
+
+def test_a_segment_finished_between_the_globs_is_not_lost(tmp_path: Path) -> None:
+    (tmp_path / "c.1-1.trace").write_bytes(b"")  # a late segment, complete
+    (tmp_path / "c.1.part").write_bytes(b"")  # the first one, being renamed
+    got = spool.finished_record(RacyDir(tmp_path), "c", consume=False)
+    assert got is None or sorted(p.name for p in got._traces) == ["c.1-1.trace", "c.1.trace"]
