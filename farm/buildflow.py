@@ -27,7 +27,7 @@ from farm.errors import InputError
 from farm.policy import BuildDirs, sandbox_for
 from farm.records import BuildRecord, Status
 from farm.reprocheck import MAX_RUNS, validate_check
-from farm.sandbox import Backend, SandboxSpec
+from farm.sandbox import Backend
 from farm.settings import Settings
 from farm.snapshot import digest
 from farm.spec import BuildSpec
@@ -251,14 +251,10 @@ def _key(settings: Settings, spec: BuildSpec, source_digest: str, image_id: str)
 
 
 def _image_id(backend: Backend, spec: BuildSpec, settings: Settings) -> str:
-    """The image's id for the key: one lookup where the backend offers it (a hit runs no
-    sandbox, so it needs neither the runtime nor the observer checked), else its
-    preflight. Raises before anything is created when the image is missing."""
-    image_id = getattr(backend, "image_id", None)
-    if image_id is not None:
-        return str(image_id(spec.image))
-    sandbox: SandboxSpec = sandbox_for(spec, "cache-key", BuildDirs(Path("/nonexistent")), settings)
-    return backend.preflight(sandbox)
+    """The image's id for the key, in one backend lookup (a hit runs no sandbox, so it
+    needs neither the runtime nor the observer checked). Raises before anything is
+    created when the image is missing."""
+    return backend.image_id(spec.image)
 
 
 def _count(metrics: Metrics | None, result: str) -> None:

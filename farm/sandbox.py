@@ -79,6 +79,10 @@ class Backend(Protocol):
 
         Raises FarmError naming what is missing."""
 
+    def image_id(self, image: str) -> str:
+        """``image``'s current id, for a cache key (farm.buildflow.look_up): a lookup
+        creates nothing and checks no runtime. Raises FarmError when it is missing."""
+
     def run(
         self, spec: SandboxSpec, *, log: LogSink, on_created: Callable[[str], None]
     ) -> SandboxResult:

@@ -36,10 +36,11 @@ class KubernetesBackend:
 
     def preflight(self, spec: SandboxSpec) -> str:
         """Always raises InputError: see the module docstring."""
-        raise InputError(
-            "the kubernetes backend does not run local sandboxes; submit a Build resource "
-            "(kubectl apply -f examples/k8s/build.yaml) to a cluster running `farm controller`"
-        )
+        raise _no_local_sandboxes()
+
+    def image_id(self, image: str) -> str:
+        """Always raises InputError, like ``preflight``: a cluster build is a Build."""
+        raise _no_local_sandboxes()
 
     def run(
         self, spec: SandboxSpec, *, log: LogSink, on_created: Callable[[str], None]
@@ -70,3 +71,10 @@ class KubernetesBackend:
         ]
         self._teardown.step(namespace, label)
         return removed
+
+
+def _no_local_sandboxes() -> InputError:
+    return InputError(
+        "the kubernetes backend does not run local sandboxes; submit a Build resource "
+        "(kubectl apply -f examples/k8s/build.yaml) to a cluster running `farm controller`"
+    )

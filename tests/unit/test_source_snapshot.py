@@ -273,6 +273,9 @@ class _SwappingBackend:
         self.swap()
         return "sha256:image"
 
+    def image_id(self, image: str) -> str:
+        return "sha256:image"
+
     def run(self, spec: object, **_: object) -> object:
         self.ran = True
         raise AssertionError("the sandbox must not start")
