@@ -155,3 +155,20 @@ def test_a_build_a_layer_cannot_serve_runs_cold_with_a_note(tmp_path: Path) -> N
         "layer: not used: cargo flag '--target' is not one a layer can reproduce: "
         + buildflags.ACCEPTED
     ]
+
+
+def test_binaries_cargo_discovers_in_src_bin_get_stubs_too(tmp_path: Path) -> None:
+    hexyl = '[package]\nname = "hexyl"\nversion = "0.8.0"\n[profile.release]\nlto = true\n'
+    tree = {
+        "src/lib.rs": "pub fn x() {}",
+        "src/bin/hexyl.rs": "fn main() {}",
+        "src/bin/tool/main.rs": "fn main() {}",
+        "src/bin/notes.txt": "not a target",
+    }
+    files = skeleton.plan(project(tmp_path / "a", hexyl, tree))
+    assert skeleton.bin_names(files) == {"hexyl", "tool"}
+    assert "src/bin/hexyl.rs" not in files  # stubs only, at farm's own paths
+    argv = skeleton.dependency_argv(files, [*DEFAULT_ARGV, "--bin", "hexyl"])
+    assert script(argv).startswith("cargo build --release --locked --offline --bin hexyl && ")
+    off = hexyl.replace('version = "0.8.0"\n', 'version = "0.8.0"\nautobins = false\n')
+    assert skeleton.bin_names(skeleton.plan(project(tmp_path / "b", off, tree))) == set()

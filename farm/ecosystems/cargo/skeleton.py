@@ -28,7 +28,7 @@ from farm import tomlread
 from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
 from farm.ecosystems import NoLayer
 from farm.ecosystems.cargo import buildflags
-from farm.ecosystems.cargo.defaults import DEFAULT_ARGV, _is_file, _members, _read
+from farm.ecosystems.cargo.defaults import DEFAULT_ARGV, _is_file, _listing, _members, _read
 from farm.errors import SpecError
 
 #: package keys that decide how dependencies build (or must exist for cargo to read
@@ -57,6 +57,8 @@ EXTRA_FILES = (
     ("rust-toolchain",),
 )
 MAX_EXTRA = 16 << 20
+#: Binaries one package's skeleton stubs, at most.
+MAX_BINS = 256
 LIB_STUB = b"// farm dependency-layer stub\n"
 MAIN_STUB = b"// farm dependency-layer stub\nfn main() {}\n"
 
@@ -111,9 +113,9 @@ def _plan(fd: int) -> dict[str, bytes]:
 def _bins(fd: int, member: tuple[str, ...], data: dict[str, Any]) -> list[dict[str, Any]]:
     """The package's binaries, each a stub under its own name (so ``--bin NAME`` selects
     the same target in the skeleton): every named ``[[bin]]`` with its
-    ``required-features``, and ``src/main.rs`` under the package's name unless a
-    ``[[bin]]`` already claims that name or file (cargo's inference). Binaries cargo
-    would discover in ``src/bin/`` get no stub: ``--bin`` naming one gets no layer."""
+    ``required-features``, then, unless ``autobins = false``, those cargo discovers
+    (``src/main.rs`` under the package's name, ``src/bin/NAME.rs``,
+    ``src/bin/NAME/main.rs``) that no ``[[bin]]`` already claims by name or file."""
     package = data.get("package")
     if not isinstance(package, dict):
         return []
@@ -133,17 +135,27 @@ def _bins(fd: int, member: tuple[str, ...], data: dict[str, Any]) -> list[dict[s
         for e in declared
         if isinstance(e, dict) and isinstance(e.get("path"), str)
     }
-    if (
-        package.get("autobins") is not False
-        and not claimed & {own, "src/main.rs"}
-        and _is_file(fd, (*member, "src", "main.rs"))
-    ):
-        bins.append({"name": own})
-    elif declared and not bins:
+    if package.get("autobins") is not False:
+        for name, path in _discovered_bins(fd, member, own):
+            if not claimed & {name, path} and len(bins) < MAX_BINS:
+                bins.append({"name": name})
+                claimed |= {name, path}
+    if declared and not bins:
         bins.append({"name": own})  # [[bin]] tables without a name: one stub, as before
     for i, stub in enumerate(bins):
         stub["path"] = "src/main.rs" if i == 0 else f"src/bin/farm-stub-{i}.rs"
     return bins
+
+
+def _discovered_bins(fd: int, member: tuple[str, ...], own: str) -> list[tuple[str, str]]:
+    """(name, path) of the binaries cargo finds by itself in the package's tree."""
+    found = [(own, "src/main.rs")] if _is_file(fd, (*member, "src", "main.rs")) else []
+    for entry in _listing(fd, (*member, "src", "bin"))[:MAX_BINS]:
+        if entry.endswith(".rs") and _is_file(fd, (*member, "src", "bin", entry)):
+            found.append((entry[:-3], f"src/bin/{entry}"))
+        elif _is_file(fd, (*member, "src", "bin", entry, "main.rs")):
+            found.append((entry, f"src/bin/{entry}/main.rs"))
+    return found
 
 
 def _stubs(
