@@ -96,7 +96,20 @@ def runc_build(
 ) -> float:
     """cargo in a runc container of the same image, with a target dir kept across runs;
     ``mounts`` (host path, container path) are added read-only (a fetch phase's vendor
-    directory and cargo config)."""
+    directory and cargo config). Returns the wall time."""
+    return runc_timed(project, target, env=env, image=image, argv=argv, mounts=mounts)[0]
+
+
+def runc_timed(
+    project: Path,
+    target: Path,
+    *,
+    env: dict[str, str],
+    image: str = DEFAULT_IMAGE,
+    argv: list[str] | None = None,
+    mounts: tuple[tuple[Path, str], ...] = (),
+) -> tuple[float, str]:
+    """``runc_build``'s wall time and cargo's output."""
     spec = resolve(build_spec({"source": str(project), "env": env, "argv": argv}))
     env = {**spec.env, **baseline_env(spec)}
     args = ["docker", "run", "--rm", "--runtime=runc", "--network=none", "--read-only"]
@@ -113,7 +126,7 @@ def runc_build(
     elapsed = time.monotonic() - start
     if done.returncode != 0:
         raise SystemExit(f"runc build failed: {done.stderr.decode()[-2000:]}")
-    return elapsed
+    return elapsed, done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
 
 
 def table(times: dict[str, list[float]], loads: dict[str, list[str]] | None = None) -> str:
