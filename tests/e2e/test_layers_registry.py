@@ -34,9 +34,3 @@ def test_a_layered_rebuild_with_a_registry_and_flags_compiles_only_the_project(
     log = farm(home, "logs", second["id"]).stdout
     compiled = [line.split()[1] for line in log.splitlines() if "Compiling " in line]
     assert compiled == ["fetched"], log
-
-    # A flag a layer cannot reproduce: built cold, and the user is told which.
-    other = ["build", str(src), "--registry", registry.index, "--layer", "--"]
-    done = farm(home, *other, *FLAGS, "--target-dir", "/build/target/x")
-    assert done.returncode == 0, done.stderr
-    assert "layer: not used: cargo flag '--target-dir'" in done.stdout + done.stderr
