@@ -110,7 +110,10 @@ def runc_timed(
     mounts: tuple[tuple[Path, str], ...] = (),
 ) -> tuple[float, str]:
     """``runc_build``'s wall time and cargo's output."""
-    spec = resolve(build_spec({"source": str(project), "env": env, "argv": argv}))
+    # outputs are named so resolve never looks for binaries: nothing is collected here
+    spec = resolve(
+        build_spec({"source": str(project), "env": env, "argv": argv, "outputs": ["out/**"]})
+    )
     env = {**spec.env, **baseline_env(spec)}
     args = ["docker", "run", "--rm", "--runtime=runc", "--network=none", "--read-only"]
     args += ["--label", f"{MANAGED_LABEL}=true", "--user", f"{SANDBOX_UID}:{SANDBOX_UID}"]
