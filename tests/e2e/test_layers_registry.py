@@ -7,6 +7,7 @@ vendored files its build script would look stale and serde would compile again."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.registry import TestRegistry
@@ -25,8 +26,9 @@ def test_a_layered_rebuild_with_a_registry_and_flags_compiles_only_the_project(
 ) -> None:
     src = _project(tmp_path / "fetched")
     build = ["build", str(src), "--registry", registry.index, "--layer", "--", *FLAGS]
-    code, first = farm_json(home, *build)
-    assert code == 0 and first["layer"], first
+    done = farm(home, "build", "--json", *build[1:])
+    first = json.loads(done.stdout)
+    assert done.returncode == 0 and first["layer"], (first.get("notes"), done.stderr)
     main = src / "src" / "main.rs"
     main.write_text(main.read_text() + "// one line changed\n")
     code, second = farm_json(home, *build)

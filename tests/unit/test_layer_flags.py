@@ -57,7 +57,7 @@ def test_selection_flags_are_served_and_repeated_in_the_dependency_build(
     argv = skeleton.dependency_argv(files, [*DEFAULT_ARGV, *extra])
     build = script(argv).split(" && ")[0]
     assert shlex.split(build) == [*DEFAULT_ARGV, *repeated]
-    assert script(argv).endswith("cargo clean --release --offline -p exa")
+    assert script(argv).endswith("cargo clean --release --locked --offline -p exa")
 
 
 def test_required_flags_may_come_in_any_order_and_are_normalised(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def test_the_skeleton_keeps_dependencies_features_profile_and_lock_but_no_code()
     assert written["package"]["name"] == "hello-serde" and "description" not in written["package"]
     assert files["Cargo.lock"] == (HELLO / "Cargo.lock").read_bytes()
     assert files["src/main.rs"] == skeleton.MAIN_STUB
-    clean = "cargo clean --release --offline -p hello-serde"
+    clean = "cargo clean --release --locked --offline -p hello-serde"
     assert dependency_argv(files, DEFAULT_ARGV)[-1].endswith(clean)
 
 

@@ -315,7 +315,7 @@ def dependency_argv(files: dict[str, bytes], argv: list[str]) -> list[str]:
         raise NoLayer(f"--bin {unknown[0]}: not a [[bin]] (or src/main.rs) of this project")
     build = shlex.join([*DEFAULT_ARGV, *flags.flags])
     clean = " ".join(f"-p {_quote(name)}" for name in packages)
-    script = f"{build} && cargo clean --release --offline {clean}" if clean else build
+    script = f"{build} && cargo clean --release --locked --offline {clean}" if clean else build
     return ["sh", "-c", script]
 
 
