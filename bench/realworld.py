@@ -1,6 +1,14 @@
-"""Cold build times of the realworld corpus: gVisor next to runc (docs/performance.md).
+"""Cold build times of the realworld corpus: gVisor next to runc (docs/performance.md);
+with ``--warm``, the rebuild after a one-line change (bench/warmcorpus.py).
 
     python bench/realworld.py [PROGRAM …] [--out FILE]
+    python bench/realworld.py --warm [--rounds N] [--no-lto] [PROGRAM …] [--out FILE]
+
+``--warm``: per program, runc with a warm target directory against ``farm build
+--layer`` (the layer made once, not timed) and farm's cold build, in interleaved rounds;
+``--no-lto`` builds every side with cargo's default release profile (no LTO, 16 codegen
+units) instead of the program's own. Printed as Markdown, saved as JSON (default
+warm-rebuilds.json) with the load average and the compiled crates of every run.
 
 For each program of tests/realworld/programs.py (default: all, smallest first): fill a
 loopback mirror with its Debian-derived crates, resolve its lock against it in a sandbox,
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +101,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def warm_table(rows: list[dict]) -> str:
+    """One row per program and variant: runs, median, the two ratios, load, crates compiled."""
+    lines = [
+        "| program | variant | runs (s) | median (s) | to runc warm | farm cold / this "
+        "| load (1 min, before) | crates compiled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        medians = {n: statistics.median(x["wall"] for x in runs) for n, runs in r["runs"].items()}
+        base, cold = medians["runc-warm"], medians["farm-cold"]
+        label = r["program"] + (" (no LTO)" if r["env"] else "")
+        for name, runs in r["runs"].items():
+            listed = ", ".join(f"{x['wall']:.1f}" for x in runs)
+            ones = [float(x["loadavg_before"].split()[0]) for x in runs]
+            counts = sorted({len(x["compiled"]) for x in runs})
+            med = medians[name]
+            lines.append(
+                f"| {label} | {name} | {listed} | {med:.1f} | {med / base:.2f}x "
+                f"| {cold / med:.2f}x | {min(ones):.1f}-{max(ones):.1f} "
+                f"| {'/'.join(map(str, counts))} |"
+            )
+    return "\n".join(lines)
+
+
+def warm(chosen: list[Program], rounds: int, no_lto: bool, out: Path) -> None:
+    from bench.warmcorpus import measure_warm
+
+    rows = []
+    for program in chosen:
+        with tempfile.TemporaryDirectory(prefix="farm-rw-warm-") as work:
+            rows.append(measure_warm(program, Path(work), rounds, no_lto))
+        print(warm_table(rows[-1:]), flush=True)
+        out.write_text(json.dumps(rows, indent=1))
+    print(warm_table(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -100,10 +145,17 @@ def main() -> None:
         help="names (every suite's build of it) or ids such as hexyl-0.8.0-trixie "
         "(default: the whole corpus)",
     )
-    p.add_argument("--out", type=Path, default=Path("realworld-times.json"))
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--warm", action="store_true", help="the one-line-change rebuild, warm")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--warm)")
+    p.add_argument("--no-lto", action="store_true", help="cargo's default release profile")
     args = p.parse_args()
     wanted = set(args.programs)
     chosen = [x for x in CORPUS if not wanted or {x.name, x.id} & wanted]
+    if args.warm:
+        warm(chosen, args.rounds, args.no_lto, args.out or Path("warm-rebuilds.json"))
+        return
+    args.out = args.out or Path("realworld-times.json")
     rows = []
     for program in chosen:
         with tempfile.TemporaryDirectory(prefix="farm-rw-") as work:

@@ -113,9 +113,11 @@ class Ecosystem(Protocol):
         """The files of a project with the same dependencies and none of its own code
         (relative path -> content), from its parsed manifests. Raises NoLayer."""
 
-    def layer_argv(self, files: dict[str, bytes]) -> list[str]:
-        """The command that builds ``files``' dependencies and leaves none of the stubs'
-        own outputs in the target tree."""
+    def layer_argv(self, files: dict[str, bytes], argv: list[str]) -> list[str]:
+        """The command that builds ``files``' dependencies as the project's own command
+        ``argv`` would (the same selection of features, binaries, packages) and leaves
+        none of the stubs' own outputs in the target tree. Raises NoLayer for an
+        ``argv`` whose dependency build it cannot reproduce."""
 
     # -- the observer: who a process of the build is --
 

@@ -10,7 +10,11 @@ are always cold). The rules (docs/layers.md):
 - its key names the tenant, the skeleton's files (Cargo.lock, the manifests' dependency
   sections, features and profiles, .cargo/config), the image id, runtime, profile,
   target, argv and environment (RUSTFLAGS among it), and farm's version;
-- the build that uses it records it, and provenance names it (farm.provenance).
+- the build that uses it records it, and provenance names it (farm.provenance);
+- only a build command whose dependency build the ecosystem can reproduce gets one
+  (``Ecosystem.layer_argv``: for cargo, the default command plus selection flags such
+  as ``--no-default-features`` or ``--bin``, repeated in the dependency build); any
+  other runs cold with a "layer: not used: ..." line.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from farm import ecosystems
 from farm.cache import BUILDER_VERSION, uncacheable_reason
-from farm.ecosystems import Ecosystem, NoLayer
+from farm.ecosystems import NoLayer
 from farm.layers.store import Layer, LayerStore, layer_key
 from farm.policy import BuildDirs, baseline_env, sandbox_for
 from farm.records import BuildRecord, LayerUse
@@ -35,12 +39,13 @@ def build_with_layer(
 ) -> tuple[BuildRecord, list[str]]:
     """Build ``spec`` (resolved) from its layer; returns the record and lines for the user."""
     ecosystem = ecosystems.detect(spec.source, runner.within(spec))
-    if ecosystem is None or spec.argv != ecosystem.default_argv():
+    if ecosystem is None:
         return runner.build(spec, build_id), [
-            "layer: not used: only a project's default build command has one"
+            "layer: not used: the source is no project of an ecosystem farm knows"
         ]
     try:
         files = ecosystem.layer_skeleton(spec.source, runner.within(spec))
+        deps_argv = ecosystem.layer_argv(files, spec.argv or [])
     except NoLayer as exc:
         return runner.build(spec, build_id), [f"layer: not used: {exc}"]
     key = key_for(runner, spec, files)
@@ -48,7 +53,7 @@ def build_with_layer(
     said = []
     layer = store.find(key, spec.tenant)
     if layer is None:
-        layer, line = make_layer(runner, spec, files, key, ecosystem)
+        layer, line = make_layer(runner, spec, files, key, deps_argv)
         said.append(line)
     record = runner.build(spec, build_id, layers=LayerPlan(use=layer))
     if record.layer:
@@ -76,10 +81,11 @@ def key_for(runner: Runner, spec: BuildSpec, files: dict[str, bytes]) -> str:
 
 
 def make_layer(
-    runner: Runner, spec: BuildSpec, files: dict[str, bytes], key: str, ecosystem: Ecosystem
+    runner: Runner, spec: BuildSpec, files: dict[str, bytes], key: str, deps_argv: list[str]
 ) -> tuple[Layer | None, str]:
-    """Build the skeleton in its own sandbox and keep its target tree if the build was
-    clean. Returns the layer (None if not kept) and a line saying what happened."""
+    """Build the skeleton with ``deps_argv`` (``Ecosystem.layer_argv``) in its own
+    sandbox and keep its target tree if the build was clean. Returns the layer (None if
+    not kept) and a line saying what happened."""
     store = LayerStore(runner.settings.home)
     work = runner.settings.work_dir / f"skeleton-{secrets.token_hex(6)}"
     kept: list[Layer] = []
@@ -92,7 +98,7 @@ def make_layer(
     write_files(files, work)
     try:
         deps_spec = spec.model_copy(
-            update={"source": work, "argv": ecosystem.layer_argv(files), "outputs": ["out/**"]}
+            update={"source": work, "argv": deps_argv, "outputs": ["out/**"]}
         )
         record = runner.build(deps_spec, layers=LayerPlan(keep=keep))
     finally:

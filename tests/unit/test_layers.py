@@ -16,6 +16,7 @@ import pytest
 from farm.buildflow import layered
 from farm.ecosystems import NoLayer
 from farm.ecosystems.cargo import skeleton
+from farm.ecosystems.cargo.defaults import DEFAULT_ARGV
 from farm.ecosystems.cargo.skeleton import dependency_argv
 from farm.errors import VerificationError
 from farm.layers import overlay
@@ -54,7 +55,8 @@ def test_the_skeleton_keeps_dependencies_features_profile_and_lock_but_no_code()
     assert written["package"]["name"] == "hello-serde" and "description" not in written["package"]
     assert files["Cargo.lock"] == (HELLO / "Cargo.lock").read_bytes()
     assert files["src/main.rs"] == skeleton.MAIN_STUB
-    assert dependency_argv(files)[-1].endswith("cargo clean --release --offline -p hello-serde")
+    clean = "cargo clean --release --locked --offline -p hello-serde"
+    assert dependency_argv(files, DEFAULT_ARGV)[-1].endswith(clean)
 
 
 def test_only_dependency_sections_change_the_skeleton(tmp_path: Path) -> None:

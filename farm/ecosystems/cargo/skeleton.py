@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shlex
 import stat
 from datetime import date, datetime, time
 from pathlib import Path
@@ -26,7 +27,8 @@ from typing import Any
 from farm import tomlread
 from farm.confine import FILE_FLAGS, Outside, open_beneath, open_dir
 from farm.ecosystems import NoLayer
-from farm.ecosystems.cargo.defaults import DEFAULT_ARGV, _is_file, _members, _read
+from farm.ecosystems.cargo import buildflags
+from farm.ecosystems.cargo.defaults import DEFAULT_ARGV, _is_file, _listing, _members, _read
 from farm.errors import SpecError
 
 #: package keys that decide how dependencies build (or must exist for cargo to read
@@ -55,6 +57,8 @@ EXTRA_FILES = (
     ("rust-toolchain",),
 )
 MAX_EXTRA = 16 << 20
+#: Binaries one package's skeleton stubs, at most.
+MAX_BINS = 256
 LIB_STUB = b"// farm dependency-layer stub\n"
 MAIN_STUB = b"// farm dependency-layer stub\nfn main() {}\n"
 
@@ -92,8 +96,9 @@ def _plan(fd: int) -> dict[str, bytes]:
         prefix = "/".join(member)
         data = _read(fd, member)
         _check_paths(data, prefix, dirs)
-        stubs = _stubs(fd, member, data)
-        files[_join(prefix, "Cargo.toml")] = dump(_manifest(data, stubs, member == (), dirs))
+        bins = _bins(fd, member, data)
+        stubs = _stubs(fd, member, data, bins)
+        files[_join(prefix, "Cargo.toml")] = dump(_manifest(data, stubs, bins, member == (), dirs))
         for rel, content in stubs.items():
             files[_join(prefix, rel)] = content
     for parts in EXTRA_FILES:
@@ -105,16 +110,65 @@ def _plan(fd: int) -> dict[str, bytes]:
     return files
 
 
-def _stubs(fd: int, member: tuple[str, ...], data: dict[str, Any]) -> dict[str, bytes]:
-    """Stub targets: a lib if the package has one, a bin if it has any, a build script."""
+def _bins(fd: int, member: tuple[str, ...], data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The package's binaries, each a stub under its own name (so ``--bin NAME`` selects
+    the same target in the skeleton): every named ``[[bin]]`` with its
+    ``required-features``, then, unless ``autobins = false``, those cargo discovers
+    (``src/main.rs`` under the package's name, ``src/bin/NAME.rs``,
+    ``src/bin/NAME/main.rs``) that no ``[[bin]]`` already claims by name or file."""
+    package = data.get("package")
+    if not isinstance(package, dict):
+        return []
+    declared = data.get("bin") if isinstance(data.get("bin"), list) else []
+    bins: list[dict[str, Any]] = []
+    for entry in declared:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name not in {b["name"] for b in bins}:
+            stub: dict[str, Any] = {"name": name}
+            required = entry.get("required-features")
+            if isinstance(required, list) and all(isinstance(f, str) for f in required):
+                stub["required-features"] = required
+            bins.append(stub)
+    own = package.get("name") if isinstance(package.get("name"), str) else "stub"
+    claimed = {b["name"] for b in bins} | {
+        posixpath.normpath(e["path"])
+        for e in declared
+        if isinstance(e, dict) and isinstance(e.get("path"), str)
+    }
+    if package.get("autobins") is not False:
+        for name, path in _discovered_bins(fd, member, own):
+            if not claimed & {name, path} and len(bins) < MAX_BINS:
+                bins.append({"name": name})
+                claimed |= {name, path}
+    if declared and not bins:
+        bins.append({"name": own})  # [[bin]] tables without a name: one stub, as before
+    for i, stub in enumerate(bins):
+        stub["path"] = "src/main.rs" if i == 0 else f"src/bin/farm-stub-{i}.rs"
+    return bins
+
+
+def _discovered_bins(fd: int, member: tuple[str, ...], own: str) -> list[tuple[str, str]]:
+    """(name, path) of the binaries cargo finds by itself in the package's tree."""
+    found = [(own, "src/main.rs")] if _is_file(fd, (*member, "src", "main.rs")) else []
+    for entry in _listing(fd, (*member, "src", "bin"))[:MAX_BINS]:
+        if entry.endswith(".rs") and _is_file(fd, (*member, "src", "bin", entry)):
+            found.append((entry[:-3], f"src/bin/{entry}"))
+        elif _is_file(fd, (*member, "src", "bin", entry, "main.rs")):
+            found.append((entry, f"src/bin/{entry}/main.rs"))
+    return found
+
+
+def _stubs(
+    fd: int, member: tuple[str, ...], data: dict[str, Any], bins: list[dict[str, Any]]
+) -> dict[str, bytes]:
+    """Stub targets: a lib if the package has one, one file per binary, a build script."""
     if not isinstance(data.get("package"), dict):
         return {}  # a virtual workspace root
     stubs: dict[str, bytes] = {}
     if isinstance(data.get("lib"), dict) or _is_file(fd, (*member, "src", "lib.rs")):
         stubs["src/lib.rs"] = LIB_STUB
-    bins = data.get("bin")
-    if (isinstance(bins, list) and bins) or _is_file(fd, (*member, "src", "main.rs")):
-        stubs["src/main.rs"] = MAIN_STUB
+    for stub in bins:
+        stubs[stub["path"]] = MAIN_STUB
     build = data["package"].get("build")
     if build is not False and (isinstance(build, str) or _is_file(fd, (*member, "build.rs"))):
         stubs["build.rs"] = MAIN_STUB
@@ -124,7 +178,11 @@ def _stubs(fd: int, member: tuple[str, ...], data: dict[str, Any]) -> dict[str, 
 
 
 def _manifest(
-    data: dict[str, Any], stubs: dict[str, bytes], root: bool, dirs: set[str]
+    data: dict[str, Any],
+    stubs: dict[str, bytes],
+    bins: list[dict[str, Any]],
+    root: bool,
+    dirs: set[str],
 ) -> dict[str, Any]:
     out: dict[str, Any] = {k: data[k] for k in VERBATIM if k in data}
     package = data.get("package")
@@ -138,8 +196,8 @@ def _manifest(
             lib = data.get("lib") if isinstance(data.get("lib"), dict) else {}
             out["lib"] = {k: lib[k] for k in ("name", "proc-macro", "crate-type") if k in lib}
             out["lib"]["path"] = "src/lib.rs"
-        if "src/main.rs" in stubs:
-            out["bin"] = [{"name": package.get("name", "stub"), "path": "src/main.rs"}]
+        if bins:
+            out["bin"] = bins
     workspace = data.get("workspace")
     if root and isinstance(workspace, dict):
         kept_ws = {k: workspace[k] for k in WORKSPACE_KEYS if k in workspace}
@@ -240,13 +298,35 @@ def _value(value: Any) -> str:
     raise NoLayer(f"a manifest holds a value farm cannot copy ({type(value).__name__})")
 
 
-def dependency_argv(files: dict[str, bytes]) -> list[str]:
-    """Build the skeleton, then drop the stubs' own units: a layer holds dependencies
-    only, so cargo can never take a stub for the project's real crate."""
-    clean = " ".join(f"-p {_quote(name)}" for name in local_packages(files))
-    build = " ".join(DEFAULT_ARGV)
-    script = f"{build} && cargo clean --release --offline {clean}" if clean else build
+def dependency_argv(files: dict[str, bytes], argv: list[str]) -> list[str]:
+    """The project's own ``cargo build`` selection (``argv``, parsed strictly by
+    ``buildflags``) run on the skeleton, then the stubs' own units dropped: a layer holds
+    dependencies only, so cargo can never take a stub for the project's real crate.
+    Raises NoLayer for a command a layer cannot serve, or a ``--bin``/``-p`` the
+    skeleton does not have."""
+    flags = buildflags.parse(argv)
+    packages = local_packages(files)
+    unknown = [p for p in flags.packages if p not in packages]
+    if unknown:
+        raise NoLayer(f"-p {unknown[0]}: not a package of this project's workspace")
+    stubbed = bin_names(files)
+    unknown = [b for b in flags.bins if b not in stubbed]
+    if unknown:
+        raise NoLayer(f"--bin {unknown[0]}: not a [[bin]] (or src/main.rs) of this project")
+    build = shlex.join([*DEFAULT_ARGV, *flags.flags])
+    clean = " ".join(f"-p {_quote(name)}" for name in packages)
+    script = f"{build} && cargo clean --release --locked --offline {clean}" if clean else build
     return ["sh", "-c", script]
+
+
+def bin_names(files: dict[str, bytes]) -> set[str]:
+    """The names of the skeleton's stub binaries."""
+    names: set[str] = set()
+    for path, text in sorted(files.items()):
+        if path.endswith("Cargo.toml"):
+            bins = tomlread.loads(text.decode()).get("bin", [])
+            names.update(b["name"] for b in bins if isinstance(b, dict) and "name" in b)
+    return names
 
 
 def _quote(name: str) -> str:

@@ -37,6 +37,9 @@ VENDOR_DIR = "/vendor"
 CONFIG_TARGET = "/.cargo/config.toml"
 CRATES_IO_SOURCE = "registry+https://github.com/rust-lang/crates.io-index"
 _VENDOR_SOURCE = "farm-vendor"
+#: The mtime of every vendored file and directory: 1980-01-01 (the zip epoch, so a tool
+#: that packs sources never meets a time it cannot store), always older than any build.
+VENDOR_MTIME = 315532800
 
 NO_LOCK = (
     "the project has no Cargo.lock, and the fetch phase downloads exactly what a lock names: "
@@ -85,6 +88,7 @@ class Cargo:
         crate = cratefile.open_crate(data, package.name, package.version)
         sums = cratefile.write_crate(crate, root / f"{package.name}-{package.version}")
         _write_checksums(root / f"{package.name}-{package.version}", sums, package.checksum)
+        settle_mtimes(root / f"{package.name}-{package.version}")
         return sum(len(m.data) for m in crate.members)
 
     def vendor_git(self, package: Package, checkout: Checkout, dest: Path) -> int:
@@ -95,6 +99,7 @@ class Cargo:
         crate = cratefile.Crate(top=f"{package.name}-{package.version}", members=members)
         sums = cratefile.write_crate(crate, root / crate.top)
         _write_checksums(root / crate.top, sums, None)
+        settle_mtimes(root / crate.top)
         return sum(len(m.data) for m in members)
 
     def finish(self, packages: list[Package], dest: Path) -> list[BuildMount]:
@@ -131,10 +136,10 @@ class Cargo:
 
         return plan(source, within)
 
-    def layer_argv(self, files: dict[str, bytes]) -> list[str]:
+    def layer_argv(self, files: dict[str, bytes], argv: list[str]) -> list[str]:
         from farm.ecosystems.cargo.skeleton import dependency_argv
 
-        return dependency_argv(files)
+        return dependency_argv(files, argv)
 
     def lock_versions(self, source: Path) -> dict[str, str]:
         from farm.ecosystems.cargo.attribution import lock_versions
@@ -171,6 +176,21 @@ def cargo_config(packages: list[Package]) -> str:
         lines += [f"{key} = {json.dumps(value)}" for key, value in query]
         lines.append(f'replace-with = "{_VENDOR_SOURCE}"')
     return "\n".join(lines) + "\n"
+
+
+def settle_mtimes(crate_dir: Path) -> None:
+    """Give every entry of a vendored package the same fixed mtime, ``VENDOR_MTIME``.
+
+    A package's files are fixed by its checksum (or commit), so their time carries no
+    information; a fresh one (each fetch phase unpacks anew) would make every build
+    script that declares ``rerun-if-changed`` on its own files look stale to cargo,
+    rerun, and recompile its crate and everything above it, in a build that starts from
+    a dependency layer (farm.layers) whose units are otherwise fresh. Deepest first, so
+    setting a file's time never follows its directory's."""
+    for top, dirs, names in os.walk(crate_dir, topdown=False):
+        for name in [*names, *dirs]:
+            os.utime(os.path.join(top, name), (VENDOR_MTIME, VENDOR_MTIME), follow_symlinks=False)
+    os.utime(crate_dir, (VENDOR_MTIME, VENDOR_MTIME), follow_symlinks=False)
 
 
 def _write_checksums(crate_dir: Path, sums: dict[str, str], package: str | None) -> None:
