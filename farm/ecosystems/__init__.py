@@ -113,6 +113,10 @@ class Ecosystem(Protocol):
         """The files of a project with the same dependencies and none of its own code
         (relative path -> content), from its parsed manifests. Raises NoLayer."""
 
+    def check_layer_argv(self, argv: list[str]) -> None:
+        """Raises NoLayer for a build command no dependency layer can serve, from
+        ``argv`` alone: cheap, so ``farm.layers.flow`` asks before planning a skeleton."""
+
     def layer_argv(self, files: dict[str, bytes], argv: list[str]) -> list[str]:
         """The command that builds ``files``' dependencies as the project's own command
         ``argv`` would (the same selection of features, binaries, packages) and leaves

@@ -9,12 +9,14 @@ are always cold). The rules (docs/layers.md):
   and did nothing blocked (``farm.cache.uncacheable_reason``, plus "observed");
 - its key names the tenant, the skeleton's files (Cargo.lock, the manifests' dependency
   sections, features and profiles, .cargo/config), the image id, runtime, profile,
-  target, argv and environment (RUSTFLAGS among it), and farm's version;
+  target, argv and environment (RUSTFLAGS among it), where the crates come from (the
+  image or the spec's registry), and farm's version;
 - the build that uses it records it, and provenance names it (farm.provenance);
 - only a build command whose dependency build the ecosystem can reproduce gets one
   (``Ecosystem.layer_argv``: for cargo, the default command plus selection flags such
   as ``--no-default-features`` or ``--bin``, repeated in the dependency build); any
-  other runs cold with a "layer: not used: ..." line.
+  other runs cold with a "layer: not used: ..." line. ``Ecosystem.check_layer_argv``
+  refuses such a command from argv alone, before any skeleton is planned.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def build_with_layer(
             "layer: not used: the source is no project of an ecosystem farm knows"
         ]
     try:
+        ecosystem.check_layer_argv(spec.argv or [])  # a refused flag plans no skeleton
         files = ecosystem.layer_skeleton(spec.source, runner.within(spec))
         deps_argv = ecosystem.layer_argv(files, spec.argv or [])
     except NoLayer as exc:
@@ -76,6 +79,10 @@ def key_for(runner: Runner, spec: BuildSpec, files: dict[str, bytes]) -> str:
             "target": "host",
             "env": sorted({**spec.env, **env}.items()),
             "builder": BUILDER_VERSION,
+            # Where the crate bytes come from: the image's vendored directory source, or
+            # one of the operator's registries (fetched, checked against Cargo.lock). cargo
+            # fingerprints a dependency by version, not source, so the two must not share.
+            "source": f"registry:{spec.registry}" if spec.registry else "image",
         }
     )
 

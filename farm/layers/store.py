@@ -33,8 +33,9 @@ from farm.snapshot import remove_tree
 
 #: Key material format: bump when what goes into a key changes. 2: layers have
 #: normalised owners and modes, and the digest covers directories and owners
-#: (layers of version 1 are never used).
-KEY_VERSION = 2
+#: (layers of version 1 are never used). 3: the key names the crates' source (the
+#: image or a registry).
+KEY_VERSION = 3
 
 #: Bound on copying a dependency build's target tree into a layer.
 COPY_TIMEOUT_SECONDS = 1800

@@ -38,6 +38,9 @@ NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 #: Feature names, ``dep/feature``, ``dep?/feature`` and ``dep:name``, comma or space separated.
 FEATURES = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+\-./:?, ]{0,4095}")
 MAX_FLAGS = 64
+#: Bound on the dependency build's ``sh -c`` script: Linux refuses to exec a single
+#: argument over 128 KiB (MAX_ARG_STRLEN), and 64 words of 4,096 characters exceed it.
+MAX_SCRIPT = 32 << 10
 ACCEPTED = (
     "a dependency layer serves `cargo build --release --locked --offline` plus "
     "--features/-F, --no-default-features, --all-features, --bin, --bins, -p/--package "
@@ -61,6 +64,7 @@ def parse(argv: list[str]) -> BuildFlags:
     rest = argv[2:]
     if len(rest) > MAX_FLAGS:
         raise NoLayer(f"more than {MAX_FLAGS} cargo flags")
+    check_script(" ".join(rest))
     missing = [flag for flag in REQUIRED if flag not in rest]
     if missing:
         raise NoLayer(f"{ACCEPTED}; this build lacks {' '.join(missing)}")
@@ -97,3 +101,9 @@ def _check_value(kind: str, flag: str, value: str) -> None:
             f"cargo flag {flag} {value!r}: a layer takes only plain {kind} names "
             f"({pattern.pattern})"
         )
+
+
+def check_script(script: str) -> None:
+    """NoLayer if ``script`` (or the flags that go into it) is over ``MAX_SCRIPT``."""
+    if len(script.encode(errors="surrogatepass")) > MAX_SCRIPT:
+        raise NoLayer(f"the dependency build's command would be longer than {MAX_SCRIPT} bytes")

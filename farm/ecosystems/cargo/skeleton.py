@@ -20,6 +20,7 @@ import os
 import posixpath
 import shlex
 import stat
+import tomllib
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def local_packages(files: dict[str, bytes]) -> list[str]:
     names = []
     for path, text in sorted(files.items()):
         if path.endswith("Cargo.toml") and path.count("/") <= 64:
-            package = tomlread.loads(text.decode()).get("package", {})
+            package = _load(path, text).get("package", {})
             if isinstance(package, dict) and isinstance(package.get("name"), str):
                 names.append(package["name"])
     return names
@@ -121,30 +122,49 @@ def _bins(fd: int, member: tuple[str, ...], data: dict[str, Any]) -> list[dict[s
         return []
     declared = data.get("bin") if isinstance(data.get("bin"), list) else []
     bins: list[dict[str, Any]] = []
+    seen: set[str] = set()  # a set, not a scan of bins: a manifest may hold 200,000 tables
     for entry in declared:
         name = entry.get("name") if isinstance(entry, dict) else None
-        if isinstance(name, str) and name not in {b["name"] for b in bins}:
-            stub: dict[str, Any] = {"name": name}
+        if isinstance(name, str) and name not in seen:
+            stub: dict[str, Any] = {"name": _bin_name(name)}
             required = entry.get("required-features")
             if isinstance(required, list) and all(isinstance(f, str) for f in required):
                 stub["required-features"] = required
             bins.append(stub)
+            seen.add(name)
+            _check_bin_count(bins)
     own = package.get("name") if isinstance(package.get("name"), str) else "stub"
-    claimed = {b["name"] for b in bins} | {
+    claimed = seen | {
         posixpath.normpath(e["path"])
         for e in declared
         if isinstance(e, dict) and isinstance(e.get("path"), str)
     }
     if package.get("autobins") is not False:
         for name, path in _discovered_bins(fd, member, own):
-            if not claimed & {name, path} and len(bins) < MAX_BINS:
-                bins.append({"name": name})
+            if not claimed & {name, path}:
+                bins.append({"name": _bin_name(name)})
                 claimed |= {name, path}
+                _check_bin_count(bins)
     if declared and not bins:
         bins.append({"name": own})  # [[bin]] tables without a name: one stub, as before
     for i, stub in enumerate(bins):
         stub["path"] = "src/main.rs" if i == 0 else f"src/bin/farm-stub-{i}.rs"
     return bins
+
+
+def _check_bin_count(bins: list[dict[str, Any]]) -> None:
+    """Declared and discovered binaries together: each is a stub file and a key entry."""
+    if len(bins) > MAX_BINS:
+        raise NoLayer(f"the package has more than {MAX_BINS} binaries")
+
+
+def _bin_name(name: str) -> str:
+    """``name`` if it is a plain target name; the skeleton's TOML (``dump``) cannot carry
+    every string (a lone surrogate from a non-UTF-8 file name, a non-BMP character)."""
+    if not buildflags.NAME.fullmatch(name):
+        pattern = buildflags.NAME.pattern
+        raise NoLayer(f"binary name {name!r} is not a plain target name ({pattern})")
+    return name
 
 
 def _discovered_bins(fd: int, member: tuple[str, ...], own: str) -> list[tuple[str, str]]:
@@ -316,6 +336,7 @@ def dependency_argv(files: dict[str, bytes], argv: list[str]) -> list[str]:
     build = shlex.join([*DEFAULT_ARGV, *flags.flags])
     clean = " ".join(f"-p {_quote(name)}" for name in packages)
     script = f"{build} && cargo clean --release --locked --offline {clean}" if clean else build
+    buildflags.check_script(script)
     return ["sh", "-c", script]
 
 
@@ -324,9 +345,18 @@ def bin_names(files: dict[str, bytes]) -> set[str]:
     names: set[str] = set()
     for path, text in sorted(files.items()):
         if path.endswith("Cargo.toml"):
-            bins = tomlread.loads(text.decode()).get("bin", [])
+            bins = _load(path, text).get("bin", [])
             names.update(b["name"] for b in bins if isinstance(b, dict) and "name" in b)
     return names
+
+
+def _load(path: str, text: bytes) -> dict[str, Any]:
+    """A skeleton manifest, parsed; NoLayer (a cold build) if TOML rejects what ``dump``
+    wrote from a tenant's values, rather than a crash."""
+    try:
+        return tomlread.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise NoLayer(f"skeleton {path} is not valid TOML: {exc}") from None
 
 
 def _quote(name: str) -> str:

@@ -136,6 +136,11 @@ class Cargo:
 
         return plan(source, within)
 
+    def check_layer_argv(self, argv: list[str]) -> None:
+        from farm.ecosystems.cargo.buildflags import parse
+
+        parse(argv)
+
     def layer_argv(self, files: dict[str, bytes], argv: list[str]) -> list[str]:
         from farm.ecosystems.cargo.skeleton import dependency_argv
 
