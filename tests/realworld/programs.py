@@ -46,6 +46,10 @@ class Program:
     extra_debs: tuple[str, ...] = ()
     image: str = "farm/rust:bookworm"
     why: str = ""
+    #: A known upstream cause of unreproducible output, as (why, a name diffoscope's
+    #: report must show when `--check 2` finds a difference): such a program may come
+    #: out either way, and a difference must be that one.
+    unreproducible: tuple[str, str] | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -71,6 +75,12 @@ CORPUS = [
         "pool",
         drop_lines=('simd-accel = ["grep/simd-accel"]',),
         why="Debian drops jemallocator; farm drops simd-accel (Debian's grep has no such feature)",
+        unreproducible=(
+            "unicode-linebreak 0.1.4's build script generates its tables with hashbrown's "
+            "randomly seeded ahash, so their layout can change from build to build "
+            "(unicode-linebreak 0.1.5 ships pre-generated tables; Debian bookworm has 0.1.4)",
+            "unicode_linebreak",
+        ),
     ),
     Program(
         "fd-find",
