@@ -109,6 +109,8 @@ LAYERED_PHASES = [
     ("farm.runner", "Runner._observe", "      observe"),
     ("farm.observe.daemon", "HostObserver.collect", "        observer collect (wait)"),
     ("farm.runner", "Runner._collect", "      collect outputs"),
+    ("farm.runner", "collect", "        walk target/ + store"),
+    ("farm.runner", "_refuse_tokens", "        honeytoken scan"),
     ("farm.runner", "Runner._save_log", "      save log"),
     ("farm.runner", "Runner._release", "    release (whole)"),
     ("farm.workdisk", "_unmount", "      umount (overlay, disk)"),
