@@ -4,6 +4,7 @@ every chunk boundary, the marking of reads and leaks, and the scan of outputs.""
 from __future__ import annotations
 
 import os
+import random
 import re
 from pathlib import Path
 
@@ -111,6 +112,29 @@ def test_outputs_are_scanned_across_read_chunks(tokens: Honeytokens, tmp_path: P
     assert found_in_file(out, finder) == "cargo"
     out.write_bytes(b"\0" * (honeytokens.SCAN_CHUNK + 100))
     assert found_in_file(out, finder) is None
+
+
+def test_the_output_scan_finds_what_the_regex_finds(tokens: Honeytokens) -> None:
+    """found_in_file's fast scan agrees with the case-insensitive regex: any case, any
+    position, the leftmost needle first, and nothing in clean bytes."""
+    finder = Finder(tokens)
+    rng = random.Random(14)
+    needles = tokens.needles()
+    for _ in range(200):
+        _, value = rng.choice(needles)
+        spelled = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in value)
+        data = bytearray(rng.randbytes(rng.randrange(0, 4096)))
+        at = rng.randrange(0, len(data) + 1)
+        data[at:at] = spelled.encode()
+        if rng.random() < 0.3:  # a second needle before or after the first
+            other = rng.choice(needles)[1].encode()
+            where = rng.randrange(0, len(data) + 1)
+            data[where:where] = other
+        match = finder.search_bytes(bytes(data))
+        assert match is not None
+        assert finder.first_kind(bytes(data)) == finder.kind_of(match)
+    clean = rng.randbytes(1 << 16)
+    assert finder.search_bytes(clean) is None and finder.first_kind(clean) is None
 
 
 def sandbox_spec() -> SandboxSpec:
